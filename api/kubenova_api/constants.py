@@ -1,0 +1,18 @@
+"""Names shared by every kubenova component: group, version, plurals, prefixes."""
+
+from typing import Final
+
+GROUP: Final = "compute.kubenova.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+PREFIX: Final = GROUP
+#: Held on a Server by its host's agent until the domain and its disks are gone.
+FINALIZER_DOMAIN: Final = f"{PREFIX}/domain"
+#: The field that binds a Server to a host; agents watch on it server-side.
+NODE_FIELD: Final = "status.nodeName"
+
+FLAVORS: Final = "flavors"
+IMAGES: Final = "images"
+SERVERS: Final = "servers"
+HYPERVISORS: Final = "hypervisors"

@@ -1,0 +1,297 @@
+"""The custom resources: Flavor, Image, Server, Hypervisor (compute.kubenova.io/v1alpha1).
+
+Every field carries a description (it becomes ``kubectl explain`` text). Rules the OpenAPI
+schema cannot state are CEL ``x-kubernetes-validations`` attached with :func:`cel`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from pydantic import Field
+
+from kubenova_api.common import ApiModel, Condition, StatusModel
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SHA256 = r"^[a-f0-9]{64}$"
+
+
+def cel(*rules: tuple[str, str], **extra: Any) -> dict[str, Any]:
+    """Schema extras carrying CEL rules as ``(rule, message)`` pairs, plus any other keys."""
+    out: dict[str, Any] = dict(extra)
+    out["x-kubernetes-validations"] = [{"rule": r, "message": m} for r, m in rules]
+    return out
+
+
+IMMUTABLE = ("self == oldSelf", "is immutable")
+
+# ----------------------------------------------------------------------------- Flavor
+
+
+class FlavorSpec(ApiModel):
+    """The size of a Server, as Nova's flavors are: immutable once created."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            ("self == oldSelf", "a Flavor is immutable: create a new one to change a size")
+        )
+    }
+
+    vcpus: int = Field(ge=1, le=512, description="Virtual CPUs (at least 1).")
+    memoryMiB: int = Field(ge=16, le=16 * 1024 * 1024, description="Memory in MiB (at least 16).")
+    diskGiB: int = Field(
+        default=1,
+        ge=0,
+        le=65536,
+        description="Root disk size in GiB; 0 means the size of the image's disk.",
+    )
+    extraSpecs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Nova-style extra specs (hints such as hw:cpu_policy); values are strings.",
+    )
+
+
+class FlavorStatus(StatusModel):
+    conditions: list[Condition] = Field(default_factory=list, description="Validity.")
+
+
+class Flavor(ApiModel):
+    spec: FlavorSpec
+
+
+# ----------------------------------------------------------------------------- Image
+
+
+class DiskFormat(enum.StrEnum):
+    qcow2 = "qcow2"
+    raw = "raw"
+
+
+class Architecture(enum.StrEnum):
+    x86_64 = "x86_64"
+
+
+class RemoteFile(ApiModel):
+    """A file fetched over HTTP(S) and verified by its SHA-256 checksum."""
+
+    url: str = Field(
+        min_length=8,
+        max_length=2048,
+        description="Where to fetch the file: an http:// or https:// URL.",
+        json_schema_extra=cel(
+            (
+                "isURL(self) && url(self).getScheme() in ['http', 'https']"
+                " && url(self).getHostname() != ''",
+                "must be an http:// or https:// URL",
+            )
+        ),
+    )
+    sha256: str = Field(
+        pattern=SHA256,
+        description="SHA-256 of the file, 64 lowercase hex digits; a mismatch fails the boot.",
+    )
+
+
+class DiskSource(RemoteFile):
+    """A bootable disk image (Glance's disk_format)."""
+
+    format: DiskFormat = Field(default=DiskFormat.qcow2, description="qcow2 or raw.")
+
+
+class UecSource(ApiModel):
+    """A UEC image: a kernel and a ramdisk booted directly, optionally with a root disk."""
+
+    kernel: RemoteFile = Field(description="The kernel (vmlinuz).")
+    ramdisk: RemoteFile = Field(description="The initial ramdisk (initrd).")
+    disk: DiskSource | None = Field(
+        default=None, description="An optional root disk; without it the guest gets a blank one."
+    )
+    cmdline: str = Field(
+        default="console=ttyS0", max_length=1024, description="The kernel command line."
+    )
+
+
+class ImageSource(ApiModel):
+    """Exactly one of ``disk`` or ``uec``."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            ("has(self.disk) != has(self.uec)", "exactly one of source.disk or source.uec is set")
+        )
+    }
+
+    disk: DiskSource | None = Field(default=None, description="A disk image.")
+    uec: UecSource | None = Field(default=None, description="A kernel + ramdisk (UEC) image.")
+
+
+class ImageSpec(ApiModel):
+    """A Glance-like image. Its source is immutable: an image's bits never change by name."""
+
+    source: ImageSource = Field(
+        description="Where the image's bits come from (immutable).",
+        json_schema_extra=cel(("self == oldSelf", "an Image's source is immutable")),
+    )
+    minDiskGiB: int = Field(default=0, ge=0, le=65536, description="Smallest root disk it needs.")
+    minMemoryMiB: int = Field(default=0, ge=0, description="Least memory it needs, in MiB.")
+    architecture: Architecture = Field(
+        default=Architecture.x86_64, description="CPU architecture of the image."
+    )
+
+
+class ImageStatus(StatusModel):
+    conditions: list[Condition] = Field(default_factory=list, description="Validity.")
+
+
+class Image(ApiModel):
+    spec: ImageSpec
+
+
+# ----------------------------------------------------------------------------- Server
+
+
+class PowerState(enum.StrEnum):
+    Running = "Running"
+    Stopped = "Stopped"
+    Suspended = "Suspended"
+    Paused = "Paused"
+
+
+class RestartPolicy(enum.StrEnum):
+    Always = "Always"
+    OnFailure = "OnFailure"
+    Never = "Never"
+
+
+class Phase(enum.StrEnum):
+    """Nova's vocabulary for where a server is."""
+
+    BUILD = "BUILD"
+    ACTIVE = "ACTIVE"
+    SHUTOFF = "SHUTOFF"
+    SUSPENDED = "SUSPENDED"
+    PAUSED = "PAUSED"
+    RESCUE = "RESCUE"
+    MIGRATING = "MIGRATING"
+    DELETING = "DELETING"
+    ERROR = "ERROR"
+
+
+class ServerSpec(ApiModel):
+    """What the user wants of a server; everything observed is in status."""
+
+    flavorRef: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Flavor (cluster-scoped) that sizes this server.",
+    )
+    imageRef: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Image (cluster-scoped) to boot (immutable).",
+        json_schema_extra=cel(("self == oldSelf", "imageRef is immutable")),
+    )
+    powerState: PowerState = Field(
+        default=PowerState.Running, description="Running, Stopped, Suspended or Paused."
+    )
+    restartPolicy: RestartPolicy = Field(
+        default=RestartPolicy.Always,
+        description="What to do when the guest stops by itself: Always, OnFailure or Never.",
+    )
+    availabilityZone: str | None = Field(
+        default=None, max_length=255, description="Only hosts in this zone are considered."
+    )
+    hostName: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Run on this host (as Nova's admin-only host), skipping the choice.",
+    )
+    userData: str | None = Field(
+        default=None, max_length=65535, description="User data handed to the guest (cloud-init)."
+    )
+
+
+class FlavorSnapshot(StatusModel):
+    vcpus: int = Field(description="vCPUs the server was booted with.")
+    memoryMiB: int = Field(description="Memory in MiB the server was booted with.")
+    diskGiB: int = Field(description="Root disk in GiB the server was booted with.")
+
+
+class ServerStatus(StatusModel):
+    phase: Phase | None = Field(default=None, description="Nova's status: BUILD, ACTIVE, ...")
+    nodeName: str | None = Field(
+        default=None, description="The host the server is bound to (written by the controller)."
+    )
+    powerState: str | None = Field(
+        default=None, description="The power state the host observes (written by its agent)."
+    )
+    flavor: FlavorSnapshot | None = Field(default=None, description="The size it runs with.")
+    domainName: str | None = Field(default=None, description="The libvirt domain's name.")
+    conditions: list[Condition] = Field(default_factory=list, description="Scheduled, Ready.")
+    observedGeneration: int | None = Field(
+        default=None, description="The .metadata.generation the agent last acted on."
+    )
+    launchedAt: dt.datetime | None = Field(default=None, description="When it first ran.")
+
+
+class Server(ApiModel):
+    spec: ServerSpec
+
+
+# ----------------------------------------------------------------------------- Hypervisor
+
+
+class HypervisorSpec(ApiModel):
+    """What an admin sets on a host: whether it takes servers, its zone, its ratios."""
+
+    disabled: bool = Field(default=False, description="A disabled host gets no new servers.")
+    disabledReason: str | None = Field(default=None, max_length=255, description="Why.")
+    availabilityZone: str = Field(default="nova", max_length=255, description="The host's zone.")
+    cpuAllocationRatio: float | None = Field(
+        default=None, ge=0.0, description="vCPUs per physical CPU (cluster default when unset)."
+    )
+    ramAllocationRatio: float | None = Field(
+        default=None, ge=0.0, description="Virtual to physical memory (default when unset)."
+    )
+    diskAllocationRatio: float | None = Field(
+        default=None, ge=0.0, description="Virtual to physical disk (default when unset)."
+    )
+
+
+class Resources(StatusModel):
+    vcpus: int = Field(default=0, description="vCPUs.")
+    memoryMiB: int = Field(default=0, description="Memory in MiB.")
+    diskGiB: int = Field(default=0, description="Disk in GiB.")
+
+
+class CpuInfo(StatusModel):
+    arch: str = Field(default="", description="CPU architecture, e.g. x86_64.")
+    model: str = Field(default="", description="libvirt CPU model name of the host.")
+    vendor: str = Field(default="", description="CPU vendor.")
+    features: list[str] = Field(default_factory=list, description="CPU feature flags.")
+    sockets: int = Field(default=0, description="Sockets.")
+    cores: int = Field(default=0, description="Cores per socket.")
+    threads: int = Field(default=0, description="Threads per core.")
+
+
+class HypervisorStatus(StatusModel):
+    hostUUID: str | None = Field(default=None, description="The host's UUID from libvirt.")
+    hypervisorType: str | None = Field(default=None, description="QEMU, or Test.")
+    hypervisorVersion: str | None = Field(default=None, description="QEMU version.")
+    libvirtVersion: str | None = Field(default=None, description="libvirt version.")
+    virtType: str | None = Field(default=None, description="Domain type used: kvm or qemu.")
+    cpuInfo: CpuInfo | None = Field(default=None, description="The host CPU.")
+    total: Resources | None = Field(default=None, description="Physical capacity.")
+    reserved: Resources | None = Field(default=None, description="Kept for the host itself.")
+    used: Resources | None = Field(default=None, description="Claimed by servers on this host.")
+    runningVMs: int = Field(default=0, description="Domains running now.")
+    lastHeartbeatTime: dt.datetime | None = Field(default=None, description="Last heartbeat.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready.")
+
+
+class Hypervisor(ApiModel):
+    spec: HypervisorSpec

@@ -1,0 +1,190 @@
+"""A real Kubernetes control plane on loopback: etcd plus kube-apiserver (envtest's pattern).
+
+RBAC is on and clients authenticate with static bearer tokens: an admin in ``system:masters``
+and one user per kubenova component, bound to the ClusterRoles in ``deploy/rbac/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import ssl
+import subprocess
+import urllib.request
+from typing import IO
+
+import yaml
+
+from kubenova_devenv import netutil, paths
+
+#: Users with a static token: name -> groups. The component users get RBAC from deploy/rbac.
+USERS: dict[str, tuple[str, ...]] = {
+    "admin": ("system:masters",),
+    "kubenova:controller": ("kubenova:controllers",),
+    "kubenova:agent": ("kubenova:agents",),
+}
+
+
+@dataclasses.dataclass
+class ControlPlane:
+    """etcd + kube-apiserver in ``workdir``; ``start()`` returns once ``/readyz`` answers."""
+
+    workdir: pathlib.Path
+    apiserver_port: int = 0
+    etcd_port: int = 0
+    _procs: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
+    _logs: list[IO[bytes]] = dataclasses.field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def token(self, user: str) -> str:
+        return f"kubenova-devenv-{user.replace(':', '-')}-token"
+
+    def kubeconfig(self, user: str = "admin") -> pathlib.Path:
+        """Path of a kubeconfig that authenticates as ``user``."""
+        return self.workdir / f"kubeconfig-{user.replace(':', '-')}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.apiserver_port = self.apiserver_port or netutil.free_port()
+        self.etcd_port = self.etcd_port or netutil.free_port()
+        self._write_pki()
+        self._write_tokens_and_kubeconfigs()
+        etcd_data = self.workdir / "etcd"
+        shutil.rmtree(etcd_data, ignore_errors=True)
+        peer_port = netutil.free_port()
+        self._spawn(
+            "etcd",
+            [
+                str(paths.binary("etcd")),
+                f"--data-dir={etcd_data}",
+                f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--quota-backend-bytes=4294967296",
+            ],
+        )
+        pki = self.workdir / "pki"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(paths.binary("kube-apiserver")),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--token-auth-file={self.workdir / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=0",
+            ],
+        )
+        try:
+            netutil.wait_until(self._ready, timeout, "kube-apiserver /readyz")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        for proc in self._procs:
+            if proc.poll() is not None:
+                raise netutil.Fatal(
+                    f"{proc.args[0]} exited with {proc.returncode}; see {self.workdir}/*.log"
+                )
+        ctx = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
+        req = urllib.request.Request(  # noqa: S310 - https on loopback
+            f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.token('admin')}"}
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self._logs.append(log)
+        self._procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+
+    def _write_pki(self) -> None:
+        pki = self.workdir / "pki"
+        if (pki / "apiserver.crt").exists():
+            return
+        pki.mkdir(parents=True, exist_ok=True)
+
+        def ssl_run(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+        ssl_run("genrsa", "-out", "ca.key", "2048")
+        ssl_run(
+            "req", "-x509", "-new", "-key", "ca.key", "-days", "3650",
+            "-subj", "/CN=kubenova-devenv-ca", "-out", "ca.crt",
+        )  # fmt: skip
+        ssl_run("genrsa", "-out", "apiserver.key", "2048")
+        ssl_run(
+            "req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver",
+            "-out", "apiserver.csr",
+        )  # fmt: skip
+        (pki / "san.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+            "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n"
+            "extendedKeyUsage=serverAuth\n"
+        )
+        ssl_run(
+            "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "3650", "-extfile", "san.ext", "-out", "apiserver.crt",
+        )  # fmt: skip
+        ssl_run("genrsa", "-out", "sa.key", "2048")
+        ssl_run("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+    def _write_tokens_and_kubeconfigs(self) -> None:
+        lines = []
+        for i, (user, groups) in enumerate(USERS.items()):
+            group_field = '"' + ",".join(groups) + '"'
+            lines.append(f"{self.token(user)},{user},uid-{i},{group_field}")
+        (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
+        ca = str(self.workdir / "pki" / "ca.crt")
+        for user in USERS:
+            config = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "kubenova", "cluster": {"server": self.url, "certificate-authority": ca}}
+                ],
+                "users": [{"name": user, "user": {"token": self.token(user)}}],
+                "contexts": [
+                    {"name": "kubenova", "context": {"cluster": "kubenova", "user": user}}
+                ],
+                "current-context": "kubenova",
+            }
+            self.kubeconfig(user).write_text(yaml.safe_dump(config))

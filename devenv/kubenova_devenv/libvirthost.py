@@ -1,0 +1,179 @@
+"""Simulated hypervisor hosts: one libvirtd (+ virtlogd) per host, each in its own mount
+namespace with its own state, configuration and host UUID.
+
+Inside a host's namespace, per-host folders are bind-mounted over ``/run/libvirt``,
+``/var/lib/libvirt``, ``/etc/libvirt``, ``/var/log/libvirt``, ``/var/cache/libvirt`` and
+``/var/lib/kubenova``; the agent of that host runs in the same namespace (as a DaemonSet pod with
+the host's paths mounted would), so paths mean the same to it and to libvirtd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import uuid
+from typing import IO
+
+from kubenova_devenv import netutil
+
+#: inside path -> folder name under the host's directory
+BIND_MOUNTS: dict[str, str] = {
+    "/run/libvirt": "run",
+    "/var/lib/libvirt": "lib",
+    "/etc/libvirt": "etc",
+    "/var/log/libvirt": "log",
+    "/var/cache/libvirt": "cache",
+    "/var/lib/kubenova": "kubenova",
+}
+
+_LAUNCH = r"""
+set -eu
+H="$1"
+shift
+while [ "$#" -ge 2 ]; do
+    mkdir -p "$1"
+    mount --bind "$H/$2" "$1"
+    shift 2
+done
+virtlogd -d -p /run/libvirt/virtlogd.pid
+exec libvirtd -p /run/libvirt/libvirtd.pid
+"""
+
+
+@dataclasses.dataclass
+class LibvirtHost:
+    """A libvirtd "host" rooted at ``root``; ``uri`` reaches it from outside its namespace."""
+
+    name: str
+    root: pathlib.Path
+    migration_port_min: int = 49152
+    host_uuid: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    _proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def socket(self) -> pathlib.Path:
+        return self.root / "run" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "host not started"
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def outside(self, inside_path: str) -> pathlib.Path:
+        """Where a path seen inside the host's namespace is, seen from outside."""
+        for inside, name in BIND_MOUNTS.items():
+            if inside_path == inside or inside_path.startswith(inside + "/"):
+                return self.root / name / inside_path[len(inside) :].lstrip("/")
+        return pathlib.Path(inside_path)
+
+    def nsenter(self) -> list[str]:
+        """A command prefix that runs a program in this host's mount namespace."""
+        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", "--"]
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._prepare()
+        mounts = [arg for inside, name in BIND_MOUNTS.items() for arg in (inside, name)]
+        self._log = (self.root / "libvirtd.out").open("ab")
+        self._proc = subprocess.Popen(
+            [
+                "unshare", "-m", "--propagation", "private",
+                "bash", "-c", _LAUNCH, "launch", str(self.root), *mounts,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        netutil.wait_until(self._ready, timeout, f"libvirtd of host {self.name}")
+
+    def _ready(self) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise netutil.Fatal(f"libvirtd of {self.name} exited; see {self.root}/libvirtd.out")
+        if not self.socket.exists():
+            return False
+        out = subprocess.run(
+            ["virsh", "-c", self.uri, "uri"], capture_output=True, text=True, timeout=10
+        )
+        return out.returncode == 0
+
+    def virsh(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+        """Run ``virsh`` against this host and return its output."""
+        out = subprocess.run(
+            ["virsh", "-c", self.uri, *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and out.returncode != 0:
+            raise RuntimeError(f"virsh {' '.join(args)} on {self.name}: {out.stderr.strip()}")
+        return out.stdout
+
+    def stop(self, destroy_domains: bool = True) -> None:
+        """Stop libvirtd and virtlogd; with ``destroy_domains`` no QEMU is left running."""
+        if self._proc is None:
+            return
+        if destroy_domains and self._proc.poll() is None:
+            for dom in self.virsh("list", "--name", check=False).split():
+                self.virsh("destroy", dom, check=False)
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        virtlogd_pid = self.root / "run" / "virtlogd.pid"
+        if virtlogd_pid.exists():
+            try:
+                os.kill(int(virtlogd_pid.read_text().strip()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """Kill libvirtd abruptly (a crash); QEMU processes survive, as on a real host."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in BIND_MOUNTS.values():
+            (self.root / name).mkdir(exist_ok=True)
+        etc = self.root / "etc"
+        if not (etc / "libvirtd.conf").exists() and pathlib.Path("/etc/libvirt").is_dir():
+            shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
+        # The default NAT network needs dnsmasq and a bridge; hosts here need neither.
+        for autostart in (etc / "qemu" / "networks" / "autostart").glob("*.xml"):
+            autostart.unlink()
+        (etc / "libvirtd.conf").write_text(
+            f'host_uuid = "{self.host_uuid}"\n'
+            'unix_sock_group = "root"\n'
+            'unix_sock_rw_perms = "0770"\n'
+            'auth_unix_ro = "none"\n'
+            'auth_unix_rw = "none"\n'
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+        )
+        (etc / "qemu.conf").write_text(
+            'user = "root"\n'
+            'group = "root"\n'
+            "dynamic_ownership = 0\n"
+            "remember_owner = 0\n"
+            'security_driver = "none"\n'
+            f"migration_port_min = {self.migration_port_min}\n"
+            f"migration_port_max = {self.migration_port_min + 63}\n"
+        )
+        for sub in ("log/qemu", "lib/qemu", "run/qemu"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,30 @@
+"""Where the environment keeps what it builds (a cache that survives between runs)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> pathlib.Path:
+    """``$KUBENOVA_CACHE``, else ``.cache/`` in the repository (git ignores it)."""
+    env = os.environ.get("KUBENOVA_CACHE")
+    path = pathlib.Path(env) if env else REPO / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def bin_dir() -> pathlib.Path:
+    path = cache_dir() / "bin"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def binary(name: str) -> pathlib.Path:
+    """A control-plane binary built by ``hack/setup.sh``; fails clearly when it is missing."""
+    path = bin_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make setup` (hack/setup.sh) first")
+    return path

@@ -1,0 +1,244 @@
+"""The whole of kubenova on one machine, for the quickstart, the tests and the benchmarks:
+a real control plane, libvirtd hosts, the guest image behind an HTTP server, the controller
+and one agent per host — each a real process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import IO, Any
+
+import yaml
+
+from kubenova_devenv import controlplane, guestimage, imageserver, libvirthost, netutil, paths
+
+DEPLOY = paths.REPO / "deploy"
+EXAMPLES = paths.REPO / "examples"
+
+
+@dataclasses.dataclass
+class Proc:
+    """A component process with its log file."""
+
+    name: str
+    argv: list[str]
+    log_path: pathlib.Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash)."""
+        self.stop(signal.SIGKILL)
+
+
+@dataclasses.dataclass
+class Stack:
+    workdir: pathlib.Path
+    host_count: int = 1
+    virt_type: str = "qemu"
+    heartbeat_seconds: float = 2.0
+    heartbeat_grace_seconds: float = 20.0
+    cp: controlplane.ControlPlane = dataclasses.field(init=False)
+    hosts: dict[str, libvirthost.LibvirtHost] = dataclasses.field(default_factory=dict)
+    agents: dict[str, Proc] = dataclasses.field(default_factory=dict)
+    controller: Proc | None = None
+    image_server: imageserver.ImageServer | None = None
+    guest: guestimage.GuestImage | None = None
+
+    def __post_init__(self) -> None:
+        self.cp = controlplane.ControlPlane(self.workdir / "controlplane")
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, components: bool = True) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cp.start()
+        self.install()
+        self.guest = guestimage.build(paths.cache_dir() / "guest" / guestimage.version())
+        self.image_server = imageserver.ImageServer(self.guest.kernel.parent)
+        self.image_server.start()
+        for i in range(self.host_count):
+            name = f"host-{chr(ord('a') + i)}"
+            host = libvirthost.LibvirtHost(
+                name, self.workdir / name, migration_port_min=49152 + 64 * i
+            )
+            host.start()
+            self.hosts[name] = host
+        if components:
+            self.start_controller()
+            for name in self.hosts:
+                self.start_agent(name)
+
+    def stop(self) -> None:
+        for proc in list(self.agents.values()):
+            proc.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        for host in self.hosts.values():
+            host.stop()
+        if self.image_server is not None:
+            self.image_server.stop()
+        self.cp.stop()
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def install(self) -> None:
+        """CRDs and RBAC, applied with kubectl as a user would."""
+        self.kubectl("apply", "-f", str(DEPLOY / "crds"))
+        self.kubectl("apply", "-f", str(DEPLOY / "rbac"))
+        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+    # ------------------------------------------------------------------ components
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_controller(self) -> Proc:
+        proc = Proc(
+            "controller",
+            [
+                sys.executable, "-m", "kubenova_operator.main",
+                "--kubeconfig", str(self.cp.kubeconfig("kubenova:controller")),
+                "--heartbeat-grace-seconds", str(self.heartbeat_grace_seconds),
+                "--resync-seconds", "5",
+            ],
+            self.workdir / "controller.log",
+            self._env(),
+        )  # fmt: skip
+        proc.start()
+        self.controller = proc
+        return proc
+
+    def start_agent(self, host_name: str) -> Proc:
+        host = self.hosts[host_name]
+        proc = Proc(
+            f"agent-{host_name}",
+            [
+                *host.nsenter(), sys.executable, "-m", "kubenova_agent.main",
+                "--host-name", host_name,
+                "--libvirt-uri", "qemu:///system",
+                "--virt-type", self.virt_type,
+                "--kubeconfig", str(self.cp.kubeconfig("kubenova:agent")),
+                "--heartbeat-seconds", str(self.heartbeat_seconds),
+                "--resync-seconds", "30",
+            ],
+            self.workdir / f"agent-{host_name}.log",
+            self._env(),
+        )  # fmt: skip
+        proc.start()
+        self.agents[host_name] = proc
+        return proc
+
+    # ------------------------------------------------------------------ helpers
+    def kubectl(
+        self, *args: str, check: bool = True, user: str = "admin", stdin: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(kubectl_binary()), "--kubeconfig", str(self.cp.kubeconfig(user)), *args]
+        out = subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=timeout)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        args = ["get", kind, name, "-o", "yaml"]
+        if namespace:
+            args += ["-n", namespace]
+        out = self.kubectl(*args, check=False)
+        if out.returncode != 0:
+            if "NotFound" in out.stderr:
+                return None
+            raise RuntimeError(out.stderr)
+        data: dict[str, Any] = yaml.safe_load(out.stdout)
+        return data
+
+    def image_manifest(self, name: str = "kubenova-guest", with_disk: bool = True,
+                       kernel_sha: str | None = None) -> dict[str, Any]:
+        """The example Image, pointing at the local image server with real checksums."""
+        assert self.guest is not None and self.image_server is not None
+        g, srv = self.guest, self.image_server
+        uec: dict[str, Any] = {
+            "kernel": {"url": srv.url("vmlinuz"), "sha256": kernel_sha or g.sha256(g.kernel)},
+            "ramdisk": {"url": srv.url("initrd.img"), "sha256": g.sha256(g.ramdisk)},
+            "cmdline": "console=ttyS0 quiet",
+        }
+        if with_disk:
+            uec["disk"] = {
+                "url": srv.url("disk.qcow2"), "sha256": g.sha256(g.disk), "format": "qcow2",
+            }
+        return {
+            "apiVersion": "compute.kubenova.io/v1alpha1",
+            "kind": "Image",
+            "metadata": {"name": name},
+            "spec": {"source": {"uec": uec}, "minMemoryMiB": 64},
+        }
+
+    def console(self, host_name: str, uid: str) -> str:
+        path = self.hosts[host_name].outside(f"/var/lib/kubenova/consoles/{uid}.log")
+        try:
+            return path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_console(self, host_name: str, uid: str, text: str, timeout: float = 60) -> str:
+        netutil.wait_until(
+            lambda: text in self.console(host_name, uid), timeout,
+            f"{text!r} on the console of {uid} on {host_name}",
+        )  # fmt: skip
+        return self.console(host_name, uid)
+
+
+def kubectl_binary() -> pathlib.Path:
+    """The kubectl built with the control plane, else the one on PATH."""
+    built = paths.bin_dir() / "kubectl"
+    if built.exists():
+        return built
+    return pathlib.Path("kubectl")
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    netutil.wait_until(check, timeout, what, step=0.1)
+
+
+def elapsed(since: float) -> float:
+    return time.monotonic() - since

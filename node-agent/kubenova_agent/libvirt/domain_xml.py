@@ -1,0 +1,152 @@
+"""Domain XML built from typed objects with lxml (never by string formatting), and read back.
+
+A kubenova domain carries who owns it in ``<metadata>`` under :data:`NS`, so that the agent can
+tell its domains from anybody else's and find the Server a domain belongs to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from lxml import etree
+
+NS = "https://kubenova.io/xmlns/server/v1"
+NAME_PREFIX = "kubenova-"
+
+
+class VirtType(enum.StrEnum):
+    kvm = "kvm"
+    qemu = "qemu"
+    test = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The Server a domain belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    path: str
+    format: str = "qcow2"
+    target: str = "vda"
+    readonly: bool = False
+    device: str = "disk"
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectKernelBoot:
+    kernel: str
+    initrd: str
+    cmdline: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainConfig:
+    """Everything a domain is made of."""
+
+    owner: Owner
+    virt_type: VirtType
+    vcpus: int
+    memory_mib: int
+    disks: tuple[Disk, ...]
+    console_log: str
+    boot: DirectKernelBoot | None = None
+    flavor_name: str = ""
+    image_name: str = ""
+    arch: str = "x86_64"
+
+    @property
+    def name(self) -> str:
+        return domain_name(self.owner.uid)
+
+
+def domain_name(uid: str) -> str:
+    """The libvirt name of a Server's domain: unique per Server and never reused."""
+    return f"{NAME_PREFIX}{uid}"
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+    el = etree.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def build_domain_xml(cfg: DomainConfig) -> str:
+    """The domain XML of ``cfg``."""
+    dom = etree.Element("domain", type=cfg.virt_type.value)
+    _sub(dom, "name", cfg.name)
+    _sub(dom, "uuid", cfg.owner.uid)
+    _sub(dom, "title", f"{cfg.owner.namespace}/{cfg.owner.name}")
+    meta = _sub(dom, "metadata")
+    inst = etree.SubElement(meta, f"{{{NS}}}server", nsmap={"kubenova": NS})
+    _sub(inst, f"{{{NS}}}namespace", cfg.owner.namespace)
+    _sub(inst, f"{{{NS}}}name", cfg.owner.name)
+    _sub(inst, f"{{{NS}}}uid", cfg.owner.uid)
+    _sub(inst, f"{{{NS}}}flavor", cfg.flavor_name)
+    _sub(inst, f"{{{NS}}}image", cfg.image_name)
+    _sub(dom, "memory", str(cfg.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(cfg.vcpus))
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch=cfg.arch)
+    if cfg.boot is not None:
+        _sub(os_el, "kernel", cfg.boot.kernel)
+        _sub(os_el, "initrd", cfg.boot.initrd)
+        _sub(os_el, "cmdline", cfg.boot.cmdline)
+    else:
+        _sub(os_el, "boot", dev="hd")
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if cfg.virt_type is VirtType.kvm:
+        _sub(dom, "cpu", mode="host-model")
+    _sub(dom, "clock", offset="utc")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+    devices = _sub(dom, "devices")
+    for disk in cfg.disks:
+        d = _sub(devices, "disk", type="file", device=disk.device)
+        _sub(d, "driver", name="qemu", type=disk.format)
+        _sub(d, "source", file=disk.path)
+        _sub(d, "target", dev=disk.target, bus="virtio")
+        if disk.readonly:
+            _sub(d, "readonly")
+    serial = _sub(devices, "serial", type="file")
+    _sub(serial, "source", path=cfg.console_log, append="on")
+    _sub(serial, "target", port="0")
+    _sub(devices, "memballoon", model="none")
+    return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+
+def owner_of(xml: str) -> Owner | None:
+    """The Server a domain belongs to, or None for a domain kubenova does not own."""
+    root = etree.fromstring(xml.encode())
+    ns = {"k": NS}
+    uid = root.findtext("metadata/k:server/k:uid", namespaces=ns)
+    if not uid:
+        return None
+    return Owner(
+        namespace=root.findtext("metadata/k:server/k:namespace", default="", namespaces=ns),
+        name=root.findtext("metadata/k:server/k:name", default="", namespaces=ns),
+        uid=uid,
+    )
+
+
+def console_log_of(xml: str) -> str | None:
+    """The file the domain's first serial port writes to, if it is a file."""
+    root = etree.fromstring(xml.encode())
+    path = root.xpath("string(devices/serial[@type='file']/source/@path)")
+    return str(path) or None
+
+
+def disk_paths(xml: str) -> list[str]:
+    """Paths of the domain's file-backed disks."""
+    root = etree.fromstring(xml.encode())
+    return [str(p) for p in root.xpath("devices/disk/source/@file")]

@@ -1,0 +1,124 @@
+"""Guest disks as volumes of a libvirt ``dir`` storage pool: copy-on-write overlays over the
+image cache (``<backingStore>``), or blank disks, named after the Server's UID."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import libvirt
+from lxml import etree
+
+from kubenova_agent.libvirt import _conv
+from kubenova_agent.libvirt.host import Host
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolUsage:
+    capacity_bytes: int
+    allocation_bytes: int
+    available_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Backing:
+    path: str
+    format: str  # qcow2 | raw
+
+
+def pool_xml(name: str, path: str) -> str:
+    pool = etree.Element("pool", type="dir")
+    etree.SubElement(pool, "name").text = name
+    target = etree.SubElement(pool, "target")
+    etree.SubElement(target, "path").text = path
+    return etree.tostring(pool, encoding="unicode")
+
+
+def volume_xml(name: str, capacity_bytes: int, backing: Backing | None) -> str:
+    vol = etree.Element("volume")
+    etree.SubElement(vol, "name").text = name
+    etree.SubElement(vol, "capacity", unit="bytes").text = str(capacity_bytes)
+    target = etree.SubElement(vol, "target")
+    etree.SubElement(target, "format", type="qcow2")
+    if backing is not None:
+        store = etree.SubElement(vol, "backingStore")
+        etree.SubElement(store, "path").text = backing.path
+        etree.SubElement(store, "format", type=backing.format)
+    return etree.tostring(vol, encoding="unicode")
+
+
+class Storage:
+    """The agent's storage pool on one host."""
+
+    def __init__(self, host: Host, pool_name: str, pool_path: str) -> None:
+        self._host = host
+        self.pool_name = pool_name
+        self.pool_path = pool_path
+
+    def _pool(self) -> libvirt.virStoragePool:
+        conn = self._host.conn
+        try:
+            pool = conn.storagePoolLookupByName(self.pool_name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            log.info("defining storage pool %s at %s", self.pool_name, self.pool_path)
+            pool = conn.storagePoolDefineXML(pool_xml(self.pool_name, self.pool_path), 0)
+            pool.build(0)
+            pool.setAutostart(1)
+        if not pool.isActive():
+            pool.create(0)
+        return pool
+
+    def ensure_pool(self) -> None:
+        with _conv.translated():
+            self._pool()
+
+    def usage(self) -> PoolUsage:
+        with _conv.translated():
+            pool = self._pool()
+            pool.refresh(0)
+            _state, capacity, allocation, available = pool.info()
+        return PoolUsage(capacity, allocation, available)
+
+    def ensure_volume(self, name: str, capacity_bytes: int, backing: Backing | None) -> str:
+        """The path of volume ``name``, created (as an overlay of ``backing``) if missing."""
+        with _conv.translated():
+            pool = self._pool()
+            try:
+                return str(pool.storageVolLookupByName(name).path())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+            pool.refresh(0)  # a file left by a killed agent appears only after a refresh
+            try:
+                return str(pool.storageVolLookupByName(name).path())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+            vol = pool.createXML(volume_xml(name, capacity_bytes, backing), 0)
+            return str(vol.path())
+
+    def delete_volumes(self, prefix: str) -> list[str]:
+        """Delete every volume whose name starts with ``prefix``; returns their names."""
+        deleted = []
+        with _conv.translated():
+            pool = self._pool()
+            pool.refresh(0)
+            for vol in pool.listAllVolumes(0):
+                if vol.name().startswith(prefix):
+                    try:
+                        vol.delete(0)
+                    except libvirt.libvirtError as exc:
+                        if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                            raise
+                    deleted.append(vol.name())
+        return deleted
+
+    def volume_names(self, prefix: str = "") -> list[str]:
+        with _conv.translated():
+            pool = self._pool()
+            pool.refresh(0)
+            return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))

@@ -1,0 +1,102 @@
+"""The agent's settings: one frozen object, read once at start-up from flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSettings:
+    host_name: str
+    """Name of this host's Hypervisor object; Servers bound to it are this agent's."""
+    libvirt_uri: str = "qemu:///system"
+    """The host's libvirt (``test:///default`` for the test driver)."""
+    virt_type: str = "auto"
+    """Domain type: ``kvm``, ``qemu`` (software emulation), ``test``, or ``auto`` (kvm if the
+    host advertises it, else qemu)."""
+    state_dir: str = "/var/lib/kubenova"
+    """Image cache (``images/``), the storage pool (``instances/``) and consoles (``consoles/``)."""
+    pool_name: str = "kubenova"
+    """The libvirt storage pool that holds the guests' disks."""
+    heartbeat_seconds: float = 10.0
+    """How often the Hypervisor status (capacity and heartbeat) is published."""
+    resync_seconds: float = 60.0
+    """How often every Server of this host is reconciled even without a change."""
+    workers: int = 4
+    """Servers reconciled in parallel (never two at once for one Server)."""
+    reserved_vcpus: int = 0
+    """vCPUs kept for the host itself."""
+    reserved_memory_mib: int = 512
+    """Memory kept for the host itself (Nova's ``reserved_host_memory_mb``)."""
+    reserved_disk_gib: int = 0
+    """Disk kept for the host itself."""
+    kubeconfig: str | None = None
+    """A kubeconfig; the pod's service account is used when unset."""
+
+    @property
+    def images_dir(self) -> str:
+        return os.path.join(self.state_dir, "images")
+
+    @property
+    def instances_dir(self) -> str:
+        return os.path.join(self.state_dir, "instances")
+
+    @property
+    def consoles_dir(self) -> str:
+        return os.path.join(self.state_dir, "consoles")
+
+
+def from_args(argv: list[str] | None = None) -> AgentSettings:
+    """Settings from command-line flags, each defaulting to a ``KUBENOVA_*`` variable."""
+    env = os.environ
+    d = AgentSettings(host_name="")
+    p = argparse.ArgumentParser(prog="kubenova-agent", description="kubenova node agent")
+    p.add_argument("--host-name", default=env.get("KUBENOVA_HOST_NAME", os.uname().nodename))
+    p.add_argument("--libvirt-uri", default=env.get("KUBENOVA_LIBVIRT_URI", d.libvirt_uri))
+    p.add_argument(
+        "--virt-type",
+        choices=["auto", "kvm", "qemu", "test"],
+        default=env.get("KUBENOVA_VIRT_TYPE", d.virt_type),
+    )
+    p.add_argument("--state-dir", default=env.get("KUBENOVA_STATE_DIR", d.state_dir))
+    p.add_argument("--pool-name", default=env.get("KUBENOVA_POOL_NAME", d.pool_name))
+    p.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=float(env.get("KUBENOVA_HEARTBEAT_SECONDS", d.heartbeat_seconds)),
+    )
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env.get("KUBENOVA_RESYNC_SECONDS", d.resync_seconds)),
+    )
+    p.add_argument("--workers", type=int, default=int(env.get("KUBENOVA_WORKERS", d.workers)))
+    p.add_argument(
+        "--reserved-memory-mib",
+        type=int,
+        default=int(env.get("KUBENOVA_RESERVED_MEMORY_MIB", d.reserved_memory_mib)),
+    )
+    p.add_argument(
+        "--reserved-vcpus", type=int, default=int(env.get("KUBENOVA_RESERVED_VCPUS", 0))
+    )
+    p.add_argument(
+        "--reserved-disk-gib", type=int, default=int(env.get("KUBENOVA_RESERVED_DISK_GIB", 0))
+    )
+    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
+    a = p.parse_args(argv)
+    return AgentSettings(
+        host_name=a.host_name,
+        libvirt_uri=a.libvirt_uri,
+        virt_type=a.virt_type,
+        state_dir=a.state_dir,
+        pool_name=a.pool_name,
+        heartbeat_seconds=a.heartbeat_seconds,
+        resync_seconds=a.resync_seconds,
+        workers=a.workers,
+        reserved_vcpus=a.reserved_vcpus,
+        reserved_memory_mib=a.reserved_memory_mib,
+        reserved_disk_gib=a.reserved_disk_gib,
+        kubeconfig=a.kubeconfig,
+    )

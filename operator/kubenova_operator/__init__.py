@@ -1,0 +1,1 @@
+"""kubenova's controller: checks references, schedules Servers onto Hypervisors, binds them."""

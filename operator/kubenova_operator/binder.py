@@ -1,0 +1,87 @@
+"""The binding loop: one pass at a time over every pending Server, in creation order.
+
+Passes are serial, so two Servers never race for the same room; a pass runs when anything it
+depends on changes (a Server, Flavor, Image or Hypervisor event) and at least every
+``resync_seconds``. The snapshot a pass reads is taken on kopf's event loop, then the pass
+runs in a thread because the Kubernetes client it writes with is synchronous."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubenova_api import kube
+from kubenova_operator import binding
+from kubenova_operator.scheduling import claims
+from kubenova_operator.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    view: binding.ClusterView
+    pending: list[dict[str, Any]]
+
+
+class Binder:
+    def __init__(self, cfg: ControllerSettings, k: kube.Kube) -> None:
+        self.cfg = cfg
+        self.kube = k
+        self.claims = claims.Claims()
+        self._dirty = asyncio.Event()
+        self._source: Any = None  # a callable giving a Snapshot, set by the handlers
+        self.passes = 0
+
+    def attach(self, source: Any) -> None:
+        self._source = source
+
+    def kick(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), timeout=self.cfg.resync_seconds)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+            if self._source is None:
+                continue
+            snapshot: Snapshot = self._source()
+            if not snapshot.pending:
+                continue
+            try:
+                await asyncio.to_thread(self.run_pass, snapshot)
+            except Exception:
+                log.exception("scheduling pass failed; retrying")
+                await asyncio.sleep(1.0)
+                self._dirty.set()
+
+    def run_pass(self, snapshot: Snapshot) -> None:
+        self.passes += 1
+        bound = list(snapshot.view.bound)
+        for body in sorted(snapshot.pending, key=_creation_order):
+            uid = body["metadata"]["uid"]
+            if self.claims.is_assumed(uid):
+                continue  # bound by an earlier pass; the cache has not caught up yet
+            view = dataclasses.replace(snapshot.view, bound=bound)
+            try:
+                outcome = binding.schedule(body, view, self.claims, self.cfg, self.kube)
+            except Exception as exc:  # noqa: BLE001 - one Server's failure must not stop the pass
+                log.warning("scheduling %s failed: %s", _name(body), exc)
+                self._dirty.set()
+                continue
+            log.debug("%s: %s", _name(body), outcome)
+
+
+def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = body["metadata"]
+    return (str(meta.get("creationTimestamp", "")), meta["namespace"], meta["name"])
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"

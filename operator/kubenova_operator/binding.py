@@ -1,0 +1,168 @@
+"""Deciding where each pending Server runs and binding it: resolve its Flavor and Image, pick a
+host, write ``status.nodeName``. Plain functions over plain data; kopf stays in ``handlers``."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubenova_api import common, constants, kube
+from kubenova_operator.scheduling import claims, hosts, placement
+from kubenova_operator.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterView:
+    """A consistent snapshot of what scheduling reads, taken from the controller's caches."""
+
+    flavors: Mapping[str, dict[str, Any]]
+    images: Mapping[str, dict[str, Any]]
+    hypervisors: Mapping[str, dict[str, Any]]  # name -> {"spec":…, "status":…}
+    bound: list[claims.Claim]
+    alive_uids: set[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What happened to one Server: bound to ``host``, or waiting with a reason."""
+
+    host: str | None
+    reason: str
+    message: str
+
+
+def server_ref(body: Mapping[str, Any]) -> kube.ObjectRef:
+    return kube.ObjectRef.of(dict(body), "Server", constants.SERVERS)
+
+
+def check_references(
+    spec: Mapping[str, Any], view: ClusterView
+) -> tuple[dict[str, Any], dict[str, Any]] | Outcome:
+    """The Server's Flavor and Image specs, or why they cannot be used."""
+    flavor = view.flavors.get(spec["flavorRef"])
+    if flavor is None:
+        return Outcome(None, "FlavorNotFound", f"Flavor {spec['flavorRef']!r} does not exist; "
+                       "the Server will be scheduled as soon as it is created")  # fmt: skip
+    image = view.images.get(spec["imageRef"])
+    if image is None:
+        return Outcome(None, "ImageNotFound", f"Image {spec['imageRef']!r} does not exist; "
+                       "the Server will be scheduled as soon as it is created")  # fmt: skip
+    if int(image.get("minMemoryMiB", 0)) > int(flavor["memoryMiB"]):
+        return Outcome(None, "FlavorMemoryTooSmall", f"Image {spec['imageRef']!r} needs "
+                       f"{image['minMemoryMiB']} MiB; Flavor {spec['flavorRef']!r} has "
+                       f"{flavor['memoryMiB']} MiB")  # fmt: skip
+    disk = int(flavor.get("diskGiB", 0))
+    if disk and int(image.get("minDiskGiB", 0)) > disk:
+        return Outcome(None, "FlavorDiskTooSmall", f"Image {spec['imageRef']!r} needs "
+                       f"{image['minDiskGiB']} GiB of disk; Flavor {spec['flavorRef']!r} has "
+                       f"{disk} GiB")  # fmt: skip
+    return flavor, image
+
+
+def host_states(
+    view: ClusterView, claimed: Mapping[str, hosts.Resources], cfg: ControllerSettings
+) -> list[hosts.HostState]:
+    now = dt.datetime.now(dt.UTC)
+    grace = dt.timedelta(seconds=cfg.heartbeat_grace_seconds)
+    defaults = hosts.Ratios(
+        cfg.cpu_allocation_ratio, cfg.ram_allocation_ratio, cfg.disk_allocation_ratio
+    )
+    return [
+        hosts.host_state(
+            name, hv.get("spec") or {}, hv.get("status") or {},
+            claimed.get(name, hosts.Resources()), defaults, grace, now,
+        )  # fmt: skip
+        for name, hv in sorted(view.hypervisors.items())
+    ]
+
+
+def schedule(
+    body: Mapping[str, Any],
+    view: ClusterView,
+    assumed: claims.Claims,
+    cfg: ControllerSettings,
+    k: kube.Kube,
+) -> Outcome:
+    """Schedule one unbound Server; writes its status only when something changed."""
+    spec = body["spec"]
+    refs = check_references(spec, view)
+    if isinstance(refs, Outcome):
+        return _wait(body, refs, k)
+    flavor, image = refs
+    request = placement.Request(
+        resources=hosts.Resources(
+            int(flavor["vcpus"]), int(flavor["memoryMiB"]), int(flavor.get("diskGiB", 0))
+        ),
+        zone=spec.get("availabilityZone"),
+        host_name=spec.get("hostName"),
+        arch=str(image.get("architecture", "x86_64")),
+    )
+    claimed = assumed.per_host(view.bound, view.alive_uids)
+    decision = placement.pick_host(request, host_states(view, claimed, cfg))
+    if isinstance(decision, placement.NoValidHost):
+        return _wait(body, Outcome(None, "Unschedulable", decision.message), k)
+    return _bind(body, decision.host, request.resources, assumed, k)
+
+
+def _bind(
+    body: Mapping[str, Any],
+    host: str,
+    resources: hosts.Resources,
+    assumed: claims.Claims,
+    k: kube.Kube,
+) -> Outcome:
+    meta = body["metadata"]
+    generation = meta.get("generation")
+    message = f"bound to host {host}"
+    conditions = common.set_condition(
+        _own_conditions(body), "Scheduled", "True", "Bound", message, generation
+    )
+    status = {
+        "phase": "BUILD",
+        "nodeName": host,
+        "flavor": resources.to_api(),
+        "conditions": conditions,
+    }
+    ref = server_ref(body)
+    # Assume first: a concurrent pass must see the claim even before the write returns.
+    assumed.assume(claims.Claim(meta["uid"], host, resources))
+    try:
+        kube.retrying(lambda: k.apply_status(ref, status))
+    except Exception:
+        assumed.forget(meta["uid"])
+        raise
+    k.event(ref, "Scheduled", f"Server {meta['namespace']}/{meta['name']} {message}")
+    log.info("bound %s/%s to %s", meta["namespace"], meta["name"], host)
+    return Outcome(host, "Bound", message)
+
+
+def _own_conditions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    cond = common.get_condition((body.get("status") or {}).get("conditions"), "Scheduled")
+    return [cond] if cond else []
+
+
+def _wait(body: Mapping[str, Any], outcome: Outcome, k: kube.Kube) -> Outcome:
+    """Say why the Server waits (condition + Event), unless it already says exactly that."""
+    status = body.get("status") or {}
+    current = common.get_condition(status.get("conditions"), "Scheduled") or {}
+    if (
+        current.get("status") == "False"
+        and current.get("reason") == outcome.reason
+        and current.get("message") == outcome.message
+        and status.get("phase") == "BUILD"
+    ):
+        return outcome
+    generation = body["metadata"].get("generation")
+    conditions = common.set_condition(
+        _own_conditions(body), "Scheduled", "False", outcome.reason, outcome.message, generation
+    )
+    ref = server_ref(body)
+    kube.retrying(lambda: k.apply_status(ref, {"phase": "BUILD", "conditions": conditions}))
+    if current.get("reason") != outcome.reason:
+        k.event(ref, outcome.reason, outcome.message, warning=True)
+    return outcome

@@ -1,0 +1,64 @@
+"""The controller's settings: one frozen object, read once at start-up."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerSettings:
+    heartbeat_grace_seconds: float = 60.0
+    """A Hypervisor whose heartbeat is older than this gets no new Servers."""
+    cpu_allocation_ratio: float = 4.0
+    """Cluster-wide vCPU allocation ratio (a Hypervisor's spec may override it)."""
+    ram_allocation_ratio: float = 1.0
+    """Cluster-wide memory allocation ratio."""
+    disk_allocation_ratio: float = 1.0
+    """Cluster-wide disk allocation ratio."""
+    resync_seconds: float = 10.0
+    """How often pending Servers are looked at even when nothing changed."""
+    kubeconfig: str | None = None
+    """A kubeconfig; the pod's service account is used when unset."""
+
+
+def from_args(argv: list[str] | None = None) -> ControllerSettings:
+    env = os.environ
+    d = ControllerSettings()
+    p = argparse.ArgumentParser(prog="kubenova-controller", description="kubenova controller")
+    p.add_argument(
+        "--heartbeat-grace-seconds",
+        type=float,
+        default=float(env.get("KUBENOVA_HEARTBEAT_GRACE_SECONDS", d.heartbeat_grace_seconds)),
+    )
+    p.add_argument(
+        "--cpu-allocation-ratio",
+        type=float,
+        default=float(env.get("KUBENOVA_CPU_ALLOCATION_RATIO", d.cpu_allocation_ratio)),
+    )
+    p.add_argument(
+        "--ram-allocation-ratio",
+        type=float,
+        default=float(env.get("KUBENOVA_RAM_ALLOCATION_RATIO", d.ram_allocation_ratio)),
+    )
+    p.add_argument(
+        "--disk-allocation-ratio",
+        type=float,
+        default=float(env.get("KUBENOVA_DISK_ALLOCATION_RATIO", d.disk_allocation_ratio)),
+    )
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env.get("KUBENOVA_RESYNC_SECONDS", d.resync_seconds)),
+    )
+    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
+    a = p.parse_args(argv)
+    return ControllerSettings(
+        heartbeat_grace_seconds=a.heartbeat_grace_seconds,
+        cpu_allocation_ratio=a.cpu_allocation_ratio,
+        ram_allocation_ratio=a.ram_allocation_ratio,
+        disk_allocation_ratio=a.disk_allocation_ratio,
+        resync_seconds=a.resync_seconds,
+        kubeconfig=a.kubeconfig,
+    )
