@@ -69,8 +69,8 @@ def set_condition(
             continue
         found = True
         changed = cond.get("status") != status
-        when = now().isoformat().replace("+00:00", "Z") if changed else cond.get(
-            "lastTransitionTime"
+        when = (
+            now().isoformat().replace("+00:00", "Z") if changed else cond.get("lastTransitionTime")
         )
         out.append(_condition(type_, status, reason, message, when, generation))
     if not found:

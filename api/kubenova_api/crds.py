@@ -121,7 +121,8 @@ def structural(model: type[BaseModel]) -> dict[str, Any]:
     """A Kubernetes structural OpenAPI v3 schema of ``model``."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
-    return _convert(raw, defs)
+    converted: dict[str, Any] = _convert(raw, defs)
+    return converted
 
 
 def _convert(node: Any, defs: dict[str, Any]) -> Any:

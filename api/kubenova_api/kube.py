@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -24,6 +24,11 @@ T = TypeVar("T")
 
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
+
+
+def as_dict(obj: object) -> dict[str, Any]:
+    """The custom-objects API returns plain JSON dicts, typed as ``object``."""
+    return cast(dict[str, Any], obj)
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -115,7 +120,7 @@ class Kube:
             obj = self.custom.get_cluster_custom_object(
                 constants.GROUP, constants.VERSION, ref.plural, ref.name
             )
-        return dict(obj)
+        return as_dict(obj)
 
     def get_or_none(self, ref: ObjectRef) -> dict[str, Any] | None:
         try:
@@ -128,7 +133,7 @@ class Kube:
     # -- writes
     def apply_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of ``status`` under this component's field manager."""
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": constants.API_VERSION,
             "kind": ref.kind,
             "metadata": {"name": ref.name},
@@ -137,28 +142,50 @@ class Kube:
         if ref.namespace:
             body["metadata"]["namespace"] = ref.namespace
             out = self.custom.patch_namespaced_custom_object_status(
-                constants.GROUP, constants.VERSION, ref.namespace, ref.plural, ref.name, body,
-                field_manager=self.field_manager, force=True, _content_type=APPLY,
-            )  # fmt: skip
+                constants.GROUP,
+                constants.VERSION,
+                ref.namespace,
+                ref.plural,
+                ref.name,
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type=APPLY,
+            )
         else:
             out = self.custom.patch_cluster_custom_object_status(
-                constants.GROUP, constants.VERSION, ref.plural, ref.name, body,
-                field_manager=self.field_manager, force=True, _content_type=APPLY,
-            )  # fmt: skip
-        return dict(out)
+                constants.GROUP,
+                constants.VERSION,
+                ref.plural,
+                ref.name,
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type=APPLY,
+            )
+        return as_dict(out)
 
     def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
         if ref.namespace:
             out = self.custom.patch_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, ref.namespace, ref.plural, ref.name, ops,
+                constants.GROUP,
+                constants.VERSION,
+                ref.namespace,
+                ref.plural,
+                ref.name,
+                ops,
                 _content_type=JSON_PATCH,
-            )  # fmt: skip
+            )
         else:
             out = self.custom.patch_cluster_custom_object(
-                constants.GROUP, constants.VERSION, ref.plural, ref.name, ops,
+                constants.GROUP,
+                constants.VERSION,
+                ref.plural,
+                ref.name,
+                ops,
                 _content_type=JSON_PATCH,
-            )  # fmt: skip
-        return dict(out)
+            )
+        return as_dict(out)
 
     def add_finalizer(self, ref: ObjectRef, body: dict[str, Any], name: str) -> dict[str, Any]:
         """Add finalizer ``name`` unless present; guarded by resourceVersion (409 on a race)."""
@@ -199,9 +226,7 @@ class Kube:
                     raise
         raise RuntimeError(f"could not remove finalizer {name} from {ref.name}")
 
-    def event(
-        self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False
-    ) -> None:
+    def event(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
         """Record an Event about ``ref`` (best effort: a failed Event never fails the work)."""
         now = dt.datetime.now(dt.UTC)
         namespace = ref.namespace or "default"
@@ -228,5 +253,5 @@ class Kube:
         )
         try:
             self.core.create_namespaced_event(namespace, body)
-        except Exception as exc:  # noqa: BLE001 - Events are advisory
+        except Exception as exc:
             log.warning("could not record event %s on %s: %s", reason, ref.name, exc)

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from typing import IO
 
@@ -107,14 +108,18 @@ class ControlPlane:
         for proc in self._procs:
             if proc.poll() is not None:
                 raise netutil.Fatal(
-                    f"{proc.args[0]} exited with {proc.returncode}; see {self.workdir}/*.log"
+                    f"{proc.args!r} exited with {proc.returncode}; see {self.workdir}/*.log"
                 )
         ctx = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
         req = urllib.request.Request(  # noqa: S310 - https on loopback
             f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.token('admin')}"}
         )
-        with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:  # noqa: S310
-            return bool(resp.status == 200)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:  # noqa: S310
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # not ready yet (500 while post-start hooks run)
+            return False
 
     def stop(self) -> None:
         for proc in reversed(self._procs):
@@ -147,23 +152,51 @@ class ControlPlane:
 
         ssl_run("genrsa", "-out", "ca.key", "2048")
         ssl_run(
-            "req", "-x509", "-new", "-key", "ca.key", "-days", "3650",
-            "-subj", "/CN=kubenova-devenv-ca", "-out", "ca.crt",
-        )  # fmt: skip
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=kubenova-devenv-ca",
+            "-out",
+            "ca.crt",
+        )
         ssl_run("genrsa", "-out", "apiserver.key", "2048")
         ssl_run(
-            "req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver",
-            "-out", "apiserver.csr",
-        )  # fmt: skip
+            "req",
+            "-new",
+            "-key",
+            "apiserver.key",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-out",
+            "apiserver.csr",
+        )
         (pki / "san.ext").write_text(
             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n"
             "extendedKeyUsage=serverAuth\n"
         )
         ssl_run(
-            "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "3650", "-extfile", "san.ext", "-out", "apiserver.crt",
-        )  # fmt: skip
+            "x509",
+            "-req",
+            "-in",
+            "apiserver.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "apiserver.crt",
+        )
         ssl_run("genrsa", "-out", "sa.key", "2048")
         ssl_run("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
 
@@ -179,7 +212,10 @@ class ControlPlane:
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [
-                    {"name": "kubenova", "cluster": {"server": self.url, "certificate-authority": ca}}
+                    {
+                        "name": "kubenova",
+                        "cluster": {"server": self.url, "certificate-authority": ca},
+                    }
                 ],
                 "users": [{"name": user, "user": {"token": self.token(user)}}],
                 "contexts": [

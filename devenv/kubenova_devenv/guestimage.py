@@ -111,9 +111,7 @@ def _unpack_kernel(tmp: pathlib.Path) -> pathlib.Path:
     ).stdout
     names = [ln.split(":", 1)[1].strip() for ln in deps.splitlines() if "Depends:" in ln]
     package = next(n for n in names if n.startswith("linux-image-"))
-    subprocess.run(
-        ["apt-get", "download", "-q", package], cwd=tmp, check=True, capture_output=True
-    )
+    subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, check=True, capture_output=True)
     deb = glob.glob(str(tmp / f"{package}_*.deb"))[0]
     tree = tmp / "kernel"
     subprocess.run(["dpkg-deb", "-x", deb, str(tree)], check=True)
@@ -148,8 +146,11 @@ def _build_initramfs(target: pathlib.Path, module_dir: pathlib.Path) -> None:
             capture_output=True,
             check=True,
         )
-        f.write(subprocess.run(["gzip", "-9n"], input=cpio.stdout, capture_output=True,
-                               check=True).stdout)
+        f.write(
+            subprocess.run(
+                ["gzip", "-9n"], input=cpio.stdout, capture_output=True, check=True
+            ).stdout
+        )
 
 
 def _build_disk(target: pathlib.Path) -> None:
@@ -161,3 +162,14 @@ def _build_disk(target: pathlib.Path) -> None:
         check=True,
     )
     raw.unlink()
+
+
+def build_cached() -> GuestImage:
+    """The guest in the kubenova cache, built on first use."""
+    from kubenova_devenv import paths  # noqa: PLC0415
+
+    return build(paths.cache_dir() / "guest" / version())
+
+
+if __name__ == "__main__":
+    print(build_cached())

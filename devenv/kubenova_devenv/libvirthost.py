@@ -89,13 +89,21 @@ class LibvirtHost:
         self._log = (self.root / "libvirtd.out").open("ab")
         self._proc = subprocess.Popen(
             [
-                "unshare", "-m", "--propagation", "private",
-                "bash", "-c", _LAUNCH, "launch", str(self.root), *mounts,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                _LAUNCH,
+                "launch",
+                str(self.root),
+                *mounts,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         netutil.wait_until(self._ready, timeout, f"libvirtd of host {self.name}")
 
     def _ready(self) -> bool:
@@ -116,6 +124,13 @@ class LibvirtHost:
         if check and out.returncode != 0:
             raise RuntimeError(f"virsh {' '.join(args)} on {self.name}: {out.stderr.strip()}")
         return out.stdout
+
+    def has_domain(self, uuid_or_name: str) -> bool:
+        """Whether the host has that domain, defined or running."""
+        out = subprocess.run(
+            ["virsh", "-c", self.uri, "dominfo", uuid_or_name], capture_output=True, timeout=60
+        )
+        return out.returncode == 0
 
     def stop(self, destroy_domains: bool = True) -> None:
         """Stop libvirtd and virtlogd; with ``destroy_domains`` no QEMU is left running."""

@@ -29,7 +29,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
                 return
         except Fatal:
             raise
-        except Exception as exc:  # noqa: BLE001 - any other failure means "not yet"
+        except Exception as exc:
             last = exc
         time.sleep(step)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")

@@ -9,9 +9,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def cache_dir() -> pathlib.Path:
-    """``$KUBENOVA_CACHE``, else ``.cache/`` in the repository (git ignores it)."""
+    """``$KUBENOVA_CACHE``, else ``~/.cache/kubenova``: outside the work tree, so that a fresh
+    clone (as CI makes) reuses the control-plane binaries and guest image built before."""
     env = os.environ.get("KUBENOVA_CACHE")
-    path = pathlib.Path(env) if env else REPO / ".cache"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    path = pathlib.Path(env) if env else pathlib.Path(xdg) / "kubenova"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,15 @@ from typing import IO, Any
 
 import yaml
 
-from kubenova_devenv import controlplane, guestimage, imageserver, libvirthost, netutil, paths
+from kubenova_devenv import (
+    controlplane,
+    guestimage,
+    imageserver,
+    libvirthost,
+    netutil,
+    paths,
+    simhost,
+)
 
 DEPLOY = paths.REPO / "deploy"
 EXAMPLES = paths.REPO / "examples"
@@ -35,9 +44,12 @@ class Proc:
     def start(self) -> None:
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
     @property
     def alive(self) -> bool:
@@ -84,8 +96,14 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cp.start()
         self.install()
-        self.guest = guestimage.build(paths.cache_dir() / "guest" / guestimage.version())
-        self.image_server = imageserver.ImageServer(self.guest.kernel.parent)
+        self.guest = guestimage.build_cached()
+        served = self.workdir / "images"
+        served.mkdir(exist_ok=True)
+        for path in (self.guest.kernel, self.guest.ramdisk, self.guest.disk):
+            target = served / path.name
+            if not target.exists():
+                shutil.copyfile(path, target)
+        self.image_server = imageserver.ImageServer(served)
         self.image_server.start()
         for i in range(self.host_count):
             name = f"host-{chr(ord('a') + i)}"
@@ -137,14 +155,19 @@ class Stack:
         proc = Proc(
             "controller",
             [
-                sys.executable, "-m", "kubenova_operator.main",
-                "--kubeconfig", str(self.cp.kubeconfig("kubenova:controller")),
-                "--heartbeat-grace-seconds", str(self.heartbeat_grace_seconds),
-                "--resync-seconds", "5",
+                sys.executable,
+                "-m",
+                "kubenova_operator.main",
+                "--kubeconfig",
+                str(self.cp.kubeconfig("kubenova:controller")),
+                "--heartbeat-grace-seconds",
+                str(self.heartbeat_grace_seconds),
+                "--resync-seconds",
+                "5",
             ],
             self.workdir / "controller.log",
             self._env(),
-        )  # fmt: skip
+        )
         proc.start()
         self.controller = proc
         return proc
@@ -154,24 +177,71 @@ class Stack:
         proc = Proc(
             f"agent-{host_name}",
             [
-                *host.nsenter(), sys.executable, "-m", "kubenova_agent.main",
-                "--host-name", host_name,
-                "--libvirt-uri", "qemu:///system",
-                "--virt-type", self.virt_type,
-                "--kubeconfig", str(self.cp.kubeconfig("kubenova:agent")),
-                "--heartbeat-seconds", str(self.heartbeat_seconds),
-                "--resync-seconds", "30",
+                *host.nsenter(),
+                sys.executable,
+                "-m",
+                "kubenova_agent.main",
+                "--host-name",
+                host_name,
+                "--libvirt-uri",
+                "qemu:///system",
+                "--virt-type",
+                self.virt_type,
+                "--kubeconfig",
+                str(self.cp.kubeconfig("kubenova:agent")),
+                "--heartbeat-seconds",
+                str(self.heartbeat_seconds),
+                "--resync-seconds",
+                "30",
             ],
             self.workdir / f"agent-{host_name}.log",
             self._env(),
-        )  # fmt: skip
+        )
         proc.start()
         self.agents[host_name] = proc
         return proc
 
+    def start_sim_agent(self, name: str, cpus: int = 8, memory_mib: int = 16384) -> Proc:
+        """An agent for a simulated host on libvirt's test driver (no daemon, no guests run)."""
+        root = self.workdir / name
+        uri = simhost.write_host_file(root / "host.xml", cpus=cpus, memory_mib=memory_mib)
+        proc = Proc(
+            f"agent-{name}",
+            [
+                sys.executable,
+                "-m",
+                "kubenova_agent.main",
+                "--host-name",
+                name,
+                "--libvirt-uri",
+                uri,
+                "--virt-type",
+                "test",
+                "--state-dir",
+                str(root / "state"),
+                "--kubeconfig",
+                str(self.cp.kubeconfig("kubenova:agent")),
+                "--heartbeat-seconds",
+                str(self.heartbeat_seconds),
+                "--reserved-memory-mib",
+                "0",
+                "--resync-seconds",
+                "30",
+            ],
+            self.workdir / f"agent-{name}.log",
+            self._env(),
+        )
+        proc.start()
+        self.agents[name] = proc
+        return proc
+
     # ------------------------------------------------------------------ helpers
     def kubectl(
-        self, *args: str, check: bool = True, user: str = "admin", stdin: str | None = None,
+        self,
+        *args: str,
+        check: bool = True,
+        user: str = "admin",
+        stdin: str | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         argv = [str(kubectl_binary()), "--kubeconfig", str(self.cp.kubeconfig(user)), *args]
@@ -192,19 +262,30 @@ class Stack:
         data: dict[str, Any] = yaml.safe_load(out.stdout)
         return data
 
-    def image_manifest(self, name: str = "kubenova-guest", with_disk: bool = True,
-                       kernel_sha: str | None = None) -> dict[str, Any]:
-        """The example Image, pointing at the local image server with real checksums."""
+    def image_manifest(
+        self,
+        name: str = "kubenova-guest",
+        with_disk: bool = True,
+        kernel_sha: str | None = None,
+        slow: bool = False,
+    ) -> dict[str, Any]:
+        """The example Image, pointing at the local image server with real checksums.
+        ``slow`` serves it slowly; ``kernel_sha`` overrides the kernel's checksum."""
         assert self.guest is not None and self.image_server is not None
         g, srv = self.guest, self.image_server
         uec: dict[str, Any] = {
-            "kernel": {"url": srv.url("vmlinuz"), "sha256": kernel_sha or g.sha256(g.kernel)},
-            "ramdisk": {"url": srv.url("initrd.img"), "sha256": g.sha256(g.ramdisk)},
+            "kernel": {
+                "url": srv.url("vmlinuz", slow),
+                "sha256": kernel_sha or g.sha256(g.kernel),
+            },
+            "ramdisk": {"url": srv.url("initrd.img", slow), "sha256": g.sha256(g.ramdisk)},
             "cmdline": "console=ttyS0 quiet",
         }
         if with_disk:
             uec["disk"] = {
-                "url": srv.url("disk.qcow2"), "sha256": g.sha256(g.disk), "format": "qcow2",
+                "url": srv.url("disk.qcow2", slow),
+                "sha256": g.sha256(g.disk),
+                "format": "qcow2",
             }
         return {
             "apiVersion": "compute.kubenova.io/v1alpha1",
@@ -212,6 +293,22 @@ class Stack:
             "metadata": {"name": name},
             "spec": {"source": {"uec": uec}, "minMemoryMiB": 64},
         }
+
+    def disk_variant(self, tag: str) -> tuple[str, str]:
+        """A new qcow2 disk image, served as ``disk-<tag>.qcow2``, whose first bytes read
+        ``KUBENOVA-DISK-<tag>``; returns its file name and SHA-256. Unique content means a
+        cache miss on every host."""
+        assert self.image_server is not None
+        served = self.workdir / "images"
+        raw = served / f".disk-{tag}.raw"
+        raw.write_bytes(f"KUBENOVA-DISK-{tag}\n".encode().ljust(1 << 20, b"\0"))
+        name = f"disk-{tag}.qcow2"
+        subprocess.run(
+            ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(served / name)],
+            check=True,
+        )
+        raw.unlink()
+        return name, guestimage.sha256_of(served / name)
 
     def console(self, host_name: str, uid: str) -> str:
         path = self.hosts[host_name].outside(f"/var/lib/kubenova/consoles/{uid}.log")
@@ -222,9 +319,10 @@ class Stack:
 
     def wait_console(self, host_name: str, uid: str, text: str, timeout: float = 60) -> str:
         netutil.wait_until(
-            lambda: text in self.console(host_name, uid), timeout,
+            lambda: text in self.console(host_name, uid),
+            timeout,
             f"{text!r} on the console of {uid} on {host_name}",
-        )  # fmt: skip
+        )
         return self.console(host_name, uid)
 
 

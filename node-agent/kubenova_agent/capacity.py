@@ -4,20 +4,22 @@ libvirt, what this host's Servers claim, the CPU, versions and a heartbeat."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kubenova_api import common, constants, kube
 from kubenova_agent.libvirt import errors
 from kubenova_agent.libvirt.host import Host, HostFacts
 from kubenova_agent.libvirt.storage import Storage
 from kubenova_agent.settings import AgentSettings
+from kubenova_api import common, constants, kube
 
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
+FACTS_REFRESH_SECONDS = 300.0
 
 
 def hypervisor_ref(host_name: str) -> kube.ObjectRef:
@@ -69,6 +71,22 @@ class CapacityPublisher:
         self._servers = servers
         self._virt_type = virt_type
         self._facts: HostFacts | None = None
+        self._facts_at = 0.0
+        self._ready: dict[str, Any] | None = None
+
+    def facts(self) -> HostFacts:
+        """The host's CPU, size and versions; read again every few minutes (they rarely change,
+        and the first read makes libvirtd probe QEMU, which takes seconds)."""
+        now = time.monotonic()
+        if self._facts is None or now - self._facts_at > FACTS_REFRESH_SECONDS:
+            self._facts = self._host.facts()
+            self._facts_at = now
+        return self._facts
+
+    def _condition(self, status: str, reason: str, message: str) -> dict[str, Any]:
+        old = [self._ready] if self._ready else []
+        self._ready = common.set_condition(old, "Ready", status, reason, message)[0]  # type: ignore[arg-type]
+        return self._ready
 
     def publish(self) -> dict[str, Any]:
         """Compute and write the Hypervisor status; returns what was written."""
@@ -84,14 +102,13 @@ class CapacityPublisher:
             "virtType": self._virt_type,
         }
         try:
-            facts = self._host.facts()
-            self._facts = facts
+            facts = self.facts()
             pool = self._storage.usage()
             running = sum(1 for d in self._host.domains() if d.active and d.owner is not None)
         except errors.HypervisorError as exc:
             log.warning("libvirt unreachable while publishing capacity: %s", exc)
             status["conditions"] = [
-                _ready("False", "LibvirtUnreachable", f"libvirt at {s.libvirt_uri}: {exc}")
+                self._condition("False", "LibvirtUnreachable", f"libvirt at {s.libvirt_uri}: {exc}")
             ]
             self._kube.apply_status(hypervisor_ref(s.host_name), status)
             return status
@@ -116,12 +133,10 @@ class CapacityPublisher:
                     "diskGiB": pool.capacity_bytes // GIB,
                 },
                 "runningVMs": running,
-                "conditions": [_ready("True", "AgentReady", f"libvirt {facts.libvirt_version}")],
+                "conditions": [
+                    self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")
+                ],
             }
         )
         self._kube.apply_status(hypervisor_ref(s.host_name), status)
         return status
-
-
-def _ready(status: str, reason: str, message: str) -> dict[str, Any]:
-    return common.set_condition([], "Ready", status, reason, message)[0]  # type: ignore[arg-type]

@@ -45,6 +45,16 @@ class ImageCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
+    def clean_partial(self) -> list[str]:
+        """Delete downloads that a killed agent left half-written."""
+        if not self.directory.exists():
+            return []
+        removed = []
+        for path in self.directory.glob(".*"):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
+
     def path_of(self, sha256: str) -> pathlib.Path:
         return self.directory / sha256
 
@@ -101,7 +111,7 @@ class ImageCache:
 
     def remove_unused(self, keep: set[str]) -> list[str]:
         """Delete cached files whose checksum is not in ``keep``."""
-        removed = []
+        removed: list[str] = []
         if not self.directory.exists():
             return removed
         for path in self.directory.iterdir():

@@ -66,7 +66,7 @@ class ServerInformer:
                     log.info("watch expired; listing again")
                     continue
                 log.warning("server watch failed: %s; retrying in %.1fs", exc, delay)
-            except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
+            except Exception as exc:
                 log.warning("server watch failed: %s; retrying in %.1fs", exc, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, 30.0)
@@ -75,14 +75,15 @@ class ServerInformer:
         resp = self._kube.custom.list_cluster_custom_object(
             constants.GROUP, constants.VERSION, constants.SERVERS, field_selector=self._selector
         )
-        fresh = {key_of(item): item for item in resp.get("items", [])}
+        listing = kube.as_dict(resp)
+        fresh = {key_of(item): item for item in listing.get("items", [])}
         with self._lock:
             gone = set(self._store) - set(fresh)
             self._store = fresh
         for key in list(fresh) + list(gone):
             self._on_change(key)
         self.synced.set()
-        return str(resp["metadata"]["resourceVersion"])
+        return str(listing["metadata"]["resourceVersion"])
 
     def _watch_from(self, rv: str) -> None:
         self._watch = watch.Watch()

@@ -3,18 +3,19 @@ that reconcile them, libvirt domain events, an orphan sweep and the capacity hea
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
 import threading
 from types import FrameType
 
-from kubenova_api import constants, kube
 from kubenova_agent import capacity, images, informer, reconcile, settings, workqueue
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
 from kubenova_agent.libvirt.storage import Storage
+from kubenova_api import constants, kube
 
 log = logging.getLogger("kubenova_agent")
 
@@ -49,12 +50,15 @@ class Agent:
         cfg = self.settings
         virt_type = resolve_virt_type(cfg.virt_type, self.host)
         self.storage.ensure_pool()
+        image_cache = images.ImageCache(cfg.images_dir)
+        for name in image_cache.clean_partial():
+            log.info("removed a partial download left behind: %s", name)
         self.deps = reconcile.Deps(
             settings=cfg,
             kube=self.kube,
             guests=self.guests,
             storage=self.storage,
-            images=images.ImageCache(cfg.images_dir),
+            images=image_cache,
             virt_type=virt_type,
         )
         capacity.ensure_hypervisor(self.kube, cfg.host_name)
@@ -68,8 +72,10 @@ class Agent:
         self._spawn("resync", self._resync)
         log.info(
             "agent for host %s started (libvirt %s, virt type %s)",
-            cfg.host_name, cfg.libvirt_uri, virt_type.value,
-        )  # fmt: skip
+            cfg.host_name,
+            cfg.libvirt_uri,
+            virt_type.value,
+        )
 
     def _spawn(self, name: str, target: object) -> None:
         t = threading.Thread(target=target, name=f"{self.settings.host_name}-{name}", daemon=True)  # type: ignore[arg-type]
@@ -109,8 +115,15 @@ class Agent:
                 transient = getattr(exc, "transient", True)
                 delay = self.queue.backoff(key)
                 level = logging.WARNING if transient else logging.ERROR
-                log.log(level, "reconciling %s/%s failed (%s); again in %.1fs",
-                        key[0], key[1], exc, delay, exc_info=not transient)  # fmt: skip
+                log.log(
+                    level,
+                    "reconciling %s/%s failed (%s); again in %.1fs",
+                    key[0],
+                    key[1],
+                    exc,
+                    delay,
+                    exc_info=not transient,
+                )
             finally:
                 self.queue.done(key)
                 self._capacity_due.set()
@@ -119,7 +132,7 @@ class Agent:
         while not self._stop.is_set():
             try:
                 self.publisher.publish()
-            except Exception as exc:  # noqa: BLE001 - the heartbeat must go on
+            except Exception as exc:
                 log.warning("publishing capacity failed: %s", exc)
             self._capacity_due.wait(self.settings.heartbeat_seconds)
             self._capacity_due.clear()
@@ -130,7 +143,7 @@ class Agent:
         while not self._stop.is_set():
             try:
                 self.sweep_orphans()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("orphan sweep failed: %s", exc)
             for body in self.informer.items():
                 self.queue.add(informer.key_of(body))
@@ -146,16 +159,17 @@ class Agent:
         if not domains:
             return []
         resp = self.kube.custom.list_cluster_custom_object(
-            constants.GROUP, constants.VERSION, constants.SERVERS,
+            constants.GROUP,
+            constants.VERSION,
+            constants.SERVERS,
             field_selector=f"{constants.NODE_FIELD}={self.settings.host_name}",
-        )  # fmt: skip
-        live = {item["metadata"]["uid"] for item in resp.get("items", [])}
+        )
+        live = {item["metadata"]["uid"] for item in kube.as_dict(resp).get("items", [])}
         removed = []
         for dom in domains:
             if dom.uuid in live:
                 continue
-            log.warning("removing orphaned domain %s (%s): its Server is gone", dom.name,
-                        dom.owner)  # fmt: skip
+            log.warning("removing orphaned domain %s (%s): its Server is gone", dom.name, dom.owner)
             try:
                 reconcile.teardown(self.deps, dom.uuid)
                 removed.append(dom.uuid)
@@ -169,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
     cfg = settings.from_args(argv)
     agent = Agent(cfg)
     done = threading.Event()

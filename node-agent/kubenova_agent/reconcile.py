@@ -11,13 +11,13 @@ import os
 import pathlib
 from typing import Any
 
-from kubenova_api import common, constants, kube
-from kubenova_api.resources import Phase, PowerState
 from kubenova_agent import images
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.libvirt.guest import GuestInfo, Guests, State
 from kubenova_agent.libvirt.storage import Backing, Storage
 from kubenova_agent.settings import AgentSettings
+from kubenova_api import common, constants, kube
+from kubenova_api.resources import Phase, PowerState
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class Deps:
     storage: Storage
     images: images.ImageCache
     virt_type: domain_xml.VirtType
+    written: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The status last written per Server UID: the informer's copy may lag behind it, and a
+    write that changes nothing is a wasted API request."""
 
 
 class Permanent(Exception):
@@ -173,9 +176,10 @@ def _fetch(
     fmt = disk.get("format", "qcow2")
     if fmt == "qcow2" and images.has_backing_file(path):
         raise images.ImageError(
-            "qcow2 images with a backing file are refused", reason="ImageFormatInvalid",
+            "qcow2 images with a backing file are refused",
+            reason="ImageFormatInvalid",
             transient=False,
-        )  # fmt: skip
+        )
     return boot, (path, fmt)
 
 
@@ -210,9 +214,10 @@ def converge_power(deps: Deps, body: dict[str, Any], guest: GuestInfo) -> GuestI
         if want == PowerState.Running and guest.state in (State.shutoff, State.crashed):
             deps.guests.start(uid)
             deps.kube.event(
-                server_ref(body), "Started", f"domain {guest.name} started on "
-                f"{deps.settings.host_name}",
-            )  # fmt: skip
+                server_ref(body),
+                "Started",
+                f"domain {guest.name} started on {deps.settings.host_name}",
+            )
         elif want == PowerState.Stopped and guest.state in (State.running, State.paused):
             deps.guests.destroy(uid)
             deps.kube.event(server_ref(body), "Stopped", f"domain {guest.name} powered off")
@@ -245,6 +250,7 @@ def report(
     generation = meta.get("generation")
     host = deps.settings.host_name
     status: dict[str, Any] = {}
+    cond: tuple[common.ConditionStatus, str, str]
     if error is not None:
         phase = Phase.ERROR
         cond = ("False", error[0], error[1])
@@ -265,16 +271,18 @@ def report(
     old_ready = common.get_condition(old.get("conditions"), "Ready")
     conditions = common.set_condition(
         [old_ready] if old_ready else [], "Ready", cond[0], cond[1], cond[2], generation
-    )  # type: ignore[arg-type]
+    )
     status["conditions"] = conditions
-    launched = old.get("launchedAt")
+    uid = meta["uid"]
+    launched = old.get("launchedAt") or deps.written.get(uid, {}).get("launchedAt")
     if launched is None and phase is Phase.ACTIVE:
         launched = common.now().isoformat().replace("+00:00", "Z")
     if launched is not None:
         status["launchedAt"] = launched
-    if _unchanged(old, status):
+    if _unchanged(old, status) or _unchanged(deps.written.get(uid, {}), status):
         return
     deps.kube.apply_status(server_ref(body), status)
+    deps.written[uid] = status
     if phase is Phase.ACTIVE and old.get("phase") != Phase.ACTIVE:
         log.info("%s/%s is ACTIVE on %s", meta["namespace"], meta["name"], host)
 
@@ -303,6 +311,7 @@ def delete_server(deps: Deps, body: dict[str, Any]) -> None:
     teardown(deps, uid)
     ref = server_ref(body)
     deps.kube.remove_finalizer(ref, constants.FINALIZER_DOMAIN)
+    deps.written.pop(uid, None)
     log.info("deleted %s/%s from %s", meta["namespace"], meta["name"], deps.settings.host_name)
 
 

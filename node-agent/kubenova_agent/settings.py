@@ -78,9 +78,7 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         type=int,
         default=int(env.get("KUBENOVA_RESERVED_MEMORY_MIB", d.reserved_memory_mib)),
     )
-    p.add_argument(
-        "--reserved-vcpus", type=int, default=int(env.get("KUBENOVA_RESERVED_VCPUS", 0))
-    )
+    p.add_argument("--reserved-vcpus", type=int, default=int(env.get("KUBENOVA_RESERVED_VCPUS", 0)))
     p.add_argument(
         "--reserved-disk-gib", type=int, default=int(env.get("KUBENOVA_RESERVED_DISK_GIB", 0))
     )

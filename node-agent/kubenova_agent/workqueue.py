@@ -77,7 +77,7 @@ class WorkQueue(Generic[K]):
         with self._cond:
             n = self._failures.get(key, 0)
             self._failures[key] = n + 1
-        delay = min(cap, base * (2**n))
+        delay = min(cap, base * float(2**n))
         self.add(key, delay)
         return delay
 

@@ -71,7 +71,7 @@ class Binder:
             view = dataclasses.replace(snapshot.view, bound=bound)
             try:
                 outcome = binding.schedule(body, view, self.claims, self.cfg, self.kube)
-            except Exception as exc:  # noqa: BLE001 - one Server's failure must not stop the pass
+            except Exception as exc:
                 log.warning("scheduling %s failed: %s", _name(body), exc)
                 self._dirty.set()
                 continue

@@ -46,21 +46,37 @@ def check_references(
     """The Server's Flavor and Image specs, or why they cannot be used."""
     flavor = view.flavors.get(spec["flavorRef"])
     if flavor is None:
-        return Outcome(None, "FlavorNotFound", f"Flavor {spec['flavorRef']!r} does not exist; "
-                       "the Server will be scheduled as soon as it is created")  # fmt: skip
+        return Outcome(
+            None,
+            "FlavorNotFound",
+            f"Flavor {spec['flavorRef']!r} does not exist; "
+            "the Server will be scheduled as soon as it is created",
+        )
     image = view.images.get(spec["imageRef"])
     if image is None:
-        return Outcome(None, "ImageNotFound", f"Image {spec['imageRef']!r} does not exist; "
-                       "the Server will be scheduled as soon as it is created")  # fmt: skip
+        return Outcome(
+            None,
+            "ImageNotFound",
+            f"Image {spec['imageRef']!r} does not exist; "
+            "the Server will be scheduled as soon as it is created",
+        )
     if int(image.get("minMemoryMiB", 0)) > int(flavor["memoryMiB"]):
-        return Outcome(None, "FlavorMemoryTooSmall", f"Image {spec['imageRef']!r} needs "
-                       f"{image['minMemoryMiB']} MiB; Flavor {spec['flavorRef']!r} has "
-                       f"{flavor['memoryMiB']} MiB")  # fmt: skip
+        return Outcome(
+            None,
+            "FlavorMemoryTooSmall",
+            f"Image {spec['imageRef']!r} needs "
+            f"{image['minMemoryMiB']} MiB; Flavor {spec['flavorRef']!r} has "
+            f"{flavor['memoryMiB']} MiB",
+        )
     disk = int(flavor.get("diskGiB", 0))
     if disk and int(image.get("minDiskGiB", 0)) > disk:
-        return Outcome(None, "FlavorDiskTooSmall", f"Image {spec['imageRef']!r} needs "
-                       f"{image['minDiskGiB']} GiB of disk; Flavor {spec['flavorRef']!r} has "
-                       f"{disk} GiB")  # fmt: skip
+        return Outcome(
+            None,
+            "FlavorDiskTooSmall",
+            f"Image {spec['imageRef']!r} needs "
+            f"{image['minDiskGiB']} GiB of disk; Flavor {spec['flavorRef']!r} has "
+            f"{disk} GiB",
+        )
     return flavor, image
 
 
@@ -74,9 +90,14 @@ def host_states(
     )
     return [
         hosts.host_state(
-            name, hv.get("spec") or {}, hv.get("status") or {},
-            claimed.get(name, hosts.Resources()), defaults, grace, now,
-        )  # fmt: skip
+            name,
+            hv.get("spec") or {},
+            hv.get("status") or {},
+            claimed.get(name, hosts.Resources()),
+            defaults,
+            grace,
+            now,
+        )
         for name, hv in sorted(view.hypervisors.items())
     ]
 

@@ -17,9 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig
     handlers.configure_runtime(cfg)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # One active controller: kopf peering needs its own CRDs; standalone until HA lands.

@@ -149,4 +149,6 @@ def console_log_of(xml: str) -> str | None:
 def disk_paths(xml: str) -> list[str]:
     """Paths of the domain's file-backed disks."""
     root = etree.fromstring(xml.encode())
-    return [str(p) for p in root.xpath("devices/disk/source/@file")]
+    found = root.xpath("devices/disk/source/@file")
+    assert isinstance(found, list)
+    return [str(p) for p in found]

@@ -39,6 +39,8 @@ def _start_event_loop() -> None:
     with _event_loop_lock:
         if _event_loop_started:
             return
+        # libvirt prints every error to stderr by default; they reach us as exceptions.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:

@@ -33,9 +33,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.persistence.finalizer = f"{constants.PREFIX}/controller"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=constants.PREFIX
-    )
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=constants.PREFIX, key="last-handled-configuration"
     )
@@ -49,7 +47,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 def login(**_: Any) -> kopf.ConnectionInfo:
     """Credentials from the same kubeconfig (or service account) the rest of kubenova uses."""
     cfg: ControllerSettings = _runtime.get("settings") or ControllerSettings()
-    return kube.connection_info(kube.api_client(cfg.kubeconfig))
+    info: kopf.ConnectionInfo = kube.connection_info(kube.api_client(cfg.kubeconfig))
+    return info
 
 
 @kopf.on.cleanup()
@@ -85,7 +84,12 @@ def server_claims(uid: str, status: kopf.Status, **_: Any) -> dict[str, Any] | N
 
 @kopf.index(G, V, constants.SERVERS)
 def pending_servers(
-    namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, **_: Any
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    **_: Any,
 ) -> dict[Any, Any] | None:
     if status.get("nodeName") or meta.get("deletionTimestamp"):
         return None

@@ -89,9 +89,7 @@ def host_state(
 ) -> HostState:
     """The scheduler's view of one Hypervisor."""
     beat = parse_time(status.get("lastHeartbeatTime"))
-    ready = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None
-    )
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if beat is None:
         up, why = False, "no heartbeat yet"
     elif now - beat > grace:

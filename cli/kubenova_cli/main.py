@@ -1,0 +1,109 @@
+"""``kubenova``: the command for people.
+
+* ``kubenova up`` — the quickstart: a local control plane, the controller, one agent on a local
+  libvirtd, the example Flavor, Image and Server applied, and the guest's console shown;
+* ``kubenova crds`` — generate (or ``--check``) the CRDs in ``deploy/crds/`` from the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from kubenova_api import crds  # noqa: PLC0415
+
+    out = pathlib.Path(args.out)
+    if not args.check:
+        for path in crds.write_all(out):
+            print(f"wrote {path}")
+        return 0
+    stale = []
+    for kind in crds.KINDS:
+        path = out / crds.file_name(kind)
+        if not path.exists() or path.read_text() != crds.render(kind):
+            stale.append(str(path))
+    if stale:
+        print("out of date (run `kubenova crds`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    print("CRDs are up to date")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from kubenova_devenv import stack  # noqa: PLC0415
+
+    workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="kubenova-up-"))
+    s = stack.Stack(workdir, host_count=1, virt_type=args.virt_type)
+    print(f"kubenova: starting etcd, kube-apiserver, libvirtd, controller and agent in {workdir}")
+    try:
+        s.start()
+        kubeconfig = s.cp.kubeconfig()
+        print(f"kubenova: control plane at {s.cp.url}; export KUBECONFIG={kubeconfig}")
+        s.kubectl("apply", "-f", str(REPO / "examples" / "flavor.yaml"))
+        image = yaml.safe_dump(s.image_manifest())
+        s.kubectl("apply", "-f", "-", stdin=image)
+        t0 = time.monotonic()
+        s.kubectl("apply", "-f", str(REPO / "examples" / "server.yaml"))
+        print("kubenova: applied examples/flavor.yaml, the example Image and examples/server.yaml")
+        s.kubectl("wait", "--for=condition=Ready", "server/web-1", "--timeout=180s", timeout=200)
+        print(f"kubenova: server web-1 is Ready after {time.monotonic() - t0:.1f}s\n")
+        print(s.kubectl("get", "flavors,images,servers,hypervisors", "-o", "wide").stdout)
+        server = s.get("server", "web-1", "default")
+        assert server is not None
+        uid = server["metadata"]["uid"]
+        host = server["status"]["nodeName"]
+        console = s.wait_console(host, uid, "kubenova-uptime 3", timeout=120)
+        print(f"--- serial console of web-1 (domain {server['status']['domainName']} on {host})")
+        print(console.rstrip())
+        print("---")
+        if args.once:
+            return 0
+        print(
+            f"kubenova: running; try `KUBECONFIG={kubeconfig} kubectl get srv -o wide`. "
+            "Ctrl-C stops everything."
+        )
+        shown = len(console)
+        while True:
+            time.sleep(2)
+            text = s.console(host, uid)
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("kubenova: stopping", file=sys.stderr)
+        s.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kubenova", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("crds", help="generate the CRDs from the API models")
+    c.add_argument("--out", default=str(REPO / "deploy" / "crds"))
+    c.add_argument("--check", action="store_true", help="fail if the committed CRDs differ")
+    c.set_defaults(func=cmd_crds)
+    u = sub.add_parser("up", help="run kubenova locally and boot the example server")
+    u.add_argument("--virt-type", default="qemu", choices=["qemu", "kvm", "auto"])
+    u.add_argument("--workdir", help="where state and logs go (a new temporary folder if unset)")
+    u.add_argument("--once", action="store_true", help="stop after the guest has booted")
+    u.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    u.set_defaults(func=cmd_up)
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

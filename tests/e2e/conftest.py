@@ -1,0 +1,31 @@
+"""The end-to-end test bed: a real control plane, two libvirtd + QEMU hosts, the controller and
+one agent per host, all started here and stopped at the end of the session."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from kubenova_devenv import stack
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Stack]:
+    s = stack.Stack(pathlib.Path(tmp_path_factory.mktemp("e2e")), host_count=2)
+    with s:
+        s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(s.image_manifest()))
+        yield s
+
+
+@pytest.fixture
+def namespace(bed: stack.Stack, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    bed.kubectl("create", "namespace", name)
+    yield name
+    bed.kubectl(
+        "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
+    )
+    bed.kubectl("delete", "namespace", name, "--wait=false", check=False)

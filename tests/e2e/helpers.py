@@ -1,0 +1,60 @@
+"""Helpers for the end-to-end tests: manifests and looks at the hosts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kubenova_devenv import stack
+
+
+def server(
+    name: str, namespace: str, flavor: str = "m1.tiny", image: str = "kubenova-guest", **spec: Any
+) -> str:
+    body = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Server",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"flavorRef": flavor, "imageRef": image, **spec},
+    }
+    return yaml.safe_dump(body)
+
+
+def flavor(name: str, vcpus: int = 1, memory: int = 128, disk: int = 1) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "compute.kubenova.io/v1alpha1",
+            "kind": "Flavor",
+            "metadata": {"name": name},
+            "spec": {"vcpus": vcpus, "memoryMiB": memory, "diskGiB": disk},
+        }
+    )
+
+
+def apply(bed: stack.Stack, text: str) -> None:
+    bed.kubectl("apply", "-f", "-", stdin=text)
+
+
+def domains_for(bed: stack.Stack, namespace: str, name: str) -> list[tuple[str, str]]:
+    """(host, domain UUID) of every domain, running or not, on every host, that belongs to
+    Server namespace/name (by the title kubenova gives its domains)."""
+    found = []
+    for host_name, host in bed.hosts.items():
+        for uuid in host.virsh("list", "--all", "--uuid").split():
+            title = host.virsh("desc", uuid, "--title", check=False).strip()
+            if title == f"{namespace}/{name}":
+                found.append((host_name, uuid))
+    return found
+
+
+def volumes_for(bed: stack.Stack, uid: str) -> list[tuple[str, str]]:
+    found = []
+    for host_name, host in bed.hosts.items():
+        listing = host.virsh("vol-list", "kubenova", check=False)
+        found += [
+            (host_name, line.split()[0])
+            for line in listing.splitlines()
+            if line.strip().startswith(uid)
+        ]
+    return found
