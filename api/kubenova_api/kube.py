@@ -131,14 +131,19 @@ class Kube:
             raise
 
     # -- writes
-    def apply_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply of ``status`` under this component's field manager."""
+    def apply_status(
+        self, ref: ObjectRef, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """Server-side apply of ``status`` under this component's field manager. With
+        ``resource_version`` the write is conditional: 409 Conflict if the object changed."""
         body: dict[str, Any] = {
             "apiVersion": constants.API_VERSION,
             "kind": ref.kind,
             "metadata": {"name": ref.name},
             "status": status,
         }
+        if resource_version is not None:
+            body["metadata"]["resourceVersion"] = resource_version
         if ref.namespace:
             body["metadata"]["namespace"] = ref.namespace
             out = self.custom.patch_namespaced_custom_object_status(

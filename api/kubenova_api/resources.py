@@ -71,6 +71,7 @@ class DiskFormat(enum.StrEnum):
 
 class Architecture(enum.StrEnum):
     x86_64 = "x86_64"
+    i686 = "i686"
 
 
 class RemoteFile(ApiModel):
@@ -285,6 +286,9 @@ class HypervisorStatus(StatusModel):
     libvirtVersion: str | None = Field(default=None, description="libvirt version.")
     virtType: str | None = Field(default=None, description="Domain type used: kvm or qemu.")
     cpuInfo: CpuInfo | None = Field(default=None, description="The host CPU.")
+    guestArchitectures: list[str] = Field(
+        default_factory=list, description="Guest CPU architectures the host can run."
+    )
     total: Resources | None = Field(default=None, description="Physical capacity.")
     reserved: Resources | None = Field(default=None, description="Kept for the host itself.")
     used: Resources | None = Field(default=None, description="Claimed by servers on this host.")

@@ -268,6 +268,7 @@ class Stack:
         with_disk: bool = True,
         kernel_sha: str | None = None,
         slow: bool = False,
+        architecture: str = "x86_64",
     ) -> dict[str, Any]:
         """The example Image, pointing at the local image server with real checksums.
         ``slow`` serves it slowly; ``kernel_sha`` overrides the kernel's checksum."""
@@ -291,7 +292,7 @@ class Stack:
             "apiVersion": "compute.kubenova.io/v1alpha1",
             "kind": "Image",
             "metadata": {"name": name},
-            "spec": {"source": {"uec": uec}, "minMemoryMiB": 64},
+            "spec": {"source": {"uec": uec}, "minMemoryMiB": 64, "architecture": architecture},
         }
 
     def disk_variant(self, tag: str) -> tuple[str, str]:

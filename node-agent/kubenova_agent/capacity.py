@@ -127,6 +127,7 @@ class CapacityPublisher:
                     "cores": facts.cpu.cores,
                     "threads": facts.cpu.threads,
                 },
+                "guestArchitectures": list(facts.guest_archs),
                 "total": {
                     "vcpus": facts.cpus,
                     "memoryMiB": facts.memory_mib,

@@ -146,6 +146,7 @@ def spawn(deps: Deps, body: dict[str, Any]) -> None:
         boot=boot,
         flavor_name=spec["flavorRef"],
         image_name=spec["imageRef"],
+        arch=str(image["spec"].get("architecture", "x86_64")),
     )
     try:
         deps.guests.define(domain_xml.build_domain_xml(cfg))

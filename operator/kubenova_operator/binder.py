@@ -64,10 +64,11 @@ class Binder:
     def run_pass(self, snapshot: Snapshot) -> None:
         self.passes += 1
         bound = list(snapshot.view.bound)
+        bound_uids = {c.uid for c in bound}
         for body in sorted(snapshot.pending, key=_creation_order):
             uid = body["metadata"]["uid"]
-            if self.claims.is_assumed(uid):
-                continue  # bound by an earlier pass; the cache has not caught up yet
+            if uid in bound_uids or self.claims.is_assumed(uid):
+                continue  # bound already; this copy of it is older than the binding
             view = dataclasses.replace(snapshot.view, bound=bound)
             try:
                 outcome = binding.schedule(body, view, self.claims, self.cfg, self.kube)
@@ -76,6 +77,8 @@ class Binder:
                 self._dirty.set()
                 continue
             log.debug("%s: %s", _name(body), outcome)
+            if outcome.reason == "Stale":
+                self._dirty.set()
 
 
 def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:

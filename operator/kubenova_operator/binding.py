@@ -9,6 +9,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from kubenova_api import common, constants, kube
 from kubenova_operator.scheduling import claims, hosts, placement
 from kubenova_operator.settings import ControllerSettings
@@ -153,7 +155,15 @@ def _bind(
     # Assume first: a concurrent pass must see the claim even before the write returns.
     assumed.assume(claims.Claim(meta["uid"], host, resources))
     try:
-        kube.retrying(lambda: k.apply_status(ref, status))
+        # Conditional on the version this decision was made from: if the Server changed
+        # meanwhile (bound by an earlier pass, edited, deleted) the write fails with 409
+        # and the next pass decides again from fresh data. A Server is never bound twice.
+        k.apply_status(ref, status, resource_version=meta["resourceVersion"])
+    except ApiException as exc:
+        assumed.forget(meta["uid"])
+        if exc.status in (404, 409):
+            return Outcome(None, "Stale", "the Server changed while it was being scheduled")
+        raise
     except Exception:
         assumed.forget(meta["uid"])
         raise

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = cfg.kubeconfig
     handlers.configure_runtime(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kubenova_operator").setLevel(os.environ.get("KUBENOVA_LOG_LEVEL", "INFO"))
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # One active controller: kopf peering needs its own CRDs; standalone until HA lands.

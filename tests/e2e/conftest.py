@@ -3,7 +3,9 @@ one agent per host, all started here and stopped at the end of the session."""
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -22,10 +24,13 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Stack]:
 
 @pytest.fixture
 def namespace(bed: stack.Stack, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))
+    name = f"t-{slug[:40].strip('-')}-{digest}"
     bed.kubectl("create", "namespace", name)
     yield name
     bed.kubectl(
         "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
     )
-    bed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # No namespace controller runs in the test bed (no kube-controller-manager), so the
+    # namespace itself stays; names are unique per test.

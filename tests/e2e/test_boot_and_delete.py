@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kubenova_devenv import guestimage, stack
-from tests.conftest import condition, eventually
+from tests.conftest import condition
 from tests.e2e import helpers
 
 pytestmark = pytest.mark.timeout(300)

@@ -74,6 +74,7 @@ class HostFacts:
     hypervisor_type: str
     hypervisor_version: str
     kvm_available: bool
+    guest_archs: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +177,7 @@ class Host:
             hypervisor_type=hv_type,
             hypervisor_version=_version(hv_version),
             kvm_available=kvm,
+            guest_archs=tuple(sorted({str(a) for a in caps.xpath("guest/arch/@name")})),  # type: ignore[union-attr]
         )
 
     def domains(self) -> list[DomainSummary]:

@@ -51,7 +51,7 @@ class HostState:
     reserved: Resources
     ratios: Ratios
     claimed: Resources
-    arch: str = "x86_64"
+    archs: tuple[str, ...] = ("x86_64",)
 
     @property
     def capacity(self) -> Resources:
@@ -112,5 +112,5 @@ def host_state(
             disk=float(spec.get("diskAllocationRatio") or defaults.disk),
         ),
         claimed=claimed,
-        arch=str((status.get("cpuInfo") or {}).get("arch") or "x86_64"),
+        archs=tuple(status.get("guestArchitectures") or ()),
     )

@@ -54,7 +54,8 @@ def host_name_filter(host: HostState, req: Request) -> bool:
 
 
 def architecture_filter(host: HostState, req: Request) -> bool:
-    return host.arch == req.arch
+    """The host can run guests of the image's architecture."""
+    return req.arch in host.archs
 
 
 def vcpu_filter(host: HostState, req: Request) -> bool:

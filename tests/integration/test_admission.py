@@ -1,0 +1,164 @@
+"""What the API server can reject, it rejects — with a message a person can act on — and
+nothing is stored."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kubenova_devenv import stack
+
+pytestmark = pytest.mark.timeout(120)
+
+SHA = "a" * 64
+
+
+def _apply(api: stack.Stack, body: dict) -> tuple[int, str]:
+    out = api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body), check=False)
+    return out.returncode, out.stderr
+
+
+def _flavor(name: str, **spec: object) -> dict:
+    return {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Flavor",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _image(name: str, source: dict, **spec: object) -> dict:
+    return {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Image",
+        "metadata": {"name": name},
+        "spec": {"source": source, **spec},
+    }
+
+
+def _server(name: str, **spec: object) -> dict:
+    return {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Server",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def _uec(kernel_url: str = "http://images.example/vmlinuz") -> dict:
+    return {
+        "uec": {
+            "kernel": {"url": kernel_url, "sha256": SHA},
+            "ramdisk": {"url": "http://images.example/initrd", "sha256": SHA},
+        }
+    }
+
+
+CASES = [
+    pytest.param(
+        _flavor("zero-cpu", vcpus=0, memoryMiB=128),
+        "spec.vcpus in body should be greater than or equal to 1",
+        id="zero-vcpus",
+    ),
+    pytest.param(
+        _flavor("neg-mem", vcpus=1, memoryMiB=-64),
+        "spec.memoryMiB in body should be greater than or equal to 16",
+        id="negative-memory",
+    ),
+    pytest.param(_flavor("no-mem", vcpus=1), "spec.memoryMiB: Required value", id="no-memory"),
+    pytest.param(
+        _server("no-image", flavorRef="m1.tiny"),
+        "spec.imageRef: Required value",
+        id="missing-imageRef",
+    ),
+    pytest.param(
+        _server("extra", flavorRef="m1.tiny", imageRef="x", colour="red"),
+        'unknown field "spec.colour"',
+        id="unknown-field",
+    ),
+    pytest.param(
+        _server("bad-power", flavorRef="m1.tiny", imageRef="x", powerState="Asleep"),
+        'spec.powerState: Unsupported value: "Asleep"',
+        id="bad-enum",
+    ),
+    pytest.param(
+        _image("not-a-url", _uec("not a url")),
+        "must be an http:// or https:// URL",
+        id="image-url-not-a-url",
+    ),
+    pytest.param(
+        _image("ftp-url", _uec("ftp://images.example/vmlinuz")),
+        "must be an http:// or https:// URL",
+        id="image-url-wrong-scheme",
+    ),
+    pytest.param(
+        _image("short-sum", {"disk": {"url": "http://x.example/d", "sha256": "abc"}}),
+        "should match '^[a-f0-9]{64}$'",
+        id="bad-checksum-format",
+    ),
+    pytest.param(
+        _image("both", {**_uec(), "disk": {"url": "http://x.example/d", "sha256": SHA}}),
+        "exactly one of source.disk or source.uec is set",
+        id="disk-and-uec",
+    ),
+    pytest.param(
+        _image("neither", {}), "exactly one of source.disk or source.uec is set", id="no-source"
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), CASES)
+def test_invalid_specs_are_refused_with_a_readable_message(
+    api: stack.Stack, body: dict, message: str
+) -> None:
+    code, stderr = _apply(api, body)
+    assert code != 0
+    assert message in stderr, stderr
+    kind = body["kind"].lower()
+    args = ["get", kind, body["metadata"]["name"]]
+    if body["kind"] == "Server":
+        args += ["-n", "default"]
+    assert "NotFound" in api.kubectl(*args, check=False).stderr  # nothing was stored
+
+
+def test_flavors_and_image_sources_are_immutable(api: stack.Stack) -> None:
+    assert _apply(api, _flavor("fixed", vcpus=1, memoryMiB=128))[0] == 0
+    code, stderr = _apply(api, _flavor("fixed", vcpus=2, memoryMiB=128))
+    assert code != 0 and "a Flavor is immutable" in stderr
+    assert _apply(api, _image("fixed-img", _uec()))[0] == 0
+    code, stderr = _apply(api, _image("fixed-img", _uec("http://elsewhere.example/k")))
+    assert code != 0 and "an Image's source is immutable" in stderr
+    # What may change, does: the image's minimum memory is not part of its bits.
+    assert _apply(api, _image("fixed-img", _uec(), minMemoryMiB=64))[0] == 0
+
+
+def test_server_image_ref_is_immutable(api: stack.Stack) -> None:
+    assert _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="one"))[0] == 0
+    code, stderr = _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="two"))
+    assert code != 0 and "imageRef is immutable" in stderr
+    api.kubectl("delete", "server", "pinned", "-n", "default")
+
+
+def test_kubectl_shows_useful_columns_and_explains_fields(api: stack.Stack) -> None:
+    assert _apply(api, _server("shown", flavorRef="m1.tiny", imageRef="cirros"))[0] == 0
+    header = api.kubectl("get", "srv", "-n", "default", "-o", "wide").stdout.splitlines()[0]
+    for column in ("PHASE", "HOST", "FLAVOR", "IMAGE", "POWER", "AGE"):
+        assert column in header
+    for short in ("fl", "img", "srv", "hv"):
+        assert api.kubectl("get", short, "-A").returncode == 0
+    explained = api.kubectl("explain", "server.spec.flavorRef").stdout
+    assert "Name of the Flavor" in explained
+    api.kubectl("delete", "server", "shown", "-n", "default")
+
+
+def test_rbac_keeps_agents_to_their_job(api: stack.Stack) -> None:
+    """RBAC is on: an agent's credentials cannot create Flavors (a user's job)."""
+    out = api.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(_flavor("by-agent", vcpus=1, memoryMiB=128)),
+        user="kubenova:agent",
+        check=False,
+    )
+    assert out.returncode != 0 and "forbidden" in out.stderr

@@ -1,0 +1,149 @@
+"""The controller and agents on simulated hosts (libvirt's test driver): Servers go ACTIVE on
+hosts with room, never beyond a host's capacity, wait as Unschedulable with the filter that
+refused them, and get scheduled as soon as room appears."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from kubenova_devenv import stack
+from tests.conftest import condition, eventually
+
+pytestmark = pytest.mark.timeout(240)
+
+NS = "sim"
+
+
+@pytest.fixture(scope="module")
+def sim(api: stack.Stack) -> Iterator[stack.Stack]:
+    """Three simulated hosts of 2 CPUs and 1 GiB each, the controller and their agents."""
+    api.start_controller()
+    for name in ("sim-a", "sim-b", "sim-c"):
+        api.start_sim_agent(name, cpus=2, memory_mib=1024)
+    api.kubectl("create", "namespace", NS, check=False)
+    eventually(
+        lambda: api.kubectl("get", "hv", "-o", "name").stdout.count("sim-") == 3,
+        60,
+        what="three Hypervisors registered",
+    )
+    yield api
+    api.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", check=False, timeout=90)
+    for name in ("sim-a", "sim-b", "sim-c"):
+        api.agents.pop(name).stop()
+    assert api.controller is not None
+    api.controller.stop()
+
+
+def _servers(api: stack.Stack) -> list[dict]:
+    return yaml.safe_load(api.kubectl("get", "srv", "-n", NS, "-o", "yaml").stdout)["items"]
+
+
+def _flavor_and_image(api: stack.Stack) -> None:
+    api.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "Flavor",
+                "metadata": {"name": "sim.small"},
+                "spec": {"vcpus": 1, "memoryMiB": 256, "diskGiB": 1},
+            }
+        ),
+    )
+    api.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(api.image_manifest("sim-image", architecture="i686")),
+    )  # what the test driver runs
+
+
+def test_servers_fill_hosts_up_to_capacity_then_wait_and_then_run(sim: stack.Stack) -> None:
+    _flavor_and_image(sim)
+    # 3 hosts x 1024 MiB / 256 MiB = room for exactly 12 (RAM ratio 1.0, nothing reserved).
+    docs = [
+        yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "Server",
+                "metadata": {"name": f"s{i:02d}", "namespace": NS},
+                "spec": {"flavorRef": "sim.small", "imageRef": "sim-image"},
+            }
+        )
+        for i in range(14)
+    ]
+    sim.kubectl("apply", "-f", "-", stdin="---\n".join(docs))
+
+    def settled() -> list[dict] | None:
+        items = _servers(sim)
+        active = [s for s in items if s.get("status", {}).get("phase") == "ACTIVE"]
+        waiting = [s for s in items if condition(s, "Scheduled").get("reason") == "Unschedulable"]
+        return items if len(active) == 12 and len(waiting) == 2 else None
+
+    items = eventually(settled, 120, step=0.5, what="12 ACTIVE and 2 Unschedulable")
+    per_host = collections.Counter(
+        s["status"]["nodeName"] for s in items if s["status"].get("nodeName")
+    )
+    assert per_host == {"sim-a": 4, "sim-b": 4, "sim-c": 4}
+    waiting = [s for s in items if condition(s, "Scheduled").get("reason") == "Unschedulable"]
+    message = condition(waiting[0], "Scheduled")["message"]
+    assert "No valid host was found among 3 hosts" in message
+    assert "RamFilter rejected 3" in message
+
+    def sim_a() -> dict:
+        return yaml.safe_load(sim.kubectl("get", "hv", "sim-a", "-o", "yaml").stdout)
+
+    eventually(
+        lambda: sim_a()["status"]["used"]["memoryMiB"] == 1024,
+        20,
+        what="sim-a reporting its four guests' memory as used",
+    )
+    hv = sim_a()
+    assert hv["status"]["runningVMs"] == 4
+    assert hv["status"]["total"]["memoryMiB"] == 1024
+    assert hv["status"]["hypervisorType"] == "TEST"
+
+    # Deleting two bound Servers makes room: the waiting two run without anyone asking.
+    bound = sorted(s["metadata"]["name"] for s in items if s["status"].get("nodeName"))
+    sim.kubectl("delete", "srv", bound[0], bound[1], "-n", NS, "--timeout=60s", timeout=90)
+
+    def all_active() -> bool:
+        items = _servers(sim)
+        return len(items) == 12 and all(s.get("status", {}).get("phase") == "ACTIVE" for s in items)
+
+    eventually(all_active, 60, step=0.5, what="the two waiting Servers ACTIVE")
+
+
+def test_pinned_host_and_unknown_host(sim: stack.Stack) -> None:
+    _flavor_and_image(sim)
+    sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
+    for name, host in (("pin-b", "sim-b"), ("pin-x", "sim-x")):
+        sim.kubectl(
+            "apply",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump(
+                {
+                    "apiVersion": "compute.kubenova.io/v1alpha1",
+                    "kind": "Server",
+                    "metadata": {"name": name, "namespace": NS},
+                    "spec": {"flavorRef": "sim.small", "imageRef": "sim-image", "hostName": host},
+                }
+            ),
+        )
+    sim.kubectl("wait", "--for=condition=Ready", "srv/pin-b", "-n", NS, "--timeout=60s")
+    pinned = yaml.safe_load(sim.kubectl("get", "srv", "pin-b", "-n", NS, "-o", "yaml").stdout)
+    assert pinned["status"]["nodeName"] == "sim-b"
+
+    def refused() -> dict:
+        srv = yaml.safe_load(sim.kubectl("get", "srv", "pin-x", "-n", NS, "-o", "yaml").stdout)
+        cond = condition(srv, "Scheduled")
+        return cond if cond.get("reason") == "Unschedulable" else {}
+
+    assert "HostNameFilter rejected 3" in eventually(refused, 30)["message"]
