@@ -1,0 +1,68 @@
+"""The CRDs in deploy/crds/ are exactly what the models generate, and they are readable."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+import yaml
+
+from kubenova_api import crds
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("kind", crds.KINDS, ids=lambda k: k.kind)
+def test_committed_crd_matches_the_generator(kind: crds.Kind) -> None:
+    committed = (REPO / "deploy" / "crds" / crds.file_name(kind)).read_text()
+    assert committed == crds.render(kind), "run `kubenova crds` and commit the result"
+
+
+def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = [(path, schema)]
+    for name, sub in (schema.get("properties") or {}).items():
+        out += _walk(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        out += _walk(schema["items"], f"{path}[]")
+    return out
+
+
+@pytest.mark.parametrize("kind", crds.KINDS, ids=lambda k: k.kind)
+def test_every_spec_field_is_described_and_structural(kind: crds.Kind) -> None:
+    root = crds.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(root["properties"]["spec"], "spec"):
+        assert node.get("description"), f"{kind.kind} {path} has no description"
+        assert "type" in node, f"{kind.kind} {path} has no type"
+        assert "$ref" not in node and "anyOf" not in node
+
+
+def test_server_is_selectable_by_host_and_has_status_subresource() -> None:
+    server = next(k for k in crds.KINDS if k.kind == "Server")
+    version = crds.crd(server)["spec"]["versions"][0]
+    assert version["selectableFields"] == [{"jsonPath": ".status.nodeName"}]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:4] == [
+        "Phase",
+        "Host",
+        "Flavor",
+        "Image",
+    ]
+
+
+def test_generated_files_are_valid_yaml_with_short_names() -> None:
+    shorts = set()
+    for kind in crds.KINDS:
+        doc = yaml.safe_load(crds.render(kind))
+        shorts.update(doc["spec"]["names"]["shortNames"])
+    assert shorts == {"fl", "img", "srv", "hv"}
+
+
+def test_conditions_are_a_map_keyed_by_type() -> None:
+    server = next(k for k in crds.KINDS if k.kind == "Server")
+    status = crds.crd(server)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "status"
+    ]
+    conds = status["properties"]["conditions"]
+    assert conds["x-kubernetes-list-type"] == "map"
+    assert conds["x-kubernetes-list-map-keys"] == ["type"]

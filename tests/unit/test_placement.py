@@ -1,0 +1,103 @@
+"""Filters, the RAM weigher and claims: pure functions, no API server needed."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from kubenova_operator.scheduling import claims, hosts, placement
+
+NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+GRACE = dt.timedelta(seconds=30)
+SMALL = hosts.Resources(1, 512, 1)
+NOTHING = hosts.Resources()
+
+
+def _status(beat_age: float = 1, ready: str = "True", mem: int = 4096, cpus: int = 2) -> dict:
+    return {
+        "lastHeartbeatTime": (NOW - dt.timedelta(seconds=beat_age)).isoformat(),
+        "conditions": [{"type": "Ready", "status": ready, "message": "libvirt down"}],
+        "total": {"vcpus": cpus, "memoryMiB": mem, "diskGiB": 100},
+        "reserved": {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0},
+        "guestArchitectures": ["x86_64"],
+    }
+
+
+def _host(
+    name: str,
+    claimed: hosts.Resources = NOTHING,
+    spec: dict | None = None,
+    **status: object,
+) -> hosts.HostState:
+    return hosts.host_state(
+        name,
+        spec or {},
+        _status(**status),
+        claimed,  # type: ignore[arg-type]
+        hosts.Ratios(),
+        GRACE,
+        NOW,
+    )
+
+
+def test_capacity_applies_ratios_to_total_minus_reserved() -> None:
+    h = _host("a", spec={"cpuAllocationRatio": 2.0}, cpus=4)
+    assert h.capacity.vcpus == 8
+    assert h.capacity.memory_mib == 4096
+    assert _host("b", cpus=4).capacity.vcpus == 16  # Nova's default CPU ratio 4.0
+
+
+def test_stale_heartbeat_or_not_ready_means_down() -> None:
+    assert _host("a").up
+    stale = _host("a", beat_age=31)
+    assert not stale.up and "31s ago" in stale.down_reason
+    assert not _host("a", ready="False").up
+
+
+def test_filters_name_what_rejected_how_many() -> None:
+    hs = [
+        _host("down", beat_age=120),
+        _host("off", spec={"disabled": True}),
+        _host("full", claimed=hosts.Resources(0, 4000, 0)),
+        _host("elsewhere", spec={"availabilityZone": "az2"}),
+    ]
+    out = placement.pick_host(placement.Request(SMALL, zone="nova"), hs)
+    assert isinstance(out, placement.NoValidHost)
+    assert dict(out.rejections) == {"ComputeFilter": 2, "AvailabilityZoneFilter": 1, "RamFilter": 1}
+    assert "No valid host was found among 4 hosts" in out.message
+    assert "RamFilter rejected 1" in out.message
+
+
+def test_no_hosts_at_all_says_so() -> None:
+    out = placement.pick_host(placement.Request(SMALL), [])
+    assert isinstance(out, placement.NoValidHost)
+    assert "no Hypervisor is registered" in out.message
+
+
+def test_ram_weigher_spreads_and_ties_break_by_name() -> None:
+    hs = [_host("b"), _host("a"), _host("c", claimed=hosts.Resources(0, 1024, 0))]
+    assert placement.pick_host(placement.Request(SMALL), hs) == placement.Decision("a")
+    busy_a = [_host("a", claimed=hosts.Resources(0, 2048, 0)), _host("b")]
+    assert placement.pick_host(placement.Request(SMALL), busy_a) == placement.Decision("b")
+
+
+def test_host_name_architecture_vcpu_and_disk_filters() -> None:
+    hs = [_host("a"), _host("b")]
+    assert placement.pick_host(placement.Request(SMALL, host_name="b"), hs).host == "b"  # type: ignore[union-attr]
+    out = placement.pick_host(placement.Request(SMALL, arch="aarch64"), hs)
+    assert isinstance(out, placement.NoValidHost)
+    assert dict(out.rejections) == {"ImagePropertiesFilter": 2}
+    out = placement.pick_host(placement.Request(hosts.Resources(9, 1, 1)), hs)
+    assert dict(out.rejections) == {"VCPUFilter": 2}  # type: ignore[union-attr]
+    out = placement.pick_host(placement.Request(hosts.Resources(1, 1, 101)), hs)
+    assert dict(out.rejections) == {"DiskFilter": 2}  # type: ignore[union-attr]
+
+
+def test_assumed_claims_count_until_observed_and_vanish_with_their_server() -> None:
+    c = claims.Claims()
+    c.assume(claims.Claim("u1", "a", SMALL))
+    assert c.per_host([], {"u1"}) == {"a": SMALL}
+    observed = [claims.Claim("u1", "a", SMALL)]
+    assert c.per_host(observed, {"u1"}) == {"a": SMALL}  # counted once, not twice
+    assert not c.is_assumed("u1")
+    c.assume(claims.Claim("u2", "b", SMALL))
+    assert c.per_host([], set()) == {}  # u2 was deleted before its binding was seen
