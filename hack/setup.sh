@@ -44,11 +44,15 @@ mkdir -p /var/log/libvirt
 
 # --- Python ----------------------------------------------------------------------------------
 stamp="$CACHE/python-$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)-$(echo "$REPO" | sha256sum | cut -c1-8)"
-if [[ ! -e "$stamp" ]] || ! "$PYTHON" -c "import kubenova_api, kubenova_agent, kubenova_operator, libvirt, kopf" 2>/dev/null; then
+installed_from() { # the folder the installed kubenova_api comes from (empty if none)
+    "$PYTHON" -c "import kubenova_agent, kubenova_operator, libvirt, kopf, kubenova_api, pathlib
+print(pathlib.Path(kubenova_api.__file__).resolve().parents[2])" 2>/dev/null || true
+}
+if [[ ! -e "$stamp" || "$(installed_from)" != "$REPO" ]]; then
     say "installing the kubenova Python package and its dependencies"
     "$PYTHON" -m pip install -q --disable-pip-version-check -e "$REPO[dev]" 2>&1 \
         | grep -v "Running pip as the 'root' user" || true
-    "$PYTHON" -c "import kubenova_api, kubenova_agent, kubenova_operator, libvirt, kopf"
+    [[ "$(installed_from)" == "$REPO" ]] || { echo "setup: kubenova is not importable from $REPO" >&2; exit 1; }
     mkdir -p "$CACHE" && touch "$stamp"
 fi
 
