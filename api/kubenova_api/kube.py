@@ -231,6 +231,34 @@ class Kube:
                     raise
         raise RuntimeError(f"could not remove finalizer {name} from {ref.name}")
 
+    def put_configmap(
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, str],
+        *,
+        annotations: dict[str, str] | None = None,
+        owner: ObjectRef | None = None,
+    ) -> None:
+        """Create or replace a ConfigMap (owned by ``owner``, so it goes when the owner goes)."""
+        meta = client.V1ObjectMeta(name=name, namespace=namespace, annotations=annotations)
+        if owner is not None and owner.uid:
+            meta.owner_references = [
+                client.V1OwnerReference(
+                    api_version=constants.API_VERSION,
+                    kind=owner.kind,
+                    name=owner.name,
+                    uid=owner.uid,
+                )
+            ]
+        body = client.V1ConfigMap(metadata=meta, data=data)
+        try:
+            self.core.replace_namespaced_config_map(name, namespace, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.core.create_namespaced_config_map(namespace, body)
+
     def event(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
         """Record an Event about ``ref`` (best effort: a failed Event never fails the work)."""
         now = dt.datetime.now(dt.UTC)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from kubenova_api.common import ApiModel, Condition, StatusModel
 
@@ -179,6 +179,44 @@ class Phase(enum.StrEnum):
     ERROR = "ERROR"
 
 
+class RebootType(enum.StrEnum):
+    Soft = "Soft"
+    Hard = "Hard"
+
+
+INJECTED_PATH = r"^/[^\x00]*$"
+
+
+class InjectedFile(ApiModel):
+    """A file written into the guest through the config drive (Nova's personality files)."""
+
+    path: str = Field(
+        min_length=2,
+        max_length=255,
+        pattern=INJECTED_PATH,
+        description="Absolute path of the file in the guest.",
+        json_schema_extra=cel(
+            (
+                "!self.split('/').exists(p, p == '..' || p == '.')",
+                "path must not contain '.' or '..' segments",
+            ),
+            ("!self.endsWith('/')", "path must name a file, not a folder"),
+        ),
+    )
+    content: str = Field(max_length=65536, description="The file's content (at most 64 KiB).")
+
+
+class Rescue(ApiModel):
+    """Boot a rescue image with the server's own disk attached as the second disk."""
+
+    imageRef: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Image to rescue with; the server's own image when unset.",
+    )
+
+
 class ServerSpec(ApiModel):
     """What the user wants of a server; everything observed is in status."""
 
@@ -212,7 +250,37 @@ class ServerSpec(ApiModel):
         description="Run on this host (as Nova's admin-only host), skipping the choice.",
     )
     userData: str | None = Field(
-        default=None, max_length=65535, description="User data handed to the guest (cloud-init)."
+        default=None,
+        max_length=65535,
+        description="User data on the config drive (cloud-init); at most 64 KiB.",
+    )
+    sshKeys: list[Annotated[str, StringConstraints(max_length=8192)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Public SSH keys on the config drive (public_keys in meta_data.json).",
+    )
+    files: list[InjectedFile] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Files injected through the config drive (at most 10, 64 KiB each).",
+    )
+    rebootRequestedAt: dt.datetime | None = Field(
+        default=None,
+        description="A new value asks for one reboot (as `kubectl rollout restart` does).",
+    )
+    rebootType: RebootType = Field(
+        default=RebootType.Soft,
+        description="Soft (ACPI shutdown, then hard after shutdownTimeoutSeconds) or Hard.",
+    )
+    shutdownTimeoutSeconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="How long a soft stop or reboot waits for the guest before forcing it.",
+    )
+    rescue: Rescue | None = Field(
+        default=None,
+        description="Set to rescue the server (Nova's rescue); remove to unrescue.",
     )
 
 
@@ -237,6 +305,12 @@ class ServerStatus(StatusModel):
         default=None, description="The .metadata.generation the agent last acted on."
     )
     launchedAt: dt.datetime | None = Field(default=None, description="When it first ran.")
+    observedRebootRequestedAt: dt.datetime | None = Field(
+        default=None, description="The last reboot request acted on."
+    )
+    restartCount: int = Field(
+        default=0, description="Times the agent started the guest again after it stopped."
+    )
 
 
 class Server(ApiModel):

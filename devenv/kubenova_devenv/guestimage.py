@@ -35,7 +35,7 @@ MODULES = (
     "kernel/drivers/input/evdev.ko",
 )
 
-INIT = """#!/bin/busybox sh
+INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /mnt /tmp
 mount -t proc proc /proc
@@ -48,8 +48,31 @@ for d in /dev/vd?; do
     [ -b "$d" ] || continue
     echo "disk $d: $(head -c 64 "$d" | tr -cd 'A-Za-z0-9-' | head -c 40)"
 done
+# The config drive (label config-2): inject its files, run its user data if it is a script.
+for d in /dev/vd?; do
+    mount -t iso9660 -o ro "$d" /mnt 2>/dev/null || continue
+    md=/mnt/openstack/latest/meta_data.json
+    if [ -f "$md" ]; then
+        echo "config drive $d: $(tr -d '\n' < "$md" | head -c 120)"
+        grep -o '"path": "[^"]*", "content_path": "[^"]*"' "$md" | while read -r entry; do
+            p=$(echo "$entry" | sed 's/^"path": "\([^"]*\)".*/\1/')
+            c=$(echo "$entry" | sed 's/.*"content_path": "\([^"]*\)"$/\1/')
+            mkdir -p "$(dirname "$p")"
+            cp "/mnt/openstack$c" "$p"
+            echo "kubenova-file $p: $(cat "$p")"
+        done
+        if [ "$(head -c 2 /mnt/openstack/latest/user_data 2>/dev/null)" = "#!" ]; then
+            cp /mnt/openstack/latest/user_data /tmp/user-data
+            chmod +x /tmp/user-data
+            echo "kubenova-guest: running user data"
+            /tmp/user-data > /dev/console 2>&1 &
+        fi
+        break
+    fi
+    umount /mnt
+done
 mkdir -p /etc/acpi/PWRF
-printf '#!/bin/sh\\necho kubenova-guest: power button, shutting down\\npoweroff -f\\n' \\
+printf '#!/bin/sh\necho kubenova-guest: power button, shutting down\npoweroff -f\n' \
     > /etc/acpi/PWRF/00000080
 chmod +x /etc/acpi/PWRF/00000080
 acpid -c /etc/acpi 2>/dev/null

@@ -64,7 +64,7 @@ def test_example_server_boots_and_is_deleted_without_a_trace(
     assert "ACTIVE" in wide and bound in wide and "m1.tiny" in wide and "Running" in wide
 
     volumes = helpers.volumes_for(bed, uid)
-    assert volumes == [(bound, f"{uid}-root.qcow2")]
+    assert sorted(volumes) == [(bound, f"{uid}-config.iso"), (bound, f"{uid}-root.qcow2")]
 
     bed.kubectl("delete", "server", "web-1", "-n", namespace, "--timeout=60s", timeout=90)
     assert bed.get("server", "web-1", namespace) is None  # the finalizer was released

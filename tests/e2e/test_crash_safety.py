@@ -36,7 +36,8 @@ def _assert_exactly_one(bed: stack.Stack, namespace: str, name: str) -> None:
     uid, host = srv["metadata"]["uid"], srv["status"]["nodeName"]
     assert helpers.domains_for(bed, namespace, name) == [(host, uid)]
     assert bed.hosts[host].virsh("domstate", uid).strip() == "running"
-    assert helpers.volumes_for(bed, uid) == [(host, f"{uid}-root.qcow2")]
+    assert sorted(helpers.volumes_for(bed, uid)) == [
+        (host, f"{uid}-config.iso"), (host, f"{uid}-root.qcow2")]
     images = bed.hosts[host].outside("/var/lib/kubenova/images")
     assert [p.name for p in images.iterdir() if p.name.startswith(".")] == []
     bed.wait_console(host, uid, "kubenova-uptime")

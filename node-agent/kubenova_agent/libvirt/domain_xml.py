@@ -60,6 +60,7 @@ class DomainConfig:
     flavor_name: str = ""
     image_name: str = ""
     arch: str = "x86_64"
+    rescue: bool = False
 
     @property
     def name(self) -> str:
@@ -91,6 +92,8 @@ def build_domain_xml(cfg: DomainConfig) -> str:
     _sub(inst, f"{{{NS}}}uid", cfg.owner.uid)
     _sub(inst, f"{{{NS}}}flavor", cfg.flavor_name)
     _sub(inst, f"{{{NS}}}image", cfg.image_name)
+    if cfg.rescue:
+        _sub(inst, f"{{{NS}}}rescue", "true")
     _sub(dom, "memory", str(cfg.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(cfg.vcpus))
     os_el = _sub(dom, "os")
@@ -137,6 +140,12 @@ def owner_of(xml: str) -> Owner | None:
         name=root.findtext("metadata/k:server/k:name", default="", namespaces=ns),
         uid=uid,
     )
+
+
+def is_rescue(xml: str) -> bool:
+    """Whether the domain is the rescue form of its Server."""
+    root = etree.fromstring(xml.encode())
+    return root.findtext("metadata/k:server/k:rescue", namespaces={"k": NS}) == "true"
 
 
 def console_log_of(xml: str) -> str | None:

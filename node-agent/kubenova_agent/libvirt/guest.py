@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import time
 
 import libvirt
 
-from kubenova_agent.libvirt import _conv, errors
+from kubenova_agent.libvirt import _conv, domain_xml, errors
 from kubenova_agent.libvirt.host import Host
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,35 @@ _STATES = {
 }
 
 
+class StopReason(enum.StrEnum):
+    """Why a shut-off domain is off (libvirt's VIR_DOMAIN_SHUTOFF_* reasons)."""
+
+    never_started = "NeverStarted"
+    shutdown = "GuestShutdown"  # the guest powered itself off
+    destroyed = "Destroyed"  # powered off from outside (kubenova or an admin)
+    crashed = "GuestCrashed"
+    failed = "Failed"  # QEMU failed or was killed
+    saved = "Saved"
+    other = "Other"
+
+
+_STOP_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: StopReason.never_started,
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: StopReason.shutdown,
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: StopReason.destroyed,
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: StopReason.crashed,
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: StopReason.failed,
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: StopReason.saved,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class GuestInfo:
     uuid: str
     name: str
     state: State
     xml: str
+    stop_reason: StopReason | None = None
 
 
 class Guests:
@@ -65,11 +89,16 @@ class Guests:
             if dom is None:
                 return None
             try:
-                code = dom.state()[0]
+                code, reason = dom.state()
                 state = _STATES.get(code, State.other)
+                stop_reason = None
                 if state is State.shutoff and dom.hasManagedSaveImage(0):
                     state = State.suspended
-                return GuestInfo(uuid, dom.name(), state, dom.XMLDesc(0))
+                elif state in (State.shutoff, State.crashed):
+                    stop_reason = _STOP_REASONS.get(reason, StopReason.other)
+                    if code == libvirt.VIR_DOMAIN_CRASHED:
+                        stop_reason = StopReason.crashed
+                return GuestInfo(uuid, dom.name(), state, dom.XMLDesc(0), stop_reason)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return None
@@ -106,6 +135,57 @@ class Guests:
                     return  # stopped meanwhile
                 log.info("graceful destroy of %s failed (%s); forcing", uuid, exc)
                 dom.destroy()
+
+    def shutdown(self, uuid: str, timeout: float) -> bool:
+        """Ask the guest to power off (ACPI power button) and wait up to ``timeout`` seconds;
+        returns whether it went off by itself. No-op when it is off already."""
+        with _conv.translated():
+            dom = self._require(uuid)
+            if not dom.isActive():
+                return True
+            try:
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+                return not dom.isActive()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not dom.isActive():
+                    return True
+                time.sleep(0.1)
+            return not dom.isActive()
+
+    def pause(self, uuid: str) -> None:
+        """Stop the vCPUs, keep the memory (Nova's pause)."""
+        with _conv.translated():
+            dom = self._require(uuid)
+            if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                dom.suspend()
+
+    def unpause(self, uuid: str) -> None:
+        with _conv.translated():
+            dom = self._require(uuid)
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+
+    def save(self, uuid: str) -> None:
+        """Save the memory to disk and stop (Nova's suspend: libvirt managed save)."""
+        with _conv.translated():
+            dom = self._require(uuid)
+            if dom.isActive():
+                dom.managedSave(libvirt.VIR_DOMAIN_SAVE_RUNNING)
+
+    def discard_saved(self, uuid: str) -> None:
+        """Drop a managed-save image, so the next start boots afresh."""
+        with _conv.translated():
+            dom = self._require(uuid)
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
+
+    def console_of(self, uuid: str) -> str | None:
+        info = self.get(uuid)
+        return domain_xml.console_log_of(info.xml) if info else None
 
     def undefine(self, uuid: str) -> None:
         """Remove the domain's definition with its managed-save image, snapshots and NVRAM."""

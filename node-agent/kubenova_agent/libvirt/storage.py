@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from collections.abc import Callable
 
 import libvirt
 from lxml import etree
@@ -100,6 +102,26 @@ class Storage:
                     raise
             vol = pool.createXML(volume_xml(name, capacity_bytes, backing), 0)
             return str(vol.path())
+
+    def ensure_file_volume(self, name: str, write: Callable[[str], None]) -> str:
+        """The path of volume ``name``; if missing, ``write(path)`` makes the file in the pool's
+        folder first (atomically: a temporary name, then a rename) and the pool is refreshed."""
+        with _conv.translated():
+            pool = self._pool()
+            try:
+                return str(pool.storageVolLookupByName(name).path())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+        target = os.path.join(self.pool_path, name)
+        if not os.path.exists(target):
+            os.makedirs(self.pool_path, exist_ok=True)  # the test driver's pools are in memory
+            tmp = os.path.join(self.pool_path, f".{name}.tmp")
+            write(tmp)
+            os.replace(tmp, target)
+        with _conv.translated():
+            pool.refresh(0)
+        return target
 
     def delete_volumes(self, prefix: str) -> list[str]:
         """Delete every volume whose name starts with ``prefix``; returns their names."""

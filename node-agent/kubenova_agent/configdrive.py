@@ -1,0 +1,70 @@
+"""The config drive (Nova's ``configdrive``): an ISO 9660 image labelled ``config-2`` in the
+OpenStack layout cloud-init reads — ``openstack/latest/meta_data.json`` (uuid, name, hostname,
+public keys, the list of injected files), ``user_data``, ``network_data.json`` and the
+injected files under ``openstack/content/``."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pycdlib
+
+LABEL = "config-2"
+
+
+def metadata_of(body: dict[str, Any]) -> dict[str, Any]:
+    """``meta_data.json`` of a Server."""
+    meta, spec = body["metadata"], body["spec"]
+    files = [
+        {"path": f["path"], "content_path": f"/content/{i:04d}"}
+        for i, f in enumerate(spec.get("files") or [])
+    ]
+    return {
+        "uuid": meta["uid"],
+        "name": meta["name"],
+        "hostname": meta["name"],
+        "project_id": meta["namespace"],
+        "availability_zone": spec.get("availabilityZone") or "nova",
+        "launch_index": 0,
+        "public_keys": {f"key-{i}": key for i, key in enumerate(spec.get("sshKeys") or [])},
+        "files": files,
+        "meta": {},
+    }
+
+
+def _iso_name(name: str) -> str:
+    return name.upper().replace("-", "_").replace(".", "_", name.count(".") - 1)
+
+
+def write(path: str, metadata: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Write the config drive of a Server with ``spec`` to ``path``."""
+    entries: dict[str, bytes] = {
+        "openstack/latest/meta_data.json": json.dumps(metadata).encode(),
+        "openstack/latest/network_data.json": json.dumps(
+            {"links": [], "networks": [], "services": []}
+        ).encode(),
+    }
+    if spec.get("userData"):
+        entries["openstack/latest/user_data"] = spec["userData"].encode()
+    for i, f in enumerate(spec.get("files") or []):
+        entries[f"openstack/content/{i:04d}"] = f["content"].encode()
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=4, joliet=3, rock_ridge="1.09", vol_ident=LABEL)
+    made: set[str] = set()
+    for name, data in sorted(entries.items()):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in made:
+                iso.add_directory(
+                    "/" + "/".join(_iso_name(p) for p in parts[:depth]),
+                    rr_name=parts[depth - 1],
+                    joliet_path="/" + folder,
+                )
+                made.add(folder)
+        iso_path = "/" + "/".join(_iso_name(p) for p in parts) + ";1"
+        iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=parts[-1], joliet_path="/" + name)
+    iso.write(path)
+    iso.close()
