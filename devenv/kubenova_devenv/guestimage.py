@@ -75,7 +75,8 @@ mkdir -p /etc/acpi/PWRF
 printf '#!/bin/sh\necho kubenova-guest: power button, shutting down\npoweroff -f\n' \
     > /etc/acpi/PWRF/00000080
 chmod +x /etc/acpi/PWRF/00000080
-acpid -c /etc/acpi 2>/dev/null
+mkdir -p /var/run /var/log
+acpid -f -c /etc/acpi -l /var/log/acpid.log &
 while true; do
     echo "kubenova-uptime $(cut -d' ' -f1 /proc/uptime)"
     sleep 1

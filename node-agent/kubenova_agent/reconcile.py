@@ -353,24 +353,21 @@ def _converge_power(deps: Deps, body: dict[str, Any], out: Converged) -> None:
             if by_guest and unchanged_spec:
                 assert guest.stop_reason is not None
                 policy = spec.get("restartPolicy", RestartPolicy.Always)
+                log.info(
+                    "%s/%s: the guest stopped by itself (%s); restart policy %s",
+                    meta["namespace"],
+                    meta["name"],
+                    guest.stop_reason.value,
+                    policy,
+                )
                 restart = policy == RestartPolicy.Always or (
                     policy == RestartPolicy.OnFailure
                     and guest.stop_reason is not StopReason.shutdown
                 )
-                if (
-                    status.get("conditions")
-                    and (common.get_condition(status["conditions"], "Ready") or {}).get("reason")
-                    != guest.stop_reason.value
-                ):
-                    # Say that it stopped before (maybe) starting it again.
-                    report(deps, body, guest)
-                    _event(
-                        deps,
-                        body,
-                        guest.stop_reason.value,
-                        f"the guest stopped by itself; restart policy {policy}",
-                        warn=guest.stop_reason is not StopReason.shutdown,
-                    )
+                if (common.get_condition(status.get("conditions"), "Ready") or {}).get(
+                    "reason"
+                ) != guest.stop_reason.value:
+                    report(deps, body, guest)  # say that it stopped before starting it again
                 if not restart:
                     return
                 deps.guests.start(uid)
@@ -501,6 +498,16 @@ def report(
         return
     deps.kube.apply_status(server_ref(body), status)
     deps.written[uid] = status
+    old_ready = common.get_condition(old.get("conditions"), "Ready") or {}
+    if cond[1] in {r.value for r in BY_GUEST} and old_ready.get("reason") != cond[1]:
+        policy = body["spec"].get("restartPolicy", RestartPolicy.Always)
+        _event(
+            deps,
+            body,
+            cond[1],
+            f"the guest stopped by itself; restart policy {policy}",
+            warn=cond[1] != StopReason.shutdown.value,
+        )
     if (
         converged is not None
         and converged.refused

@@ -58,3 +58,32 @@ def volumes_for(bed: stack.Stack, uid: str) -> list[tuple[str, str]]:
             if line.strip().startswith(uid)
         ]
     return found
+
+
+def boots(console: str) -> int:
+    """How many times the guest has booted, by its marker on the console."""
+    from kubenova_devenv import guestimage  # noqa: PLC0415
+
+    return console.count(guestimage.MARKER)
+
+
+def last_uptime(console: str) -> float:
+    """The guest's last uptime line on the console (its own clock, in seconds)."""
+    lines = [ln for ln in console.splitlines() if ln.startswith("kubenova-uptime ")]
+    return float(lines[-1].split()[1]) if lines else -1.0
+
+
+def patch(bed: stack.Stack, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    import json  # noqa: PLC0415
+
+    bed.kubectl(
+        "patch",
+        "server",
+        name,
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": spec}),
+    )

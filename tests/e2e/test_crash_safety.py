@@ -37,7 +37,9 @@ def _assert_exactly_one(bed: stack.Stack, namespace: str, name: str) -> None:
     assert helpers.domains_for(bed, namespace, name) == [(host, uid)]
     assert bed.hosts[host].virsh("domstate", uid).strip() == "running"
     assert sorted(helpers.volumes_for(bed, uid)) == [
-        (host, f"{uid}-config.iso"), (host, f"{uid}-root.qcow2")]
+        (host, f"{uid}-config.iso"),
+        (host, f"{uid}-root.qcow2"),
+    ]
     images = bed.hosts[host].outside("/var/lib/kubenova/images")
     assert [p.name for p in images.iterdir() if p.name.startswith(".")] == []
     bed.wait_console(host, uid, "kubenova-uptime")
