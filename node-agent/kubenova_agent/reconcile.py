@@ -316,7 +316,7 @@ def _reboot_if_asked(deps: Deps, body: dict[str, Any], out: Converged) -> None:
         if not hard:
             timeout = float(spec.get("shutdownTimeoutSeconds", 60))
             how = "soft" if deps.guests.shutdown(uid, timeout) else "soft, then hard: no answer"
-        deps.guests.destroy(uid)
+        deps.guests.destroy(uid, force=True)
         deps.guests.start(uid)
         _event(deps, body, "Rebooted", f"rebooted ({how})")
     elif hard and spec.get("powerState", PowerState.Running) == PowerState.Running:

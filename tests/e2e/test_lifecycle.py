@@ -321,3 +321,31 @@ def test_console_command_prints_the_tail_wherever_the_guest_runs(
     )
     assert missing.returncode == 1 and "Not Found" in missing.stderr
     assert g.uid
+
+
+def test_restart_policy_never_leaves_a_self_stopped_guest_off(
+    bed: stack.Stack, namespace: str
+) -> None:
+    user_data = "#!/bin/sh\nsleep 1\necho kubenova-userdata: powering off\npoweroff -f\n"
+    bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
+    helpers.apply(
+        bed, helpers.server("quitter", namespace, restartPolicy="Never", userData=user_data)
+    )
+    srv = eventually(
+        lambda: (
+            (s := bed.get("server", "quitter", namespace))
+            and condition(s, "Ready").get("reason") == "GuestShutdown"
+            and s
+        ),
+        90,
+        what="Ready=False/GuestShutdown",
+    )
+    assert srv["status"]["phase"] == "SHUTOFF"
+    g = Guest(bed, namespace, "quitter")
+    time.sleep(5)  # nothing restarts it: the policy says never
+    srv = g.server()
+    assert srv["status"]["phase"] == "SHUTOFF" and srv["status"].get("restartCount", 0) == 0
+    assert g.domstate() == "shut off" and helpers.boots(g.console()) == 1
+    # A change of the spec is a person's decision: it runs the declared state again.
+    helpers.patch(bed, namespace, "quitter", {"userData": None, "restartPolicy": "OnFailure"})
+    eventually(lambda: helpers.boots(g.console()) == 2, 60, what="started again after the edit")

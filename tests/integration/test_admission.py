@@ -82,6 +82,55 @@ CASES = [
         id="bad-enum",
     ),
     pytest.param(
+        _server(
+            "rel", flavorRef="m1.tiny", imageRef="x", files=[{"path": "etc/motd", "content": "x"}]
+        ),
+        "spec.files[0].path in body should match '^/",
+        id="file-path-relative",
+    ),
+    pytest.param(
+        _server(
+            "dots",
+            flavorRef="m1.tiny",
+            imageRef="x",
+            files=[{"path": "/etc/../root/.ssh/authorized_keys", "content": "x"}],
+        ),
+        "path must not contain '.' or '..' segments",
+        id="file-path-dotdot",
+    ),
+    pytest.param(
+        _server(
+            "dir", flavorRef="m1.tiny", imageRef="x", files=[{"path": "/etc/", "content": "x"}]
+        ),
+        "path must name a file, not a folder",
+        id="file-path-folder",
+    ),
+    pytest.param(
+        _server(
+            "big",
+            flavorRef="m1.tiny",
+            imageRef="x",
+            files=[{"path": "/big", "content": "x" * 65537}],
+        ),
+        "spec.files[0].content: Too long",
+        id="file-too-big",
+    ),
+    pytest.param(
+        _server(
+            "many",
+            flavorRef="m1.tiny",
+            imageRef="x",
+            files=[{"path": f"/f{i}", "content": "x"} for i in range(11)],
+        ),
+        "spec.files: Too many: 11: must have at most 10 items",
+        id="too-many-files",
+    ),
+    pytest.param(
+        _server("reboot", flavorRef="m1.tiny", imageRef="x", rebootType="Gentle"),
+        'spec.rebootType: Unsupported value: "Gentle"',
+        id="bad-reboot-type",
+    ),
+    pytest.param(
         _image("not-a-url", _uec("not a url")),
         "must be an http:// or https:// URL",
         id="image-url-not-a-url",
