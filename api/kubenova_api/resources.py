@@ -254,7 +254,9 @@ class ServerSpec(ApiModel):
         max_length=65535,
         description="User data on the config drive (cloud-init); at most 64 KiB.",
     )
-    sshKeys: list[Annotated[str, StringConstraints(max_length=8192)]] = Field(
+    sshKeys: list[
+        Annotated[str, StringConstraints(max_length=8192), Field(description="A public key.")]
+    ] = Field(
         default_factory=list,
         max_length=16,
         description="Public SSH keys on the config drive (public_keys in meta_data.json).",
