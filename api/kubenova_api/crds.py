@@ -102,6 +102,11 @@ KINDS: tuple[Kind, ...] = (
                 "type": "string",
                 "jsonPath": ".status.conditions[?(@.type=='Ready')].status",
             },
+            {
+                "name": "Up",
+                "type": "string",
+                "jsonPath": ".status.conditions[?(@.type=='Up')].status",
+            },
             {"name": "Disabled", "type": "boolean", "jsonPath": ".spec.disabled"},
             {"name": "Zone", "type": "string", "jsonPath": ".spec.availabilityZone"},
             {"name": "vCPUs", "type": "integer", "jsonPath": ".status.total.vcpus"},

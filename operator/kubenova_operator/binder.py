@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubenova_api import kube
-from kubenova_operator import binding
+from kubenova_operator import binding, liveness
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -52,6 +52,12 @@ class Binder:
             if self._source is None:
                 continue
             snapshot: Snapshot = self._source()
+            try:
+                await asyncio.to_thread(
+                    liveness.check_hosts, snapshot.view.hypervisors, self.cfg, self.kube
+                )
+            except Exception as exc:
+                log.warning("checking host liveness failed: %s", exc)
             if not snapshot.pending:
                 continue
             try:

@@ -5,6 +5,7 @@ refused them, and get scheduled as soon as room appears."""
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -147,3 +148,59 @@ def test_pinned_host_and_unknown_host(sim: stack.Stack) -> None:
         return cond if cond.get("reason") == "Unschedulable" else {}
 
     assert "HostNameFilter rejected 3" in eventually(refused, 30)["message"]
+
+
+def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Stack) -> None:
+    _flavor_and_image(sim)
+    sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
+    sim.agents["sim-c"].kill()
+    stopped = time.monotonic()
+
+    def up_c() -> str:
+        hv = yaml.safe_load(sim.kubectl("get", "hv", "sim-c", "-o", "yaml").stdout)
+        return condition(hv, "Up").get("status", "")
+
+    eventually(
+        lambda: up_c() == "False",
+        sim.heartbeat_grace_seconds + 30,
+        step=0.5,
+        what="sim-c marked down",
+    )
+    took = time.monotonic() - stopped
+    assert took < sim.heartbeat_grace_seconds + 15, took
+    events = sim.kubectl(
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=sim-c",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{' '}{end}",
+    ).stdout.split()
+    assert "HostDown" in events
+    # No new Server lands there, even asked for by name.
+    sim.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "Server",
+                "metadata": {"name": "to-c", "namespace": NS},
+                "spec": {"flavorRef": "sim.small", "imageRef": "sim-image", "hostName": "sim-c"},
+            }
+        ),
+    )
+
+    def refused() -> dict:
+        srv = yaml.safe_load(sim.kubectl("get", "srv", "to-c", "-n", NS, "-o", "yaml").stdout)
+        cond = condition(srv, "Scheduled")
+        return cond if cond.get("reason") == "Unschedulable" else {}
+
+    assert "ComputeFilter rejected 1" in eventually(refused, 30)["message"]
+    # The agent comes back: the host is up again and the waiting Server runs there.
+    sim.start_sim_agent("sim-c", cpus=2, memory_mib=1024)
+    eventually(lambda: up_c() == "True", 60, step=0.5, what="sim-c up again")
+    sim.kubectl("wait", "--for=condition=Ready", "srv/to-c", "-n", NS, "--timeout=60s")
