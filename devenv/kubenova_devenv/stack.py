@@ -235,6 +235,36 @@ class Stack:
         self.agents[name] = proc
         return proc
 
+    def start_sim_fleet(
+        self, hosts: int, cpus: int = 8, memory_mib: int = 16384, heartbeat: float = 10.0
+    ) -> Proc:
+        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process."""
+        proc = Proc(
+            "simfleet",
+            [
+                sys.executable,
+                "-m",
+                "kubenova_devenv.simfleet",
+                "--hosts",
+                str(hosts),
+                "--cpus",
+                str(cpus),
+                "--memory-mib",
+                str(memory_mib),
+                "--kubeconfig",
+                str(self.cp.kubeconfig("kubenova:agent")),
+                "--workdir",
+                str(self.workdir / "fleet"),
+                "--heartbeat-seconds",
+                str(heartbeat),
+            ],
+            self.workdir / "simfleet.log",
+            self._env(),
+        )
+        proc.start()
+        self.agents["simfleet"] = proc
+        return proc
+
     # ------------------------------------------------------------------ helpers
     def kubectl(
         self,

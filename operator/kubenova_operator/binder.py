@@ -8,9 +8,11 @@ runs in a thread because the Kubernetes client it writes with is synchronous."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubenova_api import kube
@@ -19,6 +21,9 @@ from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
+
+WRITERS = 8
+"""API writes of one pass in flight at once."""
 
 
 @dataclasses.dataclass
@@ -68,23 +73,51 @@ class Binder:
                 self._dirty.set()
 
     def run_pass(self, snapshot: Snapshot) -> None:
+        """Decide for every pending Server in turn (each decision sees the claims of the ones
+        before it), and write the decisions concurrently: a write no longer holds up the next
+        decision, so a burst binds at the API server's pace rather than one round trip each."""
         self.passes += 1
         bound = list(snapshot.view.bound)
         bound_uids = {c.uid for c in bound}
-        for body in sorted(snapshot.pending, key=_creation_order):
-            uid = body["metadata"]["uid"]
-            if uid in bound_uids or self.claims.is_assumed(uid):
-                continue  # bound already; this copy of it is older than the binding
-            view = dataclasses.replace(snapshot.view, bound=bound)
+        view = dataclasses.replace(snapshot.view, bound=bound)
+        writes: list[tuple[str, concurrent.futures.Future[binding.Outcome]]] = []
+        with concurrent.futures.ThreadPoolExecutor(WRITERS, "bind") as pool:
+            for body in sorted(snapshot.pending, key=_creation_order):
+                uid = body["metadata"]["uid"]
+                if uid in bound_uids or self.claims.is_assumed(uid):
+                    continue  # bound already; this copy of it is older than the binding
+                name = _name(body)
+                try:
+                    binding.schedule(
+                        body,
+                        view,
+                        self.claims,
+                        self.cfg,
+                        self.kube,
+                        defer=functools.partial(_submit, writes, pool, name),
+                    )
+                except Exception as exc:
+                    log.warning("scheduling %s failed: %s", name, exc)
+                    self._dirty.set()
+        for name, future in writes:
             try:
-                outcome = binding.schedule(body, view, self.claims, self.cfg, self.kube)
+                outcome = future.result()
             except Exception as exc:
-                log.warning("scheduling %s failed: %s", _name(body), exc)
+                log.warning("recording the scheduling of %s failed: %s", name, exc)
                 self._dirty.set()
                 continue
-            log.debug("%s: %s", _name(body), outcome)
+            log.debug("%s: %s", name, outcome)
             if outcome.reason == "Stale":
                 self._dirty.set()
+
+
+def _submit(
+    writes: list[tuple[str, concurrent.futures.Future[binding.Outcome]]],
+    pool: concurrent.futures.ThreadPoolExecutor,
+    name: str,
+    fn: Callable[[], binding.Outcome],
+) -> None:
+    writes.append((name, pool.submit(fn)))
 
 
 def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -27,6 +27,10 @@ class ClusterView:
     hypervisors: Mapping[str, dict[str, Any]]  # name -> {"spec":…, "status":…}
     bound: list[claims.Claim]
     alive_uids: set[str]
+
+
+Defer = Callable[[Callable[[], "Outcome"]], None]
+"""Hands a write over to be run later (elsewhere); see :func:`schedule`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +114,17 @@ def schedule(
     assumed: claims.Claims,
     cfg: ControllerSettings,
     k: kube.Kube,
+    defer: Defer | None = None,
 ) -> Outcome:
-    """Schedule one unbound Server; writes its status only when something changed."""
+    """Schedule one unbound Server; writes its status only when something changed.
+
+    The decision (and the claim it takes) is made here, at once; with ``defer`` the API
+    writes that record it are handed over to run elsewhere (a pool), and the Outcome returned
+    is provisional — the deferred call returns the final one."""
     spec = body["spec"]
     refs = check_references(spec, view)
     if isinstance(refs, Outcome):
-        return _wait(body, refs, k)
+        return _wait(body, refs, k, defer)
     flavor, image = refs
     request = placement.Request(
         resources=hosts.Resources(
@@ -128,8 +137,8 @@ def schedule(
     claimed = assumed.per_host(view.bound, view.alive_uids)
     decision = placement.pick_host(request, host_states(view, claimed, cfg))
     if isinstance(decision, placement.NoValidHost):
-        return _wait(body, Outcome(None, "Unschedulable", decision.message), k)
-    return _bind(body, decision.host, request.resources, assumed, k)
+        return _wait(body, Outcome(None, "Unschedulable", decision.message), k, defer)
+    return _bind(body, decision.host, request.resources, assumed, k, defer)
 
 
 def _bind(
@@ -138,6 +147,7 @@ def _bind(
     resources: hosts.Resources,
     assumed: claims.Claims,
     k: kube.Kube,
+    defer: Defer | None = None,
 ) -> Outcome:
     meta = body["metadata"]
     generation = meta.get("generation")
@@ -154,6 +164,22 @@ def _bind(
     ref = server_ref(body)
     # Assume first: a concurrent pass must see the claim even before the write returns.
     assumed.assume(claims.Claim(meta["uid"], host, resources))
+    if defer is not None:
+        defer(lambda: _write_binding(body, ref, status, host, message, assumed, k))
+        return Outcome(host, "Binding", message)
+    return _write_binding(body, ref, status, host, message, assumed, k)
+
+
+def _write_binding(
+    body: Mapping[str, Any],
+    ref: kube.ObjectRef,
+    status: dict[str, Any],
+    host: str,
+    message: str,
+    assumed: claims.Claims,
+    k: kube.Kube,
+) -> Outcome:
+    meta = body["metadata"]
     try:
         # Conditional on the version this decision was made from: if the Server changed
         # meanwhile (bound by an earlier pass, edited, deleted) the write fails with 409
@@ -177,7 +203,9 @@ def _own_conditions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [cond] if cond else []
 
 
-def _wait(body: Mapping[str, Any], outcome: Outcome, k: kube.Kube) -> Outcome:
+def _wait(
+    body: Mapping[str, Any], outcome: Outcome, k: kube.Kube, defer: Defer | None = None
+) -> Outcome:
     """Say why the Server waits (condition + Event), unless it already says exactly that."""
     status = body.get("status") or {}
     current = common.get_condition(status.get("conditions"), "Scheduled") or {}
@@ -193,7 +221,14 @@ def _wait(body: Mapping[str, Any], outcome: Outcome, k: kube.Kube) -> Outcome:
         _own_conditions(body), "Scheduled", "False", outcome.reason, outcome.message, generation
     )
     ref = server_ref(body)
-    kube.retrying(lambda: k.apply_status(ref, {"phase": "BUILD", "conditions": conditions}))
-    if current.get("reason") != outcome.reason:
-        k.event(ref, outcome.reason, outcome.message, warning=True)
-    return outcome
+
+    def write() -> Outcome:
+        kube.retrying(lambda: k.apply_status(ref, {"phase": "BUILD", "conditions": conditions}))
+        if current.get("reason") != outcome.reason:
+            k.event(ref, outcome.reason, outcome.message, warning=True)
+        return outcome
+
+    if defer is not None:
+        defer(write)
+        return outcome
+    return write()
