@@ -136,7 +136,8 @@ class Agent:
                 log.warning("publishing capacity failed: %s", exc)
             self._capacity_due.wait(self.settings.heartbeat_seconds)
             self._capacity_due.clear()
-            self._stop.wait(0.5)  # coalesce bursts of guest changes into one write
+            # Coalesce bursts of guest changes into one write.
+            self._stop.wait(min(2.0, self.settings.heartbeat_seconds))
 
     def _resync(self) -> None:
         self.informer.synced.wait()

@@ -80,6 +80,8 @@ class Binder:
         bound = list(snapshot.view.bound)
         bound_uids = {c.uid for c in bound}
         view = dataclasses.replace(snapshot.view, bound=bound)
+        claimed = self.claims.per_host(bound, view.alive_uids)
+        states = {h.name: h for h in binding.host_states(view, claimed, self.cfg)}
         writes: list[tuple[str, concurrent.futures.Future[binding.Outcome]]] = []
         with concurrent.futures.ThreadPoolExecutor(WRITERS, "bind") as pool:
             for body in sorted(snapshot.pending, key=_creation_order):
@@ -95,6 +97,7 @@ class Binder:
                         self.cfg,
                         self.kube,
                         defer=functools.partial(_submit, writes, pool, name),
+                        states=states,
                     )
                 except Exception as exc:
                     log.warning("scheduling %s failed: %s", name, exc)

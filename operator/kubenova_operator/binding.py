@@ -115,8 +115,12 @@ def schedule(
     cfg: ControllerSettings,
     k: kube.Kube,
     defer: Defer | None = None,
+    states: dict[str, hosts.HostState] | None = None,
 ) -> Outcome:
     """Schedule one unbound Server; writes its status only when something changed.
+
+    ``states`` (host name -> state), when given, is the pass's running view of the hosts: it is
+    used instead of recomputing every host from the claims, and updated with this binding.
 
     The decision (and the claim it takes) is made here, at once; with ``defer`` the API
     writes that record it are handed over to run elsewhere (a pool), and the Outcome returned
@@ -134,10 +138,19 @@ def schedule(
         host_name=spec.get("hostName"),
         arch=str(image.get("architecture", "x86_64")),
     )
-    claimed = assumed.per_host(view.bound, view.alive_uids)
-    decision = placement.pick_host(request, host_states(view, claimed, cfg))
+    if states is None:
+        claimed = assumed.per_host(view.bound, view.alive_uids)
+        current = host_states(view, claimed, cfg)
+    else:
+        current = list(states.values())
+    decision = placement.pick_host(request, current)
     if isinstance(decision, placement.NoValidHost):
         return _wait(body, Outcome(None, "Unschedulable", decision.message), k, defer)
+    if states is not None:
+        chosen = states[decision.host]
+        states[decision.host] = dataclasses.replace(
+            chosen, claimed=chosen.claimed + request.resources
+        )
     return _bind(body, decision.host, request.resources, assumed, k, defer)
 
 
