@@ -1,0 +1,162 @@
+"""Bursts against simulated hosts (one process of real Agents on libvirt's test driver): claims
+never over-commit a host, what does not fit waits Unschedulable naming the filter, freed room is
+used at once, and a controller killed mid-burst resumes without binding anything twice."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from kubenova_devenv import stack
+from tests.conftest import condition, eventually
+
+pytestmark = pytest.mark.timeout(400)
+
+HOSTS = 10
+PER_HOST = 15  # 1500 MiB of memory / 100 MiB per Server; vCPUs 4 x 4.0 = 16 would allow 16
+
+
+@pytest.fixture(scope="module")
+def fleet(api: stack.Stack) -> Iterator[stack.Stack]:
+    api.start_controller()
+    proc = api.start_sim_fleet(HOSTS, cpus=4, memory_mib=PER_HOST * 100, heartbeat=3.0)
+    eventually(
+        lambda: api.kubectl("get", "hv", "-o", "name").stdout.count("/sim-0") >= HOSTS,
+        90,
+        what="the fleet's Hypervisors",
+    )
+    api.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "Flavor",
+                "metadata": {"name": "burst.small"},
+                "spec": {"vcpus": 1, "memoryMiB": 100, "diskGiB": 1},
+            }
+        ),
+    )
+    api.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            api.image_manifest("burst-image", with_disk=False, architecture="i686")
+        ),
+    )
+    yield api
+    proc.stop()
+    assert api.controller is not None
+    api.controller.stop()
+
+
+def _burst(api: stack.Stack, namespace: str, n: int) -> None:
+    api.kubectl("create", "namespace", namespace)
+    docs = [
+        yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "Server",
+                "metadata": {"name": f"b{i:03d}", "namespace": namespace},
+                "spec": {"flavorRef": "burst.small", "imageRef": "burst-image"},
+            }
+        )
+        for i in range(n)
+    ]
+    api.kubectl("apply", "-f", "-", stdin="---\n".join(docs), timeout=300)
+
+
+def _servers(api: stack.Stack, namespace: str) -> list[dict]:
+    out = api.kubectl("get", "srv", "-n", namespace, "-o", "yaml", timeout=120).stdout
+    return yaml.safe_load(out)["items"]
+
+
+def _settle(api: stack.Stack, namespace: str, active: int, waiting: int) -> list[dict]:
+    def settled() -> list[dict] | None:
+        items = _servers(api, namespace)
+        a = [s for s in items if (s.get("status") or {}).get("phase") == "ACTIVE"]
+        w = [s for s in items if condition(s, "Scheduled").get("reason") == "Unschedulable"]
+        return items if len(a) == active and len(w) == waiting else None
+
+    return eventually(
+        settled,
+        240,
+        step=1.0,  # type: ignore[no-any-return]
+        what=f"{active} ACTIVE and {waiting} Unschedulable",
+    )
+
+
+def _check_capacity(api: stack.Stack, items: list[dict]) -> None:
+    per_host = collections.Counter(
+        s["status"]["nodeName"] for s in items if (s.get("status") or {}).get("nodeName")
+    )
+    assert per_host and max(per_host.values()) <= PER_HOST, per_host
+    hvs = yaml.safe_load(api.kubectl("get", "hv", "-o", "yaml").stdout)["items"]
+    for hv in hvs:
+        if hv["metadata"]["name"].startswith("sim-0"):
+            assert hv["status"]["used"]["memoryMiB"] <= PER_HOST * 100
+
+
+def _domains_match_bindings(api: stack.Stack, namespaces: list[str]) -> None:
+    """Every host runs exactly the domains of the Servers bound to it: none twice."""
+    bound: collections.Counter[str] = collections.Counter()
+    for ns in namespaces:
+        for s in _servers(api, ns):
+            if (s.get("status") or {}).get("phase") == "ACTIVE":
+                bound[s["status"]["nodeName"]] += 1
+
+    def agree() -> bool:
+        hvs = yaml.safe_load(api.kubectl("get", "hv", "-o", "yaml").stdout)["items"]
+        running = {
+            hv["metadata"]["name"]: hv["status"].get("runningVMs", 0)
+            for hv in hvs
+            if hv["metadata"]["name"].startswith("sim-0")
+        }
+        return all(running.get(h, 0) == n for h, n in bound.items()) and sum(
+            running.values()
+        ) == sum(bound.values())
+
+    eventually(agree, 60, step=1.0, what="runningVMs per host equal to the Servers bound there")
+
+
+def test_200_servers_onto_room_for_150(fleet: stack.Stack) -> None:
+    _burst(fleet, "burst1", 200)
+    items = _settle(fleet, "burst1", active=150, waiting=50)
+    _check_capacity(fleet, items)
+    waiting = [s for s in items if condition(s, "Scheduled").get("reason") == "Unschedulable"]
+    message = condition(waiting[0], "Scheduled")["message"]
+    assert f"RamFilter rejected {HOSTS}" in message, message
+    _domains_match_bindings(fleet, ["burst1"])
+
+    active = sorted(
+        s["metadata"]["name"] for s in items if (s.get("status") or {}).get("phase") == "ACTIVE"
+    )
+    fleet.kubectl("delete", "srv", *active[:20], "-n", "burst1", "--timeout=120s", timeout=150)
+    items = _settle(fleet, "burst1", active=150, waiting=30)
+    _check_capacity(fleet, items)
+    fleet.kubectl("delete", "srv", "--all", "-n", "burst1", "--timeout=180s", timeout=200)
+
+
+def test_controller_killed_mid_burst(fleet: stack.Stack) -> None:
+    _burst(fleet, "burst2", 200)
+    eventually(
+        lambda: (
+            sum(1 for s in _servers(fleet, "burst2") if (s.get("status") or {}).get("nodeName"))
+            >= 40
+        ),
+        120,
+        step=0.3,
+        what="a part of the burst bound",
+    )
+    assert fleet.controller is not None
+    fleet.controller.kill()
+    fleet.start_controller()
+    items = _settle(fleet, "burst2", active=150, waiting=50)
+    _check_capacity(fleet, items)
+    _domains_match_bindings(fleet, ["burst2"])
+    fleet.kubectl("delete", "srv", "--all", "-n", "burst2", "--timeout=180s", timeout=200)
