@@ -89,6 +89,19 @@ KINDS: tuple[Kind, ...] = (
         selectable=(".status.nodeName",),
     ),
     Kind(
+        kind="ServerGroup",
+        plural=constants.SERVERGROUPS,
+        short="sg",
+        namespaced=True,
+        spec=resources.ServerGroupSpec,
+        status=resources.ServerGroupStatus,
+        description="Servers placed together or apart (Nova server group).",
+        columns=(
+            {"name": "Policy", "type": "string", "jsonPath": ".spec.policy"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+    ),
+    Kind(
         kind="Hypervisor",
         plural=constants.HYPERVISORS,
         short="hv",

@@ -243,6 +243,13 @@ class ServerSpec(ApiModel):
     availabilityZone: str | None = Field(
         default=None, max_length=255, description="Only hosts in this zone are considered."
     )
+    serverGroupRef: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="A ServerGroup in the same namespace whose policy places this server.",
+        json_schema_extra=cel(("self == oldSelf", "serverGroupRef is immutable")),
+    )
     hostName: str | None = Field(
         default=None,
         max_length=253,
@@ -317,6 +324,35 @@ class ServerStatus(StatusModel):
 
 class Server(ApiModel):
     spec: ServerSpec
+
+
+# ----------------------------------------------------------------------------- ServerGroup
+
+
+class GroupPolicy(enum.StrEnum):
+    """Nova's server group policies."""
+
+    affinity = "affinity"
+    anti_affinity = "anti-affinity"
+    soft_affinity = "soft-affinity"
+    soft_anti_affinity = "soft-anti-affinity"
+
+
+class ServerGroupSpec(ApiModel):
+    """Servers that name this group are placed together or apart (immutable)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(("self == oldSelf", "a ServerGroup's policy is immutable"))
+    }
+
+    policy: GroupPolicy = Field(
+        description="affinity / anti-affinity (filters: same host / distinct hosts), or their "
+        "soft- variants (weighers: preferred, not required)."
+    )
+
+
+class ServerGroupStatus(StatusModel):
+    conditions: list[Condition] = Field(default_factory=list, description="Validity.")
 
 
 # ----------------------------------------------------------------------------- Hypervisor

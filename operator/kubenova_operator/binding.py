@@ -27,6 +27,8 @@ class ClusterView:
     hypervisors: Mapping[str, dict[str, Any]]  # name -> {"spec":…, "status":…}
     bound: list[claims.Claim]
     alive_uids: set[str]
+    groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """ServerGroup ``namespace/name`` -> policy."""
 
 
 Defer = Callable[[Callable[[], "Outcome"]], None]
@@ -130,6 +132,25 @@ def schedule(
     if isinstance(refs, Outcome):
         return _wait(body, refs, k, defer)
     flavor, image = refs
+    group = group_key(body)
+    policy = None
+    members: dict[str, int] = {}
+    if group is not None:
+        policy = view.groups.get(group)
+        if policy is None:
+            return _wait(
+                body,
+                Outcome(
+                    None,
+                    "ServerGroupNotFound",
+                    f"ServerGroup "
+                    f"{spec['serverGroupRef']!r} does not exist in this namespace; the "
+                    "Server will be scheduled as soon as it is created",
+                ),
+                k,
+                defer,
+            )
+        members = group_members(group, view.bound, assumed.assumed_claims())
     request = placement.Request(
         resources=hosts.Resources(
             int(flavor["vcpus"]), int(flavor["memoryMiB"]), int(flavor.get("diskGiB", 0))
@@ -137,13 +158,15 @@ def schedule(
         zone=spec.get("availabilityZone"),
         host_name=spec.get("hostName"),
         arch=str(image.get("architecture", "x86_64")),
+        group_policy=policy,
+        group_hosts=members,
     )
     if states is None:
         claimed = assumed.per_host(view.bound, view.alive_uids)
         current = host_states(view, claimed, cfg)
     else:
         current = list(states.values())
-    decision = placement.pick_host(request, current)
+    decision = placement.pick_host(request, current, weights(cfg))
     if isinstance(decision, placement.NoValidHost):
         return _wait(body, Outcome(None, "Unschedulable", decision.message), k, defer)
     if states is not None:
@@ -151,7 +174,36 @@ def schedule(
         states[decision.host] = dataclasses.replace(
             chosen, claimed=chosen.claimed + request.resources
         )
-    return _bind(body, decision.host, request.resources, assumed, k, defer)
+    return _bind(body, decision.host, request.resources, assumed, k, defer, group)
+
+
+def weights(cfg: ControllerSettings) -> placement.Weights:
+    return placement.Weights(
+        ram=cfg.ram_weight_multiplier,
+        cpu=cfg.cpu_weight_multiplier,
+        soft_affinity=cfg.soft_affinity_weight_multiplier,
+        soft_anti_affinity=cfg.soft_anti_affinity_weight_multiplier,
+    )
+
+
+def group_key(body: Mapping[str, Any]) -> str | None:
+    ref = body["spec"].get("serverGroupRef")
+    return f"{body['metadata']['namespace']}/{ref}" if ref else None
+
+
+def group_members(
+    group: str, bound: list[claims.Claim], assumed: list[claims.Claim]
+) -> dict[str, int]:
+    """Host -> how many Servers of ``group`` it has (bound, or bound by this controller and not
+    yet seen back)."""
+    seen: set[str] = set()
+    out: dict[str, int] = {}
+    for claim in [*bound, *assumed]:
+        if claim.group != group or claim.uid in seen:
+            continue
+        seen.add(claim.uid)
+        out[claim.host] = out.get(claim.host, 0) + 1
+    return out
 
 
 def _bind(
@@ -161,6 +213,7 @@ def _bind(
     assumed: claims.Claims,
     k: kube.Kube,
     defer: Defer | None = None,
+    group: str | None = None,
 ) -> Outcome:
     meta = body["metadata"]
     generation = meta.get("generation")
@@ -176,7 +229,7 @@ def _bind(
     }
     ref = server_ref(body)
     # Assume first: a concurrent pass must see the claim even before the write returns.
-    assumed.assume(claims.Claim(meta["uid"], host, resources))
+    assumed.assume(claims.Claim(meta["uid"], host, resources, group))
     if defer is not None:
         defer(lambda: _write_binding(body, ref, status, host, message, assumed, k))
         return Outcome(host, "Binding", message)

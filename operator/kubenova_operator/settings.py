@@ -17,6 +17,14 @@ class ControllerSettings:
     """Cluster-wide memory allocation ratio."""
     disk_allocation_ratio: float = 1.0
     """Cluster-wide disk allocation ratio."""
+    ram_weight_multiplier: float = 1.0
+    """RAM weigher: positive spreads Servers over hosts, negative stacks them."""
+    cpu_weight_multiplier: float = 1.0
+    """vCPU weigher: positive spreads, negative stacks."""
+    soft_affinity_weight_multiplier: float = 1.0
+    """How much soft-affinity groups prefer hosts with members."""
+    soft_anti_affinity_weight_multiplier: float = 1.0
+    """How much soft-anti-affinity groups avoid hosts with members."""
     resync_seconds: float = 10.0
     """How often pending Servers are looked at even when nothing changed."""
     kubeconfig: str | None = None
@@ -52,6 +60,15 @@ def from_args(argv: list[str] | None = None) -> ControllerSettings:
         type=float,
         default=float(env.get("KUBENOVA_RESYNC_SECONDS", d.resync_seconds)),
     )
+    for flag, attr in (
+        ("--ram-weight-multiplier", "ram_weight_multiplier"),
+        ("--cpu-weight-multiplier", "cpu_weight_multiplier"),
+        ("--soft-affinity-weight-multiplier", "soft_affinity_weight_multiplier"),
+        ("--soft-anti-affinity-weight-multiplier", "soft_anti_affinity_weight_multiplier"),
+    ):
+        p.add_argument(
+            flag, type=float, default=float(env.get("KUBENOVA_" + attr.upper(), getattr(d, attr)))
+        )
     p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
     a = p.parse_args(argv)
     return ControllerSettings(
@@ -59,6 +76,10 @@ def from_args(argv: list[str] | None = None) -> ControllerSettings:
         cpu_allocation_ratio=a.cpu_allocation_ratio,
         ram_allocation_ratio=a.ram_allocation_ratio,
         disk_allocation_ratio=a.disk_allocation_ratio,
+        ram_weight_multiplier=a.ram_weight_multiplier,
+        cpu_weight_multiplier=a.cpu_weight_multiplier,
+        soft_affinity_weight_multiplier=a.soft_affinity_weight_multiplier,
+        soft_anti_affinity_weight_multiplier=a.soft_anti_affinity_weight_multiplier,
         resync_seconds=a.resync_seconds,
         kubeconfig=a.kubeconfig,
     )

@@ -150,6 +150,53 @@ def test_pinned_host_and_unknown_host(sim: stack.Stack) -> None:
     assert "HostNameFilter rejected 3" in eventually(refused, 30)["message"]
 
 
+def test_anti_affinity_group_of_four_over_three_hosts(sim: stack.Stack) -> None:
+    _flavor_and_image(sim)
+    sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
+    sim.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "ServerGroup",
+                "metadata": {"name": "apart", "namespace": NS},
+                "spec": {"policy": "anti-affinity"},
+            }
+        ),
+    )
+    docs = [
+        yaml.safe_dump(
+            {
+                "apiVersion": "compute.kubenova.io/v1alpha1",
+                "kind": "Server",
+                "metadata": {"name": f"g{i}", "namespace": NS},
+                "spec": {
+                    "flavorRef": "sim.small",
+                    "imageRef": "sim-image",
+                    "serverGroupRef": "apart",
+                },
+            }
+        )
+        for i in range(4)
+    ]
+    sim.kubectl("apply", "-f", "-", stdin="---\n".join(docs))
+
+    def settled() -> list[dict] | None:
+        items = _servers(sim)
+        active = [s for s in items if s.get("status", {}).get("phase") == "ACTIVE"]
+        waiting = [s for s in items if condition(s, "Scheduled").get("reason") == "Unschedulable"]
+        return items if len(active) == 3 and len(waiting) == 1 else None
+
+    items = eventually(settled, 60, step=0.5, what="3 ACTIVE apart and 1 Unschedulable")
+    hosts = [s["status"]["nodeName"] for s in items if s["status"].get("nodeName")]
+    assert sorted(hosts) == ["sim-a", "sim-b", "sim-c"]
+    waiting = next(s for s in items if not s["status"].get("nodeName"))
+    assert "ServerGroupAntiAffinityFilter rejected 3" in condition(waiting, "Scheduled")["message"]
+    sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
+
+
 def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Stack) -> None:
     _flavor_and_image(sim)
     sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)

@@ -101,3 +101,38 @@ def test_assumed_claims_count_until_observed_and_vanish_with_their_server() -> N
     assert not c.is_assumed("u1")
     c.assume(claims.Claim("u2", "b", SMALL))
     assert c.per_host([], set()) == {}  # u2 was deleted before its binding was seen
+
+
+def test_server_group_filters() -> None:
+    hs = [_host("a"), _host("b"), _host("c")]
+    apart = placement.Request(SMALL, group_policy="anti-affinity", group_hosts={"a": 1, "b": 1})
+    assert placement.pick_host(apart, hs) == placement.Decision("c")
+    full = placement.Request(
+        SMALL, group_policy="anti-affinity", group_hosts={"a": 1, "b": 1, "c": 1}
+    )
+    out = placement.pick_host(full, hs)
+    assert isinstance(out, placement.NoValidHost)
+    assert dict(out.rejections) == {"ServerGroupAntiAffinityFilter": 3}
+    together = placement.Request(SMALL, group_policy="affinity", group_hosts={"b": 2})
+    assert placement.pick_host(together, hs) == placement.Decision("b")
+    first = placement.Request(SMALL, group_policy="affinity", group_hosts={})
+    assert placement.pick_host(first, hs) == placement.Decision("a")  # any host; tie by name
+
+
+def test_soft_policies_weigh_instead_of_filtering() -> None:
+    hs = [_host("a"), _host("b", claimed=hosts.Resources(0, 2048, 0))]
+    soft = placement.Request(SMALL, group_policy="soft-affinity", group_hosts={"b": 1})
+    # RAM alone prefers a; the soft-affinity weigher with a large multiplier prefers b.
+    assert placement.pick_host(soft, hs) == placement.Decision("a")
+    assert placement.pick_host(
+        soft, hs, placement.Weights(soft_affinity=5.0)
+    ) == placement.Decision("b")
+    anti = placement.Request(SMALL, group_policy="soft-anti-affinity", group_hosts={"a": 1, "b": 1})
+    assert placement.pick_host(anti, hs) == placement.Decision("a")  # still placed
+
+
+def test_negative_multipliers_stack_instead_of_spread() -> None:
+    hs = [_host("a"), _host("b", claimed=hosts.Resources(1, 1024, 0))]
+    spread = placement.pick_host(placement.Request(SMALL), hs)
+    stack = placement.pick_host(placement.Request(SMALL), hs, placement.Weights(ram=-1.0, cpu=-1.0))
+    assert spread == placement.Decision("a") and stack == placement.Decision("b")

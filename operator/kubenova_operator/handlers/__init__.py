@@ -73,13 +73,28 @@ def hypervisor_states(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any)
     return {name: {"spec": copy.deepcopy(dict(spec)), "status": copy.deepcopy(dict(status))}}
 
 
+@kopf.index(G, V, constants.SERVERGROUPS)
+def group_policies(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+    return {f"{namespace}/{name}": str(spec.get("policy", ""))}
+
+
 @kopf.index(G, V, constants.SERVERS)
-def server_claims(uid: str, status: kopf.Status, **_: Any) -> dict[str, Any] | None:
+def server_claims(
+    uid: str, namespace: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, Any] | None:
     node = status.get("nodeName")
     flavor = status.get("flavor")
     if not node or not flavor:
         return None
-    return {node: claims.Claim(uid, node, hosts.Resources.from_api(dict(flavor)))}
+    group = spec.get("serverGroupRef")
+    return {
+        node: claims.Claim(
+            uid,
+            node,
+            hosts.Resources.from_api(dict(flavor)),
+            f"{namespace}/{group}" if group else None,
+        )
+    }
 
 
 @kopf.index(G, V, constants.SERVERS)
@@ -109,6 +124,7 @@ def _snapshot(indexes: dict[str, kopf.Index[Any, Any]]) -> binder.Snapshot:
         hypervisors=latest(indexes["hypervisor_states"]),
         bound=bound,
         alive_uids=alive,
+        groups=latest(indexes["group_policies"]),
     )
     return binder.Snapshot(view=view, pending=pending)
 
@@ -117,7 +133,14 @@ def _wake(memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
     b: binder.Binder | None = memo.get("binder")
     if b is None:
         return
-    names = ("flavor_specs", "image_specs", "hypervisor_states", "server_claims", "pending_servers")
+    names = (
+        "flavor_specs",
+        "image_specs",
+        "hypervisor_states",
+        "server_claims",
+        "pending_servers",
+        "group_policies",
+    )
     indexes = {n: kwargs[n] for n in names}
     b.attach(lambda: _snapshot(indexes))
     b.kick()
@@ -135,6 +158,11 @@ def flavor_event(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.event(G, V, constants.IMAGES)
 def image_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, kwargs)
+
+
+@kopf.on.event(G, V, constants.SERVERGROUPS)
+def server_group_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 

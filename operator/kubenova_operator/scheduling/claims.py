@@ -15,6 +15,8 @@ class Claim:
     uid: str
     host: str
     resources: Resources
+    group: str | None = None
+    """``namespace/name`` of the Server's ServerGroup, if it has one."""
 
 
 class Claims:
@@ -24,6 +26,9 @@ class Claims:
     def assume(self, claim: Claim) -> None:
         """Record a binding just written, until the API server's view includes it."""
         self._assumed[claim.uid] = claim
+
+    def assumed_claims(self) -> list[Claim]:
+        return list(self._assumed.values())
 
     def is_assumed(self, uid: str) -> bool:
         return uid in self._assumed

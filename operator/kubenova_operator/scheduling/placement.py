@@ -4,7 +4,7 @@ rank the rest, ties break by name. A refusal says which filter rejected how many
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kubenova_operator.scheduling.hosts import HostState, Resources
 
@@ -17,6 +17,20 @@ class Request:
     zone: str | None = None
     host_name: str | None = None
     arch: str = "x86_64"
+    group_policy: str | None = None
+    group_hosts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """How many members of the Server's group each host already has."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """Weigher multipliers (Nova's ``*_weight_multiplier``): positive spreads, negative
+    stacks; each weigher is normalised to [0, 1] over the candidate hosts first."""
+
+    ram: float = 1.0
+    cpu: float = 1.0
+    soft_affinity: float = 1.0
+    soft_anti_affinity: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +72,16 @@ def architecture_filter(host: HostState, req: Request) -> bool:
     return req.arch in host.archs
 
 
+def server_group_anti_affinity_filter(host: HostState, req: Request) -> bool:
+    return req.group_policy != "anti-affinity" or req.group_hosts.get(host.name, 0) == 0
+
+
+def server_group_affinity_filter(host: HostState, req: Request) -> bool:
+    if req.group_policy != "affinity" or not any(req.group_hosts.values()):
+        return True
+    return req.group_hosts.get(host.name, 0) > 0
+
+
 def vcpu_filter(host: HostState, req: Request) -> bool:
     return host.free.vcpus >= req.resources.vcpus
 
@@ -75,18 +99,62 @@ FILTERS: tuple[tuple[str, Filter], ...] = (
     ("HostNameFilter", host_name_filter),
     ("AvailabilityZoneFilter", availability_zone_filter),
     ("ImagePropertiesFilter", architecture_filter),
+    ("ServerGroupAntiAffinityFilter", server_group_anti_affinity_filter),
+    ("ServerGroupAffinityFilter", server_group_affinity_filter),
     ("VCPUFilter", vcpu_filter),
     ("RamFilter", ram_filter),
     ("DiskFilter", disk_filter),
 )
 
 
-def ram_weight(host: HostState) -> float:
-    """Free memory after the claim (spread)."""
+def ram_weight(host: HostState, _req: Request) -> float:
+    """Free memory (spread with a positive multiplier)."""
     return float(host.free.memory_mib)
 
 
-def pick_host(req: Request, hosts: Sequence[HostState]) -> Decision | NoValidHost:
+def cpu_weight(host: HostState, _req: Request) -> float:
+    """Free vCPUs (spread with a positive multiplier)."""
+    return float(host.free.vcpus)
+
+
+def soft_affinity_weight(host: HostState, req: Request) -> float:
+    if req.group_policy != "soft-affinity":
+        return 0.0
+    return float(req.group_hosts.get(host.name, 0))
+
+
+def soft_anti_affinity_weight(host: HostState, req: Request) -> float:
+    if req.group_policy != "soft-anti-affinity":
+        return 0.0
+    return -float(req.group_hosts.get(host.name, 0))
+
+
+def _normalised(values: list[float]) -> list[float]:
+    low, high = min(values), max(values)
+    if high == low:
+        return [0.0 for _ in values]
+    return [(v - low) / (high - low) for v in values]
+
+
+def weigh(req: Request, hosts: Sequence[HostState], weights: Weights) -> list[float]:
+    """Each host's weight: the sum of normalised weighers times their multipliers."""
+    total = [0.0 for _ in hosts]
+    for fn, multiplier in (
+        (ram_weight, weights.ram),
+        (cpu_weight, weights.cpu),
+        (soft_affinity_weight, weights.soft_affinity),
+        (soft_anti_affinity_weight, weights.soft_anti_affinity),
+    ):
+        if multiplier == 0:
+            continue
+        for i, value in enumerate(_normalised([fn(h, req) for h in hosts])):
+            total[i] += multiplier * value
+    return total
+
+
+def pick_host(
+    req: Request, hosts: Sequence[HostState], weights: Weights | None = None
+) -> Decision | NoValidHost:
     """The best host for ``req``, or why there is none."""
     candidates = list(hosts)
     rejections: list[tuple[str, int]] = []
@@ -97,8 +165,9 @@ def pick_host(req: Request, hosts: Sequence[HostState]) -> Decision | NoValidHos
         candidates = passed
         if not candidates:
             return NoValidHost(tuple(rejections), len(hosts))
-    best = max(candidates, key=lambda h: (ram_weight(h), _name_key(h.name)))
-    return Decision(best.name)
+    scores = weigh(req, candidates, weights or Weights())
+    best = max(zip(scores, candidates, strict=True), key=lambda p: (p[0], _name_key(p[1].name)))
+    return Decision(best[1].name)
 
 
 def _name_key(name: str) -> tuple[int, ...]:
