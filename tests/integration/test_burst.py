@@ -53,6 +53,8 @@ def fleet(api: stack.Stack) -> Iterator[stack.Stack]:
     proc.stop()
     assert api.controller is not None
     api.controller.stop()
+    # The fleet's hosts are gone for good: take them out, as an admin retiring hosts would.
+    api.kubectl("delete", "hv", *[f"sim-{i:03d}" for i in range(HOSTS)])
 
 
 def _burst(api: stack.Stack, namespace: str, n: int) -> None:

@@ -27,7 +27,10 @@ def sim(api: stack.Stack) -> Iterator[stack.Stack]:
         api.start_sim_agent(name, cpus=2, memory_mib=1024)
     api.kubectl("create", "namespace", NS, check=False)
     eventually(
-        lambda: api.kubectl("get", "hv", "-o", "name").stdout.count("sim-") == 3,
+        lambda: all(
+            f"/{h}\n" in api.kubectl("get", "hv", "-o", "name").stdout
+            for h in ("sim-a", "sim-b", "sim-c")
+        ),
         60,
         what="three Hypervisors registered",
     )
