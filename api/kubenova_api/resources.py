@@ -74,6 +74,11 @@ class Architecture(enum.StrEnum):
     i686 = "i686"
 
 
+class VirtType(enum.StrEnum):
+    kvm = "kvm"
+    qemu = "qemu"
+
+
 class RemoteFile(ApiModel):
     """A file fetched over HTTP(S) and verified by its SHA-256 checksum."""
 
@@ -138,6 +143,10 @@ class ImageSpec(ApiModel):
     minMemoryMiB: int = Field(default=0, ge=0, description="Least memory it needs, in MiB.")
     architecture: Architecture = Field(
         default=Architecture.x86_64, description="CPU architecture of the image."
+    )
+    virtType: VirtType | None = Field(
+        default=None,
+        description="Only hosts that run guests this way (kvm or qemu emulation); any if unset.",
     )
 
 
@@ -404,6 +413,9 @@ class HypervisorStatus(StatusModel):
     total: Resources | None = Field(default=None, description="Physical capacity.")
     reserved: Resources | None = Field(default=None, description="Kept for the host itself.")
     used: Resources | None = Field(default=None, description="Claimed by servers on this host.")
+    free: Resources | None = Field(
+        default=None, description="total - reserved - used, before allocation ratios."
+    )
     runningVMs: int = Field(default=0, description="Domains running now.")
     lastHeartbeatTime: dt.datetime | None = Field(default=None, description="Last heartbeat.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready.")

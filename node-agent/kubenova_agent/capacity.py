@@ -133,6 +133,14 @@ class CapacityPublisher:
                     "memoryMiB": facts.memory_mib,
                     "diskGiB": pool.capacity_bytes // GIB,
                 },
+                "free": {
+                    key: max(0, total - status["reserved"][key] - status["used"][key])
+                    for key, total in (
+                        ("vcpus", facts.cpus),
+                        ("memoryMiB", facts.memory_mib),
+                        ("diskGiB", pool.capacity_bytes // GIB),
+                    )
+                },
                 "runningVMs": running,
                 "conditions": [
                     self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")

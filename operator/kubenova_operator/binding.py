@@ -158,6 +158,7 @@ def schedule(
         zone=spec.get("availabilityZone"),
         host_name=spec.get("hostName"),
         arch=str(image.get("architecture", "x86_64")),
+        virt_type=image.get("virtType"),
         group_policy=policy,
         group_hosts=members,
     )

@@ -110,6 +110,7 @@ def test_servers_fill_hosts_up_to_capacity_then_wait_and_then_run(sim: stack.Sta
     )
     hv = sim_a()
     assert hv["status"]["runningVMs"] == 4
+    assert hv["status"]["free"]["memoryMiB"] == 0 and hv["status"]["free"]["vcpus"] == 0
     assert hv["status"]["total"]["memoryMiB"] == 1024
     assert hv["status"]["hypervisorType"] == "TEST"
 

@@ -19,6 +19,7 @@ def _status(beat_age: float = 1, ready: str = "True", mem: int = 4096, cpus: int
         "total": {"vcpus": cpus, "memoryMiB": mem, "diskGiB": 100},
         "reserved": {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0},
         "guestArchitectures": ["x86_64"],
+        "virtType": "qemu",
     }
 
 
@@ -136,3 +137,13 @@ def test_negative_multipliers_stack_instead_of_spread() -> None:
     spread = placement.pick_host(placement.Request(SMALL), hs)
     stack = placement.pick_host(placement.Request(SMALL), hs, placement.Weights(ram=-1.0, cpu=-1.0))
     assert spread == placement.Decision("a") and stack == placement.Decision("b")
+
+
+def test_image_virt_type_requirement() -> None:
+    hs = [_host("a"), _host("b")]
+    assert isinstance(
+        placement.pick_host(placement.Request(SMALL, virt_type="qemu"), hs), placement.Decision
+    )
+    out = placement.pick_host(placement.Request(SMALL, virt_type="kvm"), hs)
+    assert isinstance(out, placement.NoValidHost)
+    assert dict(out.rejections) == {"ImagePropertiesFilter": 2}

@@ -52,6 +52,7 @@ class HostState:
     ratios: Ratios
     claimed: Resources
     archs: tuple[str, ...] = ("x86_64",)
+    virt_type: str = ""
 
     @property
     def capacity(self) -> Resources:
@@ -113,4 +114,5 @@ def host_state(
         ),
         claimed=claimed,
         archs=tuple(status.get("guestArchitectures") or ()),
+        virt_type=str(status.get("virtType") or ""),
     )

@@ -17,6 +17,7 @@ class Request:
     zone: str | None = None
     host_name: str | None = None
     arch: str = "x86_64"
+    virt_type: str | None = None
     group_policy: str | None = None
     group_hosts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """How many members of the Server's group each host already has."""
@@ -67,9 +68,9 @@ def host_name_filter(host: HostState, req: Request) -> bool:
     return req.host_name is None or host.name == req.host_name
 
 
-def architecture_filter(host: HostState, req: Request) -> bool:
-    """The host can run guests of the image's architecture."""
-    return req.arch in host.archs
+def image_properties_filter(host: HostState, req: Request) -> bool:
+    """The host runs guests of the image's architecture, the way the image requires."""
+    return req.arch in host.archs and req.virt_type in (None, host.virt_type)
 
 
 def server_group_anti_affinity_filter(host: HostState, req: Request) -> bool:
@@ -98,7 +99,7 @@ FILTERS: tuple[tuple[str, Filter], ...] = (
     ("ComputeFilter", compute_filter),
     ("HostNameFilter", host_name_filter),
     ("AvailabilityZoneFilter", availability_zone_filter),
-    ("ImagePropertiesFilter", architecture_filter),
+    ("ImagePropertiesFilter", image_properties_filter),
     ("ServerGroupAntiAffinityFilter", server_group_anti_affinity_filter),
     ("ServerGroupAffinityFilter", server_group_affinity_filter),
     ("VCPUFilter", vcpu_filter),
