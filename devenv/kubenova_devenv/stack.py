@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from typing import IO, Any
 
 import yaml
@@ -363,11 +362,3 @@ def kubectl_binary() -> pathlib.Path:
     if built.exists():
         return built
     return pathlib.Path("kubectl")
-
-
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    netutil.wait_until(check, timeout, what, step=0.1)
-
-
-def elapsed(since: float) -> float:
-    return time.monotonic() - since

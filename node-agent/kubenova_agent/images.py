@@ -109,18 +109,6 @@ class ImageCache:
             ) from exc
         return _Chunks(resp, url)
 
-    def remove_unused(self, keep: set[str]) -> list[str]:
-        """Delete cached files whose checksum is not in ``keep``."""
-        removed: list[str] = []
-        if not self.directory.exists():
-            return removed
-        for path in self.directory.iterdir():
-            if path.name.startswith(".") or path.name in keep:
-                continue
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-        return removed
-
 
 class _Chunks:
     def __init__(self, resp: object, url: str) -> None:

@@ -38,10 +38,13 @@ class Binder:
         self.kube = k
         self.claims = claims.Claims()
         self._dirty = asyncio.Event()
-        self._source: Any = None  # a callable giving a Snapshot, set by the handlers
-        self.passes = 0
+        self._source: Callable[[], Snapshot] | None = None  # set once by the handlers
 
-    def attach(self, source: Any) -> None:
+    @property
+    def attached(self) -> bool:
+        return self._source is not None
+
+    def attach(self, source: Callable[[], Snapshot]) -> None:
         self._source = source
 
     def kick(self) -> None:
@@ -76,7 +79,6 @@ class Binder:
         """Decide for every pending Server in turn (each decision sees the claims of the ones
         before it), and write the decisions concurrently: a write no longer holds up the next
         decision, so a burst binds at the API server's pace rather than one round trip each."""
-        self.passes += 1
         bound = list(snapshot.view.bound)
         bound_uids = {c.uid for c in bound}
         view = dataclasses.replace(snapshot.view, bound=bound)

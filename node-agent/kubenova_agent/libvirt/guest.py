@@ -9,7 +9,7 @@ import time
 
 import libvirt
 
-from kubenova_agent.libvirt import _conv, domain_xml, errors
+from kubenova_agent.libvirt import _conv, errors
 from kubenova_agent.libvirt.host import Host
 
 log = logging.getLogger(__name__)
@@ -186,10 +186,6 @@ class Guests:
             dom = self._require(uuid)
             if dom.hasManagedSaveImage(0):
                 dom.managedSaveRemove(0)
-
-    def console_of(self, uuid: str) -> str | None:
-        info = self.get(uuid)
-        return domain_xml.console_log_of(info.xml) if info else None
 
     def undefine(self, uuid: str) -> None:
         """Remove the domain's definition with its managed-save image, snapshots and NVRAM."""

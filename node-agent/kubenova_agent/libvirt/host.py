@@ -198,10 +198,4 @@ class Host:
         return out
 
 
-def ping(host: Host) -> None:
-    """Raise :class:`errors.HypervisorError` unless libvirt answers."""
-    with _conv.translated():
-        host.conn.getLibVersion()
-
-
-__all__ = ["CpuInfo", "DomainSummary", "Host", "HostFacts", "errors", "ping"]
+__all__ = ["CpuInfo", "DomainSummary", "Host", "HostFacts", "errors"]

@@ -138,9 +138,3 @@ class Storage:
                             raise
                     deleted.append(vol.name())
         return deleted
-
-    def volume_names(self, prefix: str = "") -> list[str]:
-        with _conv.translated():
-            pool = self._pool()
-            pool.refresh(0)
-            return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))

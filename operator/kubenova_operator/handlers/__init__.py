@@ -129,20 +129,24 @@ def _snapshot(indexes: dict[str, kopf.Index[Any, Any]]) -> binder.Snapshot:
     return binder.Snapshot(view=view, pending=pending)
 
 
+INDEXES = (
+    "flavor_specs",
+    "image_specs",
+    "hypervisor_states",
+    "server_claims",
+    "pending_servers",
+    "group_policies",
+)
+
+
 def _wake(memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
     b: binder.Binder | None = memo.get("binder")
     if b is None:
         return
-    names = (
-        "flavor_specs",
-        "image_specs",
-        "hypervisor_states",
-        "server_claims",
-        "pending_servers",
-        "group_policies",
-    )
-    indexes = {n: kwargs[n] for n in names}
-    b.attach(lambda: _snapshot(indexes))
+    if not b.attached:
+        # kopf's index objects are live and the same on every call: capture them once.
+        indexes = {n: kwargs[n] for n in INDEXES}
+        b.attach(lambda: _snapshot(indexes))
     b.kick()
 
 
