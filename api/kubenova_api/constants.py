@@ -9,6 +9,10 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 PREFIX: Final = GROUP
 #: Held on a Server by its host's agent until the domain and its disks are gone.
 FINALIZER_DOMAIN: Final = f"{PREFIX}/domain"
+#: Held on a ServerMigration by the controller until its outcome is known.
+FINALIZER_MIGRATION: Final = f"{PREFIX}/migration"
+#: Label on the ServerMigrations a drain creates: the host being drained.
+EVACUATION_LABEL: Final = f"{PREFIX}/evacuating"
 #: The field that binds a Server to a host; agents watch on it server-side.
 NODE_FIELD: Final = "status.nodeName"
 
@@ -17,3 +21,6 @@ IMAGES: Final = "images"
 SERVERS: Final = "servers"
 HYPERVISORS: Final = "hypervisors"
 SERVERGROUPS: Final = "servergroups"
+SERVERMIGRATIONS: Final = "servermigrations"
+SOURCE_FIELD: Final = "status.sourceNode"
+TARGET_FIELD: Final = "status.targetNode"

@@ -1,4 +1,5 @@
-"""The custom resources: Flavor, Image, Server, Hypervisor (compute.kubenova.io/v1alpha1).
+"""The custom resources: Flavor, Image, Server, ServerGroup, ServerMigration, Hypervisor
+(compute.kubenova.io/v1alpha1).
 
 Every field carries a description (it becomes ``kubectl explain`` text). Rules the OpenAPI
 schema cannot state are CEL ``x-kubernetes-validations`` attached with :func:`cel`.
@@ -371,6 +372,11 @@ class HypervisorSpec(ApiModel):
     """What an admin sets on a host: whether it takes servers, its zone, its ratios."""
 
     disabled: bool = Field(default=False, description="A disabled host gets no new servers.")
+    evacuate: bool = Field(
+        default=False,
+        description="Drain the host: live-migrate every server away (a few at a time) and "
+        "place no new ones here. Progress is in status.evacuation.",
+    )
     disabledReason: str | None = Field(default=None, max_length=255, description="Why.")
     availabilityZone: str = Field(default="nova", max_length=255, description="The host's zone.")
     cpuAllocationRatio: float | None = Field(
@@ -400,6 +406,23 @@ class CpuInfo(StatusModel):
     threads: int = Field(default=0, description="Threads per core.")
 
 
+class MigrationEndpoint(StatusModel):
+    libvirtURI: str = Field(description="How a peer's libvirtd reaches this host's libvirtd.")
+    address: str = Field(description="The address migration data is sent to on this host.")
+
+
+class Evacuation(StatusModel):
+    """Progress of draining the host (written by the controller)."""
+
+    total: int = Field(default=0, description="Servers on the host when the drain began.")
+    migrated: int = Field(default=0, description="Moved away.")
+    inProgress: int = Field(default=0, description="Moving now.")
+    remaining: int = Field(default=0, description="Still on the host.")
+    blocked: list[str] = Field(
+        default_factory=list, description="Servers that cannot move, each with why."
+    )
+
+
 class HypervisorStatus(StatusModel):
     hostUUID: str | None = Field(default=None, description="The host's UUID from libvirt.")
     hypervisorType: str | None = Field(default=None, description="QEMU, or Test.")
@@ -407,6 +430,15 @@ class HypervisorStatus(StatusModel):
     libvirtVersion: str | None = Field(default=None, description="libvirt version.")
     virtType: str | None = Field(default=None, description="Domain type used: kvm or qemu.")
     cpuInfo: CpuInfo | None = Field(default=None, description="The host CPU.")
+    guestCPU: str | None = Field(
+        default=None,
+        description="The CPU this host offers guests (libvirt's host-model CPU for its virt "
+        "type), as libvirt CPU XML: the input of the cluster CPU baseline.",
+    )
+    migration: MigrationEndpoint | None = Field(
+        default=None, description="Where live migrations to this host go."
+    )
+    evacuation: Evacuation | None = Field(default=None, description="Drain progress.")
     guestArchitectures: list[str] = Field(
         default_factory=list, description="Guest CPU architectures the host can run."
     )
@@ -423,3 +455,155 @@ class HypervisorStatus(StatusModel):
 
 class Hypervisor(ApiModel):
     spec: HypervisorSpec
+
+
+# ----------------------------------------------------------------------------- ServerMigration
+
+
+class MigrationPhase(enum.StrEnum):
+    Pending = "Pending"
+    PreChecking = "PreChecking"
+    Preparing = "Preparing"
+    Running = "Running"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+TERMINAL_PHASES = (MigrationPhase.Succeeded, MigrationPhase.Failed)
+
+
+class CompletionAction(enum.StrEnum):
+    """What happens when a live migration has not converged in time."""
+
+    Abort = "Abort"
+    PostCopy = "PostCopy"
+    Pause = "Pause"
+
+
+DURATION = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``150s``, ``2m`` or ``500ms``."""
+    for unit, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(f"not a duration: {text!r}")
+
+
+class ServerMigrationSpec(ApiModel):
+    """Move a server to another host: live when it runs (or is paused), cold when it is off."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            ("self == oldSelf", "a ServerMigration's spec is immutable; create a new one"),
+            (
+                "!has(self.completionAction) || self.completionAction != 'PostCopy' || "
+                "(has(self.allowPostCopy) && self.allowPostCopy)",
+                "completionAction PostCopy needs allowPostCopy: true",
+            ),
+        )
+    }
+
+    serverRef: str = Field(
+        min_length=1, max_length=253, description="The Server to move (same namespace)."
+    )
+    targetNode: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The host to move to; empty lets the scheduler pick one with the same "
+        "filters as for placement.",
+    )
+    bandwidthMiBps: int = Field(
+        default=0, ge=0, description="Bandwidth limit of the migration stream; 0 is unlimited."
+    )
+    autoConverge: bool = Field(
+        default=False, description="Throttle the guest's vCPUs when memory dirties too fast."
+    )
+    allowPostCopy: bool = Field(
+        default=False,
+        description="Allow switching to post-copy (the guest runs on the target while the rest "
+        "of its memory follows); needed for completionAction PostCopy.",
+    )
+    completionTimeoutPerGiB: Annotated[str, StringConstraints(pattern=DURATION)] = Field(
+        default="150s",
+        description="How long the migration may take per GiB of memory (plus disk for a block "
+        "migration; at least 2 GiB counted, as Nova does) before completionAction; 0s never.",
+    )
+    completionAction: CompletionAction = Field(
+        default=CompletionAction.Abort,
+        description="On timeout: Abort (the guest stays on the source), PostCopy (switch to "
+        "post-copy and finish), or Pause (pause the guest so the copy converges).",
+    )
+
+
+class MigrationProgress(StatusModel):
+    dataTotalBytes: int = Field(default=0, description="Bytes to transfer (memory + disk).")
+    dataProcessedBytes: int = Field(default=0, description="Bytes transferred so far.")
+    dataRemainingBytes: int = Field(default=0, description="Bytes still to transfer.")
+    diskProcessedBytes: int = Field(default=0, description="Of those, disk bytes transferred.")
+    memoryIterations: int = Field(default=0, description="Passes over the guest's memory.")
+    elapsedMs: int = Field(default=0, description="Time since the migration began.")
+    downtimeMs: int | None = Field(
+        default=None, description="How long the guest was stopped (known at the end)."
+    )
+    percent: int = Field(default=0, ge=0, le=100, description="Rough progress.")
+
+
+class MigrationSourceReport(StatusModel):
+    """Written by the source host's agent."""
+
+    guestCPU: str | None = Field(default=None, description="The guest's CPU definition (XML).")
+    arch: str | None = Field(default=None, description="The guest's architecture.")
+    memoryMiB: int | None = Field(default=None, description="The guest's memory.")
+    storageProbe: str | None = Field(
+        default=None,
+        description="A file the source wrote in its instances folder; the target sees it "
+        "only if that folder is shared.",
+    )
+    started: bool = Field(default=False, description="The libvirt migration was started.")
+    result: str | None = Field(default=None, description="Succeeded or Failed.")
+    reason: str | None = Field(default=None, description="Why it failed.")
+    message: str | None = Field(default=None, description="What happened.")
+
+
+class MigrationTargetReport(StatusModel):
+    """Written by the target host's agent."""
+
+    checked: bool = Field(default=False, description="The target's checks ran.")
+    compatible: bool = Field(default=False, description="The checks passed.")
+    reason: str | None = Field(default=None, description="Why the target refused.")
+    message: str | None = Field(default=None, description="What the checks found.")
+    sharedStorage: bool | None = Field(
+        default=None, description="The instances folder is shared with the source."
+    )
+    prepared: bool = Field(default=False, description="Images and disks are in place.")
+    cleanedUp: bool = Field(default=False, description="After a failure: nothing is left.")
+
+
+class ServerMigrationStatus(StatusModel):
+    phase: MigrationPhase | None = Field(default=None, description="Where the migration is.")
+    serverUID: str | None = Field(default=None, description="The Server's UID.")
+    sourceNode: str | None = Field(default=None, description="The host it moves from.")
+    targetNode: str | None = Field(default=None, description="The host it moves to.")
+    live: bool | None = Field(default=None, description="Live (running guest) or cold.")
+    blockMigration: bool | None = Field(
+        default=None, description="Disks are copied (not shared between the hosts)."
+    )
+    abortRequested: str | None = Field(
+        default=None, description="Why the controller asked the source to abort."
+    )
+    reason: str | None = Field(default=None, description="Why it ended as it did.")
+    message: str | None = Field(default=None, description="What happened, for people.")
+    startedAt: dt.datetime | None = Field(default=None, description="When it was accepted.")
+    completedAt: dt.datetime | None = Field(default=None, description="When it ended.")
+    progress: MigrationProgress | None = Field(
+        default=None, description="Data processed and remaining, iterations, downtime."
+    )
+    source: MigrationSourceReport | None = Field(default=None, description="Source agent.")
+    target: MigrationTargetReport | None = Field(default=None, description="Target agent.")
+    conditions: list[Condition] = Field(default_factory=list, description="Succeeded.")
+
+
+class ServerMigration(ApiModel):
+    spec: ServerMigrationSpec

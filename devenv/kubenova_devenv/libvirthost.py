@@ -30,6 +30,8 @@ BIND_MOUNTS: dict[str, str] = {
     "/var/lib/kubenova": "kubenova",
 }
 
+CPU_MAP = "/usr/share/libvirt/cpu_map"
+
 _LAUNCH = r"""
 set -eu
 H="$1"
@@ -39,7 +41,8 @@ while [ "$#" -ge 2 ]; do
     mount --bind "$H/$2" "$1"
     shift 2
 done
-virtlogd -d -p /run/libvirt/virtlogd.pid
+# After a libvirtd crash its virtlogd still runs (and keeps the guests' logs): reuse it.
+virtlogd -d -p /run/libvirt/virtlogd.pid || echo "virtlogd runs already"
 exec libvirtd -p /run/libvirt/libvirtd.pid
 """
 
@@ -52,6 +55,11 @@ class LibvirtHost:
     root: pathlib.Path
     migration_port_min: int = 49152
     host_uuid: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    shared: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
+    """Inside path -> a folder outside that other hosts mount too (shared storage)."""
+    cpu_models: tuple[str, ...] | None = None
+    """When set, this host's libvirt knows only these x86 CPU models (its CPU map lacks the
+    others), as an older libvirt would: for refusing guests whose CPU the host cannot run."""
     _proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -72,8 +80,20 @@ class LibvirtHost:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def _mounts(self) -> dict[str, str]:
+        """Inside path -> folder (or link to a folder) under the host's root, parents first."""
+        mounts = dict(BIND_MOUNTS)
+        for i, inside in enumerate(self.shared):
+            mounts[inside] = f"shared-{i}"
+        if self.cpu_models is not None:
+            mounts[CPU_MAP] = "cpu_map"
+        return mounts
+
     def outside(self, inside_path: str) -> pathlib.Path:
         """Where a path seen inside the host's namespace is, seen from outside."""
+        for inside, folder in self.shared.items():
+            if inside_path == inside or inside_path.startswith(inside + "/"):
+                return folder / inside_path[len(inside) :].lstrip("/")
         for inside, name in BIND_MOUNTS.items():
             if inside_path == inside or inside_path.startswith(inside + "/"):
                 return self.root / name / inside_path[len(inside) :].lstrip("/")
@@ -85,7 +105,9 @@ class LibvirtHost:
 
     def start(self, timeout: float = 60.0) -> None:
         self._prepare()
-        mounts = [arg for inside, name in BIND_MOUNTS.items() for arg in (inside, name)]
+        if self._log is not None:  # started again after a crash
+            self._log.close()
+        mounts = [arg for inside, name in self._mounts().items() for arg in (inside, name)]
         self._log = (self.root / "libvirtd.out").open("ab")
         self._proc = subprocess.Popen(
             [
@@ -190,5 +212,34 @@ class LibvirtHost:
             f"migration_port_min = {self.migration_port_min}\n"
             f"migration_port_max = {self.migration_port_min + 63}\n"
         )
+        for i, folder in enumerate(self.shared.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+            link = self.root / f"shared-{i}"
+            link.unlink(missing_ok=True)
+            link.symlink_to(folder)
+        if self.cpu_models is not None:
+            _restricted_cpu_map(self.root / "cpu_map", self.cpu_models)
         for sub in ("log/qemu", "lib/qemu", "run/qemu"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _restricted_cpu_map(target: pathlib.Path, models: tuple[str, ...]) -> None:
+    """A copy of libvirt's CPU map whose x86 part lists only ``models`` (features, vendors and
+    the other architectures stay as they are)."""
+    from lxml import etree  # noqa: PLC0415 - only hosts with a restricted map need it
+
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(CPU_MAP, target)
+    index = etree.parse(str(target / "index.xml"))
+    for arch in index.getroot().iter("arch"):
+        if arch.get("name") != "x86":
+            continue
+        for include in list(arch.iter("include")):
+            name = str(include.get("filename", ""))
+            model = name.removeprefix("x86_").removesuffix(".xml")
+            if name in ("x86_vendors.xml", "x86_features.xml") or model in models:
+                continue
+            parent = include.getparent()
+            if parent is not None:
+                parent.remove(include)
+    index.write(str(target / "index.xml"))

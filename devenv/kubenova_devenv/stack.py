@@ -26,6 +26,23 @@ from kubenova_devenv import (
 )
 
 DEPLOY = paths.REPO / "deploy"
+#: What an "older" host's libvirt knows: CPU models up to about 2010 (no EPYC, no Skylake).
+OLD_CPU_MODELS = (
+    "486",
+    "pentium",
+    "pentium2",
+    "pentium3",
+    "qemu32",
+    "qemu64",
+    "kvm32",
+    "kvm64",
+    "coreduo",
+    "core2duo",
+    "Conroe",
+    "Penryn",
+    "Nehalem",
+    "Westmere",
+)
 EXAMPLES = paths.REPO / "examples"
 
 
@@ -80,6 +97,12 @@ class Stack:
     virt_type: str = "qemu"
     heartbeat_seconds: float = 2.0
     heartbeat_grace_seconds: float = 20.0
+    shared_instances: tuple[str, ...] = ()
+    """Hosts whose instances folder (the guests' disks) is one shared folder."""
+    old_cpu_hosts: tuple[str, ...] = ()
+    """Hosts whose libvirt knows only older CPU models (see ``OLD_CPU_MODELS``)."""
+    agent_args: tuple[str, ...] = ()
+    """Extra flags for every agent (``--cpu-mode cluster``, say)."""
     cp: controlplane.ControlPlane = dataclasses.field(init=False)
     hosts: dict[str, libvirthost.LibvirtHost] = dataclasses.field(default_factory=dict)
     agents: dict[str, Proc] = dataclasses.field(default_factory=dict)
@@ -107,7 +130,15 @@ class Stack:
         for i in range(self.host_count):
             name = f"host-{chr(ord('a') + i)}"
             host = libvirthost.LibvirtHost(
-                name, self.workdir / name, migration_port_min=49152 + 64 * i
+                name,
+                self.workdir / name,
+                migration_port_min=49152 + 64 * i,
+                shared=(
+                    {"/var/lib/kubenova/instances": self.workdir / "shared-instances"}
+                    if name in self.shared_instances
+                    else {}
+                ),
+                cpu_models=OLD_CPU_MODELS if name in self.old_cpu_hosts else None,
             )
             host.start()
             self.hosts[name] = host
@@ -192,6 +223,11 @@ class Stack:
                 str(self.heartbeat_seconds),
                 "--resync-seconds",
                 "30",
+                "--peer-libvirt-uri",
+                host.uri,
+                "--migration-address",
+                "127.0.0.1",
+                *self.agent_args,
             ],
             self.workdir / f"agent-{host_name}.log",
             self._env(),

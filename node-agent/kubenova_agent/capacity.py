@@ -63,7 +63,10 @@ class CapacityPublisher:
         storage: Storage,
         servers: Callable[[], list[dict[str, Any]]],
         virt_type: str,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        self._extra = dict(extra or {})
+        """Fields that do not change while the agent runs (migration endpoint, guest CPU)."""
         self._settings = settings
         self._kube = k
         self._host = host
@@ -100,6 +103,7 @@ class CapacityPublisher:
             },
             "used": used_by(self._servers()),
             "virtType": self._virt_type,
+            **self._extra,
         }
         try:
             facts = self.facts()

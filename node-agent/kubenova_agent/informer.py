@@ -24,9 +24,19 @@ def key_of(body: dict[str, Any]) -> Key:
 
 
 class ServerInformer:
-    def __init__(self, k: kube.Kube, host_name: str, on_change: OnChange) -> None:
+    """Objects of ``plural`` whose ``field`` is this host (Servers bound here by default)."""
+
+    def __init__(
+        self,
+        k: kube.Kube,
+        host_name: str,
+        on_change: OnChange,
+        plural: str = constants.SERVERS,
+        field: str = constants.NODE_FIELD,
+    ) -> None:
         self._kube = k
-        self._selector = f"{constants.NODE_FIELD}={host_name}"
+        self._plural = plural
+        self._selector = f"{field}={host_name}"
         self._on_change = on_change
         self._store: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -65,15 +75,15 @@ class ServerInformer:
                 if exc.status == 410:
                     log.info("watch expired; listing again")
                     continue
-                log.warning("server watch failed: %s; retrying in %.1fs", exc, delay)
+                log.warning("%s watch failed: %s; retrying in %.1fs", self._plural, exc, delay)
             except Exception as exc:
-                log.warning("server watch failed: %s; retrying in %.1fs", exc, delay)
+                log.warning("%s watch failed: %s; retrying in %.1fs", self._plural, exc, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, 30.0)
 
     def _list(self) -> str:
         resp = self._kube.custom.list_cluster_custom_object(
-            constants.GROUP, constants.VERSION, constants.SERVERS, field_selector=self._selector
+            constants.GROUP, constants.VERSION, self._plural, field_selector=self._selector
         )
         listing = kube.as_dict(resp)
         fresh = {key_of(item): item for item in listing.get("items", [])}
@@ -91,7 +101,7 @@ class ServerInformer:
             self._kube.custom.list_cluster_custom_object,
             constants.GROUP,
             constants.VERSION,
-            constants.SERVERS,
+            self._plural,
             field_selector=self._selector,
             resource_version=rv,
             allow_watch_bookmarks=True,

@@ -8,12 +8,15 @@ import logging
 import signal
 import sys
 import threading
+import time
 from types import FrameType
+from typing import Any
 
-from kubenova_agent import capacity, images, informer, reconcile, settings, workqueue
+from kubenova_agent import capacity, images, informer, migrate, reconcile, settings, workqueue
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
+from kubenova_agent.libvirt.migration import Migrations
 from kubenova_agent.libvirt.storage import Storage
 from kubenova_api import constants, kube
 
@@ -41,6 +44,9 @@ class Agent:
         self.guests = Guests(self.host)
         self.storage = Storage(self.host, cfg.pool_name, cfg.instances_dir)
         self.informer = informer.ServerInformer(self.kube, cfg.host_name, self.queue.add)
+        self.migrations = Migrations(self.host)
+        self.migrator: migrate.MigrationAgent | None = None
+        self._baseline: tuple[float, tuple[str, ...], str | None] = (0.0, (), None)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._capacity_due = threading.Event()
@@ -60,11 +66,31 @@ class Agent:
             storage=self.storage,
             images=image_cache,
             virt_type=virt_type,
+            guest_cpu=self._guest_cpu,
         )
+        self.migrator = migrate.MigrationAgent(
+            self.deps, self.migrations, self._server_by_uid, self._requeue_uid
+        )
+        self.deps.hold = self.migrator.holds
         capacity.ensure_hypervisor(self.kube, cfg.host_name)
+        extra: dict[str, Any] = {
+            "migration": {"libvirtURI": cfg.peer_uri, "address": cfg.migration_target_address}
+        }
+        if virt_type is not domain_xml.VirtType.test:
+            host_cpu = self.migrations.host_model_cpu(virt_type.value)
+            if host_cpu is not None:
+                extra["guestCPU"] = host_cpu
         self.publisher = capacity.CapacityPublisher(
-            cfg, self.kube, self.host, self.storage, self.informer.items, virt_type.value
+            cfg, self.kube, self.host, self.storage, self.informer.items, virt_type.value, extra
         )
+        # Migrations first: a guest that is moving must be known as such before the Server
+        # reconciler looks at it.
+        self._spawn("migrations-out", self.migrator.as_source.run)
+        self._spawn("migrations-in", self.migrator.as_target.run)
+        self.migrator.as_source.synced.wait(30)
+        self.migrator.as_target.synced.wait(30)
+        for i in range(cfg.migration_workers):
+            self._spawn(f"migration-{i}", self._migration_work)
         self._spawn("informer", self.informer.run)
         for i in range(cfg.workers):
             self._spawn(f"worker-{i}", self._work)
@@ -82,8 +108,74 @@ class Agent:
         t.start()
         self._threads.append(t)
 
+    def _migration_work(self) -> None:
+        assert self.migrator is not None
+        self.migrator.work(self._stop)
+
+    def _server_by_uid(self, uid: str) -> dict[str, Any] | None:
+        key = self.informer.key_for_uid(uid)
+        return self.informer.get(key) if key is not None else None
+
+    def _requeue_uid(self, uid: str) -> None:
+        key = self.informer.key_for_uid(uid)
+        if key is not None:
+            self.queue.add(key)
+
+    def _guest_cpu(self, body: dict[str, Any]) -> str | None:
+        """The CPU a new guest gets: the Flavor's ``hw:cpu_mode``/``hw:cpu_model`` extra specs,
+        else the agent's ``--cpu-mode``; ``cluster`` is the baseline of every enabled host."""
+        cfg = self.settings
+        assert self.deps is not None
+        if self.deps.virt_type is domain_xml.VirtType.test:
+            return None
+        flavor = self.kube.get_or_none(
+            kube.ObjectRef("Flavor", constants.FLAVORS, body["spec"]["flavorRef"])
+        )
+        extra = ((flavor or {}).get("spec") or {}).get("extraSpecs") or {}
+        model = extra.get("hw:cpu_model") or cfg.cpu_model
+        mode = extra.get("hw:cpu_mode") or ("custom" if extra.get("hw:cpu_model") else None)
+        mode = mode or cfg.cpu_mode
+        if mode == "default":
+            return None
+        if mode == "cluster":
+            return self._cluster_cpu()
+        return domain_xml.cpu_element(mode, model)
+
+    def _cluster_cpu(self) -> str | None:
+        """libvirt's baseline of the CPUs of every enabled host that is up (cached 30 s)."""
+        listing = self.kube.custom.list_cluster_custom_object(
+            constants.GROUP, constants.VERSION, constants.HYPERVISORS
+        )
+        cpus = []
+        for hv in kube.as_dict(listing).get("items", []):
+            spec, status = hv.get("spec") or {}, hv.get("status") or {}
+            up = [c for c in status.get("conditions") or [] if c.get("type") == "Up"]
+            if spec.get("disabled") or (up and up[0].get("status") == "False"):
+                continue
+            if status.get("guestCPU"):
+                cpus.append(str(status["guestCPU"]))
+        key = tuple(sorted(cpus))
+        at, cached_key, cached = self._baseline
+        if cached_key == key and time.monotonic() - at < 30:
+            return cached
+        assert self.deps is not None
+        try:
+            out: str | None = domain_xml.guest_cpu_of_baseline(
+                self.migrations.baseline(list(key), self.deps.virt_type.value)
+            )
+        except errors.HypervisorError as exc:
+            # An older libvirt may not know a newer host's model: this host's own CPU is
+            # then the most any guest started here can have.
+            own = self.migrations.host_model_cpu(self.deps.virt_type.value)
+            log.warning("cluster CPU baseline failed here (%s); using this host's CPU", exc)
+            out = domain_xml.guest_cpu_of_baseline(own) if own else None
+        self._baseline = (time.monotonic(), key, out)
+        return out
+
     def stop(self) -> None:
         self._stop.set()
+        if self.migrator is not None:
+            self.migrator.stop()
         self.informer.stop()
         self.queue.close()
         self._capacity_due.set()
@@ -170,6 +262,10 @@ class Agent:
         for dom in domains:
             if dom.uuid in live:
                 continue
+            if self.migrator is not None and (
+                self.migrator.incoming(dom.uuid) or self.migrator.holds(dom.uuid)
+            ):
+                continue  # arriving, or leaving: the migration decides its fate
             log.warning("removing orphaned domain %s (%s): its Server is gone", dom.name, dom.owner)
             try:
                 reconcile.teardown(self.deps, dom.uuid)

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 from kubenova_agent import configdrive, images
@@ -35,9 +36,13 @@ class Deps:
     images: images.ImageCache
     virt_type: domain_xml.VirtType
     written: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    console_served: dict[str, str] = dataclasses.field(default_factory=dict)
     """The status last written per Server UID: the informer's copy may lag behind it, and a
     write that changes nothing is a wasted API request."""
+    console_served: dict[str, str] = dataclasses.field(default_factory=dict)
+    hold: Callable[[str], str | None] | None = None
+    """Why a guest must be left alone (it is migrating away), by Server UID."""
+    guest_cpu: Callable[[dict[str, Any]], str | None] | None = None
+    """The ``<cpu>`` XML a new guest of this Server gets (None: the hypervisor's default)."""
 
 
 class Permanent(Exception):
@@ -90,6 +95,12 @@ def reconcile_server(deps: Deps, body: dict[str, Any]) -> float | None:
     status = body.get("status") or {}
     if status.get("nodeName") != deps.settings.host_name:
         return None  # rebound elsewhere meanwhile
+    held = deps.hold(meta["uid"]) if deps.hold is not None else None
+    if held is not None:
+        guest = deps.guests.get(meta["uid"])
+        if guest is not None and guest.state in (State.running, State.paused):
+            report(deps, body, guest, migrating=held)
+        return None  # the migration owns the guest until it ends
     generation = meta.get("generation")
     ready = common.get_condition(status.get("conditions"), "Ready") or {}
     if (
@@ -190,6 +201,7 @@ def domain_config(deps: Deps, body: dict[str, Any]) -> domain_xml.DomainConfig:
         image_name=spec["imageRef"],
         arch=str(image["spec"].get("architecture", "x86_64")),
         rescue=rescue is not None,
+        cpu_xml=deps.guest_cpu(body) if deps.guest_cpu is not None else None,
     )
 
 
@@ -436,6 +448,7 @@ def report(
     error: tuple[str, str] | None = None,
     waiting: tuple[str, str] | None = None,
     converged: Converged | None = None,
+    migrating: str | None = None,
 ) -> None:
     """Write the observed state to the Server's status, only when it changed."""
     meta = body["metadata"]
@@ -460,7 +473,10 @@ def report(
             phase = Phase.RESCUE
         status["powerState"] = guest.state.value
         status["domainName"] = guest.name
-        if guest.state is State.running:
+        if migrating is not None:
+            phase = Phase.MIGRATING
+            cond = ("True", "Migrating", f"{migrating}; running on {host} until then")
+        elif guest.state is State.running:
             cond = ("True", "Rescued" if rescued else "Running", f"running on {host}")
         elif guest.stop_reason is not None and guest.stop_reason in BY_GUEST:
             cond = ("False", guest.stop_reason.value, f"the guest stopped by itself on {host}")

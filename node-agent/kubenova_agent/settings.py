@@ -34,6 +34,28 @@ class AgentSettings:
     """Disk kept for the host itself."""
     kubeconfig: str | None = None
     """A kubeconfig; the pod's service account is used when unset."""
+    peer_libvirt_uri: str | None = None
+    """How other hosts' libvirtd reach this host's libvirtd for a migration
+    (default ``qemu+tcp://<host name>/system``)."""
+    migration_address: str | None = None
+    """The address migration data to this host is sent to (default: the host name)."""
+    cpu_mode: str = "default"
+    """The guests' CPU: ``default`` (the hypervisor's default model; host-model under kvm),
+    ``host-model``, ``host-passthrough``, ``custom`` (``cpu_model``), or ``cluster`` — the
+    baseline of every enabled host's CPU, so any guest can move to any host (like vSphere's
+    EVC). A Flavor's ``hw:cpu_mode`` / ``hw:cpu_model`` extra specs override it."""
+    cpu_model: str | None = None
+    """The CPU model for ``cpu_mode=custom``."""
+    migration_workers: int = 2
+    """Migration steps handled in parallel (each running migration also has its own thread)."""
+
+    @property
+    def peer_uri(self) -> str:
+        return self.peer_libvirt_uri or f"qemu+tcp://{self.host_name}/system"
+
+    @property
+    def migration_target_address(self) -> str:
+        return self.migration_address or self.host_name
 
     @property
     def images_dir(self) -> str:
@@ -83,6 +105,14 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         "--reserved-disk-gib", type=int, default=int(env.get("KUBENOVA_RESERVED_DISK_GIB", 0))
     )
     p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
+    p.add_argument("--peer-libvirt-uri", default=env.get("KUBENOVA_PEER_LIBVIRT_URI"))
+    p.add_argument("--migration-address", default=env.get("KUBENOVA_MIGRATION_ADDRESS"))
+    p.add_argument(
+        "--cpu-mode",
+        choices=["default", "host-model", "host-passthrough", "custom", "cluster"],
+        default=env.get("KUBENOVA_CPU_MODE", d.cpu_mode),
+    )
+    p.add_argument("--cpu-model", default=env.get("KUBENOVA_CPU_MODEL"))
     a = p.parse_args(argv)
     return AgentSettings(
         host_name=a.host_name,
@@ -97,4 +127,8 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         reserved_memory_mib=a.reserved_memory_mib,
         reserved_disk_gib=a.reserved_disk_gib,
         kubeconfig=a.kubeconfig,
+        peer_libvirt_uri=a.peer_libvirt_uri,
+        migration_address=a.migration_address,
+        cpu_mode=a.cpu_mode,
+        cpu_model=a.cpu_model,
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubenova_api import kube
-from kubenova_operator import binding, liveness
+from kubenova_operator import binding, liveness, migration
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -30,12 +30,19 @@ WRITERS = 8
 class Snapshot:
     view: binding.ClusterView
     pending: list[dict[str, Any]]
+    migrations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    servers: Mapping[tuple[str, str], migration.ServerSummary] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 class Binder:
-    def __init__(self, cfg: ControllerSettings, k: kube.Kube) -> None:
+    def __init__(
+        self, cfg: ControllerSettings, k: kube.Kube, migrator: migration.Migrator | None = None
+    ) -> None:
         self.cfg = cfg
         self.kube = k
+        self.migrator = migrator
         self.claims = claims.Claims()
         self._dirty = asyncio.Event()
         self._source: Callable[[], Snapshot] | None = None  # set once by the handlers
@@ -66,6 +73,18 @@ class Binder:
                 )
             except Exception as exc:
                 log.warning("checking host liveness failed: %s", exc)
+            if self.migrator is not None and (snapshot.migrations or _draining(snapshot)):
+                try:
+                    await asyncio.to_thread(
+                        self.migrator.run_pass,
+                        snapshot.migrations,
+                        snapshot.servers,
+                        snapshot.view,
+                        self.claims,
+                    )
+                except Exception:
+                    log.exception("migration pass failed; retrying")
+                    self._dirty.set()
             if not snapshot.pending:
                 continue
             try:
@@ -132,3 +151,10 @@ def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def _name(body: Mapping[str, Any]) -> str:
     return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+
+
+def _draining(snapshot: Snapshot) -> bool:
+    return any(
+        (hv.get("spec") or {}).get("evacuate") or (hv.get("status") or {}).get("evacuation")
+        for hv in snapshot.view.hypervisors.values()
+    )

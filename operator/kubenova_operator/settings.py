@@ -27,6 +27,13 @@ class ControllerSettings:
     """How much soft-anti-affinity groups avoid hosts with members."""
     resync_seconds: float = 10.0
     """How often pending Servers are looked at even when nothing changed."""
+    max_migrations_per_host: int = 1
+    """Live migrations a drain runs at once from one host (Nova's
+    ``max_concurrent_live_migrations``)."""
+    max_migrations: int = 4
+    """Live migrations a drain runs at once in the whole cluster."""
+    migration_prepare_timeout_seconds: float = 300.0
+    """How long the agents may take to check and prepare a migration before it fails."""
     kubeconfig: str | None = None
     """A kubeconfig; the pod's service account is used when unset."""
 
@@ -69,6 +76,25 @@ def from_args(argv: list[str] | None = None) -> ControllerSettings:
         p.add_argument(
             flag, type=float, default=float(env.get("KUBENOVA_" + attr.upper(), getattr(d, attr)))
         )
+    p.add_argument(
+        "--max-migrations-per-host",
+        type=int,
+        default=int(env.get("KUBENOVA_MAX_MIGRATIONS_PER_HOST", d.max_migrations_per_host)),
+    )
+    p.add_argument(
+        "--max-migrations",
+        type=int,
+        default=int(env.get("KUBENOVA_MAX_MIGRATIONS", d.max_migrations)),
+    )
+    p.add_argument(
+        "--migration-prepare-timeout-seconds",
+        type=float,
+        default=float(
+            env.get(
+                "KUBENOVA_MIGRATION_PREPARE_TIMEOUT_SECONDS", d.migration_prepare_timeout_seconds
+            )
+        ),
+    )
     p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
     a = p.parse_args(argv)
     return ControllerSettings(
@@ -81,5 +107,8 @@ def from_args(argv: list[str] | None = None) -> ControllerSettings:
         soft_affinity_weight_multiplier=a.soft_affinity_weight_multiplier,
         soft_anti_affinity_weight_multiplier=a.soft_anti_affinity_weight_multiplier,
         resync_seconds=a.resync_seconds,
+        max_migrations_per_host=a.max_migrations_per_host,
+        max_migrations=a.max_migrations,
+        migration_prepare_timeout_seconds=a.migration_prepare_timeout_seconds,
         kubeconfig=a.kubeconfig,
     )

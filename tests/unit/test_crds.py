@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubenova_api import crds
+from kubenova_api import crds, resources
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def test_generated_files_are_valid_yaml_with_short_names() -> None:
     for kind in crds.KINDS:
         doc = yaml.safe_load(crds.render(kind))
         shorts.update(doc["spec"]["names"]["shortNames"])
-    assert shorts == {"fl", "img", "srv", "hv", "sg"}
+    assert shorts == {"fl", "img", "srv", "hv", "sg", "smig"}
 
 
 def test_conditions_are_a_map_keyed_by_type() -> None:
@@ -66,3 +66,23 @@ def test_conditions_are_a_map_keyed_by_type() -> None:
     conds = status["properties"]["conditions"]
     assert conds["x-kubernetes-list-type"] == "map"
     assert conds["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_migrations_are_selectable_by_source_and_target_host() -> None:
+    smig = next(k for k in crds.KINDS if k.kind == "ServerMigration")
+    version = crds.crd(smig)["spec"]["versions"][0]
+    assert version["selectableFields"] == [
+        {"jsonPath": ".status.sourceNode"},
+        {"jsonPath": ".status.targetNode"},
+    ]
+    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert names[:5] == ["Server", "Phase", "Source", "Target", "Progress"]
+
+
+def test_durations() -> None:
+    assert resources.parse_duration("150s") == 150.0
+    assert resources.parse_duration("2m") == 120.0
+    assert resources.parse_duration("500ms") == 0.5
+    assert resources.parse_duration("0s") == 0.0
+    with pytest.raises(ValueError):
+        resources.parse_duration("soon")

@@ -61,6 +61,9 @@ class DomainConfig:
     image_name: str = ""
     arch: str = "x86_64"
     rescue: bool = False
+    cpu_xml: str | None = None
+    """A whole ``<cpu>`` element; None gives kvm guests host-model and qemu guests the
+    hypervisor's default model."""
 
     @property
     def name(self) -> str:
@@ -107,7 +110,9 @@ def build_domain_xml(cfg: DomainConfig) -> str:
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    if cfg.virt_type is VirtType.kvm:
+    if cfg.cpu_xml is not None:
+        dom.append(etree.fromstring(cfg.cpu_xml.encode()))
+    elif cfg.virt_type is VirtType.kvm:
         _sub(dom, "cpu", mode="host-model")
     _sub(dom, "clock", offset="utc")
     _sub(dom, "on_poweroff", "destroy")
@@ -161,3 +166,28 @@ def disk_paths(xml: str) -> list[str]:
     found = root.xpath("devices/disk/source/@file")
     assert isinstance(found, list)
     return [str(p) for p in found]
+
+
+def cpu_element(mode: str, model: str | None = None) -> str:
+    """A ``<cpu>`` element: ``host-model``, ``host-passthrough``, or ``custom`` with ``model``
+    (``fallback='forbid'``: the guest gets that model or does not start)."""
+    if mode == "custom":
+        if not model:
+            raise ValueError("a custom CPU needs a model")
+        cpu = etree.Element("cpu", mode="custom", match="exact", check="partial")
+        _sub(cpu, "model", model, fallback="forbid")
+    else:
+        cpu = etree.Element("cpu", mode=mode)
+    return etree.tostring(cpu, encoding="unicode")
+
+
+def guest_cpu_of_baseline(baseline: str) -> str:
+    """The ``<cpu>`` a guest gets from libvirt's baseline of several hosts' CPUs."""
+    root = etree.fromstring(baseline.encode())
+    cpu = etree.Element("cpu", mode="custom", match="exact", check="partial")
+    for child in root:
+        if child.tag in ("model", "vendor", "feature"):
+            if child.tag == "model":
+                child.set("fallback", "forbid")
+            cpu.append(child)
+    return etree.tostring(cpu, encoding="unicode")

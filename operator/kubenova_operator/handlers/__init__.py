@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from kubenova_api import constants, kube
-from kubenova_operator import binder, binding
+from kubenova_operator import binder, binding, migration
 from kubenova_operator.scheduling import claims, hosts
 from kubenova_operator.settings import ControllerSettings
 
@@ -39,7 +39,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     cfg: ControllerSettings = _runtime.get("settings") or ControllerSettings()
     k = kube.Kube(kube.api_client(cfg.kubeconfig), "kubenova-controller", "kubenova-controller")
-    memo.binder = binder.Binder(cfg, k)
+    evac = kube.Kube(k.api, "kubenova-controller-evacuation", "kubenova-controller")
+    memo.binder = binder.Binder(cfg, k, migration.Migrator(cfg, k, evac))
     memo.binder_task = asyncio.create_task(memo.binder.run())
 
 
@@ -111,11 +112,26 @@ def pending_servers(
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
+@kopf.index(G, V, constants.SERVERS)
+def server_summaries(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): migration.ServerSummary.of(copy.deepcopy(dict(body)))}
+
+
+@kopf.index(G, V, constants.SERVERMIGRATIONS)
+def server_migrations(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
 def _snapshot(indexes: dict[str, kopf.Index[Any, Any]]) -> binder.Snapshot:
     def latest(index: kopf.Index[Any, Any]) -> dict[Any, Any]:
         return {key: next(iter(store)) for key, store in index.items() if len(store)}
 
+    servers = latest(indexes["server_summaries"])
+    migrations = list(latest(indexes["server_migrations"]).values())
     bound = [c for store in indexes["server_claims"].values() for c in store]
+    bound += migration.target_claims(migrations, servers)
     pending = list(latest(indexes["pending_servers"]).values())
     alive = {c.uid for c in bound} | {b["metadata"]["uid"] for b in pending}
     view = binding.ClusterView(
@@ -126,7 +142,7 @@ def _snapshot(indexes: dict[str, kopf.Index[Any, Any]]) -> binder.Snapshot:
         alive_uids=alive,
         groups=latest(indexes["group_policies"]),
     )
-    return binder.Snapshot(view=view, pending=pending)
+    return binder.Snapshot(view=view, pending=pending, migrations=migrations, servers=servers)
 
 
 INDEXES = (
@@ -136,6 +152,8 @@ INDEXES = (
     "server_claims",
     "pending_servers",
     "group_policies",
+    "server_summaries",
+    "server_migrations",
 )
 
 
@@ -172,4 +190,9 @@ def server_group_event(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.event(G, V, constants.HYPERVISORS)
 def hypervisor_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, kwargs)
+
+
+@kopf.on.event(G, V, constants.SERVERMIGRATIONS)
+def server_migration_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)

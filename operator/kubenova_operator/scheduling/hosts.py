@@ -103,7 +103,7 @@ def host_state(
         name=name,
         up=up,
         down_reason=why,
-        disabled=bool(spec.get("disabled", False)),
+        disabled=bool(spec.get("disabled", False) or spec.get("evacuate", False)),
         zone=str(spec.get("availabilityZone") or "nova"),
         total=Resources.from_api(status.get("total")),
         reserved=Resources.from_api(status.get("reserved")),

@@ -21,6 +21,8 @@ class Request:
     group_policy: str | None = None
     group_hosts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """How many members of the Server's group each host already has."""
+    ignore_hosts: frozenset[str] = frozenset()
+    """Hosts that must not be picked (a migration's source)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,11 @@ class NoValidHost:
 
 
 Filter = Callable[[HostState, Request], bool]
+
+
+def ignore_hosts_filter(host: HostState, req: Request) -> bool:
+    """Not a host the request excludes (Nova's ``ignore_hosts``: a migration's source)."""
+    return host.name not in req.ignore_hosts
 
 
 def compute_filter(host: HostState, _req: Request) -> bool:
@@ -96,6 +103,7 @@ def disk_filter(host: HostState, req: Request) -> bool:
 
 
 FILTERS: tuple[tuple[str, Filter], ...] = (
+    ("IgnoreHostsFilter", ignore_hosts_filter),
     ("ComputeFilter", compute_filter),
     ("HostNameFilter", host_name_filter),
     ("AvailabilityZoneFilter", availability_zone_filter),

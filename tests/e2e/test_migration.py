@@ -1,0 +1,353 @@
+"""Live migration between real libvirtd + QEMU hosts.
+
+The bed has three hosts: host-a and host-b share their instances folder (shared storage: only
+memory moves), host-c has its own (block migration: the disk overlay is copied too) and a
+libvirt that knows only CPU models up to about 2010 (an older host)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from kubenova_devenv import netutil, stack
+
+from .helpers import apply, boots, domains_for, flavor, server
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def mbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Stack]:
+    s = stack.Stack(
+        pathlib.Path(tmp_path_factory.mktemp("migration")),
+        host_count=3,
+        shared_instances=("host-a", "host-b"),
+        old_cpu_hosts=("host-c",),
+        heartbeat_grace_seconds=8.0,
+    )
+    with s:
+        s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(s.image_manifest()))
+        apply(s, flavor("m1.tiny"))
+        hostcpu = yaml.safe_load(flavor("m1.hostcpu"))
+        hostcpu["spec"]["extraSpecs"] = {"hw:cpu_mode": "host-model"}
+        apply(s, yaml.safe_dump(hostcpu))
+        yield s
+
+
+@pytest.fixture
+def ns(mbed: stack.Stack, request: pytest.FixtureRequest) -> Iterator[str]:
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))
+    name = f"m-{slug[:40].strip('-')}-{digest}"
+    mbed.kubectl("create", "namespace", name)
+    yield name
+    mbed.kubectl(
+        "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def boot_on(bed: stack.Stack, ns: str, name: str, host: str, flavor_name: str = "m1.tiny") -> str:
+    """A running guest on ``host`` whose uptime counter has started; returns its UID."""
+    apply(bed, server(name, ns, flavor=flavor_name, hostName=host))
+    bed.kubectl(
+        "wait", "--for=condition=Ready", f"server/{name}", "-n", ns, "--timeout=120s", timeout=150
+    )
+    body = bed.get("server", name, ns)
+    assert body is not None and body["status"]["nodeName"] == host
+    uid = str(body["metadata"]["uid"])
+    netutil.wait_until(lambda: last_uptime(bed, host, uid) >= 2.0, 60, "the uptime counter")
+    return uid
+
+
+def uptimes(bed: stack.Stack, host: str, uid: str) -> list[float]:
+    return [
+        float(line.split()[1])
+        for line in bed.console(host, uid).splitlines()
+        if line.startswith("kubenova-uptime ") and len(line.split()) > 1
+    ]
+
+
+def last_uptime(bed: stack.Stack, host: str, uid: str) -> float:
+    values = uptimes(bed, host, uid)
+    return values[-1] if values else -1.0
+
+
+def migrate(bed: stack.Stack, ns: str, name: str, server_name: str, **spec: Any) -> None:
+    body = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "ServerMigration",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"serverRef": server_name, **spec},
+    }
+    apply(bed, yaml.safe_dump(body))
+
+
+def smig(bed: stack.Stack, ns: str, name: str) -> dict[str, Any]:
+    body = bed.get("servermigration", name, ns)
+    assert body is not None, f"ServerMigration {name} is gone"
+    return body
+
+
+def wait_phase(bed: stack.Stack, ns: str, name: str, *phases: str, timeout: float = 180) -> dict:
+    found: dict[str, Any] = {}
+
+    def reached() -> bool:
+        found.update(smig(bed, ns, name))
+        return (found.get("status") or {}).get("phase") in phases
+
+    netutil.wait_until(reached, timeout, f"ServerMigration {name} to reach {phases}")
+    return found
+
+
+def wait_running_with_data(bed: stack.Stack, ns: str, name: str) -> None:
+    def moving() -> bool:
+        status = smig(bed, ns, name).get("status") or {}
+        progress = status.get("progress") or {}
+        assert status.get("phase") not in ("Failed", "Succeeded"), status
+        return status.get("phase") == "Running" and progress.get("dataProcessedBytes", 0) > 0
+
+    netutil.wait_until(moving, 120, f"{name} to be moving data")
+
+
+def events(bed: stack.Stack, ns: str, kind: str, name: str) -> list[tuple[str, str]]:
+    out = bed.kubectl(
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"involvedObject.kind={kind},involvedObject.name={name}",
+        "-o",
+        "json",
+    )
+    return [(e["reason"], e["message"]) for e in json.loads(out.stdout)["items"]]
+
+
+def assert_still_on_source(bed: stack.Stack, ns: str, name: str, uid: str, source: str) -> None:
+    """The guest runs on the source, counting on, and nothing of it is anywhere else."""
+    before = last_uptime(bed, source, uid)
+    assert bed.hosts[source].virsh("domstate", uid).strip() == "running"
+    netutil.wait_until(
+        lambda: last_uptime(bed, source, uid) > before + 1.0, 30, "the guest to keep counting"
+    )
+    assert boots(bed.console(source, uid)) == 1, "the guest rebooted"
+    netutil.wait_until(
+        lambda: domains_for(bed, ns, name) == [(source, uid)], 60, "no domain but the source's"
+    )
+    body = bed.get("server", name, ns)
+    assert body is not None
+    assert body["status"]["nodeName"] == source
+    netutil.wait_until(
+        lambda: (bed.get("server", name, ns) or {}).get("status", {}).get("phase") == "ACTIVE",
+        30,
+        "the Server to be ACTIVE again",
+    )
+
+
+def target_files(bed: stack.Stack, host: str, uid: str) -> list[str]:
+    folder = bed.hosts[host].outside("/var/lib/kubenova/instances")
+    return sorted(p.name for p in folder.glob(f"{uid}-*"))
+
+
+# ----------------------------------------------------------------------------- 1: it moves
+
+
+@pytest.mark.parametrize(("target", "block"), [("host-b", False), ("host-c", True)])
+def test_live_migration_keeps_the_guest_running(
+    mbed: stack.Stack, ns: str, target: str, block: bool
+) -> None:
+    uid = boot_on(mbed, ns, "web", "host-a")
+    before = last_uptime(mbed, "host-a", uid)
+    migrate(mbed, ns, "move", "web", targetNode=target)
+    done = wait_phase(mbed, ns, "move", "Succeeded", "Failed")
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["sourceNode"] == "host-a" and status["targetNode"] == target
+    assert status["blockMigration"] is block
+    progress = status["progress"]
+    assert progress["downtimeMs"] >= 0 and progress["dataProcessedBytes"] > 1 << 20
+    assert progress["percent"] == 100
+    assert any(r == "Succeeded" for r, _ in events(mbed, ns, "ServerMigration", "move"))
+
+    body = mbed.get("server", "web", ns)
+    assert body is not None and body["status"]["nodeName"] == target
+    netutil.wait_until(
+        lambda: (mbed.get("server", "web", ns) or {}).get("status", {}).get("phase") == "ACTIVE",
+        60,
+        "the Server to be ACTIVE on the target",
+    )
+    assert domains_for(mbed, ns, "web") == [(target, uid)]
+    assert not mbed.hosts["host-a"].has_domain(uid)
+    # The guest's own clock continues on the target: no boot, no reset, still counting.
+    netutil.wait_until(
+        lambda: last_uptime(mbed, target, uid) > before + 2.0, 60, "uptime on the target"
+    )
+    moved = mbed.console(target, uid)
+    assert boots(moved) == 0, "the guest booted again on the target"
+    assert min(uptimes(mbed, target, uid)) >= before
+    if block:
+        assert target_files(mbed, "host-a", uid) == [], "the source kept copied disks"
+        assert any(n.endswith("root.qcow2") for n in target_files(mbed, target, uid))
+    else:
+        assert any(n.endswith("root.qcow2") for n in target_files(mbed, target, uid))
+
+    # The Server is the target's now: deleting it removes everything there.
+    mbed.kubectl("delete", "server", "web", "-n", ns, "--timeout=90s", timeout=120)
+    assert domains_for(mbed, ns, "web") == []
+
+
+# ----------------------------------------------------------------------------- 2: faults
+
+
+def test_cancel_by_deleting_keeps_the_guest_on_the_source(mbed: stack.Stack, ns: str) -> None:
+    uid = boot_on(mbed, ns, "db", "host-a")
+    migrate(mbed, ns, "slow", "db", targetNode="host-b", bandwidthMiBps=1)
+    wait_running_with_data(mbed, ns, "slow")
+    mbed.kubectl("delete", "servermigration", "slow", "-n", ns, "--wait=false")
+    netutil.wait_until(
+        lambda: mbed.get("servermigration", "slow", ns) is None, 90, "the ServerMigration to go"
+    )
+    reasons = events(mbed, ns, "ServerMigration", "slow")
+    assert any(r == "Cancelled" for r, _ in reasons), reasons
+    assert any(
+        r == "MigrationFailed" and "Cancelled" in m for r, m in events(mbed, ns, "Server", "db")
+    )
+    assert_still_on_source(mbed, ns, "db", uid, "host-a")
+
+
+def test_timeout_aborts_and_the_target_is_cleaned(mbed: stack.Stack, ns: str) -> None:
+    uid = boot_on(mbed, ns, "batch", "host-a")
+    migrate(
+        mbed,
+        ns,
+        "late",
+        "batch",
+        targetNode="host-c",
+        bandwidthMiBps=1,
+        completionTimeoutPerGiB="2s",
+        completionAction="Abort",
+    )
+    done = wait_phase(mbed, ns, "late", "Succeeded", "Failed", timeout=120)
+    assert done["status"]["phase"] == "Failed"
+    assert done["status"]["reason"] == "Timeout", done["status"]
+    assert "keeps running on host-a" in done["status"]["message"]
+    netutil.wait_until(
+        lambda: (smig(mbed, ns, "late")["status"].get("target") or {}).get("cleanedUp"),
+        60,
+        "the target to clean up",
+    )
+    assert target_files(mbed, "host-c", uid) == []
+    assert_still_on_source(mbed, ns, "batch", uid, "host-a")
+
+
+def test_target_agent_killed_aborts_the_migration(mbed: stack.Stack, ns: str) -> None:
+    uid = boot_on(mbed, ns, "cache", "host-a")
+    migrate(mbed, ns, "orphaned", "cache", targetNode="host-b", bandwidthMiBps=1)
+    wait_running_with_data(mbed, ns, "orphaned")
+    mbed.agents["host-b"].kill()
+    try:
+        done = wait_phase(mbed, ns, "orphaned", "Succeeded", "Failed", timeout=90)
+        assert done["status"]["phase"] == "Failed"
+        assert done["status"]["reason"] == "TargetDown", done["status"]
+    finally:
+        mbed.start_agent("host-b")
+    netutil.wait_until(
+        lambda: (smig(mbed, ns, "orphaned")["status"].get("target") or {}).get("cleanedUp"),
+        60,
+        "the restarted target agent to clean up",
+    )
+    assert_still_on_source(mbed, ns, "cache", uid, "host-a")
+
+
+def test_target_libvirtd_killed_fails_the_migration(mbed: stack.Stack, ns: str) -> None:
+    uid = boot_on(mbed, ns, "queue", "host-a")
+    migrate(mbed, ns, "crash", "queue", targetNode="host-c", bandwidthMiBps=1)
+    wait_running_with_data(mbed, ns, "crash")
+    target = mbed.hosts["host-c"]
+    target.kill()
+    try:
+        done = wait_phase(mbed, ns, "crash", "Succeeded", "Failed", timeout=90)
+        assert done["status"]["phase"] == "Failed", done["status"]
+        assert "keeps running on host-a" in done["status"]["message"]
+    finally:
+        target.start()
+    netutil.wait_until(
+        lambda: (smig(mbed, ns, "crash")["status"].get("target") or {}).get("cleanedUp"),
+        90,
+        "the target agent to clean up once libvirtd is back",
+    )
+    assert target_files(mbed, "host-c", uid) == []
+    assert_still_on_source(mbed, ns, "queue", uid, "host-a")
+
+
+# ----------------------------------------------------------------------------- 3: CPU
+
+
+def test_target_that_cannot_run_the_guest_cpu_is_refused(mbed: stack.Stack, ns: str) -> None:
+    uid = boot_on(mbed, ns, "modern", "host-a", flavor_name="m1.hostcpu")
+    cpu = mbed.hosts["host-a"].virsh("dumpxml", uid)
+    assert "<model fallback='forbid'>EPYC" in cpu or "host-model" not in cpu
+    migrate(mbed, ns, "to-old", "modern", targetNode="host-c")
+    done = wait_phase(mbed, ns, "to-old", "Succeeded", "Failed", timeout=90)
+    status = done["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "CPUIncompatible", status
+    assert "host-c" in status["message"]
+    assert (status.get("source") or {}).get("started") is not True, "the guest was moved"
+    assert target_files(mbed, "host-c", uid) == []
+    assert_still_on_source(mbed, ns, "modern", uid, "host-a")
+    # The same guest moves to a host whose CPU is as new as the source's.
+    migrate(mbed, ns, "to-peer", "modern", targetNode="host-b")
+    assert wait_phase(mbed, ns, "to-peer", "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+
+
+# ----------------------------------------------------------------------------- 4: drain
+
+
+def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> None:
+    uids = {name: boot_on(mbed, ns, name, "host-a") for name in ("d1", "d2", "d3")}
+    started = {name: last_uptime(mbed, "host-a", uid) for name, uid in uids.items()}
+    patch = json.dumps({"spec": {"evacuate": True}})
+    mbed.kubectl("patch", "hypervisor", "host-a", "--type", "merge", "-p", patch)
+    try:
+
+        def drained() -> bool:
+            hv = mbed.get("hypervisor", "host-a") or {}
+            evac = (hv.get("status") or {}).get("evacuation") or {}
+            assert not evac.get("blocked"), evac
+            return evac.get("remaining") == 0 and evac.get("migrated", 0) >= 3
+
+        netutil.wait_until(drained, 300, "host-a to be drained")
+        for name, uid in uids.items():
+            body = mbed.get("server", name, ns)
+            assert body is not None
+            host = body["status"]["nodeName"]
+            assert host in ("host-b", "host-c"), (name, host)
+            assert domains_for(mbed, ns, name) == [(host, uid)]
+            netutil.wait_until(
+                lambda h=host, u=uid, n=name: last_uptime(mbed, h, u) > started[n],
+                60,
+                f"{name} to count on {host}",
+            )
+            assert boots(mbed.console(host, uid)) == 0
+        assert any(r == "Evacuated" for r, _ in events(mbed, "default", "Hypervisor", "host-a"))
+    finally:
+        patch = json.dumps({"spec": {"evacuate": False}})
+        mbed.kubectl("patch", "hypervisor", "host-a", "--type", "merge", "-p", patch)
+    netutil.wait_until(
+        lambda: (
+            not ((mbed.get("hypervisor", "host-a") or {}).get("status") or {}).get("evacuation")
+        ),
+        30,
+        "the drain's progress to be dropped",
+    )
