@@ -17,6 +17,7 @@ under its own field manager; the controller owns the phase."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import pathlib
@@ -45,6 +46,14 @@ MIN_TIMEOUT_GIB = 2.0
 """Nova counts at least 2 GiB when it scales the completion timeout."""
 PROGRESS_EVERY = 1.0
 """Seconds between progress writes while a migration runs."""
+
+
+def _recent(stamp: object, seconds: float = 300.0) -> bool:
+    """Whether an RFC 3339 time is less than ``seconds`` ago (True when it is not known)."""
+    if not stamp:
+        return True
+    when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return (dt.datetime.now(dt.UTC) - when).total_seconds() < seconds
 
 
 def smig_ref(body: dict[str, Any]) -> kube.ObjectRef:
@@ -139,17 +148,27 @@ class MigrationAgent:
                 continue
             phase = status.get("phase")
             result = (status.get("source") or {}).get("result")
-            if phase == MigrationPhase.Running or MigrationPhase.Succeeded in (phase, result):
+            if phase == MigrationPhase.Running and result is None:
                 return f"migrating to {status.get('targetNode')}"
+            if MigrationPhase.Succeeded in (phase, result):
+                # Moved away: hold until the rebinding takes the Server from this host —
+                # unless the guest runs here (it came back later, or never left).
+                guest = self.deps.guests.get(server_uid)
+                if guest is None or guest.state not in (State.running, State.paused):
+                    return f"migrated to {status.get('targetNode')}"
         return None
 
     def incoming(self, server_uid: str) -> bool:
         """Whether a guest with this UUID is (or just was) migrating to this host."""
         for body in self.as_target.items():
             status = body.get("status") or {}
-            if status.get("serverUID") == server_uid and status.get("phase") not in (
-                MigrationPhase.Failed,
-                None,
+            if status.get("serverUID") != server_uid:
+                continue
+            phase = status.get("phase")
+            if phase in (MigrationPhase.PreChecking, MigrationPhase.Preparing):
+                return True
+            if phase == MigrationPhase.Running or (
+                phase == MigrationPhase.Succeeded and _recent(status.get("completedAt"))
             ):
                 return True
         with self._lock:
