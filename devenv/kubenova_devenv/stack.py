@@ -202,7 +202,7 @@ class Stack:
         self.controller = proc
         return proc
 
-    def start_agent(self, host_name: str) -> Proc:
+    def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
         host = self.hosts[host_name]
         proc = Proc(
             f"agent-{host_name}",
@@ -228,6 +228,7 @@ class Stack:
                 "--migration-address",
                 "127.0.0.1",
                 *self.agent_args,
+                *extra_args,
             ],
             self.workdir / f"agent-{host_name}.log",
             self._env(),

@@ -311,6 +311,29 @@ def test_target_that_cannot_run_the_guest_cpu_is_refused(mbed: stack.Stack, ns: 
     assert wait_phase(mbed, ns, "to-peer", "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
 
 
+def test_cluster_cpu_model_lets_any_guest_move_to_any_host(mbed: stack.Stack, ns: str) -> None:
+    """With ``--cpu-mode cluster`` a new guest gets the baseline of every enabled host's CPU,
+    so it can move to the older host that refuses a host-model guest."""
+    mbed.agents["host-a"].stop()
+    mbed.start_agent("host-a", ("--cpu-mode", "cluster"))
+    try:
+        uid = boot_on(mbed, ns, "portable", "host-a")
+        xml = mbed.hosts["host-a"].virsh("dumpxml", uid)
+        model = re.search(r"<model[^>]*>([^<]+)</model>", xml)
+        assert model is not None and model.group(1) != "EPYC", xml
+        migrate(mbed, ns, "anywhere", "portable", targetNode="host-c")
+        done = wait_phase(mbed, ns, "anywhere", "Succeeded", "Failed")
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        checks = done["status"]["target"]["message"]
+        assert "is identical to" in checks or "is a subset of" in checks, checks
+        netutil.wait_until(
+            lambda: last_uptime(mbed, "host-c", uid) > 0, 60, "the guest to count on host-c"
+        )
+    finally:
+        mbed.agents["host-a"].stop()
+        mbed.start_agent("host-a")
+
+
 # ----------------------------------------------------------------------------- 4: drain
 
 

@@ -123,7 +123,6 @@ class Migrations:
         if mode is None or mode.get("supported") != "yes" or mode.find("model") is None:
             return None
         cpu = etree.Element("cpu", mode="custom", match="exact")
-        etree.SubElement(cpu, "arch").text = arch
         for child in mode:
             if child.tag in ("model", "vendor", "feature"):
                 cpu.append(child)
