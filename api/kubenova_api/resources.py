@@ -304,6 +304,7 @@ class ServerSpec(ApiModel):
 
 
 class FlavorSnapshot(StatusModel):
+    name: str | None = Field(default=None, description="The Flavor's name.")
     vcpus: int = Field(description="vCPUs the server was booted with.")
     memoryMiB: int = Field(description="Memory in MiB the server was booted with.")
     diskGiB: int = Field(description="Root disk in GiB the server was booted with.")
@@ -530,6 +531,14 @@ class ServerMigrationSpec(ApiModel):
         description="How long the migration may take per GiB of memory (plus disk for a block "
         "migration; at least 2 GiB counted, as Nova does) before completionAction; 0s never.",
     )
+    flavorRef: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Resize: the Flavor the server boots with on the target. Only for a "
+        "stopped server (a cold migration); changing a stopped Server's flavorRef creates such "
+        "a ServerMigration by itself.",
+    )
     completionAction: CompletionAction = Field(
         default=CompletionAction.Abort,
         description="On timeout: Abort (the guest stays on the source), PostCopy (switch to "
@@ -587,6 +596,9 @@ class ServerMigrationStatus(StatusModel):
     sourceNode: str | None = Field(default=None, description="The host it moves from.")
     targetNode: str | None = Field(default=None, description="The host it moves to.")
     live: bool | None = Field(default=None, description="Live (running guest) or cold.")
+    flavor: FlavorSnapshot | None = Field(
+        default=None, description="The size the server has on the target."
+    )
     blockMigration: bool | None = Field(
         default=None, description="Disks are copied (not shared between the hosts)."
     )

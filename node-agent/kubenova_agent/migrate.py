@@ -282,7 +282,10 @@ class MigrationAgent:
             src.update(result=MigrationPhase.Failed, reason="Cancelled", message=cancel)
             self._write(body, own)
             return
-        self._start(body, own, spec, status, server_uid)
+        if status.get("live") is False:
+            self._start_cold(body, own, status, server_uid)
+        else:
+            self._start(body, own, spec, status, server_uid)
 
     def _probe_path(self, smig_uid: str) -> pathlib.Path:
         return pathlib.Path(self.deps.settings.instances_dir) / f".kubenova-probe-{smig_uid}"
@@ -359,6 +362,123 @@ class MigrationAgent:
             "block" if opts.block else "shared storage",
             f"{timeout:.0f}s" if timeout else "none",
         )
+
+    def _start_cold(
+        self, body: dict[str, Any], own: dict[str, Any], status: dict[str, Any], server_uid: str
+    ) -> None:
+        """A stopped guest moves by its disks (Nova's ``migrate_disk_and_power_off``): copied
+        to the target's volumes unless shared; the target defines it once it is bound there."""
+        src = own[SOURCE]
+        target = str(status.get("targetNode"))
+        self._drop_probe(body["metadata"]["uid"])
+        guest = self.deps.guests.get(server_uid)
+        if guest is not None and guest.state not in (State.shutoff, State.crashed):
+            src.update(
+                result=MigrationPhase.Failed,
+                reason="NotStopped",
+                message=f"the guest is {guest.state.value.lower()}; a cold migration needs it off",
+            )
+            self._write(body, own)
+            return
+        hv = self.deps.kube.get_or_none(kube.ObjectRef("Hypervisor", constants.HYPERVISORS, target))
+        endpoint = ((hv or {}).get("status") or {}).get("migration")
+        shared = bool((status.get("target") or {}).get("sharedStorage"))
+        if not endpoint and not shared:
+            src.update(
+                result=MigrationPhase.Failed,
+                reason="TargetUnreachable",
+                message=f"host {target} publishes no migration endpoint",
+            )
+            self._write(body, own)
+            return
+        src["started"] = True
+        own["progress"] = {"percent": 0}
+        self._write(body, own)
+        job = Job(
+            smig_uid=body["metadata"]["uid"],
+            server_uid=server_uid,
+            target=target,
+            opts=Options(
+                dest_uri=(endpoint or {}).get("libvirtURI", ""),
+                address=(endpoint or {}).get("address", ""),
+                block=not shared,
+            ),
+            timeout=None,
+            action=CompletionAction.Abort,
+        )
+        with self._lock:
+            self.jobs[job.smig_uid] = job
+        job.thread = threading.Thread(
+            target=self._run_cold, args=(job, body, own), name=f"{self.host}-cold", daemon=True
+        )
+        job.thread.start()
+
+    def _run_cold(self, job: Job, body: dict[str, Any], own: dict[str, Any]) -> None:
+        src = own[SOURCE]
+        started = time.monotonic()
+        try:
+            copied = 0
+            if job.opts.block:
+                prefix = reconcile.volume_prefix(job.server_uid)
+                volumes = [
+                    (name, size)
+                    for name, size in self.deps.storage.volumes(prefix)
+                    if not name.endswith("config.iso")  # the target writes its own
+                ]
+                total = sum(size for _, size in volumes) or 1
+                last = [0.0]
+
+                def on_bytes(n: int) -> None:
+                    if job.abort_reason is not None:
+                        raise errors.HypervisorError(job.abort_reason)
+                    now = time.monotonic()
+                    if now - last[0] >= PROGRESS_EVERY:
+                        last[0] = now
+                        done = copied + n
+                        own["progress"] = {
+                            "dataTotalBytes": total,
+                            "dataProcessedBytes": done,
+                            "dataRemainingBytes": max(0, total - done),
+                            "diskProcessedBytes": done,
+                            "elapsedMs": int((now - started) * 1000),
+                            "percent": min(99, round(100 * done / total)),
+                        }
+                        self._write(body, own)
+
+                for name, _size in volumes:
+                    copied += self.migrations.copy_volume(
+                        self.deps.settings.pool_name, name, job.opts.dest_uri, on_bytes
+                    )
+            self._clean_source(job.server_uid, job.opts.block)
+            elapsed = time.monotonic() - started
+            own["progress"] = {
+                "dataTotalBytes": copied,
+                "dataProcessedBytes": copied,
+                "diskProcessedBytes": copied,
+                "elapsedMs": int(elapsed * 1000),
+                "downtimeMs": 0,
+                "percent": 100,
+            }
+            what = f"{copied / (1 << 20):.1f} MiB of disk copied" if job.opts.block else "shared"
+            src.update(
+                result=MigrationPhase.Succeeded,
+                reason="Migrated",
+                message=f"moved to {job.target} while stopped in {elapsed:.1f}s ({what})",
+            )
+            self._write(body, own)
+            log.info("cold-migrated %s to %s: %s", job.server_uid, job.target, what)
+        except errors.HypervisorError as exc:
+            reason, _, _why = (job.abort_reason or "CopyFailed: ").partition(": ")
+            src.update(
+                result=MigrationPhase.Failed,
+                reason=reason,
+                message=f"copying the disks failed: {exc}; the server stays on {self.host}",
+            )
+            self._write(body, own)
+        finally:
+            with self._lock:
+                self.jobs.pop(job.smig_uid, None)
+            self._requeue_server(job.server_uid)
 
     def _run(self, job: Job, body: dict[str, Any], own: dict[str, Any]) -> None:
         failure: list[errors.HypervisorError] = []

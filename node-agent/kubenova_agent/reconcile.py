@@ -256,6 +256,8 @@ def _root_disk(
         capacity = max(flavor_bytes, image_bytes)
         backing = Backing(str(path), fmt)
     path_str = deps.storage.ensure_volume(volume, capacity, backing)
+    if deps.storage.grow_volume(volume, capacity):  # resized to a bigger flavor
+        log.info("grew %s to %.1f GiB", volume, capacity / GIB)
     return domain_xml.Disk(path=path_str, format="qcow2", target=target)
 
 

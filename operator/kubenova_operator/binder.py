@@ -73,7 +73,7 @@ class Binder:
                 )
             except Exception as exc:
                 log.warning("checking host liveness failed: %s", exc)
-            if self.migrator is not None and (snapshot.migrations or _draining(snapshot)):
+            if self.migrator is not None:
                 try:
                     await asyncio.to_thread(
                         self.migrator.run_pass,
@@ -151,10 +151,3 @@ def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def _name(body: Mapping[str, Any]) -> str:
     return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
-
-
-def _draining(snapshot: Snapshot) -> bool:
-    return any(
-        (hv.get("spec") or {}).get("evacuate") or (hv.get("status") or {}).get("evacuation")
-        for hv in snapshot.view.hypervisors.values()
-    )

@@ -225,7 +225,7 @@ def _bind(
     status = {
         "phase": "BUILD",
         "nodeName": host,
-        "flavor": resources.to_api(),
+        "flavor": {**resources.to_api(), "name": body["spec"]["flavorRef"]},
         "conditions": conditions,
     }
     ref = server_ref(body)

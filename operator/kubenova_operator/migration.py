@@ -37,6 +37,7 @@ CONTROLLER_FIELDS = (
     "sourceNode",
     "targetNode",
     "live",
+    "flavor",
     "blockMigration",
     "abortRequested",
     "reason",
@@ -81,6 +82,15 @@ class Failure:
     message: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    target: str
+    message: str
+    live: bool
+    flavor: dict[str, Any]
+    """The size the server will have on the target (a new one for a resize)."""
+
+
 def smig_ref(body: Mapping[str, Any]) -> kube.ObjectRef:
     return kube.ObjectRef.of(dict(body), "ServerMigration", constants.SERVERMIGRATIONS)
 
@@ -101,12 +111,11 @@ def target_claims(
         if not is_active(body) or not target:
             continue
         server = servers.get((body["metadata"]["namespace"], body["spec"]["serverRef"]))
-        if server is None or not server.flavor or server.node == target:
+        flavor = status.get("flavor") or (server.flavor if server else None)
+        if server is None or not flavor or server.node == target:
             continue
         out.append(
-            claims.Claim(
-                f"{server.uid}/migration", target, hosts.Resources.from_api(dict(server.flavor))
-            )
+            claims.Claim(f"{server.uid}/migration", target, hosts.Resources.from_api(dict(flavor)))
         )
     return out
 
@@ -118,6 +127,8 @@ class Migrator:
         self.cfg = cfg
         self.kube = k
         self.evac_kube = evac_kube
+        self._told: set[tuple[str, str]] = set()
+        """Servers (and the flavor) told that their resize waits for a stop."""
         """Writes ``Hypervisor.status.evacuation`` under its own field manager (the liveness
         check applies ``conditions`` under the controller's)."""
 
@@ -140,6 +151,38 @@ class Migrator:
         for name, hv in sorted(view.hypervisors.items()):
             if (hv.get("spec") or {}).get("evacuate") or (hv.get("status") or {}).get("evacuation"):
                 self.evacuate(name, hv, migrations, servers)
+        for server in servers.values():
+            self.resize_if_asked(server, migrations)
+
+    def resize_if_asked(self, server: ServerSummary, migrations: list[dict[str, Any]]) -> None:
+        """A bound Server whose flavorRef no longer names the flavor it runs with is resized:
+        by a cold migration once it is stopped (one attempt per flavor)."""
+        current = (server.flavor or {}).get("name")
+        wanted = server.spec.get("flavorRef")
+        if not server.node or server.deleting or not current or wanted == current:
+            return
+        tried = [
+            m
+            for m in migrations
+            if m["metadata"]["namespace"] == server.namespace
+            and m["spec"]["serverRef"] == server.name
+            and (m["spec"].get("flavorRef") == wanted or is_active(m))
+        ]
+        if tried:
+            return
+        ref = kube.ObjectRef("Server", constants.SERVERS, server.name, server.namespace, server.uid)
+        if server.phase != "SHUTOFF":
+            key = (server.uid, str(wanted))
+            if key not in self._told:
+                self._told.add(key)
+                self.kube.event(
+                    ref,
+                    "ResizeWaitsForStop",
+                    f"resize to {wanted} happens once the server is stopped (powerState: Stopped)",
+                )
+            return
+        name = self._create(server, f"{server.name[:40]}-resize-", {"flavorRef": wanted}, {})
+        self.kube.event(ref, "Resizing", f"resize to {wanted}: ServerMigration {name}")
 
     # ------------------------------------------------------------------ one migration
     def step(
@@ -169,19 +212,19 @@ class Migrator:
                 self._end(body, server, verdict, MigrationPhase.Failed)
                 return
             assert server is not None
-            target, message = verdict
             self._write(
                 body,
                 phase=MigrationPhase.PreChecking,
                 serverUID=server.uid,
                 sourceNode=server.node,
-                targetNode=target,
-                live=True,
+                targetNode=verdict.target,
+                live=verdict.live,
+                flavor=verdict.flavor,
                 startedAt=_now(),
                 reason="PreChecking",
-                message=message,
+                message=verdict.message,
             )
-            self._event(body, "PreChecking", message)
+            self._event(body, "PreChecking", verdict.message)
             return
         src, tgt = status.get("source") or {}, status.get("target") or {}
         source, target = status.get("sourceNode"), str(status.get("targetNode"))
@@ -213,7 +256,8 @@ class Migrator:
         result = src.get("result")
         if result == MigrationPhase.Succeeded:
             assert server is not None
-            self._rebind(server, target, str(src.get("message")))
+            flavor = status.get("flavor") or dict(server.flavor or {})
+            self._rebind(server, target, str(src.get("message")), flavor, bool(status.get("live")))
             self._end(
                 body,
                 server,
@@ -249,8 +293,9 @@ class Migrator:
         migrations: list[dict[str, Any]],
         view: binding.ClusterView,
         states: dict[str, hosts.HostState],
-    ) -> tuple[str, str] | Failure:
-        """Nova's conductor checks: the Server can move, and a target can take it."""
+    ) -> Accepted | Failure:
+        """Nova's conductor checks: the Server can move, and a target can take it. A running
+        (or paused) Server moves live; a stopped one moves cold, optionally resized."""
         spec, meta = body["spec"], body["metadata"]
         if server is None or server.deleting:
             return Failure("ServerNotFound", f"Server {spec['serverRef']!r} does not exist")
@@ -268,11 +313,33 @@ class Migrator:
                     "MigrationInProgress",
                     f"ServerMigration {other['metadata']['name']} is moving this Server already",
                 )
-        if server.phase not in LIVE_PHASES:
+        live = server.phase in LIVE_PHASES
+        resize = spec.get("flavorRef")
+        if resize and live:
+            return Failure("ResizeNeedsStop", "stop the Server to resize it (cold migration)")
+        if not live and server.phase != "SHUTOFF":
             return Failure(
                 "NotMovable",
-                f"the Server is {server.phase}; a live migration needs it ACTIVE or PAUSED",
+                f"the Server is {server.phase}; it moves live when ACTIVE or PAUSED, "
+                "cold when SHUTOFF",
             )
+        flavor = dict(server.flavor)
+        if resize:
+            new = view.flavors.get(resize)
+            if new is None:
+                return Failure("FlavorNotFound", f"Flavor {resize!r} does not exist")
+            flavor = {
+                "vcpus": int(new["vcpus"]),
+                "memoryMiB": int(new["memoryMiB"]),
+                "diskGiB": int(new.get("diskGiB", 0)),
+                "name": resize,
+            }
+            if flavor["diskGiB"] < int(server.flavor.get("diskGiB", 0)):
+                return Failure(
+                    "FlavorDiskTooSmall",
+                    f"Flavor {resize!r} has a smaller disk than the server's "
+                    f"{server.flavor.get('diskGiB')} GiB; disks only grow",
+                )
         wanted = spec.get("targetNode")
         if wanted == server.node:
             return Failure("SameHost", f"the Server is on {wanted} already")
@@ -291,7 +358,7 @@ class Migrator:
             bound = [c for c in view.bound if c.uid != server.uid]
             members = binding.group_members(group, bound, [])
         request = placement.Request(
-            resources=hosts.Resources.from_api(dict(server.flavor)),
+            resources=hosts.Resources.from_api(flavor),
             zone=server.spec.get("availabilityZone"),
             host_name=wanted,
             arch=str(image.get("architecture", "x86_64")),
@@ -309,10 +376,14 @@ class Migrator:
             chosen, claimed=chosen.claimed + request.resources
         )
         how = "requested" if wanted else "picked by the scheduler"
-        return decision.host, (
-            f"{server.node} → {decision.host} ({how}): target up, enabled, room for "
+        kind = "live" if live else "cold" + (f", resize to {resize}" if resize else "")
+        return Accepted(
+            decision.host,
+            f"{server.node} → {decision.host} ({kind}, {how}): target up, enabled, room for "
             f"{request.resources.vcpus} vCPU / {request.resources.memory_mib} MiB; "
-            "waiting for the agents' CPU and storage checks"
+            "waiting for the agents' checks",
+            live,
+            flavor,
         )
 
     def _check_preparation(
@@ -346,7 +417,9 @@ class Migrator:
             return Failure("PreparationTimeout", f"{waiting} took longer than {timeout:.0f}s")
         return None
 
-    def _rebind(self, server: ServerSummary, target: str, message: str) -> None:
+    def _rebind(
+        self, server: ServerSummary, target: str, message: str, flavor: dict[str, Any], live: bool
+    ) -> None:
         ref = kube.ObjectRef("Server", constants.SERVERS, server.name, server.namespace, server.uid)
         current = self.kube.get(ref)
         status = current.get("status") or {}
@@ -364,10 +437,13 @@ class Migrator:
         )
         self.kube.apply_status(
             ref,
-            {"nodeName": target, "flavor": dict(server.flavor or {}), "conditions": conditions},
+            {"nodeName": target, "flavor": flavor, "conditions": conditions},
             resource_version=current["metadata"]["resourceVersion"],
         )
-        self.kube.event(ref, "Migrated", f"live-migrated to {target}: {message}")
+        how = "live-migrated" if live else "moved (cold)"
+        if flavor.get("name") and flavor.get("name") != (server.flavor or {}).get("name"):
+            how += f" and resized to {flavor['name']}"
+        self.kube.event(ref, "Migrated", f"{how} to {target}: {message}")
         log.info("rebound %s/%s to %s", server.namespace, server.name, target)
 
     def _end(
@@ -493,10 +569,10 @@ class Migrator:
                     f"{server.namespace}/{server.name}: {st.get('reason')}: {st.get('message')}"
                 )
                 continue
-            if server.phase not in LIVE_PHASES:
+            if server.phase not in (*LIVE_PHASES, "SHUTOFF"):
                 blocked.append(
-                    f"{server.namespace}/{server.name}: it is {server.phase}; only ACTIVE or "
-                    "PAUSED servers move live"
+                    f"{server.namespace}/{server.name}: it is {server.phase}; servers move "
+                    "when ACTIVE or PAUSED (live) or SHUTOFF (cold)"
                 )
                 continue
             if budget <= 0:
@@ -524,25 +600,24 @@ class Migrator:
             log.warning("drain of %s is stuck: %s", host, "; ".join(blocked))
 
     def _create_evacuation(self, server: ServerSummary, host: str) -> None:
+        name = self._create(
+            server, f"{server.name[:40]}-evacuate-", {}, {constants.EVACUATION_LABEL: host}
+        )
+        log.info("draining %s: %s/%s moves away (%s)", host, server.namespace, server.name, name)
+
+    def _create(
+        self, server: ServerSummary, prefix: str, spec: dict[str, Any], labels: dict[str, str]
+    ) -> str:
         body = {
             "apiVersion": constants.API_VERSION,
             "kind": "ServerMigration",
-            "metadata": {
-                "generateName": f"{server.name[:40]}-evacuate-",
-                "namespace": server.namespace,
-                "labels": {constants.EVACUATION_LABEL: host},
-            },
-            "spec": {"serverRef": server.name},
+            "metadata": {"generateName": prefix, "namespace": server.namespace, "labels": labels},
+            "spec": {"serverRef": server.name, **spec},
         }
         out = self.kube.custom.create_namespaced_custom_object(
-            constants.GROUP,
-            constants.VERSION,
-            server.namespace,
-            constants.SERVERMIGRATIONS,
-            body,
+            constants.GROUP, constants.VERSION, server.namespace, constants.SERVERMIGRATIONS, body
         )
-        name = kube.as_dict(out)["metadata"]["name"]
-        log.info("draining %s: %s/%s moves away (%s)", host, server.namespace, server.name, name)
+        return str(kube.as_dict(out)["metadata"]["name"])
 
 
 def _host_state(

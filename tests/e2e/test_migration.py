@@ -10,6 +10,7 @@ import hashlib
 import json
 import pathlib
 import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -373,4 +374,84 @@ def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> N
         ),
         30,
         "the drain's progress to be dropped",
+    )
+
+
+# ----------------------------------------------------------------------------- cold / resize
+
+
+def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> None:
+    """A stopped Server moves by its disk (copied: host-a and host-c share nothing) and boots
+    on the target with the new flavor; changing a stopped Server's flavorRef does the same by
+    itself, and a running one is told to stop first."""
+    apply(mbed, flavor("m1.bigger", vcpus=2, memory=192, disk=2))
+    apply(mbed, flavor("m1.biggest", vcpus=2, memory=160, disk=3))
+    uid = boot_on(mbed, ns, "vm", "host-a")
+    patch_server(mbed, ns, "vm", {"powerState": "Stopped"})
+    wait_server_phase(mbed, ns, "vm", "SHUTOFF")
+    # Something only this server's disk holds: the guest prints its first bytes at boot.
+    marker = mbed.workdir / "cold-marker.bin"
+    marker.write_bytes(b"KUBENOVA-COLD-MOVED".ljust(512, b"\0"))
+    overlay = f"/var/lib/kubenova/instances/{uid}-root.qcow2"
+    write = ["qemu-io", "-f", "qcow2", "-c", f"write -s {marker} 0 512", overlay]
+    subprocess.run(
+        [*mbed.hosts["host-a"].nsenter(), *write],
+        check=True,
+        capture_output=True,
+    )
+    migrate(mbed, ns, "cold", "vm", targetNode="host-c", flavorRef="m1.bigger")
+    done = wait_phase(mbed, ns, "cold", "Succeeded", "Failed")
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["live"] is False and status["blockMigration"] is True
+    assert status["progress"]["diskProcessedBytes"] > 0
+    body = mbed.get("server", "vm", ns)
+    assert body is not None
+    assert body["status"]["nodeName"] == "host-c"
+    assert body["status"]["flavor"]["name"] == "m1.bigger"
+    assert target_files(mbed, "host-a", uid) == [], "the source kept the disk"
+    assert not mbed.hosts["host-a"].has_domain(uid)
+
+    patch_server(mbed, ns, "vm", {"powerState": "Running"})
+    wait_server_phase(mbed, ns, "vm", "ACTIVE")
+    console = mbed.wait_console("host-c", uid, "kubenova-uptime")
+    assert "disk /dev/vda: KUBENOVA-COLD-MOVED" in console, console
+    xml = mbed.hosts["host-c"].virsh("dumpxml", uid)
+    assert re.search(r"<vcpu[^>]*>2</vcpu>", xml) and "<memory unit='KiB'>196608<" in xml
+    info = mbed.hosts["host-c"].virsh("vol-info", f"{uid}-root.qcow2", "--pool", "kubenova")
+    assert "2.00 GiB" in info, info
+
+    # Resize by changing the flavor: waits for a stop, then moves by itself.
+    patch_server(mbed, ns, "vm", {"flavorRef": "m1.biggest"})
+    netutil.wait_until(
+        lambda: any(r == "ResizeWaitsForStop" for r, _ in events(mbed, ns, "Server", "vm")),
+        30,
+        "the Server to be told to stop first",
+    )
+    patch_server(mbed, ns, "vm", {"powerState": "Stopped"})
+
+    def resized() -> bool:
+        st = (mbed.get("server", "vm", ns) or {}).get("status") or {}
+        return (st.get("flavor") or {}).get("name") == "m1.biggest" and st.get("phase") == (
+            "SHUTOFF"
+        )
+
+    netutil.wait_until(resized, 120, "the resize to happen")
+    body = mbed.get("server", "vm", ns)
+    assert body is not None and body["status"]["nodeName"] in ("host-a", "host-b")
+    assert body["status"]["flavor"]["memoryMiB"] == 160
+    assert any(r == "Resizing" for r, _ in events(mbed, ns, "Server", "vm"))
+
+
+def patch_server(bed: stack.Stack, ns: str, name: str, spec: dict[str, Any]) -> None:
+    bed.kubectl(
+        "patch", "server", name, "-n", ns, "--type", "merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def wait_server_phase(bed: stack.Stack, ns: str, name: str, phase: str) -> None:
+    netutil.wait_until(
+        lambda: ((bed.get("server", name, ns) or {}).get("status") or {}).get("phase") == phase,
+        90,
+        f"{name} to be {phase}",
     )

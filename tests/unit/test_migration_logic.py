@@ -69,16 +69,22 @@ def _precheck(
 
 def test_the_scheduler_picks_a_target_other_than_the_source() -> None:
     verdict = _precheck(_smig(), _server())
-    assert isinstance(verdict, tuple)
-    assert verdict[0] == "b"  # c has less free memory; a is the source
-    assert "picked by the scheduler" in verdict[1]
+    assert isinstance(verdict, migration.Accepted)
+    assert verdict.target == "b"  # c has less free memory; a is the source
+    assert verdict.live and "picked by the scheduler" in verdict.message
+    cold = _precheck(_smig(), _server(phase="SHUTOFF"))
+    assert isinstance(cold, migration.Accepted) and not cold.live
 
 
 def test_refusals_say_why() -> None:
     same = _precheck(_smig(spec={"targetNode": "a"}), _server())
     assert same == migration.Failure("SameHost", "the Server is on a already")
-    stopped = _precheck(_smig(), _server(phase="SHUTOFF"))
-    assert isinstance(stopped, migration.Failure) and stopped.reason == "NotMovable"
+    suspended = _precheck(_smig(), _server(phase="SUSPENDED"))
+    assert isinstance(suspended, migration.Failure) and suspended.reason == "NotMovable"
+    running = _precheck(_smig(spec={"flavorRef": "big"}), _server())
+    assert isinstance(running, migration.Failure) and running.reason == "ResizeNeedsStop"
+    nosuch = _precheck(_smig(spec={"flavorRef": "big"}), _server(phase="SHUTOFF"))
+    assert isinstance(nosuch, migration.Failure) and nosuch.reason == "FlavorNotFound"
     gone = _precheck(_smig(), None)
     assert isinstance(gone, migration.Failure) and gone.reason == "ServerNotFound"
     unknown = _precheck(_smig(spec={"targetNode": "zz"}), _server())

@@ -123,6 +123,27 @@ class Storage:
             pool.refresh(0)
         return target
 
+    def volumes(self, prefix: str) -> list[tuple[str, int]]:
+        """(name, bytes allocated) of every volume whose name starts with ``prefix``."""
+        with _conv.translated():
+            pool = self._pool()
+            pool.refresh(0)
+            return [
+                (str(vol.name()), int(vol.info()[2]))
+                for vol in pool.listAllVolumes(0)
+                if vol.name().startswith(prefix)
+            ]
+
+    def grow_volume(self, name: str, capacity_bytes: int) -> bool:
+        """Make volume ``name`` at least ``capacity_bytes`` big (never smaller); True if it
+        grew. Only for a volume no running guest uses."""
+        with _conv.translated():
+            vol = self._pool().storageVolLookupByName(name)
+            if int(vol.info()[1]) >= capacity_bytes:
+                return False
+            vol.resize(capacity_bytes, 0)
+            return True
+
     def delete_volumes(self, prefix: str) -> list[str]:
         """Delete every volume whose name starts with ``prefix``; returns their names."""
         deleted = []
