@@ -251,6 +251,32 @@ def test_timeout_aborts_and_the_target_is_cleaned(mbed: stack.Stack, ns: str) ->
     assert_still_on_source(mbed, ns, "batch", uid, "host-a")
 
 
+def test_timeout_with_post_copy_finishes_on_the_target(mbed: stack.Stack, ns: str) -> None:
+    """A migration too slow to converge in time switches to post-copy: the guest runs on the
+    target at once and the rest of its memory follows on demand."""
+    uid = boot_on(mbed, ns, "stream", "host-a")
+    before = last_uptime(mbed, "host-a", uid)
+    migrate(
+        mbed,
+        ns,
+        "pc",
+        "stream",
+        targetNode="host-b",
+        bandwidthMiBps=1,
+        allowPostCopy=True,
+        completionTimeoutPerGiB="2s",
+        completionAction="PostCopy",
+    )
+    done = wait_phase(mbed, ns, "pc", "Succeeded", "Failed", timeout=120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert any(r == "PostCopy" for r, _ in events(mbed, ns, "ServerMigration", "pc"))
+    netutil.wait_until(
+        lambda: last_uptime(mbed, "host-b", uid) > before + 1, 60, "the guest to count on host-b"
+    )
+    assert boots(mbed.console("host-b", uid)) == 0
+    assert domains_for(mbed, ns, "stream") == [("host-b", uid)]
+
+
 def test_target_agent_killed_aborts_the_migration(mbed: stack.Stack, ns: str) -> None:
     uid = boot_on(mbed, ns, "cache", "host-a")
     migrate(mbed, ns, "orphaned", "cache", targetNode="host-b", bandwidthMiBps=1)
