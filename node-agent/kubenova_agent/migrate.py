@@ -276,7 +276,11 @@ class MigrationAgent:
         if phase != MigrationPhase.Running or src.get("result"):
             return
         if src.get("started"):
-            self._recover(body, own)
+            if cancel and self.migrations.stats(server_uid) is not None:
+                # Started by an earlier run of this agent and still going: abort it there.
+                log.info("aborting the migration of %s left running: %s", server_uid, cancel)
+                self.migrations.abort(server_uid)
+            self._recover(body, own, cancel)
             return
         if cancel:
             src.update(result=MigrationPhase.Failed, reason="Cancelled", message=cancel)
@@ -598,7 +602,7 @@ class MigrationAgent:
             self.deps.storage.delete_volumes(reconcile.volume_prefix(server_uid))
         pathlib.Path(reconcile.console_path(self.deps.settings, server_uid)).unlink(missing_ok=True)
 
-    def _recover(self, body: dict[str, Any], own: dict[str, Any]) -> None:
+    def _recover(self, body: dict[str, Any], own: dict[str, Any], cancel: str | None) -> None:
         """A migration was started by an earlier run of this agent: find out how it ended."""
         status = body.get("status") or {}
         server_uid = str(status.get("serverUID"))
@@ -631,11 +635,13 @@ class MigrationAgent:
                     message=f"the guest is neither running on {self.host} nor on {target}",
                 )
         else:
+            reason, _, why = (cancel or "AgentRestarted: the agent restarted mid-way").partition(
+                ": "
+            )
             src.update(
                 result=MigrationPhase.Failed,
-                reason="AgentRestarted",
-                message=f"the agent restarted during the migration; the guest keeps running "
-                f"on {self.host}",
+                reason=reason,
+                message=f"{why}; the guest keeps running on {self.host}",
             )
         self._write(body, own)
 

@@ -251,6 +251,7 @@ class Migrator:
                     reason="Preparing",
                     message=f"pre-checks passed: {tgt.get('message')}",
                 )
+                self._event(body, "PreChecksPassed", f"{target}: {tgt.get('message')}")
             return
         # Running: the source agent migrates; wait for its result.
         result = src.get("result")

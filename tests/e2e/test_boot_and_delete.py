@@ -43,7 +43,7 @@ def test_example_server_boots_and_is_deleted_without_a_trace(
     uid = srv["metadata"]["uid"]
     assert status["phase"] == "ACTIVE"
     assert status["powerState"] == "Running"
-    assert status["flavor"] == {"vcpus": 1, "memoryMiB": 128, "diskGiB": 1}
+    assert status["flavor"] == {"vcpus": 1, "memoryMiB": 128, "diskGiB": 1, "name": "m1.tiny"}
     assert condition(srv, "Scheduled")["status"] == "True"
     assert "compute.kubenova.io/domain" in srv["metadata"]["finalizers"]
 

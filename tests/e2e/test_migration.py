@@ -11,6 +11,7 @@ import json
 import pathlib
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -294,6 +295,25 @@ def test_target_agent_killed_aborts_the_migration(mbed: stack.Stack, ns: str) ->
         "the restarted target agent to clean up",
     )
     assert_still_on_source(mbed, ns, "cache", uid, "host-a")
+
+
+def test_source_agent_restarted_mid_migration_can_still_cancel(mbed: stack.Stack, ns: str) -> None:
+    """The migration runs in the source's libvirtd, not in its agent: an agent restarted
+    meanwhile finds it again, and a cancel then still aborts it."""
+    uid = boot_on(mbed, ns, "api", "host-a")
+    migrate(mbed, ns, "bumpy", "api", targetNode="host-b", bandwidthMiBps=1)
+    wait_running_with_data(mbed, ns, "bumpy")
+    mbed.agents["host-a"].kill()
+    mbed.start_agent("host-a")
+    time.sleep(2)
+    assert mbed.hosts["host-a"].virsh("domstate", uid).strip() == "running"
+    mbed.kubectl("delete", "servermigration", "bumpy", "-n", ns, "--wait=false")
+    netutil.wait_until(
+        lambda: mbed.get("servermigration", "bumpy", ns) is None, 90, "the ServerMigration to go"
+    )
+    failures = [m for r, m in events(mbed, ns, "Server", "api") if r == "MigrationFailed"]
+    assert failures and "Cancelled" in failures[-1], failures
+    assert_still_on_source(mbed, ns, "api", uid, "host-a")
 
 
 def test_target_libvirtd_killed_fails_the_migration(mbed: stack.Stack, ns: str) -> None:

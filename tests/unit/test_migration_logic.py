@@ -12,7 +12,6 @@ from kubenova_operator import binding, migration
 from kubenova_operator.scheduling import hosts
 from kubenova_operator.settings import ControllerSettings
 
-NOW = dt.datetime.now(dt.UTC)
 FLAVOR = {"vcpus": 1, "memoryMiB": 512, "diskGiB": 1}
 
 
@@ -20,7 +19,7 @@ def _hv(evacuate: bool = False, disabled: bool = False, mem: int = 4096) -> dict
     return {
         "spec": {"evacuate": evacuate, "disabled": disabled},
         "status": {
-            "lastHeartbeatTime": NOW.isoformat(),
+            "lastHeartbeatTime": dt.datetime.now(dt.UTC).isoformat(),
             "conditions": [{"type": "Ready", "status": "True"}],
             "total": {"vcpus": 4, "memoryMiB": mem, "diskGiB": 100},
             "reserved": {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0},
