@@ -45,6 +45,15 @@ def _server(name: str, **spec: object) -> dict:
     }
 
 
+def _smig(name: str, **spec: object) -> dict:
+    return {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "ServerMigration",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
 def _uec(kernel_url: str = "http://images.example/vmlinuz") -> dict:
     return {
         "uec": {
@@ -153,6 +162,26 @@ CASES = [
     pytest.param(
         _image("neither", {}), "exactly one of source.disk or source.uec is set", id="no-source"
     ),
+    pytest.param(
+        _smig("no-server"),
+        "spec.serverRef: Required value",
+        id="migration-without-server",
+    ),
+    pytest.param(
+        _smig("postcopy", serverRef="web", completionAction="PostCopy"),
+        "completionAction PostCopy needs allowPostCopy: true",
+        id="postcopy-not-allowed",
+    ),
+    pytest.param(
+        _smig("slowly", serverRef="web", completionTimeoutPerGiB="soon"),
+        "spec.completionTimeoutPerGiB in body should match",
+        id="migration-timeout-not-a-duration",
+    ),
+    pytest.param(
+        _smig("neg", serverRef="web", bandwidthMiBps=-1),
+        "spec.bandwidthMiBps in body should be greater than or equal to 0",
+        id="negative-bandwidth",
+    ),
 ]
 
 
@@ -165,7 +194,7 @@ def test_invalid_specs_are_refused_with_a_readable_message(
     assert message in stderr, stderr
     kind = body["kind"].lower()
     args = ["get", kind, body["metadata"]["name"]]
-    if body["kind"] == "Server":
+    if body["kind"] in ("Server", "ServerMigration"):
         args += ["-n", "default"]
     assert "NotFound" in api.kubectl(*args, check=False).stderr  # nothing was stored
 
@@ -186,6 +215,15 @@ def test_server_image_ref_is_immutable(api: stack.Stack) -> None:
     code, stderr = _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="two"))
     assert code != 0 and "imageRef is immutable" in stderr
     api.kubectl("delete", "server", "pinned", "-n", "default")
+
+
+def test_migration_spec_is_immutable(api: stack.Stack) -> None:
+    assert _apply(api, _smig("once", serverRef="web"))[0] == 0
+    code, stderr = _apply(api, _smig("once", serverRef="db"))
+    assert code != 0 and "a ServerMigration's spec is immutable" in stderr
+    header = api.kubectl("get", "smig", "-n", "default").stdout.splitlines()[0]
+    for column in ("SERVER", "PHASE", "SOURCE", "TARGET", "PROGRESS"):
+        assert column in header
 
 
 def test_kubectl_shows_useful_columns_and_explains_fields(api: stack.Stack) -> None:
