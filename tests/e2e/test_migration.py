@@ -316,6 +316,30 @@ def test_source_agent_restarted_mid_migration_can_still_cancel(mbed: stack.Stack
     assert_still_on_source(mbed, ns, "api", uid, "host-a")
 
 
+def test_controller_restarted_mid_migration_still_rebinds(mbed: stack.Stack, ns: str) -> None:
+    """The outcome of a move is in the ServerMigration's status: a controller killed while
+    the guest moves picks it up when it is back, and the Server ends bound to the target."""
+    uid = boot_on(mbed, ns, "svc", "host-a")
+    migrate(mbed, ns, "handover", "svc", targetNode="host-b", bandwidthMiBps=10)
+    wait_running_with_data(mbed, ns, "handover")
+    assert mbed.controller is not None
+    mbed.controller.kill()
+    time.sleep(2)
+    mbed.start_controller()
+    done = wait_phase(mbed, ns, "handover", "Succeeded", "Failed", timeout=120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    body = mbed.get("server", "svc", ns)
+    assert body is not None and body["status"]["nodeName"] == "host-b"
+    assert domains_for(mbed, ns, "svc") == [("host-b", uid)]
+    netutil.wait_until(
+        lambda: (
+            ((mbed.get("server", "svc", ns) or {}).get("status") or {}).get("phase") == "ACTIVE"
+        ),
+        60,
+        "the Server to be ACTIVE on host-b",
+    )
+
+
 def test_target_libvirtd_killed_fails_the_migration(mbed: stack.Stack, ns: str) -> None:
     uid = boot_on(mbed, ns, "queue", "host-a")
     migrate(mbed, ns, "crash", "queue", targetNode="host-c", bandwidthMiBps=1)
@@ -390,14 +414,24 @@ def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> N
     patch = json.dumps({"spec": {"evacuate": True}})
     mbed.kubectl("patch", "hypervisor", "host-a", "--type", "merge", "-p", patch)
     try:
+        most = [0]
 
         def drained() -> bool:
             hv = mbed.get("hypervisor", "host-a") or {}
             evac = (hv.get("status") or {}).get("evacuation") or {}
             assert not evac.get("blocked"), evac
+            listing = mbed.kubectl(
+                "get", "smig", "-n", ns, "-l", "compute.kubenova.io/evacuating=host-a", "-o", "json"
+            )
+            phases = [
+                (m.get("status") or {}).get("phase") for m in json.loads(listing.stdout)["items"]
+            ]
+            moving = [p for p in phases if p not in ("Succeeded", "Failed")]
+            most[0] = max(most[0], len(moving))
             return evac.get("remaining") == 0 and evac.get("migrated", 0) >= 3
 
         netutil.wait_until(drained, 300, "host-a to be drained")
+        assert most[0] == 1, "a drain moves one server at a time from a host (by default)"
         for name, uid in uids.items():
             body = mbed.get("server", name, ns)
             assert body is not None
