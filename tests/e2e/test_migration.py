@@ -278,6 +278,29 @@ def test_timeout_with_post_copy_finishes_on_the_target(mbed: stack.Stack, ns: st
     assert domains_for(mbed, ns, "stream") == [("host-b", uid)]
 
 
+def test_network_cut_fails_the_migration(mbed: stack.Stack, ns: str) -> None:
+    """The migration stream's TCP connections are torn down (``ss -K``) mid-way."""
+    uid = boot_on(mbed, ns, "net", "host-a")
+    migrate(mbed, ns, "cut", "net", targetNode="host-b", bandwidthMiBps=1)
+    wait_running_with_data(mbed, ns, "cut")
+    low = mbed.hosts["host-b"].migration_port_min
+    subprocess.run(
+        ["ss", "-K", "-t", f"( dport >= :{low} and dport <= :{low + 63} )"],
+        check=True,
+        capture_output=True,
+    )
+    done = wait_phase(mbed, ns, "cut", "Succeeded", "Failed", timeout=60)
+    assert done["status"]["phase"] == "Failed"
+    assert done["status"]["reason"] == "MigrationFailed", done["status"]
+    assert "keeps running on host-a" in done["status"]["message"]
+    netutil.wait_until(
+        lambda: (smig(mbed, ns, "cut")["status"].get("target") or {}).get("cleanedUp"),
+        60,
+        "the target to clean up",
+    )
+    assert_still_on_source(mbed, ns, "net", uid, "host-a")
+
+
 def test_target_agent_killed_aborts_the_migration(mbed: stack.Stack, ns: str) -> None:
     uid = boot_on(mbed, ns, "cache", "host-a")
     migrate(mbed, ns, "orphaned", "cache", targetNode="host-b", bandwidthMiBps=1)
