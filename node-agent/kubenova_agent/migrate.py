@@ -220,6 +220,17 @@ class MigrationAgent:
             self._own[body["metadata"]["uid"]] = own
 
     # ------------------------------------------------------------------ source
+    def _fail(self, body: dict[str, Any], own: dict[str, Any], reason: str, message: str) -> None:
+        """Record this side's failure (the controller ends the migration with it)."""
+        own[SOURCE].update(result=MigrationPhase.Failed, reason=reason, message=message)
+        self._write(body, own)
+
+    def _endpoint(self, target: str) -> dict[str, Any] | None:
+        """Where migrations to ``target`` go, from its Hypervisor's status."""
+        hv = self.deps.kube.get_or_none(kube.ObjectRef("Hypervisor", constants.HYPERVISORS, target))
+        endpoint = ((hv or {}).get("status") or {}).get("migration")
+        return dict(endpoint) if endpoint else None
+
     def reconcile_source(self, body: dict[str, Any]) -> None:
         meta, status, spec = body["metadata"], body.get("status") or {}, body["spec"]
         uid = meta["uid"]
@@ -251,12 +262,7 @@ class MigrationAgent:
         ):
             guest = self.deps.guests.get(server_uid)
             if guest is None:
-                src.update(
-                    result=MigrationPhase.Failed,
-                    reason="GuestNotFound",
-                    message=f"the guest is not on {self.host}",
-                )
-                self._write(body, own)
+                self._fail(body, own, "GuestNotFound", f"the guest is not on {self.host}")
                 return
             cpu, arch = (
                 self.migrations.guest_cpu(server_uid)
@@ -315,15 +321,11 @@ class MigrationAgent:
         src = own[SOURCE]
         target = str(status.get("targetNode"))
         self._drop_probe(body["metadata"]["uid"])
-        hv = self.deps.kube.get_or_none(kube.ObjectRef("Hypervisor", constants.HYPERVISORS, target))
-        endpoint = ((hv or {}).get("status") or {}).get("migration")
+        endpoint = self._endpoint(target)
         if not endpoint:
-            src.update(
-                result=MigrationPhase.Failed,
-                reason="TargetUnreachable",
-                message=f"host {target} publishes no migration endpoint",
+            self._fail(
+                body, own, "TargetUnreachable", f"host {target} publishes no migration endpoint"
             )
-            self._write(body, own)
             return
         shared = bool((status.get("target") or {}).get("sharedStorage"))
         opts = Options(
@@ -377,23 +379,19 @@ class MigrationAgent:
         self._drop_probe(body["metadata"]["uid"])
         guest = self.deps.guests.get(server_uid)
         if guest is not None and guest.state not in (State.shutoff, State.crashed):
-            src.update(
-                result=MigrationPhase.Failed,
-                reason="NotStopped",
-                message=f"the guest is {guest.state.value.lower()}; a cold migration needs it off",
+            self._fail(
+                body,
+                own,
+                "NotStopped",
+                f"the guest is {guest.state.value.lower()}; a cold migration needs it off",
             )
-            self._write(body, own)
             return
-        hv = self.deps.kube.get_or_none(kube.ObjectRef("Hypervisor", constants.HYPERVISORS, target))
-        endpoint = ((hv or {}).get("status") or {}).get("migration")
+        endpoint = self._endpoint(target)
         shared = bool((status.get("target") or {}).get("sharedStorage"))
         if not endpoint and not shared:
-            src.update(
-                result=MigrationPhase.Failed,
-                reason="TargetUnreachable",
-                message=f"host {target} publishes no migration endpoint",
+            self._fail(
+                body, own, "TargetUnreachable", f"host {target} publishes no migration endpoint"
             )
-            self._write(body, own)
             return
         src["started"] = True
         own["progress"] = {"percent": 0}
@@ -615,10 +613,7 @@ class MigrationAgent:
         gone = guest is None or self.migrations.migrated_away(server_uid)
         if gone:
             target = str(status.get("targetNode"))
-            hv = self.deps.kube.get_or_none(
-                kube.ObjectRef("Hypervisor", constants.HYPERVISORS, target)
-            )
-            endpoint = ((hv or {}).get("status") or {}).get("migration") or {}
+            endpoint = self._endpoint(target) or {}
             there = peer_running(endpoint["libvirtURI"], server_uid) if endpoint else None
             if there:
                 block = not bool((status.get("target") or {}).get("sharedStorage"))

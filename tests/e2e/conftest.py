@@ -24,13 +24,21 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Stack]:
 
 @pytest.fixture
 def namespace(bed: stack.Stack, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from unique_namespace(bed, request, "t")
+
+
+def unique_namespace(
+    bed: stack.Stack, request: pytest.FixtureRequest, prefix: str
+) -> Iterator[str]:
+    """A namespace named after the test (unique), whose Servers are deleted afterwards.
+
+    No namespace controller runs in the test bed (no kube-controller-manager), so the
+    namespace itself stays; names are unique per test."""
     digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
     slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))
-    name = f"t-{slug[:40].strip('-')}-{digest}"
+    name = f"{prefix}-{slug[:40].strip('-')}-{digest}"
     bed.kubectl("create", "namespace", name)
     yield name
     bed.kubectl(
         "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
     )
-    # No namespace controller runs in the test bed (no kube-controller-manager), so the
-    # namespace itself stays; names are unique per test.

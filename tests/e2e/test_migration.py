@@ -6,7 +6,6 @@ libvirt that knows only CPU models up to about 2010 (an older host)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import re
@@ -20,6 +19,7 @@ import yaml
 
 from kubenova_devenv import netutil, stack
 
+from .conftest import unique_namespace
 from .helpers import apply, boots, domains_for, flavor, server
 
 pytestmark = pytest.mark.timeout(600)
@@ -45,14 +45,7 @@ def mbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Stack]:
 
 @pytest.fixture
 def ns(mbed: stack.Stack, request: pytest.FixtureRequest) -> Iterator[str]:
-    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
-    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))
-    name = f"m-{slug[:40].strip('-')}-{digest}"
-    mbed.kubectl("create", "namespace", name)
-    yield name
-    mbed.kubectl(
-        "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
-    )
+    yield from unique_namespace(mbed, request, "m")
 
 
 # ----------------------------------------------------------------------------- helpers
