@@ -72,6 +72,7 @@ class Agent:
             self.deps, self.migrations, self._server_by_uid, self._requeue_uid
         )
         self.deps.hold = self.migrator.holds
+        self.deps.moved_away = self.migrator.moved_away
         capacity.ensure_hypervisor(self.kube, cfg.host_name)
         extra: dict[str, Any] = {
             "migration": {"libvirtURI": cfg.peer_uri, "address": cfg.migration_target_address}

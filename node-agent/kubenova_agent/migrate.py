@@ -158,6 +158,13 @@ class MigrationAgent:
                     return f"migrated to {status.get('targetNode')}"
         return None
 
+    def moved_away(self, server_uid: str) -> bool:
+        """Whether the guest left this host by a migration the controller has not yet turned
+        into a rebinding: its disks may be the target's now (shared), so deleting the Server
+        is the target's job once it is bound there."""
+        held = self.holds(server_uid)
+        return held is not None and held.startswith("migrated to")
+
     def incoming(self, server_uid: str) -> bool:
         """Whether a guest with this UUID is (or just was) migrating to this host."""
         for body in self.as_target.items():

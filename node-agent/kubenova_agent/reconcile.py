@@ -41,6 +41,8 @@ class Deps:
     console_served: dict[str, str] = dataclasses.field(default_factory=dict)
     hold: Callable[[str], str | None] | None = None
     """Why a guest must be left alone (it is migrating away), by Server UID."""
+    moved_away: Callable[[str], bool] | None = None
+    """Whether a guest has just migrated away (the target deletes it when asked)."""
     guest_cpu: Callable[[dict[str, Any]], str | None] | None = None
     """The ``<cpu>`` XML a new guest of this Server gets (None: the hypervisor's default)."""
 
@@ -90,6 +92,8 @@ def reconcile_server(deps: Deps, body: dict[str, Any]) -> float | None:
     ref = server_ref(body)
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
+        if deps.moved_away is not None and deps.moved_away(meta["uid"]):
+            return None  # rebound to the target in a moment; its agent tears it down there
         delete_server(deps, body)
         return None
     status = body.get("status") or {}

@@ -255,6 +255,14 @@ class Migrator:
             return
         # Running: the source agent migrates; wait for its result.
         result = src.get("result")
+        if result == MigrationPhase.Succeeded and server is None:
+            self._end(
+                body,
+                None,
+                Failure("Migrated", f"moved to {target}; the Server was deleted meanwhile"),
+                MigrationPhase.Succeeded,
+            )
+            return
         if result == MigrationPhase.Succeeded:
             assert server is not None
             flavor = status.get("flavor") or dict(server.flavor or {})
