@@ -206,6 +206,7 @@ def domain_config(deps: Deps, body: dict[str, Any]) -> domain_xml.DomainConfig:
         arch=str(image["spec"].get("architecture", "x86_64")),
         rescue=rescue is not None,
         cpu_xml=deps.guest_cpu(body) if deps.guest_cpu is not None else None,
+        disk_cache=deps.settings.disk_cache,
     )
 
 

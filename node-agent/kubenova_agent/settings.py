@@ -46,6 +46,9 @@ class AgentSettings:
     EVC). A Flavor's ``hw:cpu_mode`` / ``hw:cpu_model`` extra specs override it."""
     cpu_model: str | None = None
     """The CPU model for ``cpu_mode=custom``."""
+    disk_cache: str | None = None
+    """The guests' disk cache mode; ``none`` where the instances folder is a shared
+    filesystem (NFS, CephFS), as libvirt needs for a safe live migration."""
     migration_workers: int = 2
     """Migration steps handled in parallel (each running migration also has its own thread)."""
 
@@ -113,6 +116,11 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         default=env.get("KUBENOVA_CPU_MODE", d.cpu_mode),
     )
     p.add_argument("--cpu-model", default=env.get("KUBENOVA_CPU_MODEL"))
+    p.add_argument(
+        "--disk-cache",
+        choices=["none", "writethrough", "writeback", "directsync", "unsafe"],
+        default=env.get("KUBENOVA_DISK_CACHE"),
+    )
     a = p.parse_args(argv)
     return AgentSettings(
         host_name=a.host_name,
@@ -131,4 +139,5 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         migration_address=a.migration_address,
         cpu_mode=a.cpu_mode,
         cpu_model=a.cpu_model,
+        disk_cache=a.disk_cache,
     )

@@ -50,6 +50,26 @@ def test_disk_image_boots_from_the_disk_and_kvm_gets_host_model() -> None:
     assert root.find("cpu").get("mode") == "host-model"
 
 
+def test_cpu_and_disk_cache_choices() -> None:
+    custom = domain_xml.cpu_element("custom", "Westmere")
+    xml = domain_xml.build_domain_xml(_config(cpu_xml=custom, disk_cache="none"))
+    root = etree.fromstring(xml.encode())
+    cpu = root.find("cpu")
+    assert cpu.get("mode") == "custom" and cpu.get("match") == "exact"
+    assert cpu.find("model").text == "Westmere" and cpu.find("model").get("fallback") == "forbid"
+    assert root.find("devices/disk/driver").get("cache") == "none"
+    assert domain_xml.cpu_element("host-passthrough") == '<cpu mode="host-passthrough"/>'
+    with pytest.raises(ValueError):
+        domain_xml.cpu_element("custom")
+    baseline = (
+        "<cpu mode='custom' match='exact'><model fallback='allow'>Nehalem</model>"
+        "<vendor>Intel</vendor><feature policy='require' name='x2apic'/></cpu>"
+    )
+    guest = etree.fromstring(domain_xml.guest_cpu_of_baseline(baseline).encode())
+    assert guest.findtext("model") == "Nehalem" and guest.find("model").get("fallback") == "forbid"
+    assert [f.get("name") for f in guest.findall("feature")] == ["x2apic"]
+
+
 def test_foreign_domains_have_no_owner() -> None:
     assert domain_xml.owner_of("<domain type='kvm'><name>x</name></domain>") is None
 

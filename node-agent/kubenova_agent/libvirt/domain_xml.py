@@ -61,6 +61,9 @@ class DomainConfig:
     image_name: str = ""
     arch: str = "x86_64"
     rescue: bool = False
+    disk_cache: str | None = None
+    """The disks' cache mode (``none`` on shared storage such as NFS or Ceph, where libvirt
+    requires it for a safe live migration); None leaves QEMU's default."""
     cpu_xml: str | None = None
     """A whole ``<cpu>`` element; None gives kvm guests host-model and qemu guests the
     hypervisor's default model."""
@@ -121,7 +124,9 @@ def build_domain_xml(cfg: DomainConfig) -> str:
     devices = _sub(dom, "devices")
     for disk in cfg.disks:
         d = _sub(devices, "disk", type="file", device=disk.device)
-        _sub(d, "driver", name="qemu", type=disk.format)
+        driver = _sub(d, "driver", name="qemu", type=disk.format)
+        if cfg.disk_cache is not None and not disk.readonly:
+            driver.set("cache", cfg.disk_cache)
         _sub(d, "source", file=disk.path)
         _sub(d, "target", dev=disk.target, bus="virtio")
         if disk.readonly:
