@@ -425,28 +425,49 @@ def test_cluster_cpu_model_lets_any_guest_move_to_any_host(mbed: stack.Stack, ns
 
 
 def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> None:
-    uids = {name: boot_on(mbed, ns, name, "host-a") for name in ("d1", "d2", "d3")}
+    """Three running guests move, one at a time; a suspended one says why it cannot, and
+    moves as soon as it is resumed."""
+    uids = {name: boot_on(mbed, ns, name, "host-a") for name in ("d1", "d2", "d3", "stuck")}
+    patch_server(mbed, ns, "stuck", {"powerState": "Suspended"})
+    wait_server_phase(mbed, ns, "stuck", "SUSPENDED")
     started = {name: last_uptime(mbed, "host-a", uid) for name, uid in uids.items()}
     patch = json.dumps({"spec": {"evacuate": True}})
     mbed.kubectl("patch", "hypervisor", "host-a", "--type", "merge", "-p", patch)
     try:
         most = [0]
 
-        def drained() -> bool:
+        def progress() -> dict[str, Any]:
             hv = mbed.get("hypervisor", "host-a") or {}
-            evac = (hv.get("status") or {}).get("evacuation") or {}
-            assert not evac.get("blocked"), evac
+            evac: dict[str, Any] = (hv.get("status") or {}).get("evacuation") or {}
             listing = mbed.kubectl(
                 "get", "smig", "-n", ns, "-l", "compute.kubenova.io/evacuating=host-a", "-o", "json"
             )
             phases = [
                 (m.get("status") or {}).get("phase") for m in json.loads(listing.stdout)["items"]
             ]
-            moving = [p for p in phases if p not in ("Succeeded", "Failed")]
+            assert "Failed" not in phases, listing.stdout
+            moving = [p for p in phases if p != "Succeeded"]
             most[0] = max(most[0], len(moving))
-            return evac.get("remaining") == 0 and evac.get("migrated", 0) >= 3
+            return evac
 
-        netutil.wait_until(drained, 300, "host-a to be drained")
+        netutil.wait_until(
+            lambda: progress().get("migrated", 0) >= 3, 300, "three servers to move away"
+        )
+        evac = progress()
+        assert evac["remaining"] == 1
+        assert len(evac["blocked"]) == 1 and evac["blocked"][0].startswith(
+            f"{ns}/stuck: it is SUSPENDED"
+        )
+        warned = [
+            m for r, m in events(mbed, "default", "Hypervisor", "host-a") if r == "CannotEvacuate"
+        ]
+        assert any(f"{ns}/stuck" in m for m in warned), warned
+        patch_server(mbed, ns, "stuck", {"powerState": "Running"})
+        netutil.wait_until(
+            lambda: progress().get("remaining") == 0 and not progress().get("blocked"),
+            120,
+            "the resumed server to move too",
+        )
         assert most[0] == 1, "a drain moves one server at a time from a host (by default)"
         for name, uid in uids.items():
             body = mbed.get("server", name, ns)
