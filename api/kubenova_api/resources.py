@@ -587,6 +587,11 @@ class MigrationTargetReport(StatusModel):
         default=None, description="The instances folder is shared with the source."
     )
     prepared: bool = Field(default=False, description="Images and disks are in place.")
+    arrived: bool = Field(
+        default=False,
+        description="The guest runs here as a persistent domain: the move completed (how the "
+        "controller decides when the source host is down).",
+    )
     cleanedUp: bool = Field(default=False, description="After a failure: nothing is left.")
 
 

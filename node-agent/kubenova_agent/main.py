@@ -263,17 +263,43 @@ class Agent:
         for dom in domains:
             if dom.uuid in live:
                 continue
-            if self.migrator is not None and (
-                self.migrator.incoming(dom.uuid) or self.migrator.holds(dom.uuid)
-            ):
-                continue  # arriving, or leaving: the migration decides its fate
-            log.warning("removing orphaned domain %s (%s): its Server is gone", dom.name, dom.owner)
+            if self.migrator is not None and self.migrator.incoming(dom.uuid):
+                continue  # arriving: the migration decides its fate
+            assert dom.owner is not None
+            elsewhere = self._bound_elsewhere(dom.owner)
+            if elsewhere is None and self.migrator is not None and self.migrator.holds(dom.uuid):
+                continue  # leaving: the migration decides its fate
             try:
-                reconcile.teardown(self.deps, dom.uuid)
+                if elsewhere is not None:
+                    # Left behind by a move (an agent that died at the wrong moment): the
+                    # Server lives on another host, and its disks may be that host's too
+                    # (shared storage), so only this host's definition goes.
+                    log.warning(
+                        "removing the definition of %s left here: its Server runs on %s (its "
+                        "disks are kept: they may be shared with that host)",
+                        dom.name,
+                        elsewhere,
+                    )
+                    reconcile.forget_domain(self.deps, dom.uuid)
+                else:
+                    log.warning(
+                        "removing orphaned domain %s (%s): its Server is gone", dom.name, dom.owner
+                    )
+                    reconcile.teardown(self.deps, dom.uuid)
                 removed.append(dom.uuid)
             except errors.HypervisorError as exc:
                 log.warning("could not remove orphan %s: %s", dom.name, exc)
         return removed
+
+    def _bound_elsewhere(self, owner: domain_xml.Owner) -> str | None:
+        """The host the domain's Server is bound to, if it exists and is bound elsewhere."""
+        server = self.kube.get_or_none(
+            kube.ObjectRef("Server", constants.SERVERS, owner.name, owner.namespace)
+        )
+        if server is None or server["metadata"].get("uid") != owner.uid:
+            return None
+        node = (server.get("status") or {}).get("nodeName")
+        return str(node) if node and node != self.settings.host_name else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,8 @@ Key = tuple[str, str, str]
 GIB_MIB = 1024
 MIN_TIMEOUT_GIB = 2.0
 """Nova counts at least 2 GiB when it scales the completion timeout."""
+ARRIVAL_POLL = 2.0
+"""Seconds between a target's looks for the arriving guest while the migration runs."""
 PROGRESS_EVERY = 1.0
 """Seconds between progress writes while a migration runs."""
 
@@ -674,6 +676,15 @@ class MigrationAgent:
                 self._clean_target(server_uid, bool(tgt.get("sharedStorage")))
                 tgt["cleanedUp"] = True
                 self._write(body, own)
+            return
+        if phase == MigrationPhase.Running:
+            # Watch for the guest's arrival: if the source host dies, this is how the
+            # controller learns where the guest ended up.
+            if not tgt.get("arrived") and self.migrations.arrived(server_uid):
+                tgt["arrived"] = True
+                self._write(body, own)
+            elif not tgt.get("arrived"):
+                self.queue.add((TARGET, *key), ARRIVAL_POLL)
             return
         if phase not in (MigrationPhase.PreChecking, MigrationPhase.Preparing):
             return

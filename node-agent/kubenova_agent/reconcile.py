@@ -606,6 +606,13 @@ def delete_server(deps: Deps, body: dict[str, Any]) -> None:
     log.info("deleted %s/%s from %s", meta["namespace"], meta["name"], deps.settings.host_name)
 
 
+def forget_domain(deps: Deps, uid: str) -> None:
+    """Remove this host's domain of a Server that lives elsewhere now, keeping the disks."""
+    deps.guests.destroy(uid, force=True)
+    deps.guests.undefine(uid)
+    pathlib.Path(console_path(deps.settings, uid)).unlink(missing_ok=True)
+
+
 def teardown(deps: Deps, uid: str) -> None:
     """Remove every trace of the domain with this UUID from the host (safe to repeat)."""
     deps.guests.destroy(uid)

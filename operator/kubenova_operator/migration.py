@@ -282,6 +282,27 @@ class Migrator:
                 MigrationPhase.Failed,
             )
             return
+        source_state = _host_state(view, str(source), self.cfg.heartbeat_grace_seconds)
+        if source_state is not None and not source_state.up:
+            # Nobody on the source can report: the target says whether the guest arrived.
+            if tgt.get("arrived") and server is not None:
+                message = f"the guest arrived on {target}; host {source} is down"
+                self._rebind(
+                    server, target, message, status.get("flavor") or dict(server.flavor or {}), True
+                )
+                self._end(body, server, Failure("Migrated", message), MigrationPhase.Succeeded)
+            elif deleting:
+                self._end(
+                    body,
+                    server,
+                    Failure(
+                        "SourceDown",
+                        f"cancelled while host {source} is down; the guest "
+                        f"did not arrive on {target}",
+                    ),
+                    MigrationPhase.Failed,
+                )
+            return
         if status.get("abortRequested"):
             return
         abort = None

@@ -356,6 +356,36 @@ def test_controller_restarted_mid_migration_still_rebinds(mbed: stack.Stack, ns:
     )
 
 
+def test_source_agent_dead_the_target_tells_where_the_guest_is(mbed: stack.Stack, ns: str) -> None:
+    """The source's agent dies mid-move and stays dead; libvirtd finishes the move anyway.
+    The controller learns from the target that the guest arrived and rebinds the Server;
+    the restarted source agent removes only its stale definition — the disks, shared with
+    the target, stay."""
+    uid = boot_on(mbed, ns, "lonely", "host-a")
+    migrate(mbed, ns, "unattended", "lonely", targetNode="host-b", bandwidthMiBps=10)
+    wait_running_with_data(mbed, ns, "unattended")
+    mbed.agents["host-a"].kill()
+    try:
+        done = wait_phase(mbed, ns, "unattended", "Succeeded", "Failed", timeout=120)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        assert "host-a is down" in done["status"]["message"]
+        body = mbed.get("server", "lonely", ns)
+        assert body is not None and body["status"]["nodeName"] == "host-b"
+        wait_server_phase(mbed, ns, "lonely", "ACTIVE")
+    finally:
+        mbed.start_agent("host-a")
+    netutil.wait_until(
+        lambda: domains_for(mbed, ns, "lonely") == [("host-b", uid)],
+        90,
+        "the stale definition on host-a to go",
+    )
+    assert any(n.endswith("root.qcow2") for n in target_files(mbed, "host-b", uid))
+    before = last_uptime(mbed, "host-b", uid)
+    netutil.wait_until(
+        lambda: last_uptime(mbed, "host-b", uid) > before + 1, 60, "the guest to keep counting"
+    )
+
+
 def test_target_libvirtd_killed_fails_the_migration(mbed: stack.Stack, ns: str) -> None:
     uid = boot_on(mbed, ns, "queue", "host-a")
     migrate(mbed, ns, "crash", "queue", targetNode="host-c", bandwidthMiBps=1)

@@ -245,6 +245,19 @@ class Migrations:
         with _conv.translated():
             self._domain(uuid).migrateStartPostCopy(0)
 
+    def arrived(self, uuid: str) -> bool:
+        """Whether an incoming guest has fully arrived: the domain is active and persistent
+        (libvirt makes it persistent only when the migration finishes)."""
+        try:
+            dom = self._domain(uuid)
+            state, reason = dom.state()
+            incoming = (
+                state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION
+            )
+            return bool(dom.isActive() and dom.isPersistent() and not incoming)
+        except (libvirt.libvirtError, errors.HypervisorError):
+            return False
+
     def migrated_away(self, uuid: str) -> bool:
         """Whether the domain is shut off because it migrated to another host."""
         try:
