@@ -52,6 +52,18 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+def timestamp() -> str:
+    """:func:`now` as the RFC 3339 text Kubernetes writes (``2026-11-29T09:00:00Z``)."""
+    return timestamp()
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """A timestamp read from an object (RFC 3339, ``Z`` for UTC); None when absent."""
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def set_condition(
     conditions: list[dict[str, Any]],
     type_: str,
@@ -69,12 +81,10 @@ def set_condition(
             continue
         found = True
         changed = cond.get("status") != status
-        when = (
-            now().isoformat().replace("+00:00", "Z") if changed else cond.get("lastTransitionTime")
-        )
+        when = timestamp() if changed else cond.get("lastTransitionTime")
         out.append(_condition(type_, status, reason, message, when, generation))
     if not found:
-        when = now().isoformat().replace("+00:00", "Z")
+        when = timestamp()
         out.append(_condition(type_, status, reason, message, when, generation))
     return out
 

@@ -95,7 +95,7 @@ class CapacityPublisher:
         """Compute and write the Hypervisor status; returns what was written."""
         s = self._settings
         status: dict[str, Any] = {
-            "lastHeartbeatTime": common.now().isoformat().replace("+00:00", "Z"),
+            "lastHeartbeatTime": common.timestamp(),
             "reserved": {
                 "vcpus": s.reserved_vcpus,
                 "memoryMiB": s.reserved_memory_mib,

@@ -32,7 +32,7 @@ from kubenova_agent.libvirt import errors
 from kubenova_agent.libvirt.domain_xml import VirtType
 from kubenova_agent.libvirt.guest import State
 from kubenova_agent.libvirt.migration import JobStats, Migrations, Options, peer_running
-from kubenova_api import constants, kube
+from kubenova_api import common, constants, kube
 from kubenova_api.resources import CompletionAction, MigrationPhase, parse_duration
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,10 @@ PROGRESS_EVERY = 1.0
 """Seconds between progress writes while a migration runs."""
 
 
-def _recent(stamp: object, seconds: float = 300.0) -> bool:
+def _recent(stamp: str | None, seconds: float = 300.0) -> bool:
     """Whether an RFC 3339 time is less than ``seconds`` ago (True when it is not known)."""
-    if not stamp:
-        return True
-    when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    return (dt.datetime.now(dt.UTC) - when).total_seconds() < seconds
+    when = common.parse_time(stamp)
+    return when is None or (dt.datetime.now(dt.UTC) - when).total_seconds() < seconds
 
 
 def smig_ref(body: dict[str, Any]) -> kube.ObjectRef:

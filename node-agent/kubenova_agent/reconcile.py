@@ -505,7 +505,7 @@ def report(
     status["conditions"] = conditions
     launched = old.get("launchedAt") or last.get("launchedAt")
     if launched is None and phase is Phase.ACTIVE:
-        launched = common.now().isoformat().replace("+00:00", "Z")
+        launched = common.timestamp()
     if launched is not None:
         status["launchedAt"] = launched
     reboot_seen = (

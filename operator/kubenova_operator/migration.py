@@ -220,7 +220,7 @@ class Migrator:
                 targetNode=verdict.target,
                 live=verdict.live,
                 flavor=verdict.flavor,
-                startedAt=_now(),
+                startedAt=common.timestamp(),
                 reason="PreChecking",
                 message=verdict.message,
             )
@@ -440,7 +440,7 @@ class Migrator:
             state = _host_state(view, str(status.get(role)), self.cfg.heartbeat_grace_seconds)
             if state is not None and not state.up:
                 return Failure("HostDown", f"host {state.name} is down ({state.down_reason})")
-        started = _parse_time(status.get("startedAt"))
+        started = common.parse_time(status.get("startedAt"))
         timeout = self.cfg.migration_prepare_timeout_seconds
         if started is not None and (dt.datetime.now(dt.UTC) - started).total_seconds() > timeout:
             waiting = "the target's checks" if not tgt.get("checked") else "the target's disks"
@@ -498,7 +498,7 @@ class Migrator:
             phase=phase,
             reason=outcome.reason,
             message=outcome.message,
-            completedAt=_now(),
+            completedAt=common.timestamp(),
             conditions=conditions,
         )
         self._event(body, "Succeeded" if ok else outcome.reason, outcome.message, warning=not ok)
@@ -665,18 +665,6 @@ def _host_state(
         dt.timedelta(seconds=grace_seconds),
         dt.datetime.now(dt.UTC),
     )
-
-
-def _now() -> str:
-    return common.now().isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    if isinstance(value, dt.datetime):
-        return value
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:

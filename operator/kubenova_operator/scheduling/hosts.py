@@ -6,6 +6,8 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+from kubenova_api import common
+
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
@@ -73,12 +75,6 @@ class HostState:
         )
 
 
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def host_state(
     name: str,
     spec: dict[str, Any],
@@ -89,7 +85,7 @@ def host_state(
     now: dt.datetime,
 ) -> HostState:
     """The scheduler's view of one Hypervisor."""
-    beat = parse_time(status.get("lastHeartbeatTime"))
+    beat = common.parse_time(status.get("lastHeartbeatTime"))
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if beat is None:
         up, why = False, "no heartbeat yet"
