@@ -564,7 +564,6 @@ class MigrationSourceReport(StatusModel):
 
     guestCPU: str | None = Field(default=None, description="The guest's CPU definition (XML).")
     arch: str | None = Field(default=None, description="The guest's architecture.")
-    memoryMiB: int | None = Field(default=None, description="The guest's memory.")
     storageProbe: str | None = Field(
         default=None,
         description="A file the source wrote in its instances folder; the target sees it "

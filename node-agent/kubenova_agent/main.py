@@ -68,9 +68,7 @@ class Agent:
             virt_type=virt_type,
             guest_cpu=self._guest_cpu,
         )
-        self.migrator = migrate.MigrationAgent(
-            self.deps, self.migrations, self._server_by_uid, self._requeue_uid
-        )
+        self.migrator = migrate.MigrationAgent(self.deps, self.migrations, self._requeue_uid)
         self.deps.hold = self.migrator.holds
         self.deps.moved_away = self.migrator.moved_away
         capacity.ensure_hypervisor(self.kube, cfg.host_name)
@@ -112,10 +110,6 @@ class Agent:
     def _migration_work(self) -> None:
         assert self.migrator is not None
         self.migrator.work(self._stop)
-
-    def _server_by_uid(self, uid: str) -> dict[str, Any] | None:
-        key = self.informer.key_for_uid(uid)
-        return self.informer.get(key) if key is not None else None
 
     def _requeue_uid(self, uid: str) -> None:
         key = self.informer.key_for_uid(uid)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 import pathlib
 import threading
 import time
@@ -90,7 +89,6 @@ class Job:
     timeout: float | None
     action: CompletionAction
     abort_reason: str | None = None
-    thread: threading.Thread | None = None
 
     def abort(self, reason: str, migrations: Migrations) -> None:
         if self.abort_reason is None:
@@ -104,13 +102,11 @@ class MigrationAgent:
         self,
         deps: reconcile.Deps,
         migrations: Migrations,
-        server_by_uid: Callable[[str], dict[str, Any] | None],
         requeue_server: Callable[[str], None],
     ) -> None:
         self.deps = deps
         self.migrations = migrations
         self.host = deps.settings.host_name
-        self._server_by_uid = server_by_uid
         self._requeue_server = requeue_server
         self.queue: workqueue.WorkQueue[Key] = workqueue.WorkQueue()
         k = deps.kube
@@ -138,10 +134,22 @@ class MigrationAgent:
     # ------------------------------------------------------------------ queries
     def holds(self, server_uid: str) -> str | None:
         """Why the Server reconciler must leave this guest alone (it is moving away), or None."""
+        hold = self._hold(server_uid)
+        return hold[0] if hold is not None else None
+
+    def moved_away(self, server_uid: str) -> bool:
+        """Whether the guest left this host by a migration the controller has not yet turned
+        into a rebinding: its disks may be the target's now (shared), so deleting the Server
+        is the target's job once it is bound there."""
+        hold = self._hold(server_uid)
+        return hold is not None and hold[1]
+
+    def _hold(self, server_uid: str) -> tuple[str, bool] | None:
+        """(why, whether the guest has left already) while a migration from here owns it."""
         with self._lock:
             for job in self.jobs.values():
                 if job.server_uid == server_uid:
-                    return f"live-migrating to {job.target}"
+                    return f"live-migrating to {job.target}", False
         for body in self.as_source.items():
             status = body.get("status") or {}
             if status.get("serverUID") != server_uid:
@@ -149,21 +157,14 @@ class MigrationAgent:
             phase = status.get("phase")
             result = (status.get("source") or {}).get("result")
             if phase == MigrationPhase.Running and result is None:
-                return f"migrating to {status.get('targetNode')}"
+                return f"migrating to {status.get('targetNode')}", False
             if MigrationPhase.Succeeded in (phase, result):
                 # Moved away: hold until the rebinding takes the Server from this host —
                 # unless the guest runs here (it came back later, or never left).
                 guest = self.deps.guests.get(server_uid)
                 if guest is None or guest.state not in (State.running, State.paused):
-                    return f"migrated to {status.get('targetNode')}"
+                    return f"migrated to {status.get('targetNode')}", True
         return None
-
-    def moved_away(self, server_uid: str) -> bool:
-        """Whether the guest left this host by a migration the controller has not yet turned
-        into a rebinding: its disks may be the target's now (shared), so deleting the Server
-        is the target's job once it is bound there."""
-        held = self.holds(server_uid)
-        return held is not None and held.startswith("migrated to")
 
     def incoming(self, server_uid: str) -> bool:
         """Whether a guest with this UUID is (or just was) migrating to this host."""
@@ -279,10 +280,6 @@ class MigrationAgent:
             if cpu is not None:
                 src["guestCPU"] = cpu
             src["arch"] = arch
-            server = self._server_by_uid(server_uid) or {}
-            flavor = (server.get("status") or {}).get("flavor") or {}
-            if flavor.get("memoryMiB"):
-                src["memoryMiB"] = int(flavor["memoryMiB"])
             src["storageProbe"] = self._write_probe(uid)
             self._write(body, own)
             return
@@ -296,8 +293,7 @@ class MigrationAgent:
             self._recover(body, own, cancel)
             return
         if cancel:
-            src.update(result=MigrationPhase.Failed, reason="Cancelled", message=cancel)
-            self._write(body, own)
+            self._fail(body, own, "Cancelled", cancel)
             return
         if status.get("live") is False:
             self._start_cold(body, own, status, server_uid)
@@ -325,7 +321,6 @@ class MigrationAgent:
         status: dict[str, Any],
         server_uid: str,
     ) -> None:
-        src = own[SOURCE]
         target = str(status.get("targetNode"))
         self._drop_probe(body["metadata"]["uid"])
         endpoint = self._endpoint(target)
@@ -343,8 +338,7 @@ class MigrationAgent:
             auto_converge=bool(spec.get("autoConverge", False)),
             post_copy=bool(spec.get("allowPostCopy", False)),
         )
-        server = self._server_by_uid(server_uid) or {}
-        flavor = (server.get("status") or {}).get("flavor") or {}
+        flavor = status.get("flavor") or {}
         gib = int(flavor.get("memoryMiB", 0)) / GIB_MIB
         if opts.block:
             gib += int(flavor.get("diskGiB", 0))
@@ -358,16 +352,7 @@ class MigrationAgent:
             timeout=timeout,
             action=CompletionAction(spec.get("completionAction", CompletionAction.Abort)),
         )
-        src["started"] = True
-        own["progress"] = {"percent": 0}
-        self._write(body, own)  # recorded first: a restarted agent knows a migration ran
-        with self._lock:
-            self.jobs[job.smig_uid] = job
-        job.thread = threading.Thread(
-            target=self._run, args=(job, body, own), name=f"{self.host}-migrate", daemon=True
-        )
-        job.thread.start()
-        self._requeue_server(server_uid)
+        self._launch(body, own, job, self._run)
         log.info(
             "migrating %s to %s (%s, timeout %s)",
             server_uid,
@@ -381,7 +366,6 @@ class MigrationAgent:
     ) -> None:
         """A stopped guest moves by its disks (Nova's ``migrate_disk_and_power_off``): copied
         to the target's volumes unless shared; the target defines it once it is bound there."""
-        src = own[SOURCE]
         target = str(status.get("targetNode"))
         self._drop_probe(body["metadata"]["uid"])
         guest = self.deps.guests.get(server_uid)
@@ -400,9 +384,6 @@ class MigrationAgent:
                 body, own, "TargetUnreachable", f"host {target} publishes no migration endpoint"
             )
             return
-        src["started"] = True
-        own["progress"] = {"percent": 0}
-        self._write(body, own)
         job = Job(
             smig_uid=body["metadata"]["uid"],
             server_uid=server_uid,
@@ -415,12 +396,26 @@ class MigrationAgent:
             timeout=None,
             action=CompletionAction.Abort,
         )
+        self._launch(body, own, job, self._run_cold)
+
+    def _launch(
+        self,
+        body: dict[str, Any],
+        own: dict[str, Any],
+        job: Job,
+        run: Callable[[Job, dict[str, Any], dict[str, Any]], None],
+    ) -> None:
+        """Record that the move began (a restarted agent then knows one ran), then run it in
+        its own thread; the Server is looked at again (it is MIGRATING now)."""
+        own[SOURCE]["started"] = True
+        own["progress"] = {"percent": 0}
+        self._write(body, own)
         with self._lock:
             self.jobs[job.smig_uid] = job
-        job.thread = threading.Thread(
-            target=self._run_cold, args=(job, body, own), name=f"{self.host}-cold", daemon=True
-        )
-        job.thread.start()
+        threading.Thread(
+            target=run, args=(job, body, own), name=f"{self.host}-migrate", daemon=True
+        ).start()
+        self._requeue_server(job.server_uid)
 
     def _run_cold(self, job: Job, body: dict[str, Any], own: dict[str, Any]) -> None:
         src = own[SOURCE]
@@ -478,12 +473,12 @@ class MigrationAgent:
             log.info("cold-migrated %s to %s: %s", job.server_uid, job.target, what)
         except errors.HypervisorError as exc:
             reason, _, _why = (job.abort_reason or "CopyFailed: ").partition(": ")
-            src.update(
-                result=MigrationPhase.Failed,
-                reason=reason,
-                message=f"copying the disks failed: {exc}; the server stays on {self.host}",
+            self._fail(
+                body,
+                own,
+                reason,
+                f"copying the disks failed: {exc}; the server stays on {self.host}",
             )
-            self._write(body, own)
         finally:
             with self._lock:
                 self.jobs.pop(job.smig_uid, None)
@@ -576,14 +571,10 @@ class MigrationAgent:
                 else f"the guest is {guest.state.value if guest else 'gone'} on {self.host}"
             )
             reason, _, why = (job.abort_reason or "MigrationFailed: ").partition(": ")
-            detail = f"{why}; " if why else ""
-            src.update(
-                result=MigrationPhase.Failed,
-                reason=reason,
-                message=f"{detail}libvirt: {failure[0]}; {where}",
-            )
-            self._write(body, own)
-            log.warning("migration of %s failed: %s", job.server_uid, src["message"])
+            message = f"{why}; " if why else ""
+            message += f"libvirt: {failure[0]}; {where}"
+            self._fail(body, own, reason, message)
+            log.warning("migration of %s failed: %s", job.server_uid, message)
             return
         stats = self.migrations.completed_stats(job.server_uid)
         if stats is not None:
@@ -630,22 +621,17 @@ class MigrationAgent:
                     reason="Migrated",
                     message=f"moved to {target} (finished while the agent was restarting)",
                 )
+                self._write(body, own)
             else:
-                src.update(
-                    result=MigrationPhase.Failed,
-                    reason="GuestLost",
-                    message=f"the guest is neither running on {self.host} nor on {target}",
+                self._fail(
+                    body,
+                    own,
+                    "GuestLost",
+                    f"the guest is neither running on {self.host} nor on {target}",
                 )
-        else:
-            reason, _, why = (cancel or "AgentRestarted: the agent restarted mid-way").partition(
-                ": "
-            )
-            src.update(
-                result=MigrationPhase.Failed,
-                reason=reason,
-                message=f"{why}; the guest keeps running on {self.host}",
-            )
-        self._write(body, own)
+            return
+        reason, _, why = (cancel or "AgentRestarted: the agent restarted mid-way").partition(": ")
+        self._fail(body, own, reason, f"{why}; the guest keeps running on {self.host}")
 
     # ------------------------------------------------------------------ target
     def reconcile_target(self, key: tuple[str, str], body: dict[str, Any] | None) -> None:
@@ -678,10 +664,12 @@ class MigrationAgent:
         if phase == MigrationPhase.Running:
             # Watch for the guest's arrival: if the source host dies, this is how the
             # controller learns where the guest ended up.
-            if not tgt.get("arrived") and self.migrations.arrived(server_uid):
+            if tgt.get("arrived"):
+                return
+            if self.migrations.arrived(server_uid):
                 tgt["arrived"] = True
                 self._write(body, own)
-            elif not tgt.get("arrived"):
+            else:
                 self.queue.add((TARGET, *key), ARRIVAL_POLL)
             return
         if phase not in (MigrationPhase.PreChecking, MigrationPhase.Preparing):
@@ -742,7 +730,6 @@ class MigrationAgent:
             return
         # reconcile.Retry (an image server down, say) propagates: the step is tried again
         # with backoff, and the controller gives up after its preparation timeout.
-        os.makedirs(self.deps.settings.consoles_dir, exist_ok=True)
         tgt["prepared"] = True
         self._write(body, own)
 
