@@ -151,16 +151,8 @@ def schedule(
                 defer,
             )
         members = group_members(group, view.bound, assumed.assumed_claims())
-    request = placement.Request(
-        resources=hosts.Resources(
-            int(flavor["vcpus"]), int(flavor["memoryMiB"]), int(flavor.get("diskGiB", 0))
-        ),
-        zone=spec.get("availabilityZone"),
-        host_name=spec.get("hostName"),
-        arch=str(image.get("architecture", "x86_64")),
-        virt_type=image.get("virtType"),
-        group_policy=policy,
-        group_hosts=members,
+    request = placement_request(
+        spec, hosts.Resources.from_api(flavor), image, policy, members, spec.get("hostName")
     )
     if states is None:
         claimed = assumed.per_host(view.bound, view.alive_uids)
@@ -171,11 +163,36 @@ def schedule(
     if isinstance(decision, placement.NoValidHost):
         return _wait(body, Outcome(None, "Unschedulable", decision.message), k, defer)
     if states is not None:
-        chosen = states[decision.host]
-        states[decision.host] = dataclasses.replace(
-            chosen, claimed=chosen.claimed + request.resources
-        )
+        claim_on(states, decision.host, request.resources)
     return _bind(body, decision.host, request.resources, assumed, k, defer, group)
+
+
+def placement_request(
+    spec: Mapping[str, Any],
+    resources: hosts.Resources,
+    image: Mapping[str, Any],
+    policy: str | None,
+    members: Mapping[str, int],
+    host_name: str | None,
+    ignore_hosts: frozenset[str] = frozenset(),
+) -> placement.Request:
+    """What a Server of ``spec`` booted from ``image`` asks of a host."""
+    return placement.Request(
+        resources=resources,
+        zone=spec.get("availabilityZone"),
+        host_name=host_name,
+        arch=str(image.get("architecture", "x86_64")),
+        virt_type=image.get("virtType"),
+        group_policy=policy,
+        group_hosts=members,
+        ignore_hosts=ignore_hosts,
+    )
+
+
+def claim_on(states: dict[str, hosts.HostState], host: str, resources: hosts.Resources) -> None:
+    """Count ``resources`` as claimed on ``host`` in a pass's running view of the hosts."""
+    chosen = states[host]
+    states[host] = dataclasses.replace(chosen, claimed=chosen.claimed + resources)
 
 
 def weights(cfg: ControllerSettings) -> placement.Weights:

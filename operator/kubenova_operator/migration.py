@@ -127,10 +127,10 @@ class Migrator:
         self.cfg = cfg
         self.kube = k
         self.evac_kube = evac_kube
-        self._told: set[tuple[str, str]] = set()
-        """Servers (and the flavor) told that their resize waits for a stop."""
         """Writes ``Hypervisor.status.evacuation`` under its own field manager (the liveness
         check applies ``conditions`` under the controller's)."""
+        self._told: set[tuple[str, str]] = set()
+        """Servers (and the flavor) told that their resize waits for a stop."""
 
     def run_pass(
         self,
@@ -229,7 +229,7 @@ class Migrator:
         src, tgt = status.get("source") or {}, status.get("target") or {}
         source, target = status.get("sourceNode"), str(status.get("targetNode"))
         if phase in (MigrationPhase.PreChecking, MigrationPhase.Preparing):
-            failure = self._check_preparation(body, server, src, tgt, view, deleting)
+            failure = self._check_preparation(body, server, src, tgt, states, deleting)
             if failure is not None:
                 self._end(body, server, failure, MigrationPhase.Failed)
                 return
@@ -265,14 +265,7 @@ class Migrator:
             return
         if result == MigrationPhase.Succeeded:
             assert server is not None
-            flavor = status.get("flavor") or dict(server.flavor or {})
-            self._rebind(server, target, str(src.get("message")), flavor, bool(status.get("live")))
-            self._end(
-                body,
-                server,
-                Failure("Migrated", str(src.get("message") or f"moved to {target}")),
-                MigrationPhase.Succeeded,
-            )
+            self._succeed(body, server, str(src.get("message") or f"moved to {target}"))
             return
         if result == MigrationPhase.Failed:
             self._end(
@@ -282,15 +275,11 @@ class Migrator:
                 MigrationPhase.Failed,
             )
             return
-        source_state = _host_state(view, str(source), self.cfg.heartbeat_grace_seconds)
+        source_state = states.get(str(source))
         if source_state is not None and not source_state.up:
             # Nobody on the source can report: the target says whether the guest arrived.
             if tgt.get("arrived") and server is not None:
-                message = f"the guest arrived on {target}; host {source} is down"
-                self._rebind(
-                    server, target, message, status.get("flavor") or dict(server.flavor or {}), True
-                )
-                self._end(body, server, Failure("Migrated", message), MigrationPhase.Succeeded)
+                self._succeed(body, server, f"the guest arrived on {target}; host {source} is down")
             elif deleting:
                 self._end(
                     body,
@@ -309,7 +298,7 @@ class Migrator:
         if deleting:
             abort = "Cancelled: the ServerMigration was deleted"
         else:
-            state = _host_state(view, target, self.cfg.heartbeat_grace_seconds)
+            state = states.get(target)
             if state is not None and not state.up:
                 abort = f"TargetDown: host {target} is down ({state.down_reason})"
         if abort is not None:
@@ -387,24 +376,20 @@ class Migrator:
         if group is not None:
             bound = [c for c in view.bound if c.uid != server.uid]
             members = binding.group_members(group, bound, [])
-        request = placement.Request(
-            resources=hosts.Resources.from_api(flavor),
-            zone=server.spec.get("availabilityZone"),
-            host_name=wanted,
-            arch=str(image.get("architecture", "x86_64")),
-            virt_type=image.get("virtType"),
-            group_policy=view.groups.get(group) if group else None,
-            group_hosts=members,
+        request = binding.placement_request(
+            server.spec,
+            hosts.Resources.from_api(flavor),
+            image,
+            view.groups.get(group) if group else None,
+            members,
+            wanted,
             ignore_hosts=frozenset({server.node}),
         )
         decision = placement.pick_host(request, list(states.values()), binding.weights(self.cfg))
         if isinstance(decision, placement.NoValidHost):
             what = f"host {wanted}" if wanted else "any host"
             return Failure("NoValidHost", f"cannot move to {what}: {decision.message}")
-        chosen = states[decision.host]
-        states[decision.host] = dataclasses.replace(
-            chosen, claimed=chosen.claimed + request.resources
-        )
+        binding.claim_on(states, decision.host, request.resources)
         how = "requested" if wanted else "picked by the scheduler"
         kind = "live" if live else "cold" + (f", resize to {resize}" if resize else "")
         return Accepted(
@@ -422,7 +407,7 @@ class Migrator:
         server: ServerSummary | None,
         src: Mapping[str, Any],
         tgt: Mapping[str, Any],
-        view: binding.ClusterView,
+        states: Mapping[str, hosts.HostState],
         deleting: bool,
     ) -> Failure | None:
         status = body.get("status") or {}
@@ -437,7 +422,7 @@ class Migrator:
         if tgt.get("checked") and not tgt.get("compatible"):
             return Failure(str(tgt.get("reason") or "PreCheckFailed"), str(tgt.get("message")))
         for role in ("sourceNode", "targetNode"):
-            state = _host_state(view, str(status.get(role)), self.cfg.heartbeat_grace_seconds)
+            state = states.get(str(status.get(role)))
             if state is not None and not state.up:
                 return Failure("HostDown", f"host {state.name} is down ({state.down_reason})")
         started = common.parse_time(status.get("startedAt"))
@@ -446,6 +431,16 @@ class Migrator:
             waiting = "the target's checks" if not tgt.get("checked") else "the target's disks"
             return Failure("PreparationTimeout", f"{waiting} took longer than {timeout:.0f}s")
         return None
+
+    def _succeed(self, body: dict[str, Any], server: ServerSummary, message: str) -> None:
+        """The guest is on the target: bind the Server there (with the migration's flavor),
+        then end the migration Succeeded."""
+        status = body.get("status") or {}
+        flavor = status.get("flavor") or dict(server.flavor or {})
+        self._rebind(
+            server, str(status.get("targetNode")), message, flavor, bool(status.get("live"))
+        )
+        self._end(body, server, Failure("Migrated", message), MigrationPhase.Succeeded)
 
     def _rebind(
         self, server: ServerSummary, target: str, message: str, flavor: dict[str, Any], live: bool
@@ -648,23 +643,6 @@ class Migrator:
             constants.GROUP, constants.VERSION, server.namespace, constants.SERVERMIGRATIONS, body
         )
         return str(kube.as_dict(out)["metadata"]["name"])
-
-
-def _host_state(
-    view: binding.ClusterView, name: str, grace_seconds: float
-) -> hosts.HostState | None:
-    hv = view.hypervisors.get(name)
-    if hv is None:
-        return None
-    return hosts.host_state(
-        name,
-        hv.get("spec") or {},
-        hv.get("status") or {},
-        hosts.Resources(),
-        hosts.Ratios(),
-        dt.timedelta(seconds=grace_seconds),
-        dt.datetime.now(dt.UTC),
-    )
 
 
 def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:
