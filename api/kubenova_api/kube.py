@@ -111,16 +111,34 @@ class Kube:
         self.host = os.uname().nodename
 
     # -- reads
-    def get(self, ref: ObjectRef) -> dict[str, Any]:
+    def _on(
+        self,
+        ref: ObjectRef,
+        namespaced: Callable[..., Any],
+        cluster: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Call the namespaced or the cluster-scoped form of a custom-object method on
+        ``ref``, whichever its scope needs."""
         if ref.namespace:
-            obj = self.custom.get_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, ref.namespace, ref.plural, ref.name
+            out = namespaced(
+                constants.GROUP,
+                constants.VERSION,
+                ref.namespace,
+                ref.plural,
+                ref.name,
+                *args,
+                **kwargs,
             )
         else:
-            obj = self.custom.get_cluster_custom_object(
-                constants.GROUP, constants.VERSION, ref.plural, ref.name
-            )
-        return as_dict(obj)
+            out = cluster(constants.GROUP, constants.VERSION, ref.plural, ref.name, *args, **kwargs)
+        return as_dict(out)
+
+    def get(self, ref: ObjectRef) -> dict[str, Any]:
+        return self._on(
+            ref, self.custom.get_namespaced_custom_object, self.custom.get_cluster_custom_object
+        )
 
     def get_or_none(self, ref: ObjectRef) -> dict[str, Any] | None:
         try:
@@ -146,51 +164,24 @@ class Kube:
             body["metadata"]["resourceVersion"] = resource_version
         if ref.namespace:
             body["metadata"]["namespace"] = ref.namespace
-            out = self.custom.patch_namespaced_custom_object_status(
-                constants.GROUP,
-                constants.VERSION,
-                ref.namespace,
-                ref.plural,
-                ref.name,
-                body,
-                field_manager=self.field_manager,
-                force=True,
-                _content_type=APPLY,
-            )
-        else:
-            out = self.custom.patch_cluster_custom_object_status(
-                constants.GROUP,
-                constants.VERSION,
-                ref.plural,
-                ref.name,
-                body,
-                field_manager=self.field_manager,
-                force=True,
-                _content_type=APPLY,
-            )
-        return as_dict(out)
+        return self._on(
+            ref,
+            self.custom.patch_namespaced_custom_object_status,
+            self.custom.patch_cluster_custom_object_status,
+            body,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type=APPLY,
+        )
 
     def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        if ref.namespace:
-            out = self.custom.patch_namespaced_custom_object(
-                constants.GROUP,
-                constants.VERSION,
-                ref.namespace,
-                ref.plural,
-                ref.name,
-                ops,
-                _content_type=JSON_PATCH,
-            )
-        else:
-            out = self.custom.patch_cluster_custom_object(
-                constants.GROUP,
-                constants.VERSION,
-                ref.plural,
-                ref.name,
-                ops,
-                _content_type=JSON_PATCH,
-            )
-        return as_dict(out)
+        return self._on(
+            ref,
+            self.custom.patch_namespaced_custom_object,
+            self.custom.patch_cluster_custom_object,
+            ops,
+            _content_type=JSON_PATCH,
+        )
 
     def add_finalizer(self, ref: ObjectRef, body: dict[str, Any], name: str) -> dict[str, Any]:
         """Add finalizer ``name`` unless present; guarded by resourceVersion (409 on a race)."""

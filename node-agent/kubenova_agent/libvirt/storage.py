@@ -51,6 +51,16 @@ def volume_xml(name: str, capacity_bytes: int, backing: Backing | None) -> str:
     return etree.tostring(vol, encoding="unicode")
 
 
+def _volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+    """Volume ``name`` of ``pool``, or None when the pool has none by that name."""
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise
+        return None
+
+
 class Storage:
     """The agent's storage pool on one host."""
 
@@ -89,17 +99,12 @@ class Storage:
         """The path of volume ``name``, created (as an overlay of ``backing``) if missing."""
         with _conv.translated():
             pool = self._pool()
-            try:
-                return str(pool.storageVolLookupByName(name).path())
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
-            pool.refresh(0)  # a file left by a killed agent appears only after a refresh
-            try:
-                return str(pool.storageVolLookupByName(name).path())
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
+            vol = _volume(pool, name)
+            if vol is None:
+                pool.refresh(0)  # a file left by a killed agent appears only after a refresh
+                vol = _volume(pool, name)
+            if vol is not None:
+                return str(vol.path())
             vol = pool.createXML(volume_xml(name, capacity_bytes, backing), 0)
             return str(vol.path())
 
@@ -108,11 +113,9 @@ class Storage:
         folder first (atomically: a temporary name, then a rename) and the pool is refreshed."""
         with _conv.translated():
             pool = self._pool()
-            try:
-                return str(pool.storageVolLookupByName(name).path())
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
+            vol = _volume(pool, name)
+            if vol is not None:
+                return str(vol.path())
         target = os.path.join(self.pool_path, name)
         if not os.path.exists(target):
             os.makedirs(self.pool_path, exist_ok=True)  # the test driver's pools are in memory
