@@ -54,7 +54,7 @@ def now() -> dt.datetime:
 
 def timestamp() -> str:
     """:func:`now` as the RFC 3339 text Kubernetes writes (``2026-11-29T09:00:00Z``)."""
-    return timestamp()
+    return now().isoformat().replace("+00:00", "Z")
 
 
 def parse_time(value: str | None) -> dt.datetime | None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubenova_api import crds, resources
+from kubenova_api import common, crds, resources
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -86,3 +86,12 @@ def test_durations() -> None:
     assert resources.parse_duration("0s") == 0.0
     with pytest.raises(ValueError):
         resources.parse_duration("soon")
+
+
+def test_timestamps_round_trip_as_kubernetes_writes_them() -> None:
+    stamp = common.timestamp()
+    assert stamp.endswith("Z") and "+" not in stamp
+    parsed = common.parse_time(stamp)
+    assert parsed is not None and parsed.tzinfo is not None
+    assert abs((parsed - common.now()).total_seconds()) < 5
+    assert common.parse_time(None) is None and common.parse_time("") is None
