@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import yaml
@@ -34,6 +35,19 @@ def flavor(name: str, vcpus: int = 1, memory: int = 128, disk: int = 1) -> str:
 
 def apply(bed: stack.Stack, text: str) -> None:
     bed.kubectl("apply", "-f", "-", stdin=text)
+
+
+def wait_ready(bed: stack.Stack, namespace: str, name: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl wait --for=condition=Ready`` on a Server, as a user would."""
+    return bed.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        f"server/{name}",
+        "-n",
+        namespace,
+        "--timeout=120s",
+        timeout=150,
+    )
 
 
 def domains_for(bed: stack.Stack, namespace: str, name: str) -> list[tuple[str, str]]:

@@ -25,15 +25,7 @@ def test_example_server_boots_and_is_deleted_without_a_trace(
     )
     started = time.monotonic()
     helpers.apply(bed, example)
-    waited = bed.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        "server/web-1",
-        "-n",
-        namespace,
-        "--timeout=120s",
-        timeout=150,
-    )
+    waited = helpers.wait_ready(bed, namespace, "web-1")
     print(f"apply -> Ready: {time.monotonic() - started:.2f}s")
     assert "condition met" in waited.stdout
 

@@ -22,15 +22,7 @@ def _bound_host(bed: stack.Stack, namespace: str, name: str) -> str:
 
 
 def _assert_exactly_one(bed: stack.Stack, namespace: str, name: str) -> None:
-    bed.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        f"server/{name}",
-        "-n",
-        namespace,
-        "--timeout=120s",
-        timeout=150,
-    )
+    helpers.wait_ready(bed, namespace, name)
     srv = bed.get("server", name, namespace)
     assert srv is not None and srv["status"]["phase"] == "ACTIVE"
     uid, host = srv["metadata"]["uid"], srv["status"]["nodeName"]

@@ -61,15 +61,7 @@ class Guest:
 def _boot(bed: stack.Stack, namespace: str, name: str, **spec: Any) -> Guest:
     bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
     helpers.apply(bed, helpers.server(name, namespace, **spec))
-    bed.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        f"server/{name}",
-        "-n",
-        namespace,
-        "--timeout=120s",
-        timeout=150,
-    )
+    helpers.wait_ready(bed, namespace, name)
     guest = Guest(bed, namespace, name)
     bed.wait_console(guest.host_name, guest.uid, "kubenova-uptime")
     return guest

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from kubenova_devenv import netutil, stack
+from tests.e2e import helpers
 
 from .conftest import unique_namespace
 from .helpers import apply, boots, domains_for, flavor, server
@@ -54,9 +55,7 @@ def ns(mbed: stack.Stack, request: pytest.FixtureRequest) -> Iterator[str]:
 def boot_on(bed: stack.Stack, ns: str, name: str, host: str, flavor_name: str = "m1.tiny") -> str:
     """A running guest on ``host`` whose uptime counter has started; returns its UID."""
     apply(bed, server(name, ns, flavor=flavor_name, hostName=host))
-    bed.kubectl(
-        "wait", "--for=condition=Ready", f"server/{name}", "-n", ns, "--timeout=120s", timeout=150
-    )
+    helpers.wait_ready(bed, ns, name)
     body = bed.get("server", name, ns)
     assert body is not None and body["status"]["nodeName"] == host
     uid = str(body["metadata"]["uid"])
@@ -73,8 +72,7 @@ def uptimes(bed: stack.Stack, host: str, uid: str) -> list[float]:
 
 
 def last_uptime(bed: stack.Stack, host: str, uid: str) -> float:
-    values = uptimes(bed, host, uid)
-    return values[-1] if values else -1.0
+    return helpers.last_uptime(bed.console(host, uid))
 
 
 def migrate(bed: stack.Stack, ns: str, name: str, server_name: str, **spec: Any) -> None:
@@ -458,7 +456,7 @@ def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> N
     """Three running guests move, one at a time; a suspended one says why it cannot, and
     moves as soon as it is resumed."""
     uids = {name: boot_on(mbed, ns, name, "host-a") for name in ("d1", "d2", "d3", "stuck")}
-    patch_server(mbed, ns, "stuck", {"powerState": "Suspended"})
+    helpers.patch(mbed, ns, "stuck", {"powerState": "Suspended"})
     wait_server_phase(mbed, ns, "stuck", "SUSPENDED")
     started = {name: last_uptime(mbed, "host-a", uid) for name, uid in uids.items()}
     patch = json.dumps({"spec": {"evacuate": True}})
@@ -492,7 +490,7 @@ def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> N
             m for r, m in events(mbed, "default", "Hypervisor", "host-a") if r == "CannotEvacuate"
         ]
         assert any(f"{ns}/stuck" in m for m in warned), warned
-        patch_server(mbed, ns, "stuck", {"powerState": "Running"})
+        helpers.patch(mbed, ns, "stuck", {"powerState": "Running"})
         netutil.wait_until(
             lambda: progress().get("remaining") == 0 and not progress().get("blocked"),
             120,
@@ -534,7 +532,7 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     apply(mbed, flavor("m1.bigger", vcpus=2, memory=192, disk=2))
     apply(mbed, flavor("m1.biggest", vcpus=2, memory=160, disk=3))
     uid = boot_on(mbed, ns, "vm", "host-a")
-    patch_server(mbed, ns, "vm", {"powerState": "Stopped"})
+    helpers.patch(mbed, ns, "vm", {"powerState": "Stopped"})
     wait_server_phase(mbed, ns, "vm", "SHUTOFF")
     # Something only this server's disk holds: the guest prints its first bytes at boot.
     marker = mbed.workdir / "cold-marker.bin"
@@ -559,7 +557,7 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     assert target_files(mbed, "host-a", uid) == [], "the source kept the disk"
     assert not mbed.hosts["host-a"].has_domain(uid)
 
-    patch_server(mbed, ns, "vm", {"powerState": "Running"})
+    helpers.patch(mbed, ns, "vm", {"powerState": "Running"})
     wait_server_phase(mbed, ns, "vm", "ACTIVE")
     console = mbed.wait_console("host-c", uid, "kubenova-uptime")
     assert "disk /dev/vda: KUBENOVA-COLD-MOVED" in console, console
@@ -569,13 +567,13 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     assert "2.00 GiB" in info, info
 
     # Resize by changing the flavor: waits for a stop, then moves by itself.
-    patch_server(mbed, ns, "vm", {"flavorRef": "m1.biggest"})
+    helpers.patch(mbed, ns, "vm", {"flavorRef": "m1.biggest"})
     netutil.wait_until(
         lambda: any(r == "ResizeWaitsForStop" for r, _ in events(mbed, ns, "Server", "vm")),
         30,
         "the Server to be told to stop first",
     )
-    patch_server(mbed, ns, "vm", {"powerState": "Stopped"})
+    helpers.patch(mbed, ns, "vm", {"powerState": "Stopped"})
 
     def resized() -> bool:
         st = (mbed.get("server", "vm", ns) or {}).get("status") or {}
@@ -588,12 +586,6 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     assert body is not None and body["status"]["nodeName"] in ("host-a", "host-b")
     assert body["status"]["flavor"]["memoryMiB"] == 160
     assert any(r == "Resizing" for r, _ in events(mbed, ns, "Server", "vm"))
-
-
-def patch_server(bed: stack.Stack, ns: str, name: str, spec: dict[str, Any]) -> None:
-    bed.kubectl(
-        "patch", "server", name, "-n", ns, "--type", "merge", "-p", json.dumps({"spec": spec})
-    )
 
 
 def wait_server_phase(bed: stack.Stack, ns: str, name: str, phase: str) -> None:

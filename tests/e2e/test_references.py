@@ -42,15 +42,7 @@ def test_server_waits_for_its_flavor_then_boots(bed: stack.Stack, namespace: str
     assert "FlavorNotFound" in events_for(bed, namespace, "waiter")
 
     helpers.apply(bed, helpers.flavor(flavor))
-    bed.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        "server/waiter",
-        "-n",
-        namespace,
-        "--timeout=120s",
-        timeout=150,
-    )
+    helpers.wait_ready(bed, namespace, "waiter")
     srv = bed.get("server", "waiter", namespace)
     assert srv is not None and srv["status"]["phase"] == "ACTIVE"
     bed.wait_console(srv["status"]["nodeName"], srv["metadata"]["uid"], "kubenova-uptime")
