@@ -99,6 +99,11 @@ def is_active(body: Mapping[str, Any]) -> bool:
     return (body.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
 
+def moves(body: Mapping[str, Any], namespace: str, name: str) -> bool:
+    """Whether ServerMigration ``body`` is about Server ``namespace/name``."""
+    return bool(body["metadata"]["namespace"] == namespace and body["spec"]["serverRef"] == name)
+
+
 def target_claims(
     migrations: list[dict[str, Any]], servers: Mapping[tuple[str, str], ServerSummary]
 ) -> list[claims.Claim]:
@@ -164,8 +169,7 @@ class Migrator:
         tried = [
             m
             for m in migrations
-            if m["metadata"]["namespace"] == server.namespace
-            and m["spec"]["serverRef"] == server.name
+            if moves(m, server.namespace, server.name)
             and (m["spec"].get("flavorRef") == wanted or is_active(m))
         ]
         if tried:
@@ -323,8 +327,7 @@ class Migrator:
         for other in migrations:
             if (
                 other["metadata"]["uid"] != meta["uid"]
-                and other["metadata"]["namespace"] == meta["namespace"]
-                and other["spec"]["serverRef"] == spec["serverRef"]
+                and moves(other, meta["namespace"], spec["serverRef"])
                 and is_active(other)
                 and (other.get("status") or {}).get("phase") not in (None, "Pending")
             ):
@@ -570,24 +573,17 @@ class Migrator:
         blocked: list[str] = []
         moving = 0
         for server in on_host:
-            mine = [
-                m
-                for m in ours
-                if m["metadata"]["namespace"] == server.namespace
-                and m["spec"]["serverRef"] == server.name
-            ]
-            if (
-                server.phase == "MIGRATING"
-                or any(is_active(m) for m in mine)
-                or any(
-                    m["metadata"]["namespace"] == server.namespace
-                    and m["spec"]["serverRef"] == server.name
-                    for m in active
-                )
+            if server.phase == "MIGRATING" or any(
+                moves(m, server.namespace, server.name) for m in active
             ):
                 moving += 1  # moving now (or its move just ended and the cache lags)
                 continue
-            failed = [m for m in mine if (m.get("status") or {}).get("phase") == "Failed"]
+            failed = [
+                m
+                for m in ours
+                if moves(m, server.namespace, server.name)
+                and (m.get("status") or {}).get("phase") == "Failed"
+            ]
             if failed:
                 st = failed[-1].get("status") or {}
                 blocked.append(
