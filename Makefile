@@ -1,36 +1,52 @@
 # kubenova — the two commands of the quickstart are `make up` and `make test`.
-PYTHON ?= python3
+# Everything runs from the project's own virtual environment (made by hack/setup.sh from
+# pyproject.toml alone), never from the machine's site-packages.
+VENV ?= $(CURDIR)/.venv
+export KUBENOVA_VENV := $(VENV)
+PYTHON := $(VENV)/bin/python
+BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+PYTEST := $(PYTHON) -m pytest -p no:cacheprovider
 
-.PHONY: setup up test lint unit integration e2e crds bench clean
+.PHONY: setup setup-up up test lint unit integration e2e crds bench clean
 
-setup:            ## install what is missing and build the control plane (idempotent)
-	bash hack/setup.sh
+setup:            ## install what is missing and build the test bed's binaries (idempotent)
+	bash hack/setup.sh test
 
-up: setup         ## local control plane + controller + agent + libvirtd, boot the example
-	kubenova up
+setup-up:         ## what `make up` needs: the venv, etcd, kube-apiserver, kubectl, the guest
+	bash hack/setup.sh up
+
+up: setup-up      ## local control plane + controller + agent + libvirtd, boot the example
+	$(BIN)/kubenova up $(UP_ARGS)
 
 test: setup lint  ## everything CI runs: linters, then unit, integration and e2e tests
-	$(PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 lint:
-	ruff check .
-	ruff format --check .
-	mypy
-	lint-imports
-	kubenova crds --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	@# Product code against [project] dependencies (unused, missing, dev-only imports) ...
+	$(BIN)/deptry .
+	@# ... then every file, tests and benchmarks included, for imports nothing declares.
+	$(BIN)/deptry . --exclude '\.venv|build|\.git' --ignore DEP002,DEP004
+	$(BIN)/kubenova crds --check
 
 unit:
-	$(PYTHON) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 integration:
-	$(PYTHON) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 e2e:
-	$(PYTHON) -m pytest -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 crds:             ## regenerate deploy/crds/ from the API models
-	kubenova crds
+	$(BIN)/kubenova crds
 
 bench: setup      ## apply->ACTIVE against plain virsh on the same host
 	$(PYTHON) bench/bench_boot.py
+
+clean:            ## remove the virtual environment (the binary cache outside the clone stays)
+	rm -rf $(VENV)

@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything kubenova's quickstart, tests and benchmarks need on a
-# Debian bookworm machine: libvirt + QEMU and the tools the test bed uses (Debian packages),
-# the Python package and its dependencies, and pinned etcd, kube-apiserver and kubectl built
-# from the Go module proxy into a cache that survives between runs and clones.
-# A second run finds everything in place and does nothing.
+# Debian bookworm machine. A second run finds everything in place and does nothing.
+#
+#   hack/setup.sh [up|test]     (default: test)
+#
+# * Debian packages: libvirt + QEMU and the tools the test bed uses.
+# * Python: a virtual environment of the project's own ($KUBENOVA_VENV, default .venv in the
+#   checkout), made from pyproject.toml alone: the machine's site-packages are never used, so
+#   a package installed there by hand cannot make anything pass. It is re-made whenever
+#   pyproject.toml changes. pip's own cache (~/.cache/pip) keeps built wheels between runs.
+# * Go: pinned etcd and Kubernetes binaries built from the Go module proxy into a cache outside
+#   the checkout ($KUBENOVA_CACHE, default ~/.cache/kubenova), one `go build` per tools module.
+#   `up` builds what the quickstart runs (etcd, kube-apiserver, kubectl); `test` everything.
 set -euo pipefail
+
+PROFILE="${1:-test}"
+case "$PROFILE" in up|test) ;; *) echo "usage: $0 [up|test]" >&2; exit 2 ;; esac
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 K8S_VERSION="1.37.2"
 ETCD_VERSION="3.7.3"
 CACHE="${KUBENOVA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubenova}"
 BIN="$CACHE/bin"
+VENV="${KUBENOVA_VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 say() { printf 'setup: %s\n' "$*"; }
+elapsed() { printf '%ss' "$((SECONDS - $1))"; }
 
 # --- Debian packages -----------------------------------------------------------------------
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
@@ -22,10 +35,12 @@ for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
+    t=$SECONDS
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    say "Debian packages installed in $(elapsed $t)"
 fi
 # The guest kernel is fetched with `apt-get download`, which needs package lists.
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
@@ -42,36 +57,67 @@ id libvirt-qemu >/dev/null 2>&1 || useradd -r -g libvirt-qemu -G kvm -d /var/lib
     -s /usr/sbin/nologin libvirt-qemu
 mkdir -p /var/log/libvirt
 
-# --- Python ----------------------------------------------------------------------------------
-stamp="$CACHE/python-$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)-$(echo "$REPO" | sha256sum | cut -c1-8)"
-installed_from() { # the folder the installed kubenova_api comes from (empty if none)
-    "$PYTHON" -c "import kubenova_agent, kubenova_operator, libvirt, kopf, kubenova_api, pathlib
-print(pathlib.Path(kubenova_api.__file__).resolve().parents[2])" 2>/dev/null || true
-}
-if [[ ! -e "$stamp" || "$(installed_from)" != "$REPO" ]]; then
-    say "installing the kubenova Python package and its dependencies"
-    "$PYTHON" -m pip install -q --disable-pip-version-check -e "$REPO[dev]" 2>&1 \
+# --- Python: the project's own virtual environment -------------------------------------------
+# The stamp names what the venv was made from: this checkout and this pyproject.toml.
+want="$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16) $REPO"
+if [[ ! -x "$VENV/bin/python" || "$(cat "$VENV/.kubenova-stamp" 2>/dev/null)" != "$want" ]]; then
+    t=$SECONDS
+    say "making the virtual environment $VENV from pyproject.toml"
+    "$PYTHON" -m venv --clear "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[dev]" 2>&1 \
         | grep -v "Running pip as the 'root' user" || true
-    [[ "$(installed_from)" == "$REPO" ]] || { echo "setup: kubenova is not importable from $REPO" >&2; exit 1; }
-    mkdir -p "$CACHE" && touch "$stamp"
+    got="$("$VENV/bin/python" -c 'import kubenova_api, pathlib
+print(pathlib.Path(kubenova_api.__file__).resolve().parents[2])' 2>/dev/null || true)"
+    [[ "$got" == "$REPO" ]] || { echo "setup: kubenova is not importable from $REPO in $VENV" >&2; exit 1; }
+    echo "$want" > "$VENV/.kubenova-stamp"
+    say "virtual environment ready in $(elapsed $t)"
 fi
 
-# --- Control-plane binaries ------------------------------------------------------------------
+# --- Go-built binaries -----------------------------------------------------------------------
 mkdir -p "$BIN"
-build() { # name version module-dir package
-    local name="$1" version="$2" dir="$3" pkg="$4"
-    if [[ -x "$BIN/$name" && "$(cat "$BIN/.$name.version" 2>/dev/null)" == "$version" ]]; then
-        return
-    fi
-    say "building $name $version (minutes the first time, seconds with a warm Go cache)"
-    (cd "$REPO/hack/tools/$dir" && go build -trimpath -o "$BIN/$name.tmp" "$pkg")
-    mv "$BIN/$name.tmp" "$BIN/$name"
-    echo "$version" > "$BIN/.$name.version"
+# Version stamps: without them the binaries report v0.0.0-master, which breaks `kubectl
+# version` and Helm's kubeVersion check.
+k8s_ldflags() {
+    local minor="${K8S_VERSION#*.}"; minor="${minor%%.*}"
+    local x=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        x+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=2026-01-01T00:00:00Z"
+    done
+    echo "-s -w$x"
 }
-build etcd "$ETCD_VERSION" etcd .
-build kube-apiserver "$K8S_VERSION" kube k8s.io/kubernetes/cmd/kube-apiserver
-build kubectl "$K8S_VERSION" kube k8s.io/kubernetes/cmd/kubectl
+# build MODULE-DIR VERSION LDFLAGS NAME=PACKAGE...: builds the missing or outdated ones in one
+# `go build` (packages they share are compiled once), each stamped with the version.
+build() {
+    local dir="$1" version="$2" ldflags="$3"; shift 3
+    local names=() pkgs=() spec
+    for spec in "$@"; do
+        local name="${spec%%=*}" pkg="${spec#*=}"
+        if [[ -x "$BIN/$name" && "$(cat "$BIN/.$name.version" 2>/dev/null)" == "$version" ]]; then
+            continue
+        fi
+        names+=("$name"); pkgs+=("$pkg")
+    done
+    ((${#pkgs[@]})) || return 0
+    local t=$SECONDS out="$BIN/.build-$$"
+    say "building ${names[*]} $version (minutes the first time, seconds with a warm Go cache)"
+    rm -rf "$out" && mkdir -p "$out"
+    (cd "$REPO/hack/tools/$dir" && go build -trimpath -ldflags="$ldflags" -o "$out/" "${pkgs[@]}")
+    for i in "${!names[@]}"; do
+        local built="$out/$(basename "${pkgs[$i]}")"
+        [[ "${pkgs[$i]}" == "." ]] && built="$out/$dir"
+        mv "$built" "$BIN/${names[$i]}"
+        echo "$version" > "$BIN/.${names[$i]}.version"
+    done
+    rm -rf "$out"
+    say "built ${names[*]} in $(elapsed $t)"
+}
+# The "-rN" suffix names the build recipe: changing flags rebuilds binaries cached before.
+build etcd "$ETCD_VERSION-r2" "-s -w" etcd=.
+build kube "$K8S_VERSION-r2" "$(k8s_ldflags)" \
+    kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
+    kubectl=k8s.io/kubernetes/cmd/kubectl
 
 # --- Guest image -----------------------------------------------------------------------------
-"$PYTHON" -m kubenova_devenv.guestimage >/dev/null
-say "ready (cache: $CACHE)"
+"$VENV/bin/python" -m kubenova_devenv.guestimage >/dev/null
+say "ready for '$PROFILE' (venv: $VENV, cache: $CACHE)"

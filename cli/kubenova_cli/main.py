@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
-
-import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -40,52 +36,9 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from kubenova_devenv import stack  # noqa: PLC0415
+    from kubenova_cli import up  # noqa: PLC0415
 
-    workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="kubenova-up-"))
-    s = stack.Stack(workdir, host_count=1, virt_type=args.virt_type)
-    print(f"kubenova: starting etcd, kube-apiserver, libvirtd, controller and agent in {workdir}")
-    try:
-        s.start()
-        kubeconfig = s.cp.kubeconfig()
-        print(f"kubenova: control plane at {s.cp.url}; export KUBECONFIG={kubeconfig}")
-        s.kubectl("apply", "-f", str(REPO / "examples" / "flavor.yaml"))
-        image = yaml.safe_dump(s.image_manifest())
-        s.kubectl("apply", "-f", "-", stdin=image)
-        t0 = time.monotonic()
-        s.kubectl("apply", "-f", str(REPO / "examples" / "server.yaml"))
-        print("kubenova: applied examples/flavor.yaml, the example Image and examples/server.yaml")
-        s.kubectl("wait", "--for=condition=Ready", "server/web-1", "--timeout=180s", timeout=200)
-        print(f"kubenova: server web-1 is Ready after {time.monotonic() - t0:.1f}s\n")
-        print(s.kubectl("get", "flavors,images,servers,hypervisors", "-o", "wide").stdout)
-        server = s.get("server", "web-1", "default")
-        assert server is not None
-        uid = server["metadata"]["uid"]
-        host = server["status"]["nodeName"]
-        console = s.wait_console(host, uid, "kubenova-uptime 3", timeout=120)
-        print(f"--- serial console of web-1 (domain {server['status']['domainName']} on {host})")
-        print(console.rstrip())
-        print("---")
-        if args.once:
-            return 0
-        print(
-            f"kubenova: running; try `KUBECONFIG={kubeconfig} kubectl get srv -o wide`. "
-            "Ctrl-C stops everything."
-        )
-        shown = len(console)
-        while True:
-            time.sleep(2)
-            text = s.console(host, uid)
-            sys.stdout.write(text[shown:])
-            sys.stdout.flush()
-            shown = len(text)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        print("kubenova: stopping", file=sys.stderr)
-        s.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return up.run(args)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -148,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--workdir", help="where state and logs go (a new temporary folder if unset)")
     u.add_argument("--once", action="store_true", help="stop after the guest has booted")
     u.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    u.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the server to be Ready"
+    )
     u.set_defaults(func=cmd_up)
     o = sub.add_parser("console", help="print the tail of a server's serial console")
     o.add_argument("server")

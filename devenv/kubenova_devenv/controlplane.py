@@ -35,6 +35,7 @@ class ControlPlane:
     apiserver_port: int = 0
     etcd_port: int = 0
     _procs: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
+    _names: list[str] = dataclasses.field(default_factory=list)
     _logs: list[IO[bytes]] = dataclasses.field(default_factory=list)
 
     @property
@@ -104,12 +105,17 @@ class ControlPlane:
             self.stop()
             raise
 
+    def processes(self) -> list[tuple[str, subprocess.Popen[bytes], pathlib.Path]]:
+        """Name, process and log file of each component started (etcd, kube-apiserver)."""
+        return [
+            (name, proc, self.workdir / f"{name}.log")
+            for name, proc in zip(self._names, self._procs, strict=True)
+        ]
+
     def _ready(self) -> bool:
-        for proc in self._procs:
+        for name, proc, log in self.processes():
             if proc.poll() is not None:
-                raise netutil.Fatal(
-                    f"{proc.args!r} exited with {proc.returncode}; see {self.workdir}/*.log"
-                )
+                raise netutil.Fatal(f"{name} exited with {proc.returncode}; see {log}")
         ctx = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
         req = urllib.request.Request(  # noqa: S310 - https on loopback
             f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.token('admin')}"}
@@ -132,6 +138,7 @@ class ControlPlane:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+        self._names.clear()
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -139,7 +146,12 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
         self._logs.append(log)
-        self._procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        # A session of its own: a Ctrl-C in the terminal reaches whoever supervises the control
+        # plane, which stops it in order, and not etcd and kube-apiserver behind its back.
+        self._procs.append(
+            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+        self._names.append(name)
 
     def _write_pki(self) -> None:
         pki = self.workdir / "pki"

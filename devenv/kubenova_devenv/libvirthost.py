@@ -80,6 +80,30 @@ class LibvirtHost:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """libvirtd's exit status once it has exited (None while it runs or before start)."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
+    def log(self) -> pathlib.Path:
+        """libvirtd's own log (its start-up errors are in ``libvirtd.out`` beside it)."""
+        return self.root / "log" / "libvirtd.log"
+
+    def guest_pids(self) -> list[int]:
+        """PIDs of the QEMU processes of this host's guests that still run (from libvirt's pid
+        files, checked against the process's command line)."""
+        pids = []
+        for pid_file in (self.root / "run" / "qemu").glob("*.pid"):
+            try:
+                pid = int(pid_file.read_text().strip())
+                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if b"qemu" in cmdline:
+                pids.append(pid)
+        return pids
+
     def _mounts(self) -> dict[str, str]:
         """Inside path -> folder (or link to a folder) under the host's root, parents first."""
         mounts = dict(BIND_MOUNTS)
@@ -178,6 +202,13 @@ class LibvirtHost:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if destroy_domains:
+            # Guests outlive a libvirtd that died or was killed: stop them by their pid files.
+            for pid in self.guest_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def kill(self) -> None:
         """Kill libvirtd abruptly (a crash); QEMU processes survive, as on a real host."""

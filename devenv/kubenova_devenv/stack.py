@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 import yaml
@@ -90,6 +91,23 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
+@dataclasses.dataclass(frozen=True)
+class Exited:
+    """A component that exited while it should run."""
+
+    name: str
+    returncode: int | None
+    log: pathlib.Path
+
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of its log."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log at {self.log}: {exc.strerror})"
+        return "\n".join(text.splitlines()[-lines:])
+
+
 @dataclasses.dataclass
 class Stack:
     workdir: pathlib.Path
@@ -140,23 +158,47 @@ class Stack:
                 ),
                 cpu_models=OLD_CPU_MODELS if name in self.old_cpu_hosts else None,
             )
+            self.hosts[name] = host  # known before it starts: stop() must find it
             host.start()
-            self.hosts[name] = host
         if components:
             self.start_controller()
             for name in self.hosts:
                 self.start_agent(name)
 
     def stop(self) -> None:
-        for proc in list(self.agents.values()):
-            proc.stop()
+        """Stop everything that was started, guests included; one part failing to stop does
+        not keep the others running."""
+        steps: list[Callable[[], None]] = [proc.stop for proc in self.agents.values()]
         if self.controller is not None:
-            self.controller.stop()
-        for host in self.hosts.values():
-            host.stop()
+            steps.append(self.controller.stop)
+        steps += [host.stop for host in self.hosts.values()]
         if self.image_server is not None:
-            self.image_server.stop()
-        self.cp.stop()
+            steps.append(self.image_server.stop)
+        steps.append(self.cp.stop)
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def exited(self) -> Exited | None:
+        """The first component that should run and does not: etcd, kube-apiserver, a
+        libvirtd, the controller or an agent (how ``kubenova up`` notices within seconds)."""
+        for name, popen, log in self.cp.processes():
+            if popen.poll() is not None:
+                return Exited(name, popen.returncode, log)
+        for host in self.hosts.values():
+            code = host.returncode
+            if code is not None:
+                return Exited(f"libvirtd of {host.name}", code, host.root / "libvirtd.out")
+        procs = [self.controller] if self.controller is not None else []
+        for proc in [*procs, *self.agents.values()]:
+            if proc.popen is not None and proc.popen.poll() is not None:
+                return Exited(proc.name, proc.popen.returncode, proc.log_path)
+        return None
 
     def __enter__(self) -> Stack:
         try:
@@ -198,8 +240,8 @@ class Stack:
             self.workdir / "controller.log",
             self._env(),
         )
-        proc.start()
         self.controller = proc
+        proc.start()
         return proc
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
@@ -233,8 +275,8 @@ class Stack:
             self.workdir / f"agent-{host_name}.log",
             self._env(),
         )
-        proc.start()
         self.agents[host_name] = proc
+        proc.start()
         return proc
 
     def start_sim_agent(self, name: str, cpus: int = 8, memory_mib: int = 16384) -> Proc:
@@ -267,8 +309,8 @@ class Stack:
             self.workdir / f"agent-{name}.log",
             self._env(),
         )
-        proc.start()
         self.agents[name] = proc
+        proc.start()
         return proc
 
     def start_sim_fleet(
@@ -297,8 +339,8 @@ class Stack:
             self.workdir / "simfleet.log",
             self._env(),
         )
-        proc.start()
         self.agents["simfleet"] = proc
+        proc.start()
         return proc
 
     # ------------------------------------------------------------------ helpers

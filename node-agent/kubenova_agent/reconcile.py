@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -167,12 +168,12 @@ def domain_config(deps: Deps, body: dict[str, Any]) -> domain_xml.DomainConfig:
     image = _image(deps, spec["imageRef"])
     rescue = spec.get("rescue")
     try:
-        boot, disk_source = _fetch(deps, image["spec"]["source"])
+        boot, disk_source = _fetch(deps, body, image["spec"]["source"])
         root = _root_disk(deps, f"{volume_prefix(uid)}root.qcow2", flavor, disk_source, "vda")
         disks = [root]
         if rescue is not None:
             rescue_image = _image(deps, rescue.get("imageRef") or spec["imageRef"])
-            boot, rescue_source = _fetch(deps, rescue_image["spec"]["source"])
+            boot, rescue_source = _fetch(deps, body, rescue_image["spec"]["source"])
             rescue_root = _root_disk(
                 deps, f"{volume_prefix(uid)}rescue.qcow2", flavor, rescue_source, "vda"
             )
@@ -210,13 +211,31 @@ def domain_config(deps: Deps, body: dict[str, Any]) -> domain_xml.DomainConfig:
     )
 
 
+def _cached(deps: Deps, body: dict[str, Any], url: str, sha256: str) -> pathlib.Path:
+    """The image file from the host's cache; a fresh download is told in an Event."""
+    fresh = not deps.images.path_of(sha256).exists()
+    started = time.monotonic()
+    path = deps.images.ensure(url, sha256)
+    if fresh:
+        size = path.stat().st_size / (1 << 20)
+        took = time.monotonic() - started
+        _event(
+            deps,
+            body,
+            "ImageFetched",
+            f"fetched {url} ({size:.1f} MiB) in {took:.1f}s to {deps.settings.host_name}; "
+            "sha256 verified",
+        )
+    return path
+
+
 def _fetch(
-    deps: Deps, source: dict[str, Any]
+    deps: Deps, body: dict[str, Any], source: dict[str, Any]
 ) -> tuple[domain_xml.DirectKernelBoot | None, tuple[pathlib.Path, str] | None]:
     if "uec" in source:
         uec = source["uec"]
-        kernel = deps.images.ensure(uec["kernel"]["url"], uec["kernel"]["sha256"])
-        ramdisk = deps.images.ensure(uec["ramdisk"]["url"], uec["ramdisk"]["sha256"])
+        kernel = _cached(deps, body, uec["kernel"]["url"], uec["kernel"]["sha256"])
+        ramdisk = _cached(deps, body, uec["ramdisk"]["url"], uec["ramdisk"]["sha256"])
         boot = domain_xml.DirectKernelBoot(
             str(kernel), str(ramdisk), uec.get("cmdline", "console=ttyS0")
         )
@@ -226,7 +245,7 @@ def _fetch(
         disk = source["disk"]
     if not disk:
         return boot, None
-    path = deps.images.ensure(disk["url"], disk["sha256"])
+    path = _cached(deps, body, disk["url"], disk["sha256"])
     fmt = disk.get("format", "qcow2")
     if fmt == "qcow2" and images.has_backing_file(path):
         raise images.ImageError(

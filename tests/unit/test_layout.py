@@ -40,3 +40,17 @@ def test_console_scripts_are_installed() -> None:
         [str(bindir / "kubenova"), "--help"], capture_output=True, text=True, check=True
     )
     assert "crds" in out.stdout and "up" in out.stdout
+
+
+def test_tests_run_in_the_projects_own_virtual_environment() -> None:
+    """What the tests import comes from the venv made from pyproject.toml, never from the
+    machine's site-packages (where a hand-installed package would make a test pass here and
+    fail on a fresh machine)."""
+    assert sys.prefix != sys.base_prefix, "not in a virtual environment: run `make setup`"
+    base = pathlib.Path(sys.base_prefix).resolve()
+    leaked = [
+        p
+        for p in sys.path
+        if "site-packages" in p and pathlib.Path(p).resolve().is_relative_to(base)
+    ]
+    assert not leaked, f"the machine's site-packages are visible: {leaked}"
