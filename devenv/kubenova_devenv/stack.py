@@ -218,7 +218,8 @@ class Stack:
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     # ------------------------------------------------------------------ components
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
+        """The environment of every component process."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -238,7 +239,7 @@ class Stack:
                 "5",
             ],
             self.workdir / "controller.log",
-            self._env(),
+            self.env(),
         )
         self.controller = proc
         proc.start()
@@ -273,7 +274,7 @@ class Stack:
                 *extra_args,
             ],
             self.workdir / f"agent-{host_name}.log",
-            self._env(),
+            self.env(),
         )
         self.agents[host_name] = proc
         proc.start()
@@ -307,7 +308,7 @@ class Stack:
                 "30",
             ],
             self.workdir / f"agent-{name}.log",
-            self._env(),
+            self.env(),
         )
         self.agents[name] = proc
         proc.start()
@@ -337,7 +338,7 @@ class Stack:
                 str(heartbeat),
             ],
             self.workdir / "simfleet.log",
-            self._env(),
+            self.env(),
         )
         self.agents["simfleet"] = proc
         proc.start()
