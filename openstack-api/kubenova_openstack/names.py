@@ -29,8 +29,6 @@ KEYPAIR: Final = f"{P}/keypair"
 KEYPAIR_TYPE: Final = f"{P}/keypair"
 RESERVATION: Final = f"{P}/reservation-id"
 LAUNCH_INDEX: Final = f"{P}/launch-index"
-#: Nova's task_state of a move the facade started, until it has converged.
-TASK: Final = f"{P}/task"
 
 _SLUG = re.compile(r"[^a-z0-9-]+")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

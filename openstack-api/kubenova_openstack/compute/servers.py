@@ -21,14 +21,71 @@ from aiohttp import web
 
 from kubenova_api import constants
 from kubenova_openstack import lookup, names
-from kubenova_openstack.compute import state, views
+from kubenova_openstack.compute import actions, state, views
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
 
-VERIFY_LABEL = f"{constants.PREFIX}/verify-resize"
-"""On a ServerMigration the facade made for a resize or cold migration: ``pending`` until the
-user confirms or reverts (Nova's VERIFY_RESIZE), then ``confirmed`` / ``reverted``."""
+
+def move_task(server: dict[str, Any], migrations: list[dict[str, Any]]) -> str | None:
+    """Where a move of ``server`` stands: Nova's task state while a ServerMigration moves it
+    (``migrating`` live, ``resize_migrating`` cold), ``resize_finish`` while a resized server
+    starts again, ``verify`` when a move or resize made through the facade waits for
+    confirmation (VERIFY_RESIZE), None otherwise."""
+    meta, spec = server["metadata"], server.get("spec") or {}
+    status = server.get("status") or {}
+    mine = [
+        m
+        for m in migrations
+        if m["spec"].get("serverRef") == meta["name"]
+        and (m.get("status") or {}).get("serverUID") in (None, meta["uid"])
+    ]
+    for m in mine:
+        if (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            live = (m.get("status") or {}).get("live")
+            return "migrating" if live in (True, None) else "resize_migrating"
+    verify = actions.pending_verify(server)
+    if verify is None:
+        return None
+    if verify.get("kind") == "migrate":
+        named = [m for m in mine if m["metadata"]["name"] == verify.get("migration")]
+        if named and (named[0].get("status") or {}).get("phase") == "Succeeded":
+            return "verify"
+        return None
+    resized = (status.get("flavor") or {}).get("name") == spec.get("flavorRef")
+    if not resized:
+        return "resize_migrating"
+    if verify.get("restart") and status.get("phase") != "ACTIVE":
+        return "resize_finish"
+    return "verify"
+
+
+async def finish_resizes(req: Req, servers: list[dict[str, Any]], look: views.Lookups) -> None:
+    """A running server resized through the facade was stopped for it: start it again once
+    the resize is done (Nova's finish_resize powers it on). Done by whichever request sees it
+    first; repeating it changes nothing."""
+    for server in servers:
+        verify = actions.pending_verify(server)
+        spec = server.get("spec") or {}
+        if (
+            verify is None
+            or verify.get("kind") != "resize"
+            or not verify.get("restart")
+            or look.migrating.get(server["metadata"]["uid"]) != "resize_finish"
+            or spec.get("powerState") == "Running"
+        ):
+            continue
+        try:
+            await req.kube.patch(
+                req.context.caller,
+                constants.SERVERS,
+                server["metadata"]["name"],
+                {"spec": {"powerState": "Running"}},
+                server["metadata"]["namespace"],
+            )
+        except KubeError as exc:
+            if exc.status not in (403, 404, 409):
+                raise
 
 
 async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> views.Lookups:
@@ -67,17 +124,12 @@ async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> v
         admin=admin,
         groups={g["metadata"]["name"]: g for g in groups},
     )
-    by_name = {s["metadata"]["name"]: s["metadata"]["uid"] for s in servers or []}
-    for m in migrations:
-        uid = (m.get("status") or {}).get("serverUID") or by_name.get(m["spec"]["serverRef"])
-        if not uid:
-            continue
-        phase = (m.get("status") or {}).get("phase")
-        if phase not in ("Succeeded", "Failed"):
-            live = (m.get("status") or {}).get("live")
-            look.migrating[uid] = "migrating" if live in (True, None) else "resize_migrating"
-        elif phase == "Succeeded" and names.labels_of(m).get(VERIFY_LABEL) == "pending":
-            look.verify_resize.add(uid)
+    for server in servers or []:
+        task = move_task(server, migrations)
+        if task == "verify":
+            look.verify_resize.add(server["metadata"]["uid"])
+        elif task is not None:
+            look.migrating[server["metadata"]["uid"]] = task
     return look
 
 
@@ -382,6 +434,7 @@ async def index(req: Req) -> web.Response:
 async def detail(req: Req) -> web.Response:
     servers = await _listed(req)
     look = await lookups(req, servers=servers)
+    await finish_resizes(req, servers, look)
     page, nxt = _page(req, _filter(req, servers, look))
     shown = [views.server_detail(req, s, look) for s in page]
     return reply(_with_links(req, "servers", shown, nxt, "servers/detail"))
@@ -390,6 +443,7 @@ async def detail(req: Req) -> web.Response:
 async def show(req: Req) -> web.Response:
     server = await lookup.server(req, req.params["id"])
     look = await lookups(req, servers=[server])
+    await finish_resizes(req, [server], look)
     return reply({"server": views.server_detail(req, server, look, show_groups=True)})
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kubenova_openstack import names
-
 #: Nova's power_state numbers.
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
 POWER = {
@@ -78,11 +76,8 @@ def of(server: dict[str, Any], verify_resize: bool = False) -> NovaState:
         return NovaState("BUILD", "building", "scheduling", NOSTATE)
     if phase == "BUILD":
         return NovaState("BUILD", "building", "spawning", power)
-    task = names.annotations_of(server).get(names.TASK)
-    if phase == "MIGRATING" or task in ("migrating", "resize_migrating"):
-        if phase == "MIGRATING":
-            return NovaState("MIGRATING", "active", "migrating", power)
-        return NovaState("RESIZE", VM_STATES.get(phase, "active"), task, power)
+    if phase == "MIGRATING":
+        return NovaState("MIGRATING", "active", "migrating", power)
     if verify_resize:
         return NovaState("VERIFY_RESIZE", "resized", None, power)
     task = _pending_task(server, phase)

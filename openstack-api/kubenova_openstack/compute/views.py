@@ -191,7 +191,7 @@ def server_detail(
     image = look.images.get(str(spec.get("imageRef")))
     image_id = image["metadata"]["uid"] if image else str(spec.get("imageRef"))
     nova = state.of(server, uid in look.verify_resize)
-    if uid in look.migrating and nova.status not in ("ERROR",):
+    if uid in look.migrating and nova.status not in ("ERROR",) and nova.task_state != "deleting":
         task = look.migrating[uid]
         shown = "MIGRATING" if task == "migrating" else "RESIZE"
         nova = state.NovaState(shown, nova.vm_state, task, nova.power_state)
