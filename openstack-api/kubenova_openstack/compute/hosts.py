@@ -316,3 +316,36 @@ async def limits(req: Req) -> web.Response:
         del absolute["maxPersonality"]
         del absolute["maxPersonalitySize"]
     return reply({"limits": {"absolute": absolute, "rate": []}})
+
+
+# ----------------------------------------------------------------------------- aggregates
+
+
+async def aggregates(req: Req) -> web.Response:
+    """Nova's host aggregates that carry an availability zone: one per zone a Hypervisor
+    names other than the default ``nova`` (kubenova has no other kind of aggregate)."""
+    hvs = await _hypervisors(req)
+    zones: dict[str, list[dict[str, Any]]] = {}
+    for h in hvs:
+        zone = str((h.get("spec") or {}).get("availabilityZone") or "nova")
+        if zone != "nova":
+            zones.setdefault(zone, []).append(h)
+    shown = []
+    for zone, members in sorted(zones.items()):
+        first = min(members, key=lambda h: str(h["metadata"].get("creationTimestamp", "")))
+        created = views.usage_time(first["metadata"].get("creationTimestamp"))
+        out: dict[str, Any] = {
+            "availability_zone": zone,
+            "created_at": created,
+            "deleted": False,
+            "deleted_at": None,
+            "hosts": sorted(h["metadata"]["name"] for h in members),
+            "id": _int_id(zone),
+            "metadata": {"availability_zone": zone},
+            "name": zone,
+            "updated_at": None,
+        }
+        if req.at_least("2.41"):
+            out["uuid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubenova-zone:{zone}"))
+        shown.append(out)
+    return reply({"aggregates": shown})

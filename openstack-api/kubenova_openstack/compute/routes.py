@@ -58,6 +58,7 @@ def register(r: Router) -> None:
     r.add("GET", "/os-availability-zone", hosts.zones)
     r.add("GET", "/os-availability-zone/detail", hosts.zones_detail)
     r.add("GET", "/limits", hosts.limits)
+    r.add("GET", "/os-aggregates", hosts.aggregates)
     r.add("GET", "/os-server-groups", groups.index)
     r.add("POST", "/os-server-groups", groups.create)
     r.add("GET", "/os-server-groups/{id}", groups.show)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import re
 import secrets
 from typing import Any
@@ -25,6 +26,8 @@ from kubenova_openstack.compute import actions, state, views
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
+
+log = logging.getLogger(__name__)
 
 
 def move_task(server: dict[str, Any], migrations: list[dict[str, Any]]) -> str | None:
@@ -75,6 +78,7 @@ async def finish_resizes(req: Req, servers: list[dict[str, Any]], look: views.Lo
             or spec.get("powerState") == "Running"
         ):
             continue
+        log.info("resize of %s done: starting it again", server["metadata"]["uid"])
         try:
             await req.kube.patch(
                 req.context.caller,
@@ -86,6 +90,7 @@ async def finish_resizes(req: Req, servers: list[dict[str, Any]], look: views.Lo
         except KubeError as exc:
             if exc.status not in (403, 404, 409):
                 raise
+            log.warning("could not start %s again: %s", server["metadata"]["uid"], exc)
 
 
 async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> views.Lookups:

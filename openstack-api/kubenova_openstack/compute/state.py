@@ -68,11 +68,9 @@ def of(server: dict[str, Any], verify_resize: bool = False) -> NovaState:
     if phase == "ERROR":
         return NovaState("ERROR", "error", None, power)
     if not status.get("nodeName"):
-        scheduled = _condition(status, "Scheduled")
-        if scheduled.get("status") == "False" and scheduled.get("reason"):
-            # FlavorNotFound, Unschedulable, …: Nova puts such a server in ERROR (kubenova
-            # still binds it if the cause goes away).
-            return NovaState("ERROR", "error", None, NOSTATE)
+        # Not bound yet. Where Nova gives up (NoValidHost → ERROR), kubenova keeps trying
+        # (room may appear, a missing Flavor may be made): BUILD / scheduling, the reason in
+        # the Server's Scheduled condition.
         return NovaState("BUILD", "building", "scheduling", NOSTATE)
     if phase == "BUILD":
         return NovaState("BUILD", "building", "spawning", power)
@@ -133,9 +131,7 @@ def fault(server: dict[str, Any]) -> tuple[str, str, str | None] | None:
     status = server.get("status") or {}
     for type_ in ("Ready", "Scheduled"):
         cond = _condition(status, type_)
-        if cond.get("status") == "False" and (
-            status.get("phase") == "ERROR" or (type_ == "Scheduled" and not status.get("nodeName"))
-        ):
+        if cond.get("status") == "False" and status.get("phase") == "ERROR":
             return (
                 f"{cond.get('reason')}: {cond.get('message')}",
                 str(cond.get("message") or ""),
