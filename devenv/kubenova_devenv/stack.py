@@ -127,6 +127,9 @@ class Stack:
     controller: Proc | None = None
     image_server: imageserver.ImageServer | None = None
     guest: guestimage.GuestImage | None = None
+    extra: list[Proc] = dataclasses.field(default_factory=list)
+    """Other processes started on this stack (the OpenStack API facade), stopped with it and
+    watched like the components."""
 
     def __post_init__(self) -> None:
         self.cp = controlplane.ControlPlane(self.workdir / "controlplane")
@@ -168,7 +171,8 @@ class Stack:
     def stop(self) -> None:
         """Stop everything that was started, guests included; one part failing to stop does
         not keep the others running."""
-        steps: list[Callable[[], None]] = [proc.stop for proc in self.agents.values()]
+        steps: list[Callable[[], None]] = [proc.stop for proc in self.extra]
+        steps += [proc.stop for proc in self.agents.values()]
         if self.controller is not None:
             steps.append(self.controller.stop)
         steps += [host.stop for host in self.hosts.values()]
@@ -195,7 +199,7 @@ class Stack:
             if code is not None:
                 return Exited(f"libvirtd of {host.name}", code, host.root / "libvirtd.out")
         procs = [self.controller] if self.controller is not None else []
-        for proc in [*procs, *self.agents.values()]:
+        for proc in [*procs, *self.agents.values(), *self.extra]:
             if proc.popen is not None and proc.popen.poll() is not None:
                 return Exited(proc.name, proc.popen.returncode, proc.log_path)
         return None
