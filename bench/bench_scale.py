@@ -68,11 +68,9 @@ def main() -> int:
     sizes = args.servers or [100]
     if not 1 <= args.fleet_processes <= args.hosts:
         p.error("--fleet-processes must be between 1 and --hosts")
-    bed = stack.Stack(
-        pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-scale-")),
-        host_count=0,
-        heartbeat_grace_seconds=120,
-    )
+    work = pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-scale-"))
+    print(f"logs: {work}", file=sys.stderr, flush=True)
+    bed = stack.Stack(work, host_count=0, heartbeat_grace_seconds=120)
     results = []
     with bed:
         api = benchkit.api_client(bed)
@@ -82,7 +80,7 @@ def main() -> int:
         for i, n in enumerate(sizes):
             result = run(bed, api, n, f"scale-{i}", hosts, fleets, args)
             results.append(result)
-            print(yaml.safe_dump(result, sort_keys=False), flush=True)
+            print(yaml.safe_dump(result, sort_keys=False, explicit_start=True), flush=True)
     print_table(results)
     return 0
 

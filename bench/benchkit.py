@@ -37,7 +37,6 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -167,6 +166,25 @@ class _Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+class _Transport(Exception):
+    """The connection failed (reset, timed out, refused): worth another try."""
+
+
+TRANSIENT_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+
+
+def _io(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` (a request, or reading its stream): API errors as they are, anything else
+    the transport raised as :class:`_Transport` -- so that an error of the benchmark's own
+    code (``on_event``) is never mistaken for a dropped connection and retried."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiException:
+        raise
+    except Exception as exc:
+        raise _Transport(repr(exc)) from exc
+
+
 class Watcher:
     """LIST, then WATCH one collection from that LIST's resourceVersion, for as long as the
     benchmark runs, handing every change to ``on_event`` in order.
@@ -203,7 +221,7 @@ class Watcher:
         self._stopping = threading.Event()
         self._error: BaseException | None = None
         self._error_trace = ""
-        self._resp: urllib3.BaseHTTPResponse | None = None
+        self._resp: Any = None  # the watch's streaming response, while one is open
         self._thread = threading.Thread(target=self._run, name=f"watch {what}", daemon=True)
 
     # -- the benchmark's side
@@ -269,11 +287,11 @@ class Watcher:
 
     def _interrupt(self) -> None:
         """Unblock the watch thread's read (urllib3 >= 2.3 can shut a response down from
-        another thread)."""
-        resp = self._resp
-        if resp is not None:
+        another thread; otherwise the read ends within ``watch_seconds``)."""
+        shutdown = getattr(self._resp, "shutdown", None)
+        if shutdown is not None:
             try:
-                resp.shutdown()
+                shutdown()
             except Exception:
                 pass
 
@@ -294,15 +312,15 @@ class Watcher:
                 except _Gone:
                     gone = True
                     self.relists += 1
-                except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                except (ApiException, _Transport) as exc:
                     if self._stopping.is_set():
                         return
                     if isinstance(exc, ApiException):
-                        if exc.status == 410:
+                        if exc.status == 410:  # a continue token of the relist expired
                             gone = True
                             self.relists += 1
                             continue
-                        if exc.status not in (0, 429, 500, 502, 503, 504):
+                        if exc.status not in TRANSIENT_STATUSES:
                             raise
                     failures += 1
                     if failures > self._max_failures:
@@ -316,7 +334,7 @@ class Watcher:
                 self._cond.notify_all()
 
     def _relist(self) -> None:
-        items, version = list_all(self._list, **self._selectors)
+        items, version = _io(list_all, self._list, **self._selectors)
         seen_at = time.monotonic()
         with self._cond:
             present = set()
@@ -331,7 +349,8 @@ class Watcher:
             self._cond.notify_all()
 
     def _follow(self) -> None:
-        resp = self._list(
+        resp = _io(
+            self._list,
             watch=True,
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
@@ -347,7 +366,8 @@ class Watcher:
             if resp.status != 200:
                 raise ApiException(status=resp.status, reason=resp.data.decode()[:500])
             buffer = bytearray()
-            for chunk in resp.stream(amt=None, decode_content=False):
+            chunks = resp.stream(amt=None, decode_content=False)
+            while (chunk := _io(next, chunks, None)) is not None:
                 buffer += chunk
                 while (end := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:end])
@@ -450,11 +470,11 @@ class Tracker:
         self._initial_done = True
 
     def late(self) -> list[str]:
+        """Objects with a change first seen by a relist (its time is an upper bound)."""
         return sorted(
-            k
-            for k, t in self.tracks.items()
-            for cs in t.changes.values()
-            if any(c.late for c in cs)
+            key
+            for key, track in self.tracks.items()
+            if any(c.late for changes in track.changes.values() for c in changes)
         )
 
 
