@@ -1,7 +1,8 @@
 """N Servers created at once against many simulated hosts (real Agents on libvirt's test driver,
 in one or several ``simfleet`` processes): time until all are ACTIVE, create->ACTIVE
 percentiles, binding rate, API writes per Server (from the API server's own request metrics),
-memory of the controller and of the agents.
+memory of the controller and of the agents, and the CPU each process used until all were ACTIVE
+(the API server, etcd, the controller, the agents, this benchmark: what bounds the rate).
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
                                 [--fleet-processes 4] [--timeout SECONDS]
@@ -184,6 +185,9 @@ def run(
     )
     created: dict[str, float] = {}
     before = benchkit.api_writes(api)
+    pids = benchkit.cpu_pids(bed)
+    cpu_before = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before["bench"] = sum(os.times()[:2])
     started = time.monotonic()
 
     def create(name: str) -> None:
@@ -209,6 +213,8 @@ def run(
             lambda: len(settled) == n, timeout, give_up=lambda: benchkit.exited(bed)
         )
         waited = time.monotonic() - started
+        cpu_after = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_after["bench"] = sum(os.times()[:2])
         time.sleep(1)  # let the last writes land in the metrics
         after = benchkit.api_writes(api)
         ctl, ctl_peak = controller_memory(bed)
@@ -255,6 +261,7 @@ def run(
         "controller_peak_rss_mib": ctl_peak,
         "fleet_rss_mib": fleet_rss,
         "per_agent_rss_mib": round(sum(fleet_rss) / len(hosts), 2),
+        "cpu_until_all_active": benchkit.cpu_use(cpu_before, cpu_after, waited),
         "watch": {**watch_stats, "servers_seen_late_by_a_relist": len(late)},
     }
 

@@ -26,6 +26,7 @@ import datetime as dt
 import functools
 import json
 import math
+import os
 import pathlib
 import re
 import ssl
@@ -799,3 +800,33 @@ def memory_mib(pid: int) -> tuple[float, float]:
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0]) / 1024
     return round(fields.get("VmRSS", 0.0), 1), round(fields.get("VmHWM", 0.0), 1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from /proc."""
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_pids(bed: stack.Stack) -> dict[str, int]:
+    """The processes of ``bed`` whose CPU time says what bounds a run: the control plane,
+    the controller and every agent process (a simfleet holds many agents)."""
+    pids = {name: popen.pid for name, popen, _ in bed.cp.processes()}
+    procs = [bed.controller] if bed.controller is not None else []
+    for proc in [*procs, *bed.agents.values()]:
+        if proc.popen is not None:
+            pids[proc.name] = proc.popen.pid
+    return pids
+
+
+def cpu_use(before: Mapping[str, float], after: Mapping[str, float], wall: float) -> Obj:
+    """CPU seconds each process used between two readings, and as a share of one core."""
+    return {
+        name: {
+            "cpu_s": round(after[name] - before[name], 2),
+            "of_one_core": round((after[name] - before[name]) / wall, 2),
+        }
+        for name in before
+    }
