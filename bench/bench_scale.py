@@ -213,19 +213,32 @@ def run(
             lambda: len(settled) == n, timeout, give_up=lambda: benchkit.exited(bed)
         )
         waited = time.monotonic() - started
-        cpu_after = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
-        cpu_after["bench"] = sum(os.times()[:2])
-        time.sleep(1)  # let the last writes land in the metrics
-        after = benchkit.api_writes(api)
-        ctl, ctl_peak = controller_memory(bed)
-        fleet_rss = [benchkit.memory_mib(proc_pid(f))[0] for f in fleets]
+        gone = benchkit.exited(bed)
+        measured: dict[str, Any] = {}
+        if done and gone is None:  # figures of processes that still run, right at the end
+            cpu_after = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+            cpu_after["bench"] = sum(os.times()[:2])
+            time.sleep(1)  # let the last writes land in the metrics
+            ctl, ctl_peak = controller_memory(bed)
+            fleet_rss = [benchkit.memory_mib(proc_pid(f))[0] for f in fleets]
+            measured = {
+                "writes": benchkit.summarise_writes(benchkit.api_writes(api) - before, n),
+                "controller_rss_mib": ctl,
+                "controller_peak_rss_mib": ctl_peak,
+                "fleet_rss_mib": fleet_rss,
+                "per_agent_rss_mib": round(sum(fleet_rss) / len(hosts), 2),
+                "cpu_until_all_active": benchkit.cpu_use(cpu_before, cpu_after, waited),
+            }
         watch_stats = watcher.stats()
 
     problems = benchkit.verify_servers(api, namespace, names, tracker)
     problems += benchkit.verify_bound_once_by_events(api, namespace, names)
-    problems += benchkit.verify_running_vms(
-        api, hosts, args.heartbeat_seconds, give_up=lambda: benchkit.exited(bed)
-    )
+    if gone is None:  # else the hosts cannot be read as they are, and that is said below
+        problems += benchkit.verify_running_vms(
+            api, hosts, args.heartbeat_seconds, give_up=lambda: benchkit.exited(bed)
+        )
+    else:
+        problems.insert(0, f"during the run: {gone}")
     if not done:
         problems.insert(0, f"waited {waited:.0f} s; {n - len(settled)} Servers never ACTIVE")
     benchkit.fail_if(
@@ -256,12 +269,7 @@ def run(
         "p95_s": round(benchkit.percentile(latency, 95), 3),
         "p99_s": round(benchkit.percentile(latency, 99), 3),
         "binds_per_s": round(n / span, 1) if n > 1 and span > 0 else None,
-        "writes": benchkit.summarise_writes(after - before, n),
-        "controller_rss_mib": ctl,
-        "controller_peak_rss_mib": ctl_peak,
-        "fleet_rss_mib": fleet_rss,
-        "per_agent_rss_mib": round(sum(fleet_rss) / len(hosts), 2),
-        "cpu_until_all_active": benchkit.cpu_use(cpu_before, cpu_after, waited),
+        **measured,
         "watch": {**watch_stats, "servers_seen_late_by_a_relist": len(late)},
     }
 
@@ -296,6 +304,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "writes/srv: writes to servers and servers/status (the create included) per Server; "
         "events/srv apart; from apiserver_request_total"
     )
+    for r in results:
+        late = r["watch"]["servers_seen_late_by_a_relist"]
+        if late:
+            print(
+                f"N={r['servers']}: the watch expired (410) and was relisted; {late} Servers' "
+                "times are those of the relist, later than the change itself"
+            )
 
 
 if __name__ == "__main__":

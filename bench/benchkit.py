@@ -222,6 +222,8 @@ class Watcher:
         self._stopping = threading.Event()
         self._error: BaseException | None = None
         self._error_trace = ""
+        self.gave_up: str | None = None
+        """Why the last :meth:`wait_for` stopped early (``give_up``'s reason), if it did."""
         self._resp: Any = None  # the watch's streaming response, while one is open
         self._thread = threading.Thread(target=self._run, name=f"watch {what}", daemon=True)
 
@@ -265,6 +267,7 @@ class Watcher:
                     reason = give_up()
                     if reason:
                         print(f"stopped waiting: {reason}", file=sys.stderr, flush=True)
+                        self.gave_up = reason
                         return False
                     next_look = now + 1.0
                 self._cond.wait(min(deadline - now, 1.0))
@@ -792,10 +795,17 @@ def summarise_writes(delta: collections.Counter[WriteKey], servers: int) -> dict
     }
 
 
+def _proc(pid: int, name: str) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/{name}").read_text()
+    except FileNotFoundError:
+        raise BenchFailure(f"process {pid} is gone: its figures cannot be read", []) from None
+
+
 def memory_mib(pid: int) -> tuple[float, float]:
     """(resident, peak resident) MiB of process ``pid``, from /proc."""
     fields = {}
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in _proc(pid, "status").splitlines():
         name, _, value = line.partition(":")
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0]) / 1024
@@ -804,7 +814,7 @@ def memory_mib(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) process ``pid`` has used so far, from /proc."""
-    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    stat = _proc(pid, "stat")
     fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
