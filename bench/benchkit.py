@@ -11,8 +11,8 @@ its figures, computed over that complete data. Otherwise it exits non-zero with 
   and an error in its thread is kept and raised in the benchmark's own thread — never lost.
 - :class:`Tracker` records, per object, every change of a few fields and when it was seen.
 - :func:`verify_servers` and friends are the final checks; :func:`percentile`,
-  :func:`api_writes` (the API server's own ``apiserver_request_total``) and :func:`memory_mib`
-  the figures.
+  :func:`api_writes` (the API server's own ``apiserver_request_total``), :func:`memory_mib`
+  and :func:`cpu_seconds` the figures.
 
 Only the public surface is used (the Kubernetes API, virsh, the devenv Stack), so the same files
 measure any commit of kubenova.
@@ -159,8 +159,9 @@ def key_of(obj: Mapping[str, Any]) -> str:
 
 
 OnEvent = Callable[[str, Obj, float], None]
-"""Called with the event type (ADDED, MODIFIED, DELETED, or LISTED for what a LIST returned),
-the object and when it was seen (``time.monotonic()``)."""
+"""Called with the event type (ADDED, MODIFIED, DELETED; LISTED for what the first LIST
+returned, RELISTED for what a LIST after a 410 returned), the object and when it was seen
+(``time.monotonic()``)."""
 
 
 class _Gone(Exception):
@@ -192,7 +193,7 @@ class Watcher:
 
     A watch ends by itself (the server's timeout, a dropped connection): it is re-established
     from the last resourceVersion seen (``reconnects``). A ``410 Gone`` means that version is
-    too old: the collection is listed again and every object handed over as LISTED, the ones
+    too old: the collection is listed again and every object handed over as RELISTED, the ones
     that disappeared as DELETED (``relists``; a change first seen this way is seen late). Any
     other error ends the thread and is raised by :meth:`check`, :meth:`wait_for` and
     :meth:`stop` in the benchmark's thread, with the watch thread's traceback."""
@@ -232,7 +233,7 @@ class Watcher:
         """List (in the caller's thread: when this returns, every later change will be seen),
         then follow in a thread of its own."""
         if not self._thread.is_alive():
-            self._relist()
+            self._relist(initial=True)
             self._thread.start()
         return self
 
@@ -337,7 +338,7 @@ class Watcher:
                 self._error_trace = traceback.format_exc()
                 self._cond.notify_all()
 
-    def _relist(self) -> None:
+    def _relist(self, initial: bool = False) -> None:
         items, version = _io(list_all, self._list, **self._selectors)
         seen_at = time.monotonic()
         with self._cond:
@@ -346,7 +347,7 @@ class Watcher:
                 key = key_of(obj)
                 present.add(key)
                 self._known[key] = obj
-                self._on_event("LISTED", obj, seen_at)
+                self._on_event("LISTED" if initial else "RELISTED", obj, seen_at)
             for key in set(self._known) - present:
                 self._on_event("DELETED", self._known.pop(key), seen_at)
             self.resource_version = version
@@ -443,14 +444,15 @@ class Track:
 
 
 class Tracker:
-    """Feeds on a :class:`Watcher`: for every object, each change of the ``fields`` it is given
-    (name -> how to read it from the object) with when it was seen."""
+    """Feeds on a :class:`Watcher`: for every object (by name: one namespace per tracker), each
+    change of the ``fields`` it is given (name -> how to read it from the object) with when it
+    was seen."""
 
     def __init__(self, fields: Mapping[str, Callable[[Obj], Any]]) -> None:
         self.fields = dict(fields)
         self.tracks: dict[str, Track] = {}
-        self._initial_done = False
         self.listeners: list[Callable[[Track], None]] = []
+        """Called with an object's track after each of its events (under the watch's lock)."""
 
     def on_event(self, kind: str, obj: Obj, seen_at: float) -> None:
         key = obj["metadata"]["name"]
@@ -460,7 +462,7 @@ class Tracker:
         else:
             track.uid = obj["metadata"].get("uid")
             track.last = obj
-            late = kind == "LISTED" and self._initial_done
+            late = kind == "RELISTED"
             for field, read in self.fields.items():
                 value = read(obj)
                 changes = track.changes.setdefault(field, [])
@@ -468,10 +470,6 @@ class Tracker:
                     changes.append(Change(value, seen_at, late))
         for listener in self.listeners:
             listener(track)
-
-    def initial_list_done(self) -> None:
-        """Objects LISTED after this call were seen by a relist (their times are late)."""
-        self._initial_done = True
 
     def late(self) -> list[str]:
         """Objects with a change first seen by a relist (its time is an upper bound)."""
@@ -499,9 +497,7 @@ def watch(
     field_selector: str | None = None,
 ) -> Watcher:
     """Start a :class:`Watcher` feeding ``tracker``."""
-    watcher = Watcher(what, list_call, tracker.on_event, field_selector=field_selector).start()
-    tracker.initial_list_done()
-    return watcher
+    return Watcher(what, list_call, tracker.on_event, field_selector=field_selector).start()
 
 
 # ----------------------------------------------------------------------------- waiting
@@ -545,7 +541,8 @@ def wait_text(read: Callable[[], str], text: str, timeout: float, what: str) -> 
 
 
 def describe_server(obj: Mapping[str, Any] | None) -> str:
-    """Where a Server is: its phase, host and the Scheduled and Ready conditions' reasons."""
+    """Where a Server is: its phase and the Scheduled and Ready conditions' reasons (no names,
+    so that Servers in the same place are listed together)."""
     if obj is None:
         return "missing from a fresh LIST"
     st = status(obj)

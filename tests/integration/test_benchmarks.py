@@ -159,7 +159,6 @@ def test_watch_lists_again_after_410_gone(api: stack.Stack, namespace: str) -> N
 
     tracker = benchkit.server_tracker()
     with benchkit.Watcher("servers", list_call, tracker.on_event, watch_seconds=5) as watcher:
-        tracker.initial_list_done()
         assert sorted(tracker.tracks) == ["deleted", "kept"]
         assert watcher.wait_for(
             lambda: "added" in tracker.tracks and tracker.tracks["deleted"].deleted, 30
