@@ -6,6 +6,7 @@ the benchmark, and judge by a fresh LIST rather than by what a watch saw."""
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import subprocess
 import sys
@@ -26,18 +27,23 @@ pytestmark = pytest.mark.timeout(300)
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 
 
-def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_bench(tmp: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """bench_scale as a person runs it; its work folder (every component's log) in ``tmp``."""
     return subprocess.run(
         [sys.executable, str(BENCH / "bench_scale.py"), *args],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=240,
         check=False,
+        env={**os.environ, "TMPDIR": str(tmp)},
     )
 
 
-def test_bench_scale_at_a_tiny_size_prints_its_table() -> None:
+def test_bench_scale_at_a_tiny_size_prints_its_table(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     out = run_bench(
+        tmp_path_factory.mktemp("b"),
         "--hosts", "3", "--fleet-processes", "2", "--servers", "4", "--servers", "3",
         "--heartbeat-seconds", "3",
         "--timeout", "120",
@@ -60,8 +66,11 @@ def test_bench_scale_at_a_tiny_size_prints_its_table() -> None:
     assert all(r["writes"]["status_writes_per_server"] > 0 for r in results), results
 
 
-def test_bench_scale_fails_naming_the_server_that_never_became_active() -> None:
+def test_bench_scale_fails_naming_the_server_that_never_became_active(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     out = run_bench(
+        tmp_path_factory.mktemp("b"),
         "--hosts", "2", "--servers", "3", "--broken-server", "image", "--timeout", "90",
         "--heartbeat-seconds", "3",
     )  # fmt: skip
