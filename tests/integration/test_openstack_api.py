@@ -80,7 +80,9 @@ class Clients:
 
     def __init__(self, provider: Any) -> None:
         kw = {"auth_provider": provider, "service": "compute", "region": "RegionOne"}
-        self.servers = servers_client.ServersClient(**kw)
+        # kubenova sets no guest password: as Nova with enable_instance_password = False,
+        # create and rescue answer no adminPass.
+        self.servers = servers_client.ServersClient(**kw, enable_instance_password=False)
         self.flavors = flavors_client.FlavorsClient(**kw)
         self.hypervisors = hypervisor_client.HypervisorClient(**kw)
         self.services = services_client.ServicesClient(**kw)
@@ -183,7 +185,6 @@ def test_every_answer_matches_novas_schema_at_each_microversion(
     stopped = boot(cloud, admin, "conformance two")
     admin.servers.stop_server(stopped)
     wait_server(admin, stopped, "SHUTOFF")
-    hv = admin.hypervisors.list_hypervisors()["hypervisors"][0]
     admin.versions.list_versions()
     for version in MICROVERSIONS:
         with microversion(version):
@@ -207,9 +208,10 @@ def test_every_answer_matches_novas_schema_at_each_microversion(
             admin.flavors.list_flavors()
             admin.flavors.show_flavor("1")
             admin.flavors.list_flavor_extra_specs("1")
-            admin.hypervisors.list_hypervisors()
-            admin.hypervisors.list_hypervisors(detail=True)
-            admin.hypervisors.show_hypervisor(hv["id"])
+            if version != "2.88":  # tempest has no schema of 2.88's hypervisors: see below
+                hvs = admin.hypervisors.list_hypervisors()["hypervisors"]
+                admin.hypervisors.list_hypervisors(detail=True)
+                admin.hypervisors.show_hypervisor(hvs[0]["id"])  # an int before 2.53, then a UUID
             admin.services.list_services()
             admin.zones.list_availability_zones()
             admin.zones.list_availability_zones(detail=True)
@@ -219,6 +221,13 @@ def test_every_answer_matches_novas_schema_at_each_microversion(
             admin.keypairs.show_keypair("conformance")
             admin.migrations.list_migrations()
             admin.limits.show_limits()
+    # 2.88's hypervisor, as the API reference lists it (no resource figures, an uptime).
+    token = admin.servers.auth_provider.get_token()
+    status, body = _get(f"{cloud.url}/v2.1/os-hypervisors/detail", token, "2.88")
+    assert status == 200 and {tuple(sorted(h)) for h in body["hypervisors"]} == {
+        ("host_ip", "hypervisor_hostname", "hypervisor_type", "hypervisor_version", "id",
+         "service", "state", "status", "uptime")
+    }  # fmt: skip
     for server in (uid, stopped):
         admin.servers.delete_server(server)
     admin.groups.delete_server_group(group["server_group"]["id"])
@@ -289,8 +298,9 @@ def k8s_server(cloud: Cloud, uid: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- as the caller
 
 
-def _get(url: str, token: str) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers={"X-Auth-Token": token})
+def _get(url: str, token: str, version: str = "2.1") -> tuple[int, Any]:
+    headers = {"X-Auth-Token": token, "OpenStack-API-Version": f"compute {version}"}
+    req = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"null")
