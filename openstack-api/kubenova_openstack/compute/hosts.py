@@ -9,6 +9,7 @@ service).
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 import zlib
 from typing import Any
@@ -52,6 +53,15 @@ def _ids(req: Req, hv: dict[str, Any]) -> tuple[Any, Any]:
     return _int_id(uid), _int_id(_service_uuid(uid))
 
 
+def _ip(address: str | None) -> str:
+    """Nova's ``host_ip`` is an IP address: the host's migration address when it is one,
+    else the loopback address (kubenova knows no other address of the host)."""
+    try:
+        return str(ipaddress.ip_address(address or ""))
+    except ValueError:
+        return "127.0.0.1"
+
+
 def _basic(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
     hid, _ = _ids(req, hv)
     spec = hv.get("spec") or {}
@@ -67,7 +77,7 @@ def _detail(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
     out = _basic(req, hv)
     spec, status = hv.get("spec") or {}, hv.get("status") or {}
     _, sid = _ids(req, hv)
-    out["host_ip"] = ((status.get("migration") or {}).get("address")) or "127.0.0.1"
+    out["host_ip"] = _ip((status.get("migration") or {}).get("address"))
     out["hypervisor_type"] = status.get("hypervisorType") or "QEMU"
     out["hypervisor_version"] = _version(status.get("hypervisorVersion"))
     out["service"] = {
