@@ -140,6 +140,13 @@ def cloud(api: stack.Stack) -> Iterator[Cloud]:
         if api.controller is not None:
             api.controller.stop()
             api.controller = None
+        # The session's bed is shared: leave no host, flavor or image behind for the next
+        # module's scheduler to count.
+        api.kubectl("delete", "hypervisor", *HOSTS, "--ignore-not-found", "--timeout=60s",
+                    check=False, timeout=90)  # fmt: skip
+        api.kubectl("delete", "flavor", "os.small", "os.bigger", "--ignore-not-found",
+                    check=False)  # fmt: skip
+        api.kubectl("delete", "image", "os-sim-image", "--ignore-not-found", check=False)
 
 
 @pytest.fixture(scope="module")
