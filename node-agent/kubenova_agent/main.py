@@ -18,7 +18,7 @@ from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
 from kubenova_agent.libvirt.migration import Migrations
 from kubenova_agent.libvirt.storage import Storage
-from kubenova_api import constants, kube
+from kubenova_api import constants, health, kube
 
 log = logging.getLogger("kubenova_agent")
 
@@ -302,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
+    health_address, argv = health.from_args(argv)
     cfg = settings.from_args(argv)
     agent = Agent(cfg)
+    # Ready once this host's Servers are listed (its guests are then looked after).
+    health.serve(health_address, alive=lambda: True, ready=agent.informer.synced.is_set)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
