@@ -32,12 +32,9 @@ COPY pyproject.toml ./
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
     /opt/kubenova/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
  && /opt/kubenova/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
-COPY README.md ./
-COPY api ./api
-COPY operator ./operator
-COPY node-agent ./node-agent
-COPY devenv ./devenv
-COPY cli ./cli
+# The rest of the context (.dockerignore admits only the packages, README.md and
+# pyproject.toml), in one layer.
+COPY . ./
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
     /opt/kubenova/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
  && /opt/kubenova/bin/python -c 'import kubenova_operator.main, kubenova_agent.main, libvirt'
@@ -51,9 +48,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin kubenova
-COPY --from=build /opt/kubenova /opt/kubenova
 ENV PATH=/opt/kubenova/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 ENTRYPOINT ["kubenova-controller"]
+# Last, so that a change of kubenova's code rebuilds only this layer of the final stage.
+COPY --from=build /opt/kubenova /opt/kubenova
