@@ -588,8 +588,11 @@ class Node:
         self._servers.append(server)
         return server
 
-    def guest_image(self, name: str = "kubenova-guest") -> tuple[dict[str, Any], int]:
-        """The test guest served on the node's loopback; its Image object and port."""
+    def guest_image(
+        self, name: str = "kubenova-guest", port: int = 0
+    ) -> tuple[dict[str, Any], pathlib.Path]:
+        """The test guest served on the node's loopback (on ``port``, if given); its Image
+        object and the folder served."""
         guest = guestimage.build_cached()
         served = self.workdir / "images"
         served.mkdir(exist_ok=True)
@@ -597,7 +600,7 @@ class Node:
             target = served / path.name
             if not target.exists():
                 target.write_bytes(path.read_bytes())
-        server = self.serve(served)
+        server = self.serve(served, port)
 
         def ref(path: pathlib.Path) -> dict[str, str]:
             return {"url": server.url(path.name), "sha256": guest.sha256(path)}
@@ -614,7 +617,7 @@ class Node:
                 "architecture": "x86_64",
             },
         }
-        return manifest, server.port
+        return manifest, served
 
     def console(self, uid: str) -> str:
         """The serial console of a guest of the node's libvirt."""

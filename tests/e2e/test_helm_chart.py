@@ -127,7 +127,7 @@ def test_helm_install_runs_the_controllers_and_an_agent_on_each_labelled_node(
 
 def test_the_example_server_boots_through_the_agent_pod(installed: ChartBed) -> None:
     n = installed.node
-    image, _port = n.guest_image()
+    image, _ = n.guest_image()
     n.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(image))
     started = time.monotonic()
     n.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
