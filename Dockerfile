@@ -19,24 +19,24 @@
 # (`--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt`); without it Debian's bundle is used.
 
 FROM debian:bookworm-slim AS build
-# libvirt-python is a source package: it compiles against libvirt-dev.
+# libvirt-python is a source package: it compiles against libvirt-dev. Few steps: the test
+# bed's builder keeps a full copy of the file system per step (vfs).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates gcc libvirt-dev pkg-config python3 python3-dev python3-venv \
- && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/kubenova
-WORKDIR /src
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/kubenova
 # Dependencies first, from pyproject.toml alone: a change of kubenova's code reuses this layer.
-COPY pyproject.toml ./
+COPY pyproject.toml /src/
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
-    /opt/kubenova/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
- && /opt/kubenova/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
+    /opt/kubenova/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /src/requirements.txt \
+ && /opt/kubenova/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt
 # The rest of the context (.dockerignore admits only the packages, README.md and
 # pyproject.toml), in one layer.
-COPY . ./
+COPY . /src/
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
-    /opt/kubenova/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
+    /opt/kubenova/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src \
  && /opt/kubenova/bin/python -c 'import kubenova_operator.main, kubenova_agent.main, libvirt'
 
 FROM debian:bookworm-slim

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -221,6 +222,7 @@ def build(repo: pathlib.Path = paths.REPO, log: pathlib.Path | None = None) -> B
     started = time.monotonic()
     with _locked():
         if target.exists():
+            os.utime(target)  # recently used: kept by _prune_archives
             return BuiltImage(ref, target, 0.0)
         b = Buildah()
         ensure_base(b)
@@ -241,8 +243,36 @@ def build(repo: pathlib.Path = paths.REPO, log: pathlib.Path | None = None) -> B
             log=log,
         )
         _push(b, ref, target)
-        b.run("rmi", ref)  # the archive is what is kept; the layers stay in buildah's cache
+        b.run("rmi", ref)  # the archive is what is kept
+        _prune_layers(b, log.read_text(errors="replace"))
+        _prune_archives()
     return BuiltImage(ref, target, time.monotonic() - started)
+
+
+def _prune_layers(b: Buildah, build_log: str) -> None:
+    """Keep buildah's layer cache to the steps of the build just made (whose dependency
+    layers the next build reuses) and the named images: with vfs every step is a full copy
+    of the file system, so old builds' steps would soon fill the disk."""
+    kept = re.findall(r"^--> (?:Using cache )?([0-9a-f]{11,64})$", build_log, re.MULTILINE)
+    for image in json.loads(b.run("images", "--all", "--no-trunc", "--json") or "[]"):
+        full = str(image["id"]).removeprefix("sha256:")
+        if image.get("names") or any(full.startswith(k) for k in kept):
+            continue
+        with contextlib.suppress(RuntimeError):  # in use by a child step: goes with it later
+            b.run("rmi", "--force", full)
+
+
+#: Image archives kept in the cache: the most recently used ones (other checkouts' included).
+KEEP_ARCHIVES = 3
+
+
+def _prune_archives() -> None:
+    archives = sorted(
+        images_dir().glob("kubenova-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for old in archives[KEEP_ARCHIVES:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".log").unlink(missing_ok=True)
 
 
 def pause_image() -> BuiltImage:
