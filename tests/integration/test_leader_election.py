@@ -104,6 +104,8 @@ def bed(api: stack.Stack) -> Iterator[stack.Stack]:
     api.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", check=False, timeout=90)
     agent.stop()
     api.agents.pop(HOST, None)
+    # Its Hypervisor would look up for a while yet to the modules that follow.
+    api.kubectl("delete", "hypervisor", HOST, "--wait=false", check=False)
 
 
 def _lease(api: stack.Stack) -> dict[str, Any]:
