@@ -3,6 +3,8 @@
 # pyproject.toml alone), never from the machine's site-packages.
 VENV ?= $(CURDIR)/.venv
 export KUBENOVA_VENV := $(VENV)
+# The venv's programs (kubenova, ruff, ...) come first for everything make runs, tests included.
+export PATH := $(VENV)/bin:$(PATH)
 PYTHON := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=

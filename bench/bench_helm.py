@@ -87,11 +87,11 @@ def boot(api: client.CustomObjectsApi, name: str, host: str, console: Any) -> tu
     """Create a Server pinned to ``host``; seconds to ACTIVE and to the guest's boot marker.
     Fails unless it runs there and the guest really booted."""
     t0 = time.monotonic()
-    created = api.create_namespaced_custom_object(
+    created: dict[str, Any] = api.create_namespaced_custom_object(  # type: ignore[assignment]
         constants.GROUP, constants.VERSION, "default", constants.SERVERS, server(name, host)
     )
     active = wait_phase(api, name, created["metadata"]["resourceVersion"]) - t0
-    body = api.get_namespaced_custom_object(
+    body: dict[str, Any] = api.get_namespaced_custom_object(  # type: ignore[assignment]
         constants.GROUP, constants.VERSION, "default", constants.SERVERS, name
     )
     assert body["status"]["nodeName"] == host, body["status"]
@@ -153,7 +153,7 @@ def failover(
     )
 
     def bound() -> bool:
-        body = api.get_namespaced_custom_object(
+        body: dict[str, Any] = api.get_namespaced_custom_object(  # type: ignore[assignment]
             constants.GROUP, constants.VERSION, "default", constants.SERVERS, name
         )
         return bool((body.get("status") or {}).get("nodeName"))

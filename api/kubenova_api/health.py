@@ -6,29 +6,20 @@ controller's event loop still turns; a standby waiting for the Lease is alive to
 its Servers). Served by the standard library from a daemon thread, so that a busy or stuck
 event loop or worker cannot hide behind a probe served by itself.
 
-The address comes from ``--health-address`` (or ``$KUBENOVA_HEALTH_ADDRESS``), e.g.
-``0.0.0.0:8081``; without one nothing listens (the local test bed runs many agents).
+The address is each program's ``health_address`` setting (``--health-address``,
+``$KUBENOVA_HEALTH_ADDRESS``), e.g. ``:8081``; without one nothing listens (the local test bed
+runs many agents).
 """
 
 from __future__ import annotations
 
-import argparse
 import http.server
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 Check = Callable[[], bool]
-
-
-def from_args(argv: list[str] | None) -> tuple[str | None, list[str]]:
-    """The ``--health-address`` flag and the arguments left for the program's own settings."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--health-address", default=os.environ.get("KUBENOVA_HEALTH_ADDRESS"))
-    a, rest = p.parse_known_args(argv)
-    return (a.health_address or None), rest
 
 
 class Heartbeat:

@@ -1,6 +1,11 @@
 """Thin, typed helpers over the Kubernetes client that the controller and the agent share:
-server-side apply of status (one field manager per component, so each writes only its own
-fields), finalizers by JSON patch, and Events with the object as their subject."""
+typed reads (each object parsed into its model), server-side apply of status models (one field
+manager per component, so each writes only its own fields), finalizers by JSON patch, and
+Events with the object as their subject. ``dict[str, Any]`` lives here, at the edge, and
+nowhere else in the product.
+
+Every call has a client-side timeout: a vanished or half-open API server fails a call within
+seconds instead of holding a thread forever."""
 
 from __future__ import annotations
 
@@ -17,13 +22,17 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import constants
+from kubenova_api.common import KubeObject, StatusModel
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Obj = TypeVar("Obj", bound=KubeObject)
 
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
+TIMEOUT = (5.0, 30.0)
+"""(connect, read) seconds for every request that is not a watch."""
 
 
 def as_dict(obj: object) -> dict[str, Any]:
@@ -61,11 +70,27 @@ def connection_info(api: client.ApiClient) -> Any:
     )
 
 
+class RetryLater(Exception):
+    """Not possible yet; try again after ``delay`` seconds. The one error type for "retry
+    later" in kubenova (as kopf's TemporaryError): ``reason`` is a CamelCase word a condition
+    can carry, the message says what to wait for."""
+
+    def __init__(self, reason: str, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.delay = delay
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether an API error is worth retrying (conflicts, throttling, server trouble)."""
     if isinstance(exc, ApiException):
         return exc.status in (0, 409, 429, 500, 502, 503, 504)
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+
+
+def is_status(exc: BaseException, *codes: int) -> bool:
+    """Whether ``exc`` is an API error with one of these HTTP status codes."""
+    return isinstance(exc, ApiException) and exc.status in codes
 
 
 def retrying(fn: Callable[[], T], attempts: int = 5, first_delay: float = 0.2) -> T:
@@ -94,9 +119,17 @@ class ObjectRef:
     uid: str | None = None
 
     @classmethod
-    def of(cls, body: dict[str, Any], kind: str, plural: str) -> ObjectRef:
-        meta = body.get("metadata", {})
-        return cls(kind, plural, meta["name"], meta.get("namespace"), meta.get("uid"))
+    def to(cls, obj: KubeObject) -> ObjectRef:
+        """The reference of a parsed object."""
+        meta = obj.metadata
+        return cls(obj.KIND, obj.PLURAL, meta.name, meta.namespace, meta.uid or None)
+
+    @classmethod
+    def named(
+        cls, kind: type[KubeObject], name: str, namespace: str | None = None, uid: str = ""
+    ) -> ObjectRef:
+        """The reference of an object of ``kind`` by name."""
+        return cls(kind.KIND, kind.PLURAL, name, namespace, uid or None)
 
 
 class Kube:
@@ -110,7 +143,7 @@ class Kube:
         self.component = component
         self.host = os.uname().nodename
 
-    # -- reads
+    # -- raw calls (the edge: plain JSON in and out)
     def _on(
         self,
         ref: ObjectRef,
@@ -121,6 +154,7 @@ class Kube:
     ) -> dict[str, Any]:
         """Call the namespaced or the cluster-scoped form of a custom-object method on
         ``ref``, whichever its scope needs."""
+        kwargs.setdefault("_request_timeout", TIMEOUT)
         if ref.namespace:
             out = namespaced(
                 constants.GROUP,
@@ -135,30 +169,84 @@ class Kube:
             out = cluster(constants.GROUP, constants.VERSION, ref.plural, ref.name, *args, **kwargs)
         return as_dict(out)
 
-    def get(self, ref: ObjectRef) -> dict[str, Any]:
+    def get_raw(self, ref: ObjectRef) -> dict[str, Any]:
         return self._on(
             ref, self.custom.get_namespaced_custom_object, self.custom.get_cluster_custom_object
         )
 
-    def get_or_none(self, ref: ObjectRef) -> dict[str, Any] | None:
+    def list_raw(self, plural: str, namespace: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """One LIST (``items`` and ``metadata.resourceVersion``), cluster-wide or in one
+        namespace."""
+        kwargs.setdefault("_request_timeout", TIMEOUT)
+        if namespace:
+            out = self.custom.list_namespaced_custom_object(
+                constants.GROUP, constants.VERSION, namespace, plural, **kwargs
+            )
+        else:
+            out = self.custom.list_cluster_custom_object(
+                constants.GROUP, constants.VERSION, plural, **kwargs
+            )
+        return as_dict(out)
+
+    # -- typed reads
+    def get(self, kind: type[Obj], name: str, namespace: str | None = None) -> Obj | None:
+        """The object of ``kind`` by name, parsed; None when it does not exist."""
         try:
-            return self.get(ref)
+            return kind.parse(self.get_raw(ObjectRef.named(kind, name, namespace)))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
+    def list_of(
+        self, kind: type[Obj], namespace: str | None = None, field_selector: str | None = None
+    ) -> list[Obj]:
+        """Every object of ``kind`` (matching ``field_selector``), parsed."""
+        kwargs = {"field_selector": field_selector} if field_selector else {}
+        listing = self.list_raw(kind.PLURAL, namespace, **kwargs)
+        return [kind.parse(item) for item in listing.get("items", [])]
+
+    def create(self, obj: KubeObject) -> dict[str, Any]:
+        """Create ``obj`` (``metadata.generateName`` works); returns the stored body."""
+        body = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body["apiVersion"] = constants.API_VERSION
+        body["kind"] = obj.KIND
+        body["metadata"] = obj.metadata.model_dump(mode="json", exclude_defaults=True)
+        body.pop("status", None)
+        meta = obj.metadata
+        if meta.namespace:
+            out = self.custom.create_namespaced_custom_object(
+                constants.GROUP,
+                constants.VERSION,
+                meta.namespace,
+                obj.PLURAL,
+                body,
+                _request_timeout=TIMEOUT,
+            )
+        else:
+            out = self.custom.create_cluster_custom_object(
+                constants.GROUP, constants.VERSION, obj.PLURAL, body, _request_timeout=TIMEOUT
+            )
+        return as_dict(out)
+
     # -- writes
     def apply_status(
-        self, ref: ObjectRef, status: dict[str, Any], resource_version: str | None = None
+        self,
+        ref: ObjectRef,
+        status: StatusModel,
+        *,
+        resource_version: str | None = None,
+        force: bool = False,
     ) -> dict[str, Any]:
-        """Server-side apply of ``status`` under this component's field manager. With
-        ``resource_version`` the write is conditional: 409 Conflict if the object changed."""
+        """Server-side apply of the fields set on ``status`` under this component's field
+        manager. With ``resource_version`` the write is conditional: 409 Conflict if the object
+        changed. ``force`` takes over fields another manager owns; without it such a write is
+        refused with 409 (a second writer shows up instead of being hidden)."""
         body: dict[str, Any] = {
             "apiVersion": constants.API_VERSION,
             "kind": ref.kind,
             "metadata": {"name": ref.name},
-            "status": status,
+            "status": status.to_apply(),
         }
         if resource_version is not None:
             body["metadata"]["resourceVersion"] = resource_version
@@ -170,7 +258,7 @@ class Kube:
             self.custom.patch_cluster_custom_object_status,
             body,
             field_manager=self.field_manager,
-            force=True,
+            force=force,
             _content_type=APPLY,
         )
 
@@ -183,27 +271,49 @@ class Kube:
             _content_type=JSON_PATCH,
         )
 
-    def add_finalizer(self, ref: ObjectRef, body: dict[str, Any], name: str) -> dict[str, Any]:
-        """Add finalizer ``name`` unless present; guarded by resourceVersion (409 on a race)."""
-        meta = body["metadata"]
-        current = meta.get("finalizers") or []
-        if name in current:
-            return body
-        ops: list[dict[str, Any]] = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
-        ]
-        if current:
-            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": name})
-        else:
-            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [name]})
-        return self.json_patch(ref, ops)
+    def merge_patch(self, ref: ObjectRef, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._on(
+            ref,
+            self.custom.patch_namespaced_custom_object,
+            self.custom.patch_cluster_custom_object,
+            patch,
+        )
+
+    def add_finalizer(self, obj: Obj, name: str) -> Obj:
+        """``obj`` with finalizer ``name`` added unless present, guarded by resourceVersion.
+
+        A cached copy may lag behind this component's own last write: when the guard fails,
+        the object is read again (the finalizer may be there already) and the add retried."""
+        kind = type(obj)
+        for _ in range(3):
+            meta = obj.metadata
+            if name in meta.finalizers:
+                return obj
+            ops: list[dict[str, Any]] = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resourceVersion}
+            ]
+            if meta.finalizers:
+                ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": name})
+            else:
+                ops.append({"op": "add", "path": "/metadata/finalizers", "value": [name]})
+            ref = ObjectRef.to(obj)
+            try:
+                return kind.parse(self.json_patch(ref, ops))
+            except ApiException as exc:
+                if exc.status not in (409, 422):  # a failed "test" is a 422
+                    raise
+            obj = kind.parse(self.get_raw(ref))
+        raise RetryLater("Conflict", f"{obj.full_name} keeps changing; adding {name} later", 1.0)
 
     def remove_finalizer(self, ref: ObjectRef, name: str) -> None:
         """Remove finalizer ``name`` (no-op when it or the object is gone)."""
         for _ in range(5):
-            body = self.get_or_none(ref)
-            if body is None:
-                return
+            try:
+                body = self.get_raw(ref)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
             current = body["metadata"].get("finalizers") or []
             if name not in current:
                 return
@@ -244,11 +354,11 @@ class Kube:
             ]
         body = client.V1ConfigMap(metadata=meta, data=data)
         try:
-            self.core.replace_namespaced_config_map(name, namespace, body)
+            self.core.replace_namespaced_config_map(name, namespace, body, _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.core.create_namespaced_config_map(namespace, body)
+            self.core.create_namespaced_config_map(namespace, body, _request_timeout=TIMEOUT)
 
     def event(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
         """Record an Event about ``ref`` (best effort: a failed Event never fails the work)."""
@@ -276,6 +386,6 @@ class Kube:
             reporting_instance=self.host,
         )
         try:
-            self.core.create_namespaced_event(namespace, body)
+            self.core.create_namespaced_event(namespace, body, _request_timeout=TIMEOUT)
         except Exception as exc:
             log.warning("could not record event %s on %s: %s", reason, ref.name, exc)

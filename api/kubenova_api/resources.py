@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, StringConstraints
 
-from kubenova_api.common import ApiModel, Condition, StatusModel
+from kubenova_api import constants
+from kubenova_api.common import ApiModel, Condition, KubeObject, StatusModel
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SHA256 = r"^[a-f0-9]{64}$"
@@ -58,8 +59,11 @@ class FlavorStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list, description="Validity.")
 
 
-class Flavor(ApiModel):
+class Flavor(KubeObject):
+    KIND: ClassVar[str] = "Flavor"
+    PLURAL: ClassVar[str] = constants.FLAVORS
     spec: FlavorSpec
+    status: FlavorStatus = Field(default_factory=FlavorStatus)
 
 
 # ----------------------------------------------------------------------------- Image
@@ -155,8 +159,11 @@ class ImageStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list, description="Validity.")
 
 
-class Image(ApiModel):
+class Image(KubeObject):
+    KIND: ClassVar[str] = "Image"
+    PLURAL: ClassVar[str] = constants.IMAGES
     spec: ImageSpec
+    status: ImageStatus = Field(default_factory=ImageStatus)
 
 
 # ----------------------------------------------------------------------------- Server
@@ -333,8 +340,11 @@ class ServerStatus(StatusModel):
     )
 
 
-class Server(ApiModel):
+class Server(KubeObject):
+    KIND: ClassVar[str] = "Server"
+    PLURAL: ClassVar[str] = constants.SERVERS
     spec: ServerSpec
+    status: ServerStatus = Field(default_factory=ServerStatus)
 
 
 # ----------------------------------------------------------------------------- ServerGroup
@@ -364,6 +374,13 @@ class ServerGroupSpec(ApiModel):
 
 class ServerGroupStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list, description="Validity.")
+
+
+class ServerGroup(KubeObject):
+    KIND: ClassVar[str] = "ServerGroup"
+    PLURAL: ClassVar[str] = constants.SERVERGROUPS
+    spec: ServerGroupSpec
+    status: ServerGroupStatus = Field(default_factory=ServerGroupStatus)
 
 
 # ----------------------------------------------------------------------------- Hypervisor
@@ -454,8 +471,11 @@ class HypervisorStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list, description="Ready.")
 
 
-class Hypervisor(ApiModel):
-    spec: HypervisorSpec
+class Hypervisor(KubeObject):
+    KIND: ClassVar[str] = "Hypervisor"
+    PLURAL: ClassVar[str] = constants.HYPERVISORS
+    spec: HypervisorSpec = Field(default_factory=HypervisorSpec)
+    status: HypervisorStatus = Field(default_factory=HypervisorStatus)
 
 
 # ----------------------------------------------------------------------------- ServerMigration
@@ -559,6 +579,36 @@ class MigrationProgress(StatusModel):
     percent: int = Field(default=0, ge=0, le=100, description="Rough progress.")
 
 
+class SourceStep(enum.StrEnum):
+    """The source agent's part of a migration, in order (what its report says)."""
+
+    Waiting = "Waiting"
+    """Nothing reported yet."""
+    Reported = "Reported"
+    """The guest's CPU and the storage probe are reported."""
+    Started = "Started"
+    """The libvirt migration (or the disk copy) began."""
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class TargetStep(enum.StrEnum):
+    """The target agent's part of a migration, in order (what its report says)."""
+
+    Waiting = "Waiting"
+    """Waiting for the source's report."""
+    Checked = "Checked"
+    """CPU compatible and storage probed."""
+    Prepared = "Prepared"
+    """Images and disks are in place."""
+    Arrived = "Arrived"
+    """The guest runs here as a persistent domain."""
+    Refused = "Refused"
+    """The checks or the preparation failed (reason and message say why)."""
+    CleanedUp = "CleanedUp"
+    """After a failed migration: nothing of the guest is left here."""
+
+
 class MigrationSourceReport(StatusModel):
     """Written by the source host's agent."""
 
@@ -573,6 +623,14 @@ class MigrationSourceReport(StatusModel):
     result: str | None = Field(default=None, description="Succeeded or Failed.")
     reason: str | None = Field(default=None, description="Why it failed.")
     message: str | None = Field(default=None, description="What happened.")
+
+    @property
+    def step(self) -> SourceStep:
+        if self.result in (SourceStep.Succeeded, SourceStep.Failed):
+            return SourceStep(self.result)
+        if self.started:
+            return SourceStep.Started
+        return SourceStep.Reported if self.storageProbe else SourceStep.Waiting
 
 
 class MigrationTargetReport(StatusModel):
@@ -593,6 +651,46 @@ class MigrationTargetReport(StatusModel):
     )
     cleanedUp: bool = Field(default=False, description="After a failure: nothing is left.")
 
+    @property
+    def step(self) -> TargetStep:
+        """The report's flags read as one ordered step."""
+        if self.cleanedUp:
+            return TargetStep.CleanedUp
+        if self.checked and not self.compatible:
+            return TargetStep.Refused
+        if self.arrived:
+            return TargetStep.Arrived
+        if self.prepared:
+            return TargetStep.Prepared
+        return TargetStep.Checked if self.checked else TargetStep.Waiting
+
+    def at(self, step: TargetStep, reason: str | None = None, message: str | None = None) -> Self:
+        """This report moved on to ``step`` (the flags of every step before it kept)."""
+        out = self.model_copy()
+        if step is TargetStep.Refused:
+            out.checked, out.compatible = True, False
+        elif step is TargetStep.CleanedUp:
+            out.cleanedUp = True
+        else:
+            out.checked = out.compatible = True
+            out.prepared = step in (TargetStep.Prepared, TargetStep.Arrived) or out.prepared
+            out.arrived = step is TargetStep.Arrived or out.arrived
+        if reason is not None:
+            out.reason = reason
+        if message is not None:
+            out.message = message
+        return out
+
+
+class Outcome(StatusModel):
+    """Why something ended or must end: a reason a program can match and words for people."""
+
+    reason: str = Field(description="One CamelCase word, e.g. TargetDown or Cancelled.")
+    message: str = Field(default="", description="What happened, for a person.")
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}" if self.message else self.reason
+
 
 class ServerMigrationStatus(StatusModel):
     phase: MigrationPhase | None = Field(default=None, description="Where the migration is.")
@@ -606,7 +704,7 @@ class ServerMigrationStatus(StatusModel):
     blockMigration: bool | None = Field(
         default=None, description="Disks are copied (not shared between the hosts)."
     )
-    abortRequested: str | None = Field(
+    abortRequested: Outcome | None = Field(
         default=None, description="Why the controller asked the source to abort."
     )
     reason: str | None = Field(default=None, description="Why it ended as it did.")
@@ -621,5 +719,17 @@ class ServerMigrationStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list, description="Succeeded.")
 
 
-class ServerMigration(ApiModel):
+class ServerMigration(KubeObject):
+    KIND: ClassVar[str] = "ServerMigration"
+    PLURAL: ClassVar[str] = constants.SERVERMIGRATIONS
     spec: ServerMigrationSpec
+    status: ServerMigrationStatus = Field(default_factory=ServerMigrationStatus)
+
+    @property
+    def phase(self) -> MigrationPhase:
+        return self.status.phase or MigrationPhase.Pending
+
+    @property
+    def active(self) -> bool:
+        """Not ended yet (neither Succeeded nor Failed)."""
+        return self.phase not in TERMINAL_PHASES

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import yaml
 
+from kubenova_agent.settings import AgentSettings
+from kubenova_api import config
 from kubenova_devenv import (
     controlplane,
     guestimage,
@@ -25,6 +27,7 @@ from kubenova_devenv import (
     paths,
     simhost,
 )
+from kubenova_operator.settings import ControllerSettings
 
 DEPLOY = paths.REPO / "deploy"
 #: What an "older" host's libvirt knows: CPU models up to about 2010 (no EPYC, no Skylake).
@@ -223,26 +226,39 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start_controller(self) -> Proc:
+    def controller_settings(self) -> ControllerSettings:
+        """The controller's settings in this bed (its flags are generated from them)."""
+        return ControllerSettings(
+            kubeconfig=str(self.cp.kubeconfig("kubenova:controller")),
+            heartbeat_grace_seconds=self.heartbeat_grace_seconds,
+            resync_seconds=5.0,
+        )
+
+    def start_controller(self, settings: ControllerSettings | None = None) -> Proc:
+        cfg = settings or self.controller_settings()
         proc = Proc(
             "controller",
-            [
-                sys.executable,
-                "-m",
-                "kubenova_operator.main",
-                "--kubeconfig",
-                str(self.cp.kubeconfig("kubenova:controller")),
-                "--heartbeat-grace-seconds",
-                str(self.heartbeat_grace_seconds),
-                "--resync-seconds",
-                "5",
-            ],
+            [sys.executable, "-m", "kubenova_operator.main", *config.to_args(cfg)],
             self.workdir / "controller.log",
             self._env(),
         )
         self.controller = proc
         proc.start()
         return proc
+
+    def agent_settings(self, host_name: str) -> AgentSettings:
+        """The settings of the agent of libvirtd host ``host_name`` in this bed."""
+        host = self.hosts[host_name]
+        return AgentSettings(
+            host_name=host_name,
+            libvirt_uri="qemu:///system",
+            virt_type=self.virt_type,
+            kubeconfig=str(self.cp.kubeconfig("kubenova:agent")),
+            heartbeat_seconds=self.heartbeat_seconds,
+            resync_seconds=30.0,
+            peer_libvirt_uri=host.uri,
+            migration_address="127.0.0.1",
+        )
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
         host = self.hosts[host_name]
@@ -253,22 +269,7 @@ class Stack:
                 sys.executable,
                 "-m",
                 "kubenova_agent.main",
-                "--host-name",
-                host_name,
-                "--libvirt-uri",
-                "qemu:///system",
-                "--virt-type",
-                self.virt_type,
-                "--kubeconfig",
-                str(self.cp.kubeconfig("kubenova:agent")),
-                "--heartbeat-seconds",
-                str(self.heartbeat_seconds),
-                "--resync-seconds",
-                "30",
-                "--peer-libvirt-uri",
-                host.uri,
-                "--migration-address",
-                "127.0.0.1",
+                *config.to_args(self.agent_settings(host_name)),
                 *self.agent_args,
                 *extra_args,
             ],
@@ -283,29 +284,19 @@ class Stack:
         """An agent for a simulated host on libvirt's test driver (no daemon, no guests run)."""
         root = self.workdir / name
         uri = simhost.write_host_file(root / "host.xml", cpus=cpus, memory_mib=memory_mib)
+        cfg = AgentSettings(
+            host_name=name,
+            libvirt_uri=uri,
+            virt_type="test",
+            state_dir=str(root / "state"),
+            kubeconfig=str(self.cp.kubeconfig("kubenova:agent")),
+            heartbeat_seconds=self.heartbeat_seconds,
+            reserved_memory_mib=0,
+            resync_seconds=30.0,
+        )
         proc = Proc(
             f"agent-{name}",
-            [
-                sys.executable,
-                "-m",
-                "kubenova_agent.main",
-                "--host-name",
-                name,
-                "--libvirt-uri",
-                uri,
-                "--virt-type",
-                "test",
-                "--state-dir",
-                str(root / "state"),
-                "--kubeconfig",
-                str(self.cp.kubeconfig("kubenova:agent")),
-                "--heartbeat-seconds",
-                str(self.heartbeat_seconds),
-                "--reserved-memory-mib",
-                "0",
-                "--resync-seconds",
-                "30",
-            ],
+            [sys.executable, "-m", "kubenova_agent.main", *config.to_args(cfg)],
             self.workdir / f"agent-{name}.log",
             self._env(),
         )

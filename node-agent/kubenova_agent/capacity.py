@@ -6,15 +6,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from kubenova_agent.driver import Storage
 from kubenova_agent.libvirt import errors
 from kubenova_agent.libvirt.host import Host, HostFacts
-from kubenova_agent.libvirt.storage import Storage
 from kubenova_agent.settings import AgentSettings
-from kubenova_api import common, constants, kube
+from kubenova_api import common, kube
+from kubenova_api.common import Condition, ConditionStatus, ObjectMeta
+from kubenova_api.kube import ObjectRef
+from kubenova_api.resources import (
+    CpuInfo,
+    Hypervisor,
+    HypervisorSpec,
+    HypervisorStatus,
+    MigrationEndpoint,
+    Resources,
+    Server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,35 +32,29 @@ GIB = 1 << 30
 FACTS_REFRESH_SECONDS = 300.0
 
 
-def hypervisor_ref(host_name: str) -> kube.ObjectRef:
-    return kube.ObjectRef("Hypervisor", constants.HYPERVISORS, host_name)
+def hypervisor_ref(host_name: str) -> ObjectRef:
+    return ObjectRef.named(Hypervisor, host_name)
 
 
 def ensure_hypervisor(k: kube.Kube, host_name: str) -> None:
     """Create this host's Hypervisor (with an empty spec an admin may fill) if it is missing."""
-    body = {
-        "apiVersion": constants.API_VERSION,
-        "kind": "Hypervisor",
-        "metadata": {"name": host_name},
-        "spec": {},
-    }
     try:
-        k.custom.create_cluster_custom_object(
-            constants.GROUP, constants.VERSION, constants.HYPERVISORS, body
-        )
+        k.create(Hypervisor(metadata=ObjectMeta(name=host_name), spec=HypervisorSpec()))
         log.info("registered Hypervisor %s", host_name)
     except ApiException as exc:
         if exc.status != 409:
             raise
 
 
-def used_by(servers: list[dict[str, Any]]) -> dict[str, int]:
+def used_by(servers: list[Server]) -> Resources:
     """Resources the Servers bound here claim, from the flavor each was scheduled with."""
-    used = {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0}
+    used = Resources()
     for server in servers:
-        flavor = (server.get("status") or {}).get("flavor") or {}
-        for key in used:
-            used[key] += int(flavor.get(key, 0))
+        flavor = server.status.flavor
+        if flavor is not None:
+            used.vcpus += flavor.vcpus
+            used.memoryMiB += flavor.memoryMiB
+            used.diskGiB += flavor.diskGiB
     return used
 
 
@@ -61,21 +65,24 @@ class CapacityPublisher:
         k: kube.Kube,
         host: Host,
         storage: Storage,
-        servers: Callable[[], list[dict[str, Any]]],
+        servers: Callable[[], list[Server]],
         virt_type: str,
-        extra: dict[str, Any] | None = None,
+        migration: MigrationEndpoint | None = None,
+        guest_cpu: str | None = None,
     ) -> None:
-        self._extra = dict(extra or {})
-        """Fields that do not change while the agent runs (migration endpoint, guest CPU)."""
         self._settings = settings
         self._kube = k
         self._host = host
         self._storage = storage
         self._servers = servers
         self._virt_type = virt_type
+        self._migration = migration
+        """Where migrations to this host go (does not change while the agent runs)."""
+        self._guest_cpu = guest_cpu
+        """The CPU this host offers guests (does not change while the agent runs)."""
         self._facts: HostFacts | None = None
         self._facts_at = 0.0
-        self._ready: dict[str, Any] | None = None
+        self._ready: Condition | None = None
 
     def facts(self) -> HostFacts:
         """The host's CPU, size and versions; read again every few minutes (they rarely change,
@@ -86,70 +93,65 @@ class CapacityPublisher:
             self._facts_at = now
         return self._facts
 
-    def _condition(self, status: str, reason: str, message: str) -> dict[str, Any]:
+    def _condition(self, status: ConditionStatus, reason: str, message: str) -> Condition:
         old = [self._ready] if self._ready else []
-        self._ready = common.set_condition(old, "Ready", status, reason, message)[0]  # type: ignore[arg-type]
+        self._ready = common.set_condition(old, "Ready", status, reason, message)[0]
         return self._ready
 
-    def publish(self) -> dict[str, Any]:
+    def publish(self) -> HypervisorStatus:
         """Compute and write the Hypervisor status; returns what was written."""
         s = self._settings
-        status: dict[str, Any] = {
-            "lastHeartbeatTime": common.timestamp(),
-            "reserved": {
-                "vcpus": s.reserved_vcpus,
-                "memoryMiB": s.reserved_memory_mib,
-                "diskGiB": s.reserved_disk_gib,
-            },
-            "used": used_by(self._servers()),
-            "virtType": self._virt_type,
-            **self._extra,
-        }
+        reserved = Resources(
+            vcpus=s.reserved_vcpus, memoryMiB=s.reserved_memory_mib, diskGiB=s.reserved_disk_gib
+        )
+        status = HypervisorStatus(
+            lastHeartbeatTime=common.now(),
+            reserved=reserved,
+            used=used_by(self._servers()),
+            virtType=self._virt_type,
+        )
+        if self._migration is not None:
+            status.migration = self._migration
+        if self._guest_cpu is not None:
+            status.guestCPU = self._guest_cpu
         try:
             facts = self.facts()
             pool = self._storage.usage()
             running = sum(1 for d in self._host.domains() if d.active and d.owner is not None)
         except errors.HypervisorError as exc:
             log.warning("libvirt unreachable while publishing capacity: %s", exc)
-            status["conditions"] = [
+            status.conditions = [
                 self._condition("False", "LibvirtUnreachable", f"libvirt at {s.libvirt_uri}: {exc}")
             ]
             self._kube.apply_status(hypervisor_ref(s.host_name), status)
             return status
-        status.update(
-            {
-                "hostUUID": facts.uuid,
-                "hypervisorType": facts.hypervisor_type,
-                "hypervisorVersion": facts.hypervisor_version,
-                "libvirtVersion": facts.libvirt_version,
-                "cpuInfo": {
-                    "arch": facts.cpu.arch,
-                    "model": facts.cpu.model,
-                    "vendor": facts.cpu.vendor,
-                    "features": list(facts.cpu.features),
-                    "sockets": facts.cpu.sockets,
-                    "cores": facts.cpu.cores,
-                    "threads": facts.cpu.threads,
-                },
-                "guestArchitectures": list(facts.guest_archs),
-                "total": {
-                    "vcpus": facts.cpus,
-                    "memoryMiB": facts.memory_mib,
-                    "diskGiB": pool.capacity_bytes // GIB,
-                },
-                "free": {
-                    key: max(0, total - status["reserved"][key] - status["used"][key])
-                    for key, total in (
-                        ("vcpus", facts.cpus),
-                        ("memoryMiB", facts.memory_mib),
-                        ("diskGiB", pool.capacity_bytes // GIB),
-                    )
-                },
-                "runningVMs": running,
-                "conditions": [
-                    self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")
-                ],
-            }
+        total = Resources(
+            vcpus=facts.cpus, memoryMiB=facts.memory_mib, diskGiB=pool.capacity_bytes // GIB
         )
+        assert status.used is not None
+        status.hostUUID = facts.uuid
+        status.hypervisorType = facts.hypervisor_type
+        status.hypervisorVersion = facts.hypervisor_version
+        status.libvirtVersion = facts.libvirt_version
+        status.cpuInfo = CpuInfo(
+            arch=facts.cpu.arch,
+            model=facts.cpu.model,
+            vendor=facts.cpu.vendor,
+            features=list(facts.cpu.features),
+            sockets=facts.cpu.sockets,
+            cores=facts.cpu.cores,
+            threads=facts.cpu.threads,
+        )
+        status.guestArchitectures = list(facts.guest_archs)
+        status.total = total
+        status.free = Resources(
+            vcpus=max(0, total.vcpus - reserved.vcpus - status.used.vcpus),
+            memoryMiB=max(0, total.memoryMiB - reserved.memoryMiB - status.used.memoryMiB),
+            diskGiB=max(0, total.diskGiB - reserved.diskGiB - status.used.diskGiB),
+        )
+        status.runningVMs = running
+        status.conditions = [
+            self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")
+        ]
         self._kube.apply_status(hypervisor_ref(s.host_name), status)
         return status

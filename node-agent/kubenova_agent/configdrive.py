@@ -11,24 +11,25 @@ from typing import Any
 
 import pycdlib
 
+from kubenova_api.resources import Server, ServerSpec
+
 LABEL = "config-2"
 
 
-def metadata_of(body: dict[str, Any]) -> dict[str, Any]:
-    """``meta_data.json`` of a Server."""
-    meta, spec = body["metadata"], body["spec"]
+def metadata_of(server: Server) -> dict[str, Any]:
+    """``meta_data.json`` of a Server (plain JSON: it is written as a file)."""
+    spec = server.spec
     files = [
-        {"path": f["path"], "content_path": f"/content/{i:04d}"}
-        for i, f in enumerate(spec.get("files") or [])
+        {"path": f.path, "content_path": f"/content/{i:04d}"} for i, f in enumerate(spec.files)
     ]
     return {
-        "uuid": meta["uid"],
-        "name": meta["name"],
-        "hostname": meta["name"],
-        "project_id": meta["namespace"],
-        "availability_zone": spec.get("availabilityZone") or "nova",
+        "uuid": server.uid,
+        "name": server.name,
+        "hostname": server.name,
+        "project_id": server.namespace,
+        "availability_zone": spec.availabilityZone or "nova",
         "launch_index": 0,
-        "public_keys": {f"key-{i}": key for i, key in enumerate(spec.get("sshKeys") or [])},
+        "public_keys": {f"key-{i}": key for i, key in enumerate(spec.sshKeys)},
         "files": files,
         "meta": {},
     }
@@ -38,7 +39,7 @@ def _iso_name(name: str) -> str:
     return name.upper().replace("-", "_").replace(".", "_", name.count(".") - 1)
 
 
-def write(path: str, metadata: dict[str, Any], spec: dict[str, Any]) -> None:
+def write(path: str, metadata: dict[str, Any], spec: ServerSpec) -> None:
     """Write the config drive of a Server with ``spec`` to ``path``."""
     entries: dict[str, bytes] = {
         "openstack/latest/meta_data.json": json.dumps(metadata).encode(),
@@ -46,10 +47,10 @@ def write(path: str, metadata: dict[str, Any], spec: dict[str, Any]) -> None:
             {"links": [], "networks": [], "services": []}
         ).encode(),
     }
-    if spec.get("userData"):
-        entries["openstack/latest/user_data"] = spec["userData"].encode()
-    for i, f in enumerate(spec.get("files") or []):
-        entries[f"openstack/content/{i:04d}"] = f["content"].encode()
+    if spec.userData:
+        entries["openstack/latest/user_data"] = spec.userData.encode()
+    for i, f in enumerate(spec.files):
+        entries[f"openstack/content/{i:04d}"] = f.content.encode()
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=4, joliet=3, rock_ridge="1.09", vol_ident=LABEL)
     made: set[str] = set()

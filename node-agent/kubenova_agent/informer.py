@@ -1,61 +1,72 @@
-"""A list-then-watch cache of the Servers bound to this host, selected server-side by the
-``status.nodeName`` field selector, so the agent's traffic grows with its own guests only."""
+"""A list-then-watch cache of the objects of one kind whose selected field names this host
+(Servers by ``status.nodeName``, ServerMigrations by ``status.sourceNode`` / ``targetNode``),
+selected server-side, so the agent's traffic grows with its own guests only.
+
+Objects are parsed into their model as they arrive; the cache hands out models. A watch that
+ends is resumed from the last resourceVersion seen; only a 410 Gone (or an error) makes it
+list again, and a relist tells the handler about every object that changed or disappeared."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import pydantic
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import constants, kube
+from kubenova_api.common import KubeObject
+from kubenova_api.resources import Server
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 OnChange = Callable[[Key], None]
+Obj = TypeVar("Obj", bound=KubeObject)
+
+WATCH_SECONDS = 240
+"""How long the API server keeps one watch open before ending it (then it is resumed)."""
+WATCH_READ_TIMEOUT = 300.0
+"""Client-side: a watch that sends nothing for this long (not even a bookmark) is treated as
+dead, so a half-open connection to a vanished API server is noticed in bounded time."""
 
 
-def key_of(body: dict[str, Any]) -> Key:
-    return body["metadata"]["namespace"], body["metadata"]["name"]
-
-
-class ServerInformer:
-    """Objects of ``plural`` whose ``field`` is this host (Servers bound here by default)."""
+class Informer(Generic[Obj]):
+    """Objects of ``kind`` whose ``field`` is this host."""
 
     def __init__(
         self,
         k: kube.Kube,
+        kind: type[Obj],
         host_name: str,
         on_change: OnChange,
-        plural: str = constants.SERVERS,
         field: str = constants.NODE_FIELD,
     ) -> None:
         self._kube = k
-        self._plural = plural
+        self._kind = kind
         self._selector = f"{field}={host_name}"
         self._on_change = on_change
-        self._store: dict[Key, dict[str, Any]] = {}
+        self._store: dict[Key, Obj] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
 
-    def get(self, key: Key) -> dict[str, Any] | None:
+    def get(self, key: Key) -> Obj | None:
         with self._lock:
             return self._store.get(key)
 
-    def items(self) -> list[dict[str, Any]]:
+    def items(self) -> list[Obj]:
         with self._lock:
             return list(self._store.values())
 
     def key_for_uid(self, uid: str) -> Key | None:
         with self._lock:
-            for key, body in self._store.items():
-                if body["metadata"].get("uid") == uid:
+            for key, obj in self._store.items():
+                if obj.metadata.uid == uid:
                     return key
         return None
 
@@ -66,61 +77,97 @@ class ServerInformer:
 
     def run(self) -> None:
         delay = 0.5
+        rv: str | None = None
         while not self._stop.is_set():
             try:
-                rv = self._list()
+                if rv is None:
+                    rv = self._list()
+                rv = self._watch_from(rv)
                 delay = 0.5
-                self._watch_from(rv)
+                continue
             except ApiException as exc:
                 if exc.status == 410:
-                    log.info("watch expired; listing again")
+                    log.info("%s watch expired; listing again", self._kind.PLURAL)
+                    rv = None
                     continue
-                log.warning("%s watch failed: %s; retrying in %.1fs", self._plural, exc, delay)
+                log.warning("%s watch failed: %s; retrying in %.1fs", self._kind.PLURAL, exc, delay)
             except Exception as exc:
-                log.warning("%s watch failed: %s; retrying in %.1fs", self._plural, exc, delay)
+                log.warning("%s watch failed: %s; retrying in %.1fs", self._kind.PLURAL, exc, delay)
+            rv = None  # after an error, list again: events may have been missed
             self._stop.wait(delay)
             delay = min(delay * 2, 30.0)
 
+    def _parse(self, body: dict[str, Any]) -> Obj | None:
+        try:
+            return self._kind.parse(body)
+        except pydantic.ValidationError as exc:
+            meta = body.get("metadata") or {}
+            log.error(  # noqa: TRY400 - the validation error says it all
+                "ignoring %s %s/%s that does not match its model: %s",
+                self._kind.KIND,
+                meta.get("namespace"),
+                meta.get("name"),
+                exc,
+            )
+            return None
+
     def _list(self) -> str:
-        resp = self._kube.custom.list_cluster_custom_object(
-            constants.GROUP, constants.VERSION, self._plural, field_selector=self._selector
-        )
-        listing = kube.as_dict(resp)
-        fresh = {key_of(item): item for item in listing.get("items", [])}
+        listing = self._kube.list_raw(self._kind.PLURAL, field_selector=self._selector)
+        fresh: dict[Key, Obj] = {}
+        for item in listing.get("items", []):
+            obj = self._parse(item)
+            if obj is not None:
+                fresh[obj.key] = obj
         with self._lock:
-            gone = set(self._store) - set(fresh)
+            old = self._store
             self._store = fresh
-        for key in list(fresh) + list(gone):
+        changed = [
+            key
+            for key, obj in fresh.items()
+            if key not in old or old[key].metadata.resourceVersion != obj.metadata.resourceVersion
+        ]
+        for key in changed + [key for key in old if key not in fresh]:
             self._on_change(key)
         self.synced.set()
         return str(listing["metadata"]["resourceVersion"])
 
-    def _watch_from(self, rv: str) -> None:
+    def _watch_from(self, rv: str) -> str:
+        """Follow the watch until it ends; returns the last resourceVersion seen."""
         self._watch = watch.Watch()
         stream = self._watch.stream(
             self._kube.custom.list_cluster_custom_object,
             constants.GROUP,
             constants.VERSION,
-            self._plural,
+            self._kind.PLURAL,
             field_selector=self._selector,
             resource_version=rv,
             allow_watch_bookmarks=True,
-            timeout_seconds=300,
+            timeout_seconds=WATCH_SECONDS,
+            _request_timeout=(5.0, WATCH_READ_TIMEOUT),
         )
         for event in stream:
             if self._stop.is_set():
-                return
+                return rv
             kind = event["type"]
-            obj = event["object"]
+            raw = event["object"]
             if kind == "ERROR":
-                code = obj.get("code") if isinstance(obj, dict) else None
-                raise ApiException(status=code or 500, reason=str(obj))
+                code = raw.get("code") if isinstance(raw, dict) else None
+                raise ApiException(status=code or 500, reason=str(raw))
+            rv = str((raw.get("metadata") or {}).get("resourceVersion") or rv)
             if kind == "BOOKMARK":
                 continue
-            key = key_of(obj)
+            obj = self._parse(raw)
+            if obj is None:
+                continue
             with self._lock:
                 if kind == "DELETED":
-                    self._store.pop(key, None)
+                    self._store.pop(obj.key, None)
                 else:
-                    self._store[key] = obj
-            self._on_change(key)
+                    self._store[obj.key] = obj
+            self._on_change(obj.key)
+        return rv
+
+
+def servers(k: kube.Kube, host_name: str, on_change: OnChange) -> Informer[Server]:
+    """The Servers bound to this host."""
+    return Informer(k, Server, host_name, on_change, constants.NODE_FIELD)

@@ -10,15 +10,24 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any
 
-from kubenova_agent import capacity, images, informer, migrate, reconcile, settings, workqueue
+from kubenova_agent import (
+    capacity,
+    images,
+    informer,
+    migrations,
+    reconcile,
+    settings,
+    workqueue,
+)
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
 from kubenova_agent.libvirt.migration import Migrations
 from kubenova_agent.libvirt.storage import Storage
-from kubenova_api import constants, health, kube
+from kubenova_api import common, constants, health, kube
+from kubenova_api.kube import RetryLater
+from kubenova_api.resources import Flavor, Hypervisor, MigrationEndpoint, Server
 
 log = logging.getLogger("kubenova_agent")
 
@@ -43,9 +52,9 @@ class Agent:
         self.host = Host(cfg.libvirt_uri, on_event=self._on_domain_event)
         self.guests = Guests(self.host)
         self.storage = Storage(self.host, cfg.pool_name, cfg.instances_dir)
-        self.informer = informer.ServerInformer(self.kube, cfg.host_name, self.queue.add)
+        self.informer = informer.servers(self.kube, cfg.host_name, self.queue.add)
         self.migrations = Migrations(self.host)
-        self.migrator: migrate.MigrationAgent | None = None
+        self.migrator: migrations.MigrationAgent | None = None
         self._baseline: tuple[float, tuple[str, ...], str | None] = (0.0, (), None)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -68,19 +77,24 @@ class Agent:
             virt_type=virt_type,
             guest_cpu=self._guest_cpu,
         )
-        self.migrator = migrate.MigrationAgent(self.deps, self.migrations, self._requeue_uid)
+        self.migrator = migrations.MigrationAgent(
+            self.deps, self.kube, self.migrations, self._requeue_uid
+        )
         self.deps.hold = self.migrator.holds
         self.deps.moved_away = self.migrator.moved_away
         capacity.ensure_hypervisor(self.kube, cfg.host_name)
-        extra: dict[str, Any] = {
-            "migration": {"libvirtURI": cfg.peer_uri, "address": cfg.migration_target_address}
-        }
+        host_cpu = None
         if virt_type is not domain_xml.VirtType.test:
             host_cpu = self.migrations.host_model_cpu(virt_type.value)
-            if host_cpu is not None:
-                extra["guestCPU"] = host_cpu
         self.publisher = capacity.CapacityPublisher(
-            cfg, self.kube, self.host, self.storage, self.informer.items, virt_type.value, extra
+            cfg,
+            self.kube,
+            self.host,
+            self.storage,
+            self.informer.items,
+            virt_type.value,
+            MigrationEndpoint(libvirtURI=cfg.peer_uri, address=cfg.migration_target_address),
+            host_cpu,
         )
         # Migrations first: a guest that is moving must be known as such before the Server
         # reconciler looks at it.
@@ -116,17 +130,15 @@ class Agent:
         if key is not None:
             self.queue.add(key)
 
-    def _guest_cpu(self, body: dict[str, Any]) -> str | None:
+    def _guest_cpu(self, server: Server) -> str | None:
         """The CPU a new guest gets: the Flavor's ``hw:cpu_mode``/``hw:cpu_model`` extra specs,
         else the agent's ``--cpu-mode``; ``cluster`` is the baseline of every enabled host."""
         cfg = self.settings
         assert self.deps is not None
         if self.deps.virt_type is domain_xml.VirtType.test:
             return None
-        flavor = self.kube.get_or_none(
-            kube.ObjectRef("Flavor", constants.FLAVORS, body["spec"]["flavorRef"])
-        )
-        extra = ((flavor or {}).get("spec") or {}).get("extraSpecs") or {}
+        flavor = self.kube.get(Flavor, server.spec.flavorRef)
+        extra = flavor.spec.extraSpecs if flavor is not None else {}
         model = extra.get("hw:cpu_model") or cfg.cpu_model
         mode = extra.get("hw:cpu_mode") or ("custom" if extra.get("hw:cpu_model") else None)
         mode = mode or cfg.cpu_mode
@@ -138,17 +150,13 @@ class Agent:
 
     def _cluster_cpu(self) -> str | None:
         """libvirt's baseline of the CPUs of every enabled host that is up (cached 30 s)."""
-        listing = self.kube.custom.list_cluster_custom_object(
-            constants.GROUP, constants.VERSION, constants.HYPERVISORS
-        )
         cpus = []
-        for hv in kube.as_dict(listing).get("items", []):
-            spec, status = hv.get("spec") or {}, hv.get("status") or {}
-            up = [c for c in status.get("conditions") or [] if c.get("type") == "Up"]
-            if spec.get("disabled") or (up and up[0].get("status") == "False"):
+        for hv in self.kube.list_of(Hypervisor):
+            up = kube_condition(hv, "Up")
+            if hv.spec.disabled or (up is not None and up.status == "False"):
                 continue
-            if status.get("guestCPU"):
-                cpus.append(str(status["guestCPU"]))
+            if hv.status.guestCPU:
+                cpus.append(hv.status.guestCPU)
         key = tuple(sorted(cpus))
         at, cached_key, cached = self._baseline
         if cached_key == key and time.monotonic() - at < 30:
@@ -192,14 +200,14 @@ class Agent:
             if key is None:
                 return
             try:
-                body = self.informer.get(key)
-                if body is not None:
-                    again = reconcile.reconcile_server(self.deps, body)
+                server = self.informer.get(key)
+                if server is not None:
+                    again = reconcile.reconcile_server(self.deps, server)
                     if again is not None:
                         self.queue.add(key, again)
                 self.queue.forget(key)
             except Exception as exc:
-                transient = getattr(exc, "transient", True)
+                transient = isinstance(exc, RetryLater) or getattr(exc, "transient", True)
                 delay = self.queue.backoff(key)
                 level = logging.WARNING if transient else logging.ERROR
                 log.log(
@@ -233,8 +241,8 @@ class Agent:
                 self.sweep_orphans()
             except Exception as exc:
                 log.warning("orphan sweep failed: %s", exc)
-            for body in self.informer.items():
-                self.queue.add(informer.key_of(body))
+            for server in self.informer.items():
+                self.queue.add(server.key)
             self._stop.wait(self.settings.resync_seconds)
 
     def sweep_orphans(self) -> list[str]:
@@ -246,13 +254,10 @@ class Agent:
         domains = [d for d in self.host.domains() if d.owner is not None]
         if not domains:
             return []
-        resp = self.kube.custom.list_cluster_custom_object(
-            constants.GROUP,
-            constants.VERSION,
-            constants.SERVERS,
-            field_selector=f"{constants.NODE_FIELD}={self.settings.host_name}",
+        bound = self.kube.list_of(
+            Server, field_selector=f"{constants.NODE_FIELD}={self.settings.host_name}"
         )
-        live = {item["metadata"]["uid"] for item in kube.as_dict(resp).get("items", [])}
+        live = {server.uid for server in bound}
         removed = []
         for dom in domains:
             if dom.uuid in live:
@@ -287,13 +292,15 @@ class Agent:
 
     def _bound_elsewhere(self, owner: domain_xml.Owner) -> str | None:
         """The host the domain's Server is bound to, if it exists and is bound elsewhere."""
-        server = self.kube.get_or_none(
-            kube.ObjectRef("Server", constants.SERVERS, owner.name, owner.namespace)
-        )
-        if server is None or server["metadata"].get("uid") != owner.uid:
+        server = self.kube.get(Server, owner.name, owner.namespace)
+        if server is None or server.uid != owner.uid:
             return None
-        node = (server.get("status") or {}).get("nodeName")
-        return str(node) if node and node != self.settings.host_name else None
+        node = server.status.nodeName
+        return node if node and node != self.settings.host_name else None
+
+
+def kube_condition(hv: Hypervisor, type_: str) -> common.Condition | None:
+    return common.get_condition(hv.status.conditions, type_)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,11 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
-    health_address, argv = health.from_args(argv)
     cfg = settings.from_args(argv)
     agent = Agent(cfg)
     # Ready once this host's Servers are listed (its guests are then looked after).
-    health.serve(health_address, alive=lambda: True, ready=agent.informer.synced.is_set)
+    health.serve(cfg.health_address, alive=lambda: True, ready=agent.informer.synced.is_set)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -1,22 +1,24 @@
-"""The binding loop: one pass at a time over every pending Server, in creation order.
+"""The controller's loop: one pass at a time — host liveness, migrations, drains and resizes,
+then every pending Server in creation order.
 
 Passes are serial, so two Servers never race for the same room; a pass runs when anything it
-depends on changes (a Server, Flavor, Image or Hypervisor event) and at least every
-``resync_seconds``. The snapshot a pass reads is taken on kopf's event loop, then the pass
-runs in a thread because the Kubernetes client it writes with is synchronous."""
+depends on changes (an event) and at least every ``resync_seconds``. The snapshot a pass reads
+is taken on kopf's event loop (folding only the Servers that changed into the incremental
+:class:`~kubenova_operator.cluster.Cluster`), then the pass runs in a thread because the
+Kubernetes client it writes with is synchronous."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import dataclasses
-import functools
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+import time
+from collections.abc import Callable
 
 from kubenova_api import kube
-from kubenova_operator import binding, liveness, migration
+from kubenova_api.resources import Server, ServerMigration
+from kubenova_operator import binding, evacuation, liveness, migrations, resize
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -29,21 +31,34 @@ WRITERS = 8
 @dataclasses.dataclass
 class Snapshot:
     view: binding.ClusterView
-    pending: list[dict[str, Any]]
-    migrations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    servers: Mapping[tuple[str, str], migration.ServerSummary] = dataclasses.field(
-        default_factory=dict
-    )
+    pending: list[Server]
+    migrations: list[ServerMigration] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class PassStats:
+    """What the last pass cost (logged at debug level; read by tests)."""
+
+    synced: int = 0
+    pending: int = 0
+    seconds: float = 0.0
 
 
 class Binder:
     def __init__(
-        self, cfg: ControllerSettings, k: kube.Kube, migrator: migration.Migrator | None = None
+        self,
+        cfg: ControllerSettings,
+        k: kube.Kube,
+        driver: migrations.Driver | None = None,
+        drains: evacuation.Drains | None = None,
     ) -> None:
         self.cfg = cfg
         self.kube = k
-        self.migrator = migrator
+        self.migrations = driver
+        self.drains = drains
+        self.resizes = resize.Resizes(k)
         self.claims = claims.Claims()
+        self.last = PassStats()
         self._dirty = asyncio.Event()
         self._source: Callable[[], Snapshot] | None = None  # set once by the handlers
 
@@ -66,62 +81,64 @@ class Binder:
             self._dirty.clear()
             if self._source is None:
                 continue
+            started = time.monotonic()
             snapshot: Snapshot = self._source()
-            try:
-                await asyncio.to_thread(
-                    liveness.check_hosts, snapshot.view.hypervisors, self.cfg, self.kube
-                )
-            except Exception as exc:
-                log.warning("checking host liveness failed: %s", exc)
-            if self.migrator is not None:
-                try:
-                    await asyncio.to_thread(
-                        self.migrator.run_pass,
-                        snapshot.migrations,
-                        snapshot.servers,
-                        snapshot.view,
-                        self.claims,
-                    )
-                except Exception:
-                    log.exception("migration pass failed; retrying")
-                    self._dirty.set()
-            if not snapshot.pending:
-                continue
-            try:
-                await asyncio.to_thread(self.run_pass, snapshot)
-            except Exception:
-                log.exception("scheduling pass failed; retrying")
-                await asyncio.sleep(1.0)
-                self._dirty.set()
+            await self._step("checking host liveness", self._liveness, snapshot)
+            await self._step("migration pass", self._moves, snapshot)
+            if snapshot.pending:
+                await self._step("scheduling pass", self.run_pass, snapshot)
+            self.last.pending = len(snapshot.pending)
+            self.last.seconds = time.monotonic() - started
+
+    async def _step(self, what: str, fn: Callable[[Snapshot], None], snapshot: Snapshot) -> None:
+        try:
+            await asyncio.to_thread(fn, snapshot)
+        except Exception:
+            log.exception("%s failed; retrying", what)
+            await asyncio.sleep(1.0)
+            self._dirty.set()
+
+    def _liveness(self, snapshot: Snapshot) -> None:
+        liveness.check_hosts(snapshot.view.hypervisors, self.cfg, self.kube)
+
+    def _moves(self, snapshot: Snapshot) -> None:
+        view = snapshot.view
+        states = binding.host_states(view, self.claims, self.cfg)
+        if self.migrations is not None:
+            self.migrations.run_pass(snapshot.migrations, view, states, self.claims)
+        if self.drains is not None:
+            self.drains.run_pass(view, snapshot.migrations)
+        self.resizes.run_pass(view.cluster, snapshot.migrations)
 
     def run_pass(self, snapshot: Snapshot) -> None:
         """Decide for every pending Server in turn (each decision sees the claims of the ones
         before it), and write the decisions concurrently: a write no longer holds up the next
         decision, so a burst binds at the API server's pace rather than one round trip each."""
-        bound = list(snapshot.view.bound)
-        bound_uids = {c.uid for c in bound}
-        view = dataclasses.replace(snapshot.view, bound=bound)
-        claimed = self.claims.per_host(bound, view.alive_uids)
-        states = {h.name: h for h in binding.host_states(view, claimed, self.cfg)}
+        view = snapshot.view
+        pending = {server.uid for server in snapshot.pending}
+        self.claims.settle(view.cluster.bound_to, lambda uid: uid in view.cluster or uid in pending)
+        states = binding.host_states(view, self.claims, self.cfg)
         writes: list[tuple[str, concurrent.futures.Future[binding.Outcome]]] = []
+
+        def defer(name: str) -> binding.Defer:
+            return lambda fn: writes.append((name, pool.submit(fn)))
+
         with concurrent.futures.ThreadPoolExecutor(WRITERS, "bind") as pool:
-            for body in sorted(snapshot.pending, key=_creation_order):
-                uid = body["metadata"]["uid"]
-                if uid in bound_uids or self.claims.is_assumed(uid):
+            for server in sorted(snapshot.pending, key=_creation_order):
+                if view.cluster.bound_to(server.uid) or self.claims.is_assumed(server.uid):
                     continue  # bound already; this copy of it is older than the binding
-                name = _name(body)
                 try:
                     binding.schedule(
-                        body,
+                        server,
                         view,
                         self.claims,
+                        states,
                         self.cfg,
                         self.kube,
-                        defer=functools.partial(_submit, writes, pool, name),
-                        states=states,
+                        defer=defer(server.full_name),
                     )
                 except Exception as exc:
-                    log.warning("scheduling %s failed: %s", name, exc)
+                    log.warning("scheduling %s failed: %s", server.full_name, exc)
                     self._dirty.set()
         for name, future in writes:
             try:
@@ -135,19 +152,7 @@ class Binder:
                 self._dirty.set()
 
 
-def _submit(
-    writes: list[tuple[str, concurrent.futures.Future[binding.Outcome]]],
-    pool: concurrent.futures.ThreadPoolExecutor,
-    name: str,
-    fn: Callable[[], binding.Outcome],
-) -> None:
-    writes.append((name, pool.submit(fn)))
-
-
-def _creation_order(body: Mapping[str, Any]) -> tuple[str, str, str]:
-    meta = body["metadata"]
-    return (str(meta.get("creationTimestamp", "")), meta["namespace"], meta["name"])
-
-
-def _name(body: Mapping[str, Any]) -> str:
-    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+def _creation_order(server: Server) -> tuple[str, str, str]:
+    meta = server.metadata
+    when = meta.creationTimestamp.isoformat() if meta.creationTimestamp else ""
+    return (when, meta.namespace or "", meta.name)

@@ -20,7 +20,6 @@ that acts a moment too long cannot bind a Server twice.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import logging
@@ -33,6 +32,8 @@ from collections.abc import Callable
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from kubenova_operator.settings import ControllerSettings
 
 log = logging.getLogger("kubenova_operator.leader")
 
@@ -54,40 +55,24 @@ class LeaderSettings:
     """How often the leader renews and a standby looks."""
 
 
-def from_args(argv: list[str] | None) -> tuple[LeaderSettings, list[str]]:
-    """The ``--leader-elect*`` flags (each defaulting to a ``KUBENOVA_*`` variable) and the
-    arguments left for the controller's own settings."""
-    env = os.environ
-    d = LeaderSettings()
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--leader-elect",
-        action=argparse.BooleanOptionalAction,
-        default=env.get("KUBENOVA_LEADER_ELECT", "false").lower() in ("1", "true", "yes"),
-    )
-    p.add_argument("--leader-elect-namespace", default=env.get("POD_NAMESPACE", ""))
-    p.add_argument("--leader-elect-lease-name", default=d.lease_name)
-    p.add_argument("--leader-elect-lease-seconds", type=float, default=d.lease_seconds)
-    p.add_argument(
-        "--leader-elect-renew-deadline-seconds", type=float, default=d.renew_deadline_seconds
-    )
-    p.add_argument("--leader-elect-retry-seconds", type=float, default=d.retry_seconds)
-    a, rest = p.parse_known_args(argv)
-    base = env.get("POD_NAME") or socket.gethostname()
-    cfg = LeaderSettings(
-        enabled=a.leader_elect,
-        namespace=a.leader_elect_namespace,
-        lease_name=a.leader_elect_lease_name,
+def from_settings(cfg: ControllerSettings) -> LeaderSettings:
+    """The Lease settings of the controller's ``--leader-elect*`` flags; the identity is the
+    pod's name (``$POD_NAME``, else the host name) plus a random suffix."""
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    lead = LeaderSettings(
+        enabled=cfg.leader_elect,
+        namespace=cfg.leader_elect_namespace,
+        lease_name=cfg.leader_elect_lease_name,
         identity=f"{base}_{uuid.uuid4().hex[:8]}",
-        lease_seconds=a.leader_elect_lease_seconds,
-        renew_deadline_seconds=a.leader_elect_renew_deadline_seconds,
-        retry_seconds=a.leader_elect_retry_seconds,
+        lease_seconds=cfg.leader_elect_lease_seconds,
+        renew_deadline_seconds=cfg.leader_elect_renew_deadline_seconds,
+        retry_seconds=cfg.leader_elect_retry_seconds,
     )
-    if cfg.enabled and not cfg.namespace:
+    if lead.enabled and not lead.namespace:
         raise SystemExit("--leader-elect needs --leader-elect-namespace (or $POD_NAMESPACE)")
-    if cfg.enabled and not cfg.retry_seconds < cfg.renew_deadline_seconds < cfg.lease_seconds:
+    if lead.enabled and not lead.retry_seconds < lead.renew_deadline_seconds < lead.lease_seconds:
         raise SystemExit("leader election needs retry < renew deadline < lease duration")
-    return cfg, rest
+    return lead
 
 
 def _now() -> datetime.datetime:

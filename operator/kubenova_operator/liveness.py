@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from typing import Any
 
-from kubenova_api import common, constants, kube
+from kubenova_api import common, kube
+from kubenova_api.common import ConditionStatus
+from kubenova_api.kube import ObjectRef
+from kubenova_api.resources import Hypervisor, HypervisorStatus
 from kubenova_operator.scheduling import hosts
 from kubenova_operator.settings import ControllerSettings
 
@@ -19,28 +21,27 @@ log = logging.getLogger(__name__)
 
 
 def check_hosts(
-    hypervisors: Mapping[str, dict[str, Any]], cfg: ControllerSettings, k: kube.Kube
+    hypervisors: Mapping[str, Hypervisor], cfg: ControllerSettings, k: kube.Kube
 ) -> list[tuple[str, bool]]:
     """Write ``Up`` where it changed; returns the (host, up) pairs written."""
     now = dt.datetime.now(dt.UTC)
     grace = dt.timedelta(seconds=cfg.heartbeat_grace_seconds)
     changed = []
     for name, hv in sorted(hypervisors.items()):
-        status = hv.get("status") or {}
-        state = hosts.host_state(
-            name, hv.get("spec") or {}, status, hosts.Resources(), hosts.Ratios(), grace, now
-        )
-        current = common.get_condition(status.get("conditions"), "Up") or {}
-        want: common.ConditionStatus = "True" if state.up else "False"
-        if current.get("status") == want:
+        state = hosts.host_state(hv, hosts.Resources(), hosts.Ratios(), grace, now)
+        current = common.get_condition(hv.status.conditions, "Up")
+        want: ConditionStatus = "True" if state.up else "False"
+        if current is not None and current.status == want:
             continue
+        if not state.up and current is None and hv.status.lastHeartbeatTime is None:
+            continue  # a host that never reported is not "down", only not there yet
         reason = "HeartbeatFresh" if state.up else "HostDown"
         message = "the agent is heartbeating" if state.up else state.down_reason
-        if not state.up and not current and status.get("lastHeartbeatTime") is None:
-            continue  # a host that never reported is not "down", only not there yet
-        ref = kube.ObjectRef("Hypervisor", constants.HYPERVISORS, name)
-        conds = common.set_condition([current] if current else [], "Up", want, reason, message)
-        k.apply_status(ref, {"conditions": conds})
+        ref = ObjectRef.to(hv)
+        conditions = common.set_condition(
+            [current] if current is not None else [], "Up", want, reason, message
+        )
+        k.apply_status(ref, HypervisorStatus(conditions=conditions))
         k.event(
             ref,
             "HostUp" if state.up else "HostDown",

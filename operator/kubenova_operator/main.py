@@ -33,9 +33,8 @@ async def _operate(beat: health.Heartbeat) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    lead, argv = leader.from_args(argv)
-    health_address, argv = health.from_args(argv)
     cfg = settings.from_args(argv)
+    lead = leader.from_settings(cfg)
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig
     handlers.configure_runtime(cfg)
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     leading = threading.Event()
     # A standby is alive and ready (it can take over); a leader is alive while kopf's loop turns.
     health.serve(
-        health_address, alive=lambda: not leading.is_set() or beat.fresh(), ready=lambda: True
+        cfg.health_address, alive=lambda: not leading.is_set() or beat.fresh(), ready=lambda: True
     )
     elector = None
     if lead.enabled:

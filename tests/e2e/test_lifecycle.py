@@ -3,7 +3,9 @@ serial console: boots and its own uptime) and on libvirt (domain state, managed 
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -16,6 +18,8 @@ from tests.conftest import condition, eventually
 from tests.e2e import helpers
 
 pytestmark = pytest.mark.timeout(600)
+
+KUBENOVA = str(pathlib.Path(sys.executable).parent / "kubenova")
 
 
 class Guest:
@@ -280,7 +284,7 @@ def test_console_command_prints_the_tail_wherever_the_guest_runs(
     g = _boot(bed, namespace, "talker")
     out = subprocess.run(
         [
-            "kubenova",
+            KUBENOVA,
             "console",
             "talker",
             "-n",
@@ -299,7 +303,7 @@ def test_console_command_prints_the_tail_wherever_the_guest_runs(
     assert len(lines) == 5 and lines[-1].startswith("kubenova-uptime ")
     missing = subprocess.run(
         [
-            "kubenova",
+            KUBENOVA,
             "console",
             "nobody",
             "-n",

@@ -9,10 +9,13 @@ import pathlib
 import pycdlib
 
 from kubenova_agent import configdrive
+from kubenova_api.resources import Server
 
 BODY = {
     "metadata": {"uid": "6f1c", "name": "web-1", "namespace": "demo"},
     "spec": {
+        "flavorRef": "m1.tiny",
+        "imageRef": "img",
         "userData": "#cloud-config\n",
         "sshKeys": ["ssh-ed25519 AAAA demo"],
         "files": [
@@ -31,7 +34,8 @@ def _read(iso: pycdlib.PyCdlib, path: str) -> str:
 
 def test_layout_label_and_contents(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "cd.iso"
-    configdrive.write(str(path), configdrive.metadata_of(BODY), BODY["spec"])
+    server = Server.parse(BODY)
+    configdrive.write(str(path), configdrive.metadata_of(server), server.spec)
     iso = pycdlib.PyCdlib()
     iso.open(str(path))
     try:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+import pytest
+
+from kubenova_agent import settings as agent_settings
 from kubenova_api import health
+from kubenova_operator import leader
+from kubenova_operator import settings as controller_settings
 
 
 def _status(port: int, path: str) -> int:
@@ -38,11 +43,32 @@ def test_healthz_and_readyz_follow_their_checks() -> None:
         other.stop()
 
 
-def test_no_address_serves_nothing_and_the_flag_is_taken_out() -> None:
+def test_no_address_serves_nothing_and_both_programs_take_the_flag() -> None:
     assert health.serve(None, alive=lambda: True, ready=lambda: True) is None
-    address, rest = health.from_args(["--health-address=:8081", "--host-name", "h"])
-    assert address == ":8081"
-    assert rest == ["--host-name", "h"]
+    agent = agent_settings.from_args(["--health-address=:8082", "--host-name", "h"])
+    assert (agent.health_address, agent.host_name) == (":8082", "h")
+    assert controller_settings.from_args([]).health_address is None
+    assert controller_settings.from_args(["--health-address", ":8081"]).health_address == ":8081"
+
+
+def test_leader_election_flags_and_their_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "kubenova")
+    monkeypatch.setenv("POD_NAME", "ctl-0")
+    cfg = controller_settings.from_args(["--leader-elect", "--leader-elect-lease-seconds", "12"])
+    lead = leader.from_settings(cfg)
+    assert lead.enabled and lead.namespace == "kubenova" and lead.lease_seconds == 12
+    assert lead.identity.startswith("ctl-0_")
+    assert leader.from_settings(cfg).identity != lead.identity  # a restart is a new candidate
+    assert not leader.from_settings(controller_settings.from_args([])).enabled
+    with pytest.raises(SystemExit, match="renew deadline"):
+        leader.from_settings(
+            controller_settings.from_args(
+                ["--leader-elect", "--leader-elect-renew-deadline-seconds", "9"]
+            )
+        )
+    monkeypatch.delenv("POD_NAMESPACE")
+    with pytest.raises(SystemExit, match="namespace"):
+        leader.from_settings(controller_settings.from_args(["--leader-elect"]))
 
 
 def test_a_heartbeat_goes_stale() -> None:

@@ -1,108 +1,134 @@
 """The controller's migration decisions and the agent's progress figures: pure functions over
-plain data (the moves themselves are tested end to end in tests/e2e/test_migration.py)."""
+typed data (the moves themselves are tested end to end in tests/e2e/test_migration.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from kubenova_agent.libvirt.migration import JobStats
-from kubenova_agent.migrate import progress_of
-from kubenova_operator import binding, migration
-from kubenova_operator.scheduling import hosts
+from kubenova_agent.driver import JobStats
+from kubenova_agent.migration_status import progress_of
+from kubenova_api.resources import Hypervisor, ImageSpec, Phase, ServerMigration
+from kubenova_operator import binding, cluster, migrations
+from kubenova_operator.scheduling import claims, hosts
 from kubenova_operator.settings import ControllerSettings
 
-FLAVOR = {"vcpus": 1, "memoryMiB": 512, "diskGiB": 1}
+FLAVOR = hosts.Resources(1, 512, 1)
+IMAGE = ImageSpec.model_validate(
+    {"source": {"disk": {"url": "http://images.example/d", "sha256": "0" * 64}}}
+)
 
 
-def _hv(evacuate: bool = False, disabled: bool = False, mem: int = 4096) -> dict[str, Any]:
-    return {
-        "spec": {"evacuate": evacuate, "disabled": disabled},
-        "status": {
-            "lastHeartbeatTime": dt.datetime.now(dt.UTC).isoformat(),
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "total": {"vcpus": 4, "memoryMiB": mem, "diskGiB": 100},
-            "reserved": {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0},
-            "guestArchitectures": ["x86_64"],
-            "virtType": "qemu",
-        },
-    }
+def _hv(name: str, evacuate: bool = False, disabled: bool = False, mem: int = 4096) -> Hypervisor:
+    return Hypervisor.parse(
+        {
+            "metadata": {"name": name},
+            "spec": {"evacuate": evacuate, "disabled": disabled},
+            "status": {
+                "lastHeartbeatTime": dt.datetime.now(dt.UTC).isoformat(),
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "total": {"vcpus": 4, "memoryMiB": mem, "diskGiB": 100},
+                "reserved": {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0},
+                "guestArchitectures": ["x86_64"],
+                "virtType": "qemu",
+            },
+        }
+    )
 
 
-def _server(name: str = "web", node: str = "a", phase: str = "ACTIVE") -> migration.ServerSummary:
-    return migration.ServerSummary(
+def _server(name: str = "web", node: str = "a", phase: str = "ACTIVE") -> cluster.ServerSummary:
+    return cluster.ServerSummary(
         namespace="ns",
         name=name,
         uid=f"uid-{name}",
         node=node,
-        phase=phase,
+        phase=Phase(phase),
         flavor=FLAVOR,
-        spec={"flavorRef": "small", "imageRef": "img"},
+        flavor_name="small",
+        flavor_ref="small",
+        image_ref="img",
+        group_ref=None,
+        zone=None,
         deleting=False,
     )
 
 
-def _smig(name: str = "move", server: str = "web", **status: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": "ns", "uid": f"m-{name}", "resourceVersion": "1"},
-        "spec": {"serverRef": server, **status.pop("spec", {})},
-        "status": status,
-    }
+def _smig(name: str = "move", server: str = "web", **status: Any) -> ServerMigration:
+    return ServerMigration.parse(
+        {
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "uid": f"m-{name}",
+                "resourceVersion": "1",
+            },
+            "spec": {"serverRef": server, **status.pop("spec", {})},
+            "status": status,
+        }
+    )
 
 
 def _precheck(
-    body: dict[str, Any], server: migration.ServerSummary | None, **hypervisors: Any
-) -> tuple[str, str] | migration.Failure:
+    smig: ServerMigration, server: cluster.ServerSummary | None, **hypervisors: Hypervisor
+) -> migrations.Accepted | migrations.End:
     cfg = ControllerSettings()
+    known = cluster.Cluster()
+    known.sync({server.uid: [server]} if server is not None else {})
+    hvs = hypervisors or {"a": _hv("a"), "b": _hv("b"), "c": _hv("c", mem=1024)}
     view = binding.ClusterView(
         flavors={},
-        images={"img": {"architecture": "x86_64"}},
-        hypervisors=hypervisors or {"a": _hv(), "b": _hv(), "c": _hv(mem=1024)},
-        bound=[],
-        alive_uids=set(),
+        images={"img": IMAGE},
+        hypervisors=hvs,
+        cluster=known,
     )
-    states = {h.name: h for h in binding.host_states(view, {}, cfg)}
-    m = migration.Migrator(cfg, None, None)  # type: ignore[arg-type]
-    return m.precheck(body, server, [body], view, states)
+    assumed = claims.Claims()
+    states = binding.host_states(view, assumed, cfg)
+    ctx = migrations.Context(smig, server, view, states, assumed, cfg, (smig,))
+    return migrations.precheck(ctx)
 
 
 def test_the_scheduler_picks_a_target_other_than_the_source() -> None:
     verdict = _precheck(_smig(), _server())
-    assert isinstance(verdict, migration.Accepted)
-    assert verdict.target == "b"  # c has less free memory; a is the source
-    assert verdict.live and "picked by the scheduler" in verdict.message
+    assert not isinstance(verdict, migrations.End)
+    target, live, _flavor, message = verdict
+    assert target == "b"  # c has less free memory; a is the source
+    assert live and "picked by the scheduler" in message
     cold = _precheck(_smig(), _server(phase="SHUTOFF"))
-    assert isinstance(cold, migration.Accepted) and not cold.live
+    assert not isinstance(cold, migrations.End) and not cold[1]
+
+
+def _reason(verdict: migrations.Accepted | migrations.End) -> str:
+    assert isinstance(verdict, migrations.End), verdict
+    return verdict.outcome.reason
 
 
 def test_refusals_say_why() -> None:
     same = _precheck(_smig(spec={"targetNode": "a"}), _server())
-    assert same == migration.Failure("SameHost", "the Server is on a already")
-    suspended = _precheck(_smig(), _server(phase="SUSPENDED"))
-    assert isinstance(suspended, migration.Failure) and suspended.reason == "NotMovable"
-    running = _precheck(_smig(spec={"flavorRef": "big"}), _server())
-    assert isinstance(running, migration.Failure) and running.reason == "ResizeNeedsStop"
+    assert same == migrations.failed("SameHost", "the Server is on a already")
+    assert _reason(_precheck(_smig(), _server(phase="SUSPENDED"))) == "NotMovable"
+    assert _reason(_precheck(_smig(spec={"flavorRef": "big"}), _server())) == "ResizeNeedsStop"
     nosuch = _precheck(_smig(spec={"flavorRef": "big"}), _server(phase="SHUTOFF"))
-    assert isinstance(nosuch, migration.Failure) and nosuch.reason == "FlavorNotFound"
-    gone = _precheck(_smig(), None)
-    assert isinstance(gone, migration.Failure) and gone.reason == "ServerNotFound"
-    unknown = _precheck(_smig(spec={"targetNode": "zz"}), _server())
-    assert isinstance(unknown, migration.Failure) and unknown.reason == "TargetNotFound"
+    assert _reason(nosuch) == "FlavorNotFound"
+    assert _reason(_precheck(_smig(), None)) == "ServerNotFound"
+    assert _reason(_precheck(_smig(spec={"targetNode": "zz"}), _server())) == "TargetNotFound"
 
 
 def test_a_draining_or_full_target_is_no_valid_host() -> None:
-    verdict = _precheck(_smig(spec={"targetNode": "b"}), _server(), a=_hv(), b=_hv(evacuate=True))
-    assert isinstance(verdict, migration.Failure)
-    assert verdict.reason == "NoValidHost" and "ComputeFilter rejected 1" in verdict.message
-    full = _precheck(_smig(), _server(), a=_hv(), b=_hv(mem=256))
-    assert isinstance(full, migration.Failure) and "RamFilter rejected 1" in full.message
+    verdict = _precheck(
+        _smig(spec={"targetNode": "b"}), _server(), a=_hv("a"), b=_hv("b", evacuate=True)
+    )
+    assert isinstance(verdict, migrations.End)
+    assert verdict.outcome.reason == "NoValidHost"
+    assert "ComputeFilter rejected 1" in verdict.outcome.message
+    full = _precheck(_smig(), _server(), a=_hv("a"), b=_hv("b", mem=256))
+    assert isinstance(full, migrations.End) and "RamFilter rejected 1" in full.outcome.message
 
 
 def test_migrations_under_way_claim_room_on_their_target() -> None:
     servers = {("ns", "web"): _server(), ("ns", "db"): _server("db")}
     running = _smig(phase="Running", targetNode="b")
     finished = _smig("old", "db", phase="Succeeded", targetNode="b")
-    found = migration.target_claims([running, finished], servers)
+    found = migrations.target_claims([running, finished], servers.get)
     assert [(c.uid, c.host, c.resources) for c in found] == [
         ("uid-web/migration", "b", hosts.Resources(1, 512, 1))
     ]
@@ -116,8 +142,8 @@ def test_progress_figures() -> None:
         memory_iterations=2,
         elapsed_ms=1500,
     )
-    out = progress_of(stats)
+    out = progress_of(stats).to_apply()
     assert out["percent"] == 75
     assert out["memoryIterations"] == 2 and "downtimeMs" not in out
-    done = progress_of(JobStats(data_total=10, data_processed=10, downtime_ms=120))
+    done = progress_of(JobStats(data_total=10, data_processed=10, downtime_ms=120)).to_apply()
     assert done["percent"] == 100 and done["downtimeMs"] == 120

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from kubenova_api.resources import Hypervisor
+from kubenova_operator import cluster
 from kubenova_operator.scheduling import claims, hosts, placement
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
@@ -29,15 +31,10 @@ def _host(
     spec: dict | None = None,
     **status: object,
 ) -> hosts.HostState:
-    return hosts.host_state(
-        name,
-        spec or {},
-        _status(**status),
-        claimed,  # type: ignore[arg-type]
-        hosts.Ratios(),
-        GRACE,
-        NOW,
-    )
+    hv = Hypervisor.parse(
+        {"metadata": {"name": name}, "spec": spec or {}, "status": _status(**status)}
+    )  # type: ignore[arg-type]
+    return hosts.host_state(hv, claimed, hosts.Ratios(), GRACE, NOW)
 
 
 def test_capacity_applies_ratios_to_total_minus_reserved() -> None:
@@ -96,12 +93,51 @@ def test_host_name_architecture_vcpu_and_disk_filters() -> None:
 def test_assumed_claims_count_until_observed_and_vanish_with_their_server() -> None:
     c = claims.Claims()
     c.assume(claims.Claim("u1", "a", SMALL))
-    assert c.per_host([], {"u1"}) == {"a": SMALL}
-    observed = [claims.Claim("u1", "a", SMALL)]
-    assert c.per_host(observed, {"u1"}) == {"a": SMALL}  # counted once, not twice
+    assert c.per_host() == {"a": SMALL}
+    c.settle(bound_to=lambda uid: "a", alive=lambda uid: True)
+    assert c.per_host() == {}  # observed now: counted once (by the cluster), not twice
     assert not c.is_assumed("u1")
     c.assume(claims.Claim("u2", "b", SMALL))
-    assert c.per_host([], set()) == {}  # u2 was deleted before its binding was seen
+    c.settle(bound_to=lambda uid: None, alive=lambda uid: False)
+    assert c.per_host() == {}  # u2 was deleted before its binding was seen
+
+
+def _summary(uid: str, node: str | None, group: str | None = None) -> cluster.ServerSummary:
+    return cluster.ServerSummary(
+        namespace="ns",
+        name=uid,
+        uid=uid,
+        node=node,
+        phase=None,
+        flavor=SMALL if node else None,
+        flavor_name="small" if node else None,
+        flavor_ref="small",
+        image_ref="img",
+        group_ref=group,
+        zone=None,
+        deleting=False,
+    )
+
+
+def test_the_cluster_counts_claims_incrementally() -> None:
+    index: dict[str, list[cluster.ServerSummary]] = {
+        "u1": [_summary("u1", "a", "g")],
+        "u2": [_summary("u2", "a")],
+        "u3": [_summary("u3", None)],
+    }
+    known = cluster.Cluster()
+    assert known.sync(index) == 3  # the first sync reads everything
+    assert known.claimed() == {"a": SMALL + SMALL}
+    assert known.group_hosts("ns/g") == {"a": 1}
+    index["u3"] = [_summary("u3", "b")]
+    del index["u1"]
+    for uid in ("u1", "u3"):
+        known.touch(uid)
+    assert known.sync(index) == 2  # afterwards only what changed
+    assert known.claimed() == {"a": SMALL, "b": SMALL}
+    assert known.group_hosts("ns/g") == {}
+    assert [s.name for s in known.on_host("a")] == ["u2"]
+    assert known.sync(index) == 0  # nothing touched: nothing looked at
 
 
 def test_server_group_filters() -> None:

@@ -1,29 +1,22 @@
-"""Acting on one guest (a libvirt domain) by the UUID kubenova gave it: the Server's UID."""
+"""Acting on one guest (a libvirt domain) by the UUID kubenova gave it: the Server's UID.
+
+The data types (State, StopReason, GuestInfo) are the driver contract's
+(:mod:`kubenova_agent.driver`); they are re-exported here for callers of this layer."""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import time
 
 import libvirt
 
+from kubenova_agent.driver import GuestInfo, State, StopReason
 from kubenova_agent.libvirt import _conv, errors
 from kubenova_agent.libvirt.host import Host
 
+__all__ = ["GuestInfo", "Guests", "State", "StopReason"]
+
 log = logging.getLogger(__name__)
-
-
-class State(enum.StrEnum):
-    """A domain's state, in the agent's words."""
-
-    running = "Running"
-    paused = "Paused"
-    shutoff = "Shutoff"
-    crashed = "Crashed"
-    suspended = "Suspended"  # shut off with a managed-save image (Nova's suspend)
-    other = "Other"
 
 
 _STATES = {
@@ -37,18 +30,6 @@ _STATES = {
 }
 
 
-class StopReason(enum.StrEnum):
-    """Why a shut-off domain is off (libvirt's VIR_DOMAIN_SHUTOFF_* reasons)."""
-
-    never_started = "NeverStarted"
-    shutdown = "GuestShutdown"  # the guest powered itself off
-    destroyed = "Destroyed"  # powered off from outside (kubenova or an admin)
-    crashed = "GuestCrashed"
-    failed = "Failed"  # QEMU failed or was killed
-    saved = "Saved"
-    other = "Other"
-
-
 _STOP_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: StopReason.never_started,
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: StopReason.shutdown,
@@ -56,20 +37,12 @@ _STOP_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: StopReason.crashed,
     libvirt.VIR_DOMAIN_SHUTOFF_FAILED: StopReason.failed,
     libvirt.VIR_DOMAIN_SHUTOFF_SAVED: StopReason.saved,
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: StopReason.migrated,
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class GuestInfo:
-    uuid: str
-    name: str
-    state: State
-    xml: str
-    stop_reason: StopReason | None = None
-
-
 class Guests:
-    """Domain operations on one host. Every method is safe to repeat."""
+    """Domain operations on one host (:class:`kubenova_agent.driver.Guests`)."""
 
     def __init__(self, host: Host) -> None:
         self._host = host

@@ -8,61 +8,17 @@ read the final statistics and undefines it."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
 import libvirt
 from lxml import etree
 
+from kubenova_agent.driver import JobStats, Options
 from kubenova_agent.libvirt import _conv, errors
 from kubenova_agent.libvirt.host import Host
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """How to migrate one guest."""
-
-    dest_uri: str
-    """The target's libvirtd, as the source libvirtd reaches it."""
-    address: str
-    """The target address the migration stream (and the disk copy) goes to."""
-    block: bool
-    """Copy the disks (not shared between the hosts): ``NON_SHARED_INC``, the image layer below
-    the overlay is on the target already."""
-    bandwidth_mibps: int = 0
-    auto_converge: bool = False
-    post_copy: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStats:
-    """A migration job's figures (libvirt's ``virDomainGetJobStats``)."""
-
-    data_total: int = 0
-    data_processed: int = 0
-    data_remaining: int = 0
-    disk_total: int = 0
-    disk_processed: int = 0
-    memory_iterations: int = 0
-    elapsed_ms: int = 0
-    downtime_ms: int | None = None
-
-    @classmethod
-    def of(cls, raw: dict[str, int]) -> JobStats:
-        downtime = raw.get("downtime")
-        return cls(
-            data_total=int(raw.get("data_total", 0)),
-            data_processed=int(raw.get("data_processed", 0)),
-            data_remaining=int(raw.get("data_remaining", 0)),
-            disk_total=int(raw.get("disk_total", 0)),
-            disk_processed=int(raw.get("disk_processed", 0)),
-            memory_iterations=int(raw.get("memory_iteration", 0)),
-            elapsed_ms=int(raw.get("time_elapsed", 0)),
-            downtime_ms=int(downtime) if downtime is not None else None,
-        )
 
 
 COPY_CHUNK = 4 << 20
@@ -73,7 +29,7 @@ class CpuIncompatible(errors.HypervisorError):
 
 
 class Migrations:
-    """Migration operations on one host."""
+    """Migration operations on one host (:class:`kubenova_agent.driver.Migrations`)."""
 
     def __init__(self, host: Host) -> None:
         self._host = host
@@ -267,6 +223,10 @@ class Migrations:
         return bool(
             state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED
         )
+
+    def peer_running(self, uri: str, uuid: str) -> bool | None:
+        """Whether the domain runs on the libvirtd at ``uri`` (None when unreachable)."""
+        return peer_running(uri, uuid)
 
 
 def _model(cpu_xml: str) -> str:

@@ -3,7 +3,6 @@ image cache (``<backingStore>``), or blank disks, named after the Server's UID."
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -11,23 +10,11 @@ from collections.abc import Callable
 import libvirt
 from lxml import etree
 
+from kubenova_agent.driver import Backing, PoolUsage
 from kubenova_agent.libvirt import _conv
 from kubenova_agent.libvirt.host import Host
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolUsage:
-    capacity_bytes: int
-    allocation_bytes: int
-    available_bytes: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Backing:
-    path: str
-    format: str  # qcow2 | raw
 
 
 def pool_xml(name: str, path: str) -> str:

@@ -1,23 +1,39 @@
 """kopf registration only: every function here is one call into plain code.
 
-Indexes keep the controller's in-memory view (kopf fills them completely before any handler
-runs, so a restarted controller knows every existing claim before it binds anything); event
-handlers only wake the binder."""
+Indexes keep the controller's in-memory view, each object validated into its model as it
+arrives (kopf fills them completely before any handler runs, so a restarted controller knows
+every existing claim before it binds anything). Servers are indexed as compact summaries; event
+handlers only mark what changed and wake the binder."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
-from typing import Any
+import logging
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import kopf
+import pydantic
 
 from kubenova_api import constants, kube
-from kubenova_operator import binder, binding, migration
-from kubenova_operator.scheduling import claims, hosts
+from kubenova_api.common import KubeObject
+from kubenova_api.resources import (
+    Flavor,
+    FlavorSpec,
+    GroupPolicy,
+    Hypervisor,
+    Image,
+    ImageSpec,
+    Server,
+    ServerGroup,
+    ServerMigration,
+)
+from kubenova_operator import binder, binding, cluster, evacuation, migrations
 from kubenova_operator.settings import ControllerSettings
 
 G, V = constants.GROUP, constants.VERSION
+Obj = TypeVar("Obj", bound=KubeObject)
+log = logging.getLogger(__name__)
 
 _runtime: dict[str, Any] = {}
 
@@ -25,6 +41,11 @@ _runtime: dict[str, Any] = {}
 def configure_runtime(cfg: ControllerSettings) -> None:
     """Called by ``main`` before kopf starts: the settings the handlers use."""
     _runtime["settings"] = cfg
+
+
+def _settings() -> ControllerSettings:
+    cfg = _runtime.get("settings")
+    return cfg if isinstance(cfg, ControllerSettings) else ControllerSettings()
 
 
 @kopf.on.startup()
@@ -37,18 +58,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=constants.PREFIX, key="last-handled-configuration"
     )
-    cfg: ControllerSettings = _runtime.get("settings") or ControllerSettings()
+    cfg = _settings()
     k = kube.Kube(kube.api_client(cfg.kubeconfig), "kubenova-controller", "kubenova-controller")
-    evac = kube.Kube(k.api, "kubenova-controller-evacuation", "kubenova-controller")
-    memo.binder = binder.Binder(cfg, k, migration.Migrator(cfg, k, evac))
+    progress = kube.Kube(k.api, "kubenova-controller-evacuation", "kubenova-controller")
+    memo.cluster = cluster.Cluster()
+    memo.binder = binder.Binder(
+        cfg, k, migrations.Driver(cfg, k), evacuation.Drains(cfg, k, progress)
+    )
     memo.binder_task = asyncio.create_task(memo.binder.run())
 
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
     """Credentials from the same kubeconfig (or service account) the rest of kubenova uses."""
-    cfg: ControllerSettings = _runtime.get("settings") or ControllerSettings()
-    info: kopf.ConnectionInfo = kube.connection_info(kube.api_client(cfg.kubeconfig))
+    info: kopf.ConnectionInfo = kube.connection_info(kube.api_client(_settings().kubeconfig))
     return info
 
 
@@ -59,118 +82,111 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+def _parse(kind: type[Obj], body: kopf.Body) -> Obj | None:
+    """``body`` validated into its model; None (and a log line) if it does not fit."""
+    try:
+        return kind.parse(body)
+    except pydantic.ValidationError as exc:
+        name = body.metadata.name
+        log.error("ignoring %s %s that does not match its model: %s", kind.KIND, name, exc)  # noqa: TRY400
+        return None
+
+
 @kopf.index(G, V, constants.FLAVORS)
-def flavor_specs(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
-    return {name: copy.deepcopy(dict(spec))}
+def flavor_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, FlavorSpec] | None:
+    flavor = _parse(Flavor, body)
+    return {name: flavor.spec} if flavor is not None else None
 
 
 @kopf.index(G, V, constants.IMAGES)
-def image_specs(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
-    return {name: copy.deepcopy(dict(spec))}
+def image_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, ImageSpec] | None:
+    image = _parse(Image, body)
+    return {name: image.spec} if image is not None else None
 
 
 @kopf.index(G, V, constants.HYPERVISORS)
-def hypervisor_states(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any]:
-    return {name: {"spec": copy.deepcopy(dict(spec)), "status": copy.deepcopy(dict(status))}}
+def hypervisors(name: str, body: kopf.Body, **_: Any) -> dict[str, Hypervisor] | None:
+    hv = _parse(Hypervisor, body)
+    return {name: hv} if hv is not None else None
 
 
 @kopf.index(G, V, constants.SERVERGROUPS)
-def group_policies(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
-    return {f"{namespace}/{name}": str(spec.get("policy", ""))}
+def group_policies(body: kopf.Body, **_: Any) -> dict[str, GroupPolicy] | None:
+    group = _parse(ServerGroup, body)
+    return {group.full_name: group.spec.policy} if group is not None else None
 
 
 @kopf.index(G, V, constants.SERVERS)
-def server_claims(
-    uid: str, namespace: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[str, Any] | None:
-    node = status.get("nodeName")
-    flavor = status.get("flavor")
-    if not node or not flavor:
+def servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, cluster.ServerSummary] | None:
+    server = _parse(Server, body)
+    return {uid: cluster.ServerSummary.of(server)} if server is not None else None
+
+
+@kopf.index(G, V, constants.SERVERS)
+def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | None:
+    server = _parse(Server, body)
+    if server is None or server.status.nodeName or server.metadata.deleting:
         return None
-    group = spec.get("serverGroupRef")
-    return {
-        node: claims.Claim(
-            uid,
-            node,
-            hosts.Resources.from_api(dict(flavor)),
-            f"{namespace}/{group}" if group else None,
-        )
-    }
-
-
-@kopf.index(G, V, constants.SERVERS)
-def pending_servers(
-    namespace: str | None,
-    name: str,
-    body: kopf.Body,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    **_: Any,
-) -> dict[Any, Any] | None:
-    if status.get("nodeName") or meta.get("deletionTimestamp"):
-        return None
-    return {(namespace, name): copy.deepcopy(dict(body))}
-
-
-@kopf.index(G, V, constants.SERVERS)
-def server_summaries(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): migration.ServerSummary.of(copy.deepcopy(dict(body)))}
+    return {uid: server}
 
 
 @kopf.index(G, V, constants.SERVERMIGRATIONS)
-def server_migrations(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
-
-
-def _snapshot(indexes: dict[str, kopf.Index[Any, Any]]) -> binder.Snapshot:
-    def latest(index: kopf.Index[Any, Any]) -> dict[Any, Any]:
-        return {key: next(iter(store)) for key, store in index.items() if len(store)}
-
-    servers = latest(indexes["server_summaries"])
-    migrations = list(latest(indexes["server_migrations"]).values())
-    bound = [c for store in indexes["server_claims"].values() for c in store]
-    bound += migration.target_claims(migrations, servers)
-    pending = list(latest(indexes["pending_servers"]).values())
-    alive = {c.uid for c in bound} | {b["metadata"]["uid"] for b in pending}
-    view = binding.ClusterView(
-        flavors=latest(indexes["flavor_specs"]),
-        images=latest(indexes["image_specs"]),
-        hypervisors=latest(indexes["hypervisor_states"]),
-        bound=bound,
-        alive_uids=alive,
-        groups=latest(indexes["group_policies"]),
-    )
-    return binder.Snapshot(view=view, pending=pending, migrations=migrations, servers=servers)
+def server_migrations(uid: str, body: kopf.Body, **_: Any) -> dict[str, ServerMigration] | None:
+    smig = _parse(ServerMigration, body)
+    return {uid: smig} if smig is not None else None
 
 
 INDEXES = (
     "flavor_specs",
     "image_specs",
-    "hypervisor_states",
-    "server_claims",
-    "pending_servers",
+    "hypervisors",
     "group_policies",
-    "server_summaries",
+    "servers",
+    "pending_servers",
     "server_migrations",
 )
 
 
-def _wake(memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
+def _latest(index: kopf.Index[Any, Any]) -> dict[Any, Any]:
+    return {key: next(iter(store)) for key, store in index.items() if len(store)}
+
+
+def snapshot(
+    indexes: Mapping[str, kopf.Index[Any, Any]], known: cluster.Cluster
+) -> binder.Snapshot:
+    """What a pass reads, taken on the event loop: the small kinds whole, the Servers folded
+    into ``known`` one changed Server at a time."""
+    known.sync(indexes["servers"])
+    smigs = list(_latest(indexes["server_migrations"]).values())
+    view = binding.ClusterView(
+        flavors=_latest(indexes["flavor_specs"]),
+        images=_latest(indexes["image_specs"]),
+        hypervisors=_latest(indexes["hypervisors"]),
+        cluster=known,
+        groups=_latest(indexes["group_policies"]),
+        moving=migrations.target_claims(smigs, known.get),
+    )
+    pending = list(_latest(indexes["pending_servers"]).values())
+    return binder.Snapshot(view=view, pending=pending, migrations=smigs)
+
+
+def _wake(memo: kopf.Memo, kwargs: dict[str, Any], uid: str | None = None) -> None:
     b: binder.Binder | None = memo.get("binder")
-    if b is None:
+    known: cluster.Cluster | None = memo.get("cluster")
+    if b is None or known is None:
         return
+    if uid is not None:
+        known.touch(uid)
     if not b.attached:
         # kopf's index objects are live and the same on every call: capture them once.
         indexes = {n: kwargs[n] for n in INDEXES}
-        b.attach(lambda: _snapshot(indexes))
+        b.attach(lambda: snapshot(indexes, known))
     b.kick()
 
 
 @kopf.on.event(G, V, constants.SERVERS)
-def server_event(memo: kopf.Memo, **kwargs: Any) -> None:
-    _wake(memo, kwargs)
+def server_event(memo: kopf.Memo, uid: str, **kwargs: Any) -> None:
+    _wake(memo, kwargs, uid)
 
 
 @kopf.on.event(G, V, constants.FLAVORS)

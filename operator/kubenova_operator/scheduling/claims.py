@@ -1,16 +1,17 @@
-"""Claims: what each host has promised to Servers. Built from the bound Servers the API server
-reports, plus bindings this controller has written but not yet seen come back (an
-"assume" cache, as kube-scheduler keeps), so a burst never over-commits a host."""
+"""Claims: what each host has promised to Servers. The bound Servers the API server reports
+are counted incrementally by :class:`kubenova_operator.cluster.Cluster`; this module keeps the
+bindings this controller has written but not yet seen come back (an "assume" cache, as
+kube-scheduler keeps), so a burst never over-commits a host."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from kubenova_operator.scheduling.hosts import Resources
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Claim:
     uid: str
     host: str
@@ -20,6 +21,8 @@ class Claim:
 
 
 class Claims:
+    """Bindings written by this controller and not yet observed."""
+
     def __init__(self) -> None:
         self._assumed: dict[str, Claim] = {}
 
@@ -36,22 +39,17 @@ class Claims:
     def forget(self, uid: str) -> None:
         self._assumed.pop(uid, None)
 
-    def per_host(self, observed: Iterable[Claim], alive_uids: set[str]) -> dict[str, Resources]:
-        """Claimed resources per host: the observed claims plus the assumed ones not yet
-        observed. An assumed claim whose Server no longer exists is dropped."""
-        totals: dict[str, Resources] = {}
-        seen: set[str] = set()
-        for claim in observed:
-            seen.add(claim.uid)
-            totals[claim.host] = totals.get(claim.host, Resources()) + claim.resources
-            assumed = self._assumed.get(claim.uid)
-            if assumed is not None and assumed.host == claim.host:
-                del self._assumed[claim.uid]
+    def settle(self, bound_to: Callable[[str], str | None], alive: Callable[[str], bool]) -> None:
+        """Drop the assumptions the observed state now shows (the Server is bound where it
+        was assumed) and those whose Server no longer exists. Costs the number of bindings in
+        flight, not the number of Servers."""
         for uid, claim in list(self._assumed.items()):
-            if uid in seen:
-                continue
-            if uid not in alive_uids:
+            if bound_to(uid) == claim.host or not alive(uid):
                 del self._assumed[uid]
-                continue
+
+    def per_host(self) -> dict[str, Resources]:
+        """What the assumed bindings claim on each host."""
+        totals: dict[str, Resources] = {}
+        for claim in self._assumed.values():
             totals[claim.host] = totals.get(claim.host, Resources()) + claim.resources
         return totals

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
 
-from kubenova_api import common
+from kubenova_api import common, resources
+from kubenova_api.resources import Hypervisor
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Resources:
     vcpus: int = 0
     memory_mib: int = 0
@@ -22,15 +22,25 @@ class Resources:
             self.disk_gib + other.disk_gib,
         )
 
-    @classmethod
-    def from_api(cls, data: dict[str, Any] | None) -> Resources:
-        data = data or {}
-        return cls(
-            int(data.get("vcpus", 0)), int(data.get("memoryMiB", 0)), int(data.get("diskGiB", 0))
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.vcpus - other.vcpus,
+            self.memory_mib - other.memory_mib,
+            self.disk_gib - other.disk_gib,
         )
 
-    def to_api(self) -> dict[str, int]:
-        return {"vcpus": self.vcpus, "memoryMiB": self.memory_mib, "diskGiB": self.disk_gib}
+    @classmethod
+    def of(cls, size: resources.Resources | resources.FlavorSnapshot | None) -> Resources:
+        """The scheduler's figures of an API size (a flavor snapshot, a capacity)."""
+        if size is None:
+            return cls()
+        return cls(size.vcpus, size.memoryMiB, size.diskGiB)
+
+    def snapshot(self, flavor_name: str | None) -> resources.FlavorSnapshot:
+        """The Server's ``status.flavor`` for this size."""
+        return resources.FlavorSnapshot(
+            name=flavor_name, vcpus=self.vcpus, memoryMiB=self.memory_mib, diskGiB=self.disk_gib
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,39 +86,38 @@ class HostState:
 
 
 def host_state(
-    name: str,
-    spec: dict[str, Any],
-    status: dict[str, Any],
+    hv: Hypervisor,
     claimed: Resources,
     defaults: Ratios,
     grace: dt.timedelta,
     now: dt.datetime,
 ) -> HostState:
     """The scheduler's view of one Hypervisor."""
-    beat = common.parse_time(status.get("lastHeartbeatTime"))
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    spec, status = hv.spec, hv.status
+    beat = status.lastHeartbeatTime
+    ready = common.get_condition(status.conditions, "Ready")
     if beat is None:
         up, why = False, "no heartbeat yet"
     elif now - beat > grace:
         up, why = False, f"last heartbeat {int((now - beat).total_seconds())}s ago"
-    elif ready is None or ready.get("status") != "True":
-        up, why = False, (ready or {}).get("message", "not ready")
+    elif ready is None or ready.status != "True":
+        up, why = False, ready.message if ready is not None else "not ready"
     else:
         up, why = True, ""
     return HostState(
-        name=name,
+        name=hv.name,
         up=up,
         down_reason=why,
-        disabled=bool(spec.get("disabled", False) or spec.get("evacuate", False)),
-        zone=str(spec.get("availabilityZone") or "nova"),
-        total=Resources.from_api(status.get("total")),
-        reserved=Resources.from_api(status.get("reserved")),
+        disabled=spec.disabled or spec.evacuate,
+        zone=spec.availabilityZone or "nova",
+        total=Resources.of(status.total),
+        reserved=Resources.of(status.reserved),
         ratios=Ratios(
-            cpu=float(spec.get("cpuAllocationRatio") or defaults.cpu),
-            ram=float(spec.get("ramAllocationRatio") or defaults.ram),
-            disk=float(spec.get("diskAllocationRatio") or defaults.disk),
+            cpu=spec.cpuAllocationRatio or defaults.cpu,
+            ram=spec.ramAllocationRatio or defaults.ram,
+            disk=spec.diskAllocationRatio or defaults.disk,
         ),
         claimed=claimed,
-        archs=tuple(status.get("guestArchitectures") or ()),
-        virt_type=str(status.get("virtType") or ""),
+        archs=tuple(status.guestArchitectures),
+        virt_type=status.virtType or "",
     )

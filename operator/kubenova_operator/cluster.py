@@ -1,0 +1,196 @@
+"""What the controller knows of every Server, kept up to date incrementally.
+
+kopf's index holds a compact :class:`ServerSummary` per Server (complete before any handler
+runs, so a restarted controller knows every claim before it binds anything). Each event marks
+its Server dirty; before a pass, :meth:`Cluster.sync` folds only the dirty Servers into the
+aggregates the passes read — claims per host, members of each server group per host, the
+Servers on each host, the Servers waiting for a resize. A pass therefore costs what changed
+since the last one, never the number of Servers already bound."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Iterable, Mapping
+
+from kubenova_api.resources import Phase, Server
+from kubenova_operator.scheduling.claims import Claim
+from kubenova_operator.scheduling.hosts import Resources
+
+Key = tuple[str, str]
+"""(namespace, name)"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerSummary:
+    """What the controller's passes need to know of a Server (a few hundred bytes each)."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str | None
+    phase: Phase | None
+    flavor: Resources | None
+    """The size it runs with (``status.flavor``), once bound."""
+    flavor_name: str | None
+    flavor_ref: str
+    image_ref: str
+    group_ref: str | None
+    zone: str | None
+    deleting: bool
+
+    @classmethod
+    def of(cls, server: Server) -> ServerSummary:
+        spec, status = server.spec, server.status
+        return cls(
+            namespace=server.namespace or "",
+            name=server.name,
+            uid=server.uid,
+            node=status.nodeName,
+            phase=status.phase,
+            flavor=Resources.of(status.flavor) if status.flavor is not None else None,
+            flavor_name=status.flavor.name if status.flavor is not None else None,
+            flavor_ref=spec.flavorRef,
+            image_ref=spec.imageRef,
+            group_ref=spec.serverGroupRef,
+            zone=spec.availabilityZone,
+            deleting=server.metadata.deleting,
+        )
+
+    @property
+    def key(self) -> Key:
+        return self.namespace, self.name
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def group(self) -> str | None:
+        """``namespace/name`` of its ServerGroup."""
+        return f"{self.namespace}/{self.group_ref}" if self.group_ref else None
+
+    @property
+    def claim(self) -> Claim | None:
+        """What it holds on its host (bound Servers only)."""
+        if not self.node or self.flavor is None:
+            return None
+        return Claim(self.uid, self.node, self.flavor, self.group)
+
+    @property
+    def wants_resize(self) -> bool:
+        """Bound, and its flavorRef names another flavor than the one it runs with."""
+        return bool(
+            self.node
+            and not self.deleting
+            and self.flavor_name
+            and self.flavor_ref != self.flavor_name
+        )
+
+
+class Cluster:
+    """Aggregates over every Server, changed one Server at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirty: set[str] = set()
+        self._synced = False
+        self._by_uid: dict[str, ServerSummary] = {}
+        self._by_key: dict[Key, str] = {}
+        self._claimed: dict[str, Resources] = {}
+        self._groups: dict[str, collections.Counter[str]] = {}
+        self._on_host: dict[str, set[str]] = {}
+        self._resizing: set[str] = set()
+
+    # ------------------------------------------------------------------ changes
+    def touch(self, uid: str) -> None:
+        """The Server ``uid`` changed (or went); fold it in at the next :meth:`sync`."""
+        with self._lock:
+            self._dirty.add(uid)
+
+    def sync(self, index: Mapping[str, Iterable[ServerSummary]]) -> int:
+        """Fold the changes into the aggregates: everything the first time, afterwards only
+        the Servers touched since. Returns how many Servers were looked at."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            first, self._synced = not self._synced, True
+        uids = set(index) | set(self._by_uid) if first else dirty
+        for uid in uids:
+            store = index.get(uid)
+            self._apply(uid, _latest(store) if store is not None else None)
+        return len(uids)
+
+    def _apply(self, uid: str, new: ServerSummary | None) -> None:
+        old = self._by_uid.pop(uid, None)
+        if old is not None:
+            self._by_key.pop(old.key, None)
+            self._count(old, -1)
+        if new is None:
+            return
+        self._by_uid[uid] = new
+        self._by_key[new.key] = uid
+        self._count(new, +1)
+
+    def _count(self, server: ServerSummary, sign: int) -> None:
+        claim = server.claim
+        if claim is not None:
+            current = self._claimed.get(claim.host, Resources())
+            total = current + claim.resources if sign > 0 else current - claim.resources
+            self._claimed[claim.host] = total
+            if claim.group is not None:
+                hosts = self._groups.setdefault(claim.group, collections.Counter())
+                hosts[claim.host] += sign
+                if hosts[claim.host] <= 0:
+                    del hosts[claim.host]
+        if server.node:
+            on = self._on_host.setdefault(server.node, set())
+            if sign > 0:
+                on.add(server.uid)
+            else:
+                on.discard(server.uid)
+        if server.wants_resize and sign > 0:
+            self._resizing.add(server.uid)
+        else:
+            self._resizing.discard(server.uid)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, key: Key) -> ServerSummary | None:
+        uid = self._by_key.get(key)
+        return self._by_uid.get(uid) if uid is not None else None
+
+    def by_uid(self, uid: str) -> ServerSummary | None:
+        return self._by_uid.get(uid)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._by_uid
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
+
+    def bound_to(self, uid: str) -> str | None:
+        server = self._by_uid.get(uid)
+        return server.node if server is not None else None
+
+    def claimed(self) -> dict[str, Resources]:
+        """What bound Servers claim on each host (a copy; as many entries as hosts)."""
+        return dict(self._claimed)
+
+    def group_hosts(self, group: str) -> dict[str, int]:
+        """Host -> how many bound members of ``group`` it has."""
+        return dict(self._groups.get(group, {}))
+
+    def on_host(self, host: str) -> list[ServerSummary]:
+        """The Servers bound to ``host``, by namespace and name."""
+        servers = [self._by_uid[uid] for uid in self._on_host.get(host, ())]
+        return sorted(servers, key=lambda s: s.key)
+
+    def resizing(self) -> list[ServerSummary]:
+        """Bound Servers whose flavorRef names another flavor than the one they run with."""
+        return [self._by_uid[uid] for uid in self._resizing if uid in self._by_uid]
+
+
+def _latest(store: Iterable[ServerSummary]) -> ServerSummary | None:
+    for value in store:
+        return value
+    return None

@@ -1,0 +1,378 @@
+"""The agent's decisions on fakes of its own contracts (tests/fakes.py), in milliseconds: what
+it does to a guest for each declared power state, restart policy, reboot and rescue, what it
+reports in status (and that it does not write what says the same), how a source agent that
+restarted mid-migration finds out how its migration ended, and the target's ordered steps.
+The same behaviour is proven on real libvirtd in tests/e2e."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import pathlib
+from typing import Any
+
+import pytest
+
+from kubenova_agent import migration_source, migration_status, migration_target, reconcile
+from kubenova_agent.driver import JobStats, State, StopReason
+from kubenova_agent.libvirt.domain_xml import VirtType
+from kubenova_agent.settings import AgentSettings
+from kubenova_api import common, constants
+from kubenova_api.resources import (
+    Hypervisor,
+    Image,
+    Phase,
+    Server,
+    ServerMigration,
+    TargetStep,
+)
+from tests.fakes import FakeGuests, FakeImages, FakeKube, FakeMigrations, FakeStorage
+
+UID = "6f1c0000-0000-4000-8000-000000000001"
+DISK_URL = "http://images.test/disk.raw"
+DISK = b"KUBENOVA-DISK".ljust(4096, b"\0")
+
+
+class Bed:
+    """An agent's dependencies, all fakes, and one Server bound to its host."""
+
+    def __init__(self, tmp: pathlib.Path, sha: str | None = None) -> None:
+        self.settings = AgentSettings(
+            host_name="host-a", state_dir=str(tmp / "state"), virt_type="qemu"
+        )
+        self.kube = FakeKube()
+        self.guests = FakeGuests()
+        self.storage = FakeStorage(tmp / "instances")
+        self.images = FakeImages(tmp / "images", {DISK_URL: DISK})
+        self.deps = reconcile.Deps(
+            self.settings, self.kube, self.guests, self.storage, self.images, VirtType.qemu
+        )
+        self.kube.put(
+            Image.parse(
+                {
+                    "metadata": {"name": "img"},
+                    "spec": {
+                        "source": {
+                            "disk": {
+                                "url": DISK_URL,
+                                "sha256": sha or hashlib.sha256(DISK).hexdigest(),
+                                "format": "raw",
+                            }
+                        }
+                    },
+                }
+            )
+        )
+
+    def server(self, **spec: Any) -> Server:
+        current = self.kube.get(Server, "web", "ns")
+        if current is None:
+            current = Server.parse(
+                {
+                    "metadata": {
+                        "name": "web",
+                        "namespace": "ns",
+                        "uid": UID,
+                        "generation": 1,
+                        "resourceVersion": "1",
+                    },
+                    "spec": {"flavorRef": "m1", "imageRef": "img"},
+                    "status": {
+                        "nodeName": "host-a",
+                        "flavor": {"name": "m1", "vcpus": 1, "memoryMiB": 128, "diskGiB": 1},
+                    },
+                }
+            )
+        if spec:
+            body = current.model_dump(mode="json")
+            body["spec"].update(
+                {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in spec.items()}
+            )
+            body["metadata"]["generation"] += 1
+            current = Server.parse(body)
+        self.kube.put(current)
+        return current
+
+    def reconcile(self, **spec: Any) -> Server:
+        """Declare ``spec``, reconcile until nothing changes; the Server as it reads then."""
+        self.server(**spec)
+        for _ in range(5):
+            before = len(self.kube.writes), len(self.guests.calls)
+            server = self.kube.get(Server, "web", "ns")
+            assert server is not None
+            reconcile.reconcile_server(self.deps, server)
+            if (len(self.kube.writes), len(self.guests.calls)) == before:
+                break
+        out = self.kube.get(Server, "web", "ns")
+        assert out is not None
+        return out
+
+
+def ready(server: Server) -> common.Condition:
+    cond = common.get_condition(server.status.conditions, "Ready")
+    assert cond is not None
+    return cond
+
+
+@pytest.fixture
+def bed(tmp_path: pathlib.Path) -> Bed:
+    return Bed(tmp_path)
+
+
+def test_a_new_server_is_built_started_and_reported_once(bed: Bed) -> None:
+    server = bed.reconcile()
+    assert bed.guests.domains[UID].state is State.running
+    assert server.status.phase is Phase.ACTIVE
+    assert ready(server).reason == "Running" and ready(server).status == "True"
+    assert constants.FINALIZER_DOMAIN in server.metadata.finalizers
+    assert bed.kube.reasons() == ["ImageFetched", "Started"]
+    assert len(bed.kube.writes) == 1 and bed.kube.writes[0].force  # the host takes phase over
+    writes, events = len(bed.kube.writes), len(bed.kube.events)
+    bed.reconcile()
+    assert (len(bed.kube.writes), len(bed.kube.events)) == (writes, events), "nothing new: no write"
+
+
+@pytest.mark.parametrize(
+    ("declared", "start", "state", "phase", "event"),
+    [
+        ("Stopped", State.running, State.shutoff, Phase.SHUTOFF, "Stopped"),
+        ("Paused", State.running, State.paused, Phase.PAUSED, "Paused"),
+        ("Suspended", State.running, State.suspended, Phase.SUSPENDED, "Suspended"),
+        ("Suspended", State.paused, State.suspended, Phase.SUSPENDED, "Suspended"),
+        ("Running", State.paused, State.running, Phase.ACTIVE, "Unpaused"),
+        ("Running", State.suspended, State.running, Phase.ACTIVE, "Resumed"),
+        ("Stopped", State.paused, State.shutoff, Phase.SHUTOFF, "Stopped"),
+        ("Stopped", State.suspended, State.shutoff, Phase.SHUTOFF, "Stopped"),
+    ],
+)
+def test_each_declared_power_state_is_reached(
+    bed: Bed, declared: str, start: str, state: State, phase: Phase, event: str
+) -> None:
+    bed.reconcile()
+    bed.guests._set(UID, State(start))
+    server = bed.reconcile(powerState=declared)
+    assert bed.guests.domains[UID].state is state
+    assert server.status.phase is phase
+    assert bed.kube.reasons()[-1] == event
+    converged = common.get_condition(server.status.conditions, "Converged")
+    assert converged is not None and converged.status == "True"
+
+
+@pytest.mark.parametrize("declared", ["Paused", "Suspended"])
+def test_a_stopped_server_cannot_be_paused_or_suspended(bed: Bed, declared: str) -> None:
+    bed.reconcile(powerState="Stopped")
+    server = bed.reconcile(powerState=declared)
+    assert bed.guests.domains[UID].state is State.shutoff
+    converged = common.get_condition(server.status.conditions, "Converged")
+    assert converged is not None and converged.reason == "ActionNotAllowed"
+    assert "cannot" in converged.message and "SHUTOFF" in converged.message
+    assert bed.kube.reasons().count("ActionNotAllowed") == 1
+    bed.reconcile()
+    assert bed.kube.reasons().count("ActionNotAllowed") == 1, "said once, not on every pass"
+
+
+def test_a_guest_that_ignores_the_power_button_is_forced_off(bed: Bed) -> None:
+    bed.reconcile()
+    bed.guests.answers_acpi = False
+    bed.reconcile(powerState="Stopped", shutdownTimeoutSeconds=0)
+    assert bed.guests.domains[UID].state is State.shutoff
+    assert "forced off after 0s" in bed.kube.events[-1][2]
+
+
+@pytest.mark.parametrize(
+    ("policy", "how", "restarted"),
+    [
+        ("Always", StopReason.shutdown, True),
+        ("OnFailure", StopReason.shutdown, False),
+        ("OnFailure", StopReason.crashed, True),
+        ("Never", StopReason.crashed, False),
+    ],
+)
+def test_restart_policy(bed: Bed, policy: str, how: StopReason, restarted: bool) -> None:
+    bed.reconcile(restartPolicy=policy)
+    bed.guests.stops_by_itself(UID, how)
+    server = bed.reconcile()
+    assert (bed.guests.domains[UID].state is State.running) is restarted
+    assert server.status.restartCount == (1 if restarted else 0)
+    assert how.value in bed.kube.reasons(), "the stop is told before anything else"
+    if not restarted:
+        assert ready(server).reason == how.value and server.status.phase is Phase.SHUTOFF
+
+
+def test_a_reboot_request_is_acted_on_once(bed: Bed) -> None:
+    bed.reconcile()
+    asked = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+    server = bed.reconcile(rebootRequestedAt=asked)
+    assert server.status.observedRebootRequestedAt == asked
+    assert bed.kube.reasons().count("Rebooted") == 1
+    assert ("shutdown", UID) in bed.guests.calls  # soft: the power button first
+    bed.reconcile()
+    assert bed.kube.reasons().count("Rebooted") == 1
+
+
+def test_rescue_and_unrescue(bed: Bed) -> None:
+    bed.reconcile()
+    server = bed.reconcile(rescue={"imageRef": None})
+    assert server.status.phase is Phase.RESCUE and ready(server).reason == "Rescued"
+    server = bed.reconcile(rescue=None)
+    assert server.status.phase is Phase.ACTIVE
+    assert bed.kube.reasons()[-2:] == ["Rescued", "Unrescued"]
+
+
+def test_a_checksum_mismatch_is_permanent_until_the_spec_changes(tmp_path: pathlib.Path) -> None:
+    bed = Bed(tmp_path, sha="0" * 64)
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ERROR
+    assert ready(server).reason == "ImageChecksumMismatch"
+    assert UID not in bed.guests.domains
+    writes = len(bed.kube.writes)
+    bed.reconcile()
+    assert len(bed.kube.writes) == writes, "not retried while the spec is the same"
+
+
+def test_deleting_removes_the_guest_its_disks_and_the_finalizer(bed: Bed) -> None:
+    server = bed.reconcile()
+    gone = server.model_copy(
+        update={"metadata": server.metadata.model_copy(update={"deletionTimestamp": common.now()})}
+    )
+    reconcile.reconcile_server(bed.deps, gone)
+    assert UID not in bed.guests.domains
+    assert bed.storage.volumes(UID) == []
+    stored = bed.kube.get(Server, "web", "ns")
+    assert stored is not None and constants.FINALIZER_DOMAIN not in stored.metadata.finalizers
+
+
+# ----------------------------------------------------------------------------- migrations
+
+
+def _smig(phase: str, **status: Any) -> ServerMigration:
+    return ServerMigration.parse(
+        {
+            "metadata": {"name": "move", "namespace": "ns", "uid": "m-1", "resourceVersion": "5"},
+            "spec": {"serverRef": "web"},
+            "status": {
+                "phase": phase,
+                "serverUID": UID,
+                "sourceNode": "host-a",
+                "targetNode": "host-b",
+                "live": True,
+                **status,
+            },
+        }
+    )
+
+
+def _source(bed: Bed, moves: FakeMigrations) -> tuple[migration_source.Source, list[float]]:
+    again: list[float] = []
+    bed.kube.put(
+        Hypervisor.parse(
+            {
+                "metadata": {"name": "host-b"},
+                "status": {"migration": {"libvirtURI": "qemu+tcp://b/system", "address": "b"}},
+            }
+        )
+    )
+    source = migration_source.Source(
+        bed.deps,
+        bed.kube,  # type: ignore[arg-type]
+        moves,
+        migration_status.Reports(bed.kube),
+        lambda uid: None,
+        lambda smig, delay: again.append(delay),
+    )
+    return source, again
+
+
+def _reported(bed: Bed) -> dict[str, Any]:
+    return bed.kube.writes[-1].status["source"]  # type: ignore[no-any-return]
+
+
+def test_a_restarted_source_finds_its_migration_still_running(bed: Bed) -> None:
+    bed.reconcile()
+    moves = FakeMigrations(running_job=JobStats(data_total=10))
+    source, again = _source(bed, moves)
+    source.reconcile(_smig("Running", source={"started": True}))
+    assert again == [1.0] and not bed.kube.writes[1:], "libvirt still moves it: look again soon"
+
+
+def test_a_restarted_source_finds_the_guest_arrived_on_the_target(bed: Bed) -> None:
+    bed.reconcile()
+    moves = FakeMigrations(away={UID}, peer={("qemu+tcp://b/system", UID): True})
+    source, _ = _source(bed, moves)
+    source.reconcile(_smig("Running", source={"started": True}))
+    report = _reported(bed)
+    assert report["result"] == "Succeeded" and "while the agent was restarting" in report["message"]
+    assert UID not in bed.guests.domains, "the source's definition is gone"
+
+
+def test_a_restarted_source_with_the_guest_still_here_fails_the_migration(bed: Bed) -> None:
+    bed.reconcile()
+    source, _ = _source(bed, FakeMigrations())
+    source.reconcile(_smig("Running", source={"started": True}))
+    report = _reported(bed)
+    assert report["result"] == "Failed" and report["reason"] == "AgentRestarted"
+    assert "keeps running on host-a" in report["message"]
+    assert bed.guests.domains[UID].state is State.running
+
+
+def test_a_cancelled_migration_says_cancelled(bed: Bed) -> None:
+    bed.reconcile()
+    source, _ = _source(bed, FakeMigrations())
+    smig = _smig("Running", source={"started": True})
+    smig.metadata.deletionTimestamp = common.now()
+    source.reconcile(smig)
+    assert _reported(bed)["reason"] == "Cancelled"
+
+
+def test_the_source_reports_cpu_and_probe_before_anything_moves(bed: Bed) -> None:
+    bed.reconcile()
+    source, _ = _source(bed, FakeMigrations())
+    source.reconcile(_smig("PreChecking"))
+    report = _reported(bed)
+    assert report["guestCPU"].startswith("<cpu") and report["storageProbe"]
+    assert not report.get("started")
+
+
+def _target(bed: Bed, moves: FakeMigrations) -> migration_target.Target:
+    return migration_target.Target(
+        bed.deps,
+        bed.kube,  # type: ignore[arg-type]
+        moves,
+        migration_status.Reports(bed.kube),
+    )
+
+
+def _target_report(bed: Bed) -> dict[str, Any]:
+    return bed.kube.writes[-1].status["target"]  # type: ignore[no-any-return]
+
+
+SOURCE_REPORT = {"storageProbe": "p:tok", "guestCPU": "<cpu/>", "arch": "x86_64"}
+
+
+def test_the_target_checks_then_prepares_then_cleans_up_after_a_failure(bed: Bed) -> None:
+    bed.reconcile()  # a guest of that UID is here (what a migration would have brought)
+    elsewhere = bed.server().model_dump(mode="json")
+    elsewhere["status"]["nodeName"] = "host-z"  # and the Server is not bound here
+    bed.kube.put(Server.parse(elsewhere))
+    target = _target(bed, FakeMigrations(cpu_ok=True))
+    probe = pathlib.Path(bed.settings.instances_dir) / "p"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("tok")  # the source's probe is seen: the folder is shared
+    target.reconcile(("ns", "move"), _smig("PreChecking", source=SOURCE_REPORT))
+    report = _target_report(bed)
+    assert report["sharedStorage"] is True and report["prepared"] is True
+    prepared = _smig("Failed", target=report)
+    assert prepared.status.target is not None
+    assert prepared.status.target.step is TargetStep.Prepared
+    target.reconcile(("ns", "move"), prepared)
+    assert _target_report(bed)["cleanedUp"] is True
+    assert UID not in bed.guests.domains, "what the failed migration left is gone"
+
+
+def test_the_target_refuses_a_cpu_it_cannot_run(bed: Bed) -> None:
+    bed.reconcile()
+    target = _target(bed, FakeMigrations(cpu_ok=False))
+    target.reconcile(("ns", "move"), _smig("PreChecking", source=SOURCE_REPORT))
+    report = _target_report(bed)
+    assert report["reason"] == "CPUIncompatible" and report["compatible"] is False
+    assert not report.get("prepared")
