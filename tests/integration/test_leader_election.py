@@ -156,11 +156,14 @@ def test_a_standby_takes_over_from_a_killed_leader_and_binds_within_15s(bed: sta
     try:
         eventually(lambda: _holder(bed).startswith("controller-1_"), 60, what="controller-1 leads")
         second = _controller(bed, "controller-2")
+        log = second.log_path
+        eventually(
+            lambda: "standing by: controller-1_" in log.read_text(), 60, what="controller-2 waits"
+        )
         _server(bed, "before")
         eventually(lambda: _node(bed, "before") == HOST, 60, what="the leader binds 'before'")
         # The standby stood by all along: the Lease never changed hands.
         assert _holder(bed).startswith("controller-1_")
-        assert "standing by: controller-1_" in second.log_path.read_text()
         transitions = _lease(bed)["spec"].get("leaseTransitions", 0)
 
         first.kill()  # SIGKILL: the Lease is not handed back, the standby must wait it out
