@@ -2,9 +2,10 @@
 
 * ``kubenova up`` — the quickstart: a local control plane, the controller, one agent on a local
   libvirtd, the example Flavor, Image and Server applied, and the guest's console shown;
-* ``kubenova crds`` — generate (or ``--check``) the CRDs in ``deploy/crds/`` from the models,
-  and the Helm chart's copies of them and of the RBAC rules in ``deploy/rbac/`` (one source
-  of truth; Helm reads only files inside its chart).
+* ``kubenova crds`` — generate (or ``--check``) the CRDs in ``deploy/crds/`` from the models
+  and the agents' admission policies in ``deploy/policies/``, and the Helm chart's copies of
+  them and of the RBAC rules in ``deploy/rbac/`` (one source of truth; Helm reads only files
+  inside its chart).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import pathlib
 import sys
 import time
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -24,10 +26,12 @@ RBAC_ROLES = ("controller.yaml", "agent.yaml")
 def generated_files(out: pathlib.Path, chart: pathlib.Path | None) -> dict[pathlib.Path, str]:
     """Every generated file and its content: the CRDs, and the chart's copies of the CRDs and
     of the RBAC rules (``chart`` None: the CRDs alone)."""
-    from kubenova_api import crds  # noqa: PLC0415
+    from kubenova_api import crds, policies  # noqa: PLC0415
 
     files = {out / crds.file_name(kind): crds.render(kind) for kind in crds.KINDS}
+    files[out.parent / "policies" / policies.FILE_NAME] = policies.render()
     if chart is not None:
+        files[chart / "files" / "policies" / policies.FILE_NAME] = policies.render()
         for kind in crds.KINDS:
             files[chart / "crds" / crds.file_name(kind)] = crds.render(kind)
         for name in RBAC_ROLES:
@@ -76,8 +80,16 @@ def cmd_console(args: argparse.Namespace) -> int:
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     key = f"{constants.PREFIX}/console-request"
     nonce = uuid.uuid4().hex
+    name = f"{args.server}-console"
     try:
-        custom.patch_namespaced_custom_object(
+        # An answer from the previous host (before a move) is that host's to write, not the
+        # new one's (the admission policies): it goes, and the current host writes a new one.
+        core.delete_namespaced_config_map(name, args.namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    try:
+        server: dict[str, Any] = custom.patch_namespaced_custom_object(  # type: ignore[assignment]
             constants.GROUP,
             constants.VERSION,
             args.namespace,
@@ -88,15 +100,23 @@ def cmd_console(args: argparse.Namespace) -> int:
     except ApiException as exc:
         print(f"kubenova: server {args.namespace}/{args.server}: {exc.reason}", file=sys.stderr)
         return 1
+    node = (server.get("status") or {}).get("nodeName")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         try:
-            cm = core.read_namespaced_config_map(f"{args.server}-console", args.namespace)
+            cm = core.read_namespaced_config_map(name, args.namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise
         else:
-            if cm.metadata and (cm.metadata.annotations or {}).get(key) == nonce:
+            meta = cm.metadata
+            # Only the answer of the host the Server is bound to (any agent may create a
+            # ConfigMap of that name; only the bound one's label names the bound host).
+            if (
+                meta
+                and (meta.annotations or {}).get(key) == nonce
+                and (meta.labels or {}).get(constants.NODE_LABEL) == node
+            ):
                 lines = (cm.data or {}).get("console", "").splitlines()
                 print("\n".join(lines[-args.lines :]))
                 return 0

@@ -20,10 +20,12 @@ import yaml
 from kubenova_devenv import netutil, paths
 
 #: Users with a static token: name -> groups. The component users get RBAC from deploy/rbac.
+#: Agents of single hosts do not use these: each gets a token naming its node
+#: (``Stack.agent_kubeconfig``); ``kubenova:fleet`` is a process of many simulated hosts.
 USERS: dict[str, tuple[str, ...]] = {
     "admin": ("system:masters",),
     "kubenova:controller": ("kubenova:controllers",),
-    "kubenova:agent": ("kubenova:agents",),
+    "kubenova:fleet": ("kubenova:fleets",),
 }
 
 

@@ -48,6 +48,8 @@ OLD_CPU_MODELS = (
     "Westmere",
 )
 EXAMPLES = paths.REPO / "examples"
+#: The agents' ServiceAccount (namespace, name), as ``deploy/rbac/devenv-bindings.yaml`` makes it.
+AGENT_SERVICE_ACCOUNT = ("kubenova-system", "kubenova-agent")
 
 
 @dataclasses.dataclass
@@ -215,10 +217,31 @@ class Stack:
         self.stop()
 
     def install(self) -> None:
-        """CRDs and RBAC, applied with kubectl as a user would."""
+        """CRDs, RBAC and the agents' admission policies, applied with kubectl as a user
+        would."""
         self.kubectl("apply", "-f", str(DEPLOY / "crds"))
         self.kubectl("apply", "-f", str(DEPLOY / "rbac"))
+        self.kubectl("apply", "-f", str(DEPLOY / "policies"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+    def agent_kubeconfig(self, host_name: str) -> pathlib.Path:
+        """Credentials of the agent of ``host_name`` that name its node, as a pod's do in a
+        cluster: a token of the agents' ServiceAccount bound to the Node object ``host_name``
+        (made here: no kubelet registers it), which carries the node's name to the admission
+        policies (``deploy/policies``). Made once per host and bed."""
+        path = self.cp.workdir / f"kubeconfig-agent-{host_name}"
+        if path.exists():
+            return path
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": host_name}}
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(node))
+        token = self.kubectl(
+            "create", "token", AGENT_SERVICE_ACCOUNT[1], "-n", AGENT_SERVICE_ACCOUNT[0],
+            "--bound-object-kind=Node", f"--bound-object-name={host_name}", "--duration=48h",
+        ).stdout.strip()  # fmt: skip
+        controlplane.write_kubeconfig(
+            path, self.cp.url, self.cp.workdir / "pki" / "ca.crt", f"agent-{host_name}", token
+        )
+        return path
 
     # ------------------------------------------------------------------ components
     def _env(self) -> dict[str, str]:
@@ -253,7 +276,7 @@ class Stack:
             host_name=host_name,
             libvirt_uri="qemu:///system",
             virt_type=self.virt_type,
-            kubeconfig=str(self.cp.kubeconfig("kubenova:agent")),
+            kubeconfig=str(self.agent_kubeconfig(host_name)),
             heartbeat_seconds=self.heartbeat_seconds,
             resync_seconds=30.0,
             peer_libvirt_uri=host.uri,
@@ -289,7 +312,7 @@ class Stack:
             libvirt_uri=uri,
             virt_type="test",
             state_dir=str(root / "state"),
-            kubeconfig=str(self.cp.kubeconfig("kubenova:agent")),
+            kubeconfig=str(self.agent_kubeconfig(name)),
             heartbeat_seconds=self.heartbeat_seconds,
             reserved_memory_mib=0,
             resync_seconds=30.0,
@@ -307,7 +330,11 @@ class Stack:
     def start_sim_fleet(
         self, hosts: int, cpus: int = 8, memory_mib: int = 16384, heartbeat: float = 10.0
     ) -> Proc:
-        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process."""
+        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process.
+
+        They share one identity (``kubenova:fleet``, the agents' ClusterRole without the
+        per-node admission policies): minting a Node and a token for each of a thousand
+        simulated hosts would be most of a scale benchmark's start-up."""
         proc = Proc(
             "simfleet",
             [
@@ -321,7 +348,7 @@ class Stack:
                 "--memory-mib",
                 str(memory_mib),
                 "--kubeconfig",
-                str(self.cp.kubeconfig("kubenova:agent")),
+                str(self.cp.kubeconfig("kubenova:fleet")),
                 "--workdir",
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
@@ -342,8 +369,11 @@ class Stack:
         user: str = "admin",
         stdin: str | None = None,
         timeout: float = 120,
+        kubeconfig: pathlib.Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [str(kubectl_binary()), "--kubeconfig", str(self.cp.kubeconfig(user)), *args]
+        """kubectl as ``user`` of the control plane (or with ``kubeconfig``)."""
+        kc = kubeconfig or self.cp.kubeconfig(user)
+        argv = [str(kubectl_binary()), "--kubeconfig", str(kc), *args]
         out = subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=timeout)
         if check and out.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")

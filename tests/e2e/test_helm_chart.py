@@ -9,6 +9,7 @@ The tests run in this order and build on each other (one installation, as on a c
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubenova_api import constants
 from kubenova_devenv import guestimage, node, stack
 from tests.conftest import condition, eventually
 from tests.e2e import helpers
@@ -251,6 +253,37 @@ def test_deleting_the_leader_pod_lets_the_standby_bind_the_next_server(
     n.kubectl("delete", "server", "web-2", "-n", "default", "--timeout=120s", timeout=150)
 
 
+def test_the_agent_pods_credentials_reach_only_its_own_node(installed: ChartBed) -> None:
+    """The chart's admission policies, with the identity a pod really has: a token bound to
+    the agent's pod names the pod's node; writes to another node's objects are refused."""
+    n = installed.node
+    agent = _running_ready(_pods(n, "agent"))[0]
+    token = n.kubectl(
+        "create", "token", f"{RELEASE}-kubenova-agent", "-n", NS,
+        "--bound-object-kind=Pod", f"--bound-object-name={agent}", "--duration=10m",
+    ).stdout.strip()  # fmt: skip
+    other = {"apiVersion": constants.API_VERSION, "kind": "Hypervisor",
+             "metadata": {"name": "some-other-node"}}  # fmt: skip
+    n.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(other))
+
+    def as_agent(*args: str) -> subprocess.CompletedProcess[str]:
+        return n.kubectl("--token", token, *args, check=False)
+
+    status = ("--subresource=status", "--type=merge", "-p")
+    own = as_agent("patch", "hypervisor", node.NAME, *status, '{"status":{"runningVMs":1}}')
+    assert own.returncode == 0, own.stderr
+    out = as_agent("patch", "hypervisor", "some-other-node", *status, '{"status":{"runningVMs":1}}')
+    assert out.returncode != 0 and "not this node's Hypervisor" in out.stderr, out.stderr
+    # Its own Server (bound here) it reports on, but cannot send to another node.
+    out = as_agent(
+        "patch", "server", "web-1", "-n", "default", *status,
+        '{"status":{"nodeName":"some-other-node"}}',
+    )  # fmt: skip
+    assert out.returncode != 0 and "nodeName and the controller" in out.stderr, out.stderr
+    assert _get(n, "server", "web-1", "default")["status"]["nodeName"] == node.NAME
+    n.kubectl("delete", "hypervisor", "some-other-node", "--wait=false")
+
+
 def test_helm_uninstall_leaves_no_workload_but_keeps_the_crds(installed: ChartBed) -> None:
     n = installed.node
     # Servers first: their guests are the agent's to tear down (the CRDs, and so any Server
@@ -265,7 +298,15 @@ def test_helm_uninstall_leaves_no_workload_but_keeps_the_crds(installed: ChartBe
         what="no namespaced object of the release left",
     )
     assert n.kubectl("get", "pods", "-n", NS, "-o", "name").stdout == ""
-    cluster = n.kubectl("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name")
+    cluster = n.kubectl(
+        "get",
+        "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
+        "validatingadmissionpolicybindings",
+        "-l",
+        selector,
+        "-o",
+        "name",
+    )
     assert cluster.stdout == ""
     crds = n.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=kubenova", "-o", "name")
     assert len(crds.stdout.split()) == 6
