@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -132,6 +133,8 @@ class Stack:
     controller: Proc | None = None
     image_server: imageserver.ImageServer | None = None
     guest: guestimage.GuestImage | None = None
+    metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Where each component started here serves its Prometheus metrics (on loopback)."""
 
     def __post_init__(self) -> None:
         self.cp = controlplane.ControlPlane(self.workdir / "controlplane")
@@ -255,7 +258,19 @@ class Stack:
             kubeconfig=str(self.cp.kubeconfig("kubenova:controller")),
             heartbeat_grace_seconds=self.heartbeat_grace_seconds,
             resync_seconds=5.0,
+            metrics_address=self._metrics_address("controller"),
         )
+
+    def _metrics_address(self, component: str) -> str:
+        port = self.metrics_ports.get(component) or netutil.free_port()
+        self.metrics_ports[component] = port
+        return f"127.0.0.1:{port}"
+
+    def metrics(self, component: str) -> str:
+        """What ``component`` (``controller``, ``agent-<host>``) serves at ``/metrics`` now."""
+        url = f"http://127.0.0.1:{self.metrics_ports[component]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
 
     def start_controller(self, settings: ControllerSettings | None = None) -> Proc:
         cfg = settings or self.controller_settings()
@@ -281,6 +296,7 @@ class Stack:
             resync_seconds=30.0,
             peer_libvirt_uri=host.uri,
             migration_address="127.0.0.1",
+            metrics_address=self._metrics_address(f"agent-{host_name}"),
         )
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
@@ -316,6 +332,7 @@ class Stack:
             heartbeat_seconds=self.heartbeat_seconds,
             reserved_memory_mib=0,
             resync_seconds=30.0,
+            metrics_address=self._metrics_address(f"agent-{name}"),
         )
         proc = Proc(
             f"agent-{name}",

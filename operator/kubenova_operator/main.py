@@ -13,7 +13,7 @@ import threading
 import kopf
 from kubernetes import client
 
-from kubenova_api import health, kube
+from kubenova_api import health, kube, metrics
 from kubenova_operator import handlers, leader, settings
 
 
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     beat = health.Heartbeat()
     leading = threading.Event()
     # A standby is alive and ready (it can take over); a leader is alive while kopf's loop turns.
+    metrics.serve(cfg.metrics_address)
     health.serve(
         cfg.health_address, alive=lambda: not leading.is_set() or beat.fresh(), ready=lambda: True
     )

@@ -51,6 +51,9 @@ class ControllerSettings:
         "Serve /healthz and /readyz for the kubelet's probes at host:port (e.g. :8081); "
         "nothing listens when unset.",
     )
+    metrics_address: str | None = option(
+        None, "Serve Prometheus metrics at host:port (e.g. :8080); nothing listens when unset."
+    )
     leader_elect: bool = option(
         False,
         "Act only while holding the Lease (the chart's two replicas); off for one process.",
