@@ -133,6 +133,7 @@ class Stack:
     controller: Proc | None = None
     image_server: imageserver.ImageServer | None = None
     guest: guestimage.GuestImage | None = None
+    _agent_identities: set[str] = dataclasses.field(default_factory=set)
     metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
     """Where each component started here serves its Prometheus metrics (on loopback)."""
 
@@ -143,6 +144,7 @@ class Stack:
     def start(self, components: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cp.start()
+        self._agent_identities.clear()  # tokens of an earlier control plane are void
         self.install()
         self.guest = guestimage.build_cached()
         served = self.workdir / "images"
@@ -231,9 +233,10 @@ class Stack:
         """Credentials of the agent of ``host_name`` that name its node, as a pod's do in a
         cluster: a token of the agents' ServiceAccount bound to the Node object ``host_name``
         (made here: no kubelet registers it), which carries the node's name to the admission
-        policies (``deploy/policies``). Made once per host and bed."""
+        policies (``deploy/policies``). Made once per host and start of the control plane (a
+        token names the Node object's UID: one left in a reused work folder is void)."""
         path = self.cp.workdir / f"kubeconfig-agent-{host_name}"
-        if path.exists():
+        if host_name in self._agent_identities:
             return path
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": host_name}}
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(node))
@@ -244,6 +247,7 @@ class Stack:
         controlplane.write_kubeconfig(
             path, self.cp.url, self.cp.workdir / "pki" / "ca.crt", f"agent-{host_name}", token
         )
+        self._agent_identities.add(host_name)
         return path
 
     # ------------------------------------------------------------------ components

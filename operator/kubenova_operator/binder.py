@@ -89,7 +89,9 @@ class Binder:
                 await self._step("scheduling pass", self.run_pass, snapshot)
             self.last.pending = len(snapshot.pending)
             self.last.seconds = time.monotonic() - started
-            metrics.PENDING.set(len(snapshot.pending))
+            # The index may still hold a copy from before its binding: the cluster knows.
+            bound = snapshot.view.cluster.bound_to
+            metrics.PENDING.set(sum(1 for s in snapshot.pending if not bound(s.uid)))
             metrics.PASS_SECONDS.observe(self.last.seconds)
 
     async def _step(self, what: str, fn: Callable[[Snapshot], None], snapshot: Snapshot) -> None:
