@@ -101,7 +101,13 @@ def test_helm_install_runs_the_controllers_and_an_agent_on_each_labelled_node(
         *_values(installed),
     )
     print(f"helm install --wait: {time.monotonic() - started:.1f}s")
-    assert len(_running_ready(_pods(n, "controller"))) == 2
+    # --wait waits for replicas - maxUnavailable (1) of the Deployment's pods; the other
+    # follows (a standby is ready too).
+    eventually(
+        lambda: len(_running_ready(_pods(n, "controller"))) == 2,
+        60,
+        what="both controller pods Running and Ready",
+    )
     # No hypervisor yet: the DaemonSet places no agent.
     ds = _get(n, "daemonset", f"{RELEASE}-kubenova-agent", NS)
     assert ds["status"]["desiredNumberScheduled"] == 0
