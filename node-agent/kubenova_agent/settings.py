@@ -71,6 +71,14 @@ class AgentSettings:
         "(NFS, CephFS), as libvirt needs for a safe live migration.",
         choices=("none", "writethrough", "writeback", "directsync", "unsafe"),
     )
+    health_address: str | None = option(
+        None,
+        "Serve /healthz and /readyz for the kubelet's probes at host:port (e.g. :8082); "
+        "nothing listens when unset (the local test bed runs many agents).",
+    )
+    metrics_address: str | None = option(
+        None, "Serve Prometheus metrics at host:port (e.g. :8090); nothing listens when unset."
+    )
     migration_workers: int = option(
         2,
         "Migration steps handled in parallel (each running migration also has its own thread).",
