@@ -15,8 +15,8 @@ import sys
 import threading
 from types import FrameType
 
+from kubenova_agent import images, settings
 from kubenova_agent import main as agent_main
-from kubenova_agent import settings
 from kubenova_devenv import simhost
 
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--heartbeat-seconds", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
+    images.add_arguments(p)  # the image source policy (the test bed's opt-in to loopback)
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             reserved_memory_mib=0,
             kubeconfig=args.kubeconfig,
+            image_settings=images.from_arguments(args),
         )
         agent = agent_main.Agent(cfg)
         agent.start()

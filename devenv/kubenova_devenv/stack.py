@@ -218,6 +218,18 @@ class Stack:
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     # ------------------------------------------------------------------ components
+    def image_source_args(self) -> tuple[str, ...]:
+        """The agents' explicit opt-in to this test bed's image server: by default an agent
+        refuses loopback sources and ports other than 80/443 (kubenova_api.imagesource)."""
+        if self.image_server is None:
+            return ()
+        return (
+            "--image-permitted-networks",
+            "127.0.0.1/32",
+            "--image-allowed-ports",
+            str(self.image_server.port),
+        )
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
@@ -269,6 +281,7 @@ class Stack:
                 host.uri,
                 "--migration-address",
                 "127.0.0.1",
+                *self.image_source_args(),
                 *self.agent_args,
                 *extra_args,
             ],
@@ -305,6 +318,7 @@ class Stack:
                 "0",
                 "--resync-seconds",
                 "30",
+                *self.image_source_args(),
             ],
             self.workdir / f"agent-{name}.log",
             self._env(),
@@ -335,6 +349,7 @@ class Stack:
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(heartbeat),
+                *self.image_source_args(),
             ],
             self.workdir / "simfleet.log",
             self._env(),

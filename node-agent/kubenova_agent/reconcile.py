@@ -143,6 +143,7 @@ PERMANENT_REASONS = {
     "ImageFormatInvalid",
     "FlavorDiskTooSmall",
     "ImageFetchFailed",
+    *images.PERMANENT_REASONS,
 }
 
 
@@ -180,7 +181,7 @@ def domain_config(deps: Deps, body: dict[str, Any]) -> domain_xml.DomainConfig:
             disks = [rescue_root, dataclasses.replace(root, target="vdb")]
     except images.ImageError as exc:
         if exc.transient:
-            raise Retry(exc.reason, str(exc), 10.0) from exc
+            raise Retry(exc.reason, str(exc), exc.retry_after) from exc
         raise Permanent(exc.reason, str(exc)) from exc
     except errors.HypervisorError as exc:
         raise Retry("StorageFailed", f"creating the disk failed: {exc}", 5.0) from exc
@@ -211,11 +212,12 @@ def domain_config(deps: Deps, body: dict[str, Any]) -> domain_xml.DomainConfig:
     )
 
 
-def _cached(deps: Deps, body: dict[str, Any], url: str, sha256: str) -> pathlib.Path:
-    """The image file from the host's cache; a fresh download is told in an Event."""
+def _cached(deps: Deps, body: dict[str, Any], url: str, sha256: str, kind: str) -> pathlib.Path:
+    """The image file from the host's cache, inspected as a ``kind`` (qcow2, raw, kernel,
+    ramdisk); a fresh download is told in an Event."""
     fresh = not deps.images.path_of(sha256).exists()
     started = time.monotonic()
-    path = deps.images.ensure(url, sha256)
+    path = deps.images.ensure(url, sha256, kind)
     if fresh:
         size = path.stat().st_size / (1 << 20)
         took = time.monotonic() - started
@@ -234,8 +236,8 @@ def _fetch(
 ) -> tuple[domain_xml.DirectKernelBoot | None, tuple[pathlib.Path, str] | None]:
     if "uec" in source:
         uec = source["uec"]
-        kernel = _cached(deps, body, uec["kernel"]["url"], uec["kernel"]["sha256"])
-        ramdisk = _cached(deps, body, uec["ramdisk"]["url"], uec["ramdisk"]["sha256"])
+        kernel = _cached(deps, body, uec["kernel"]["url"], uec["kernel"]["sha256"], "kernel")
+        ramdisk = _cached(deps, body, uec["ramdisk"]["url"], uec["ramdisk"]["sha256"], "ramdisk")
         boot = domain_xml.DirectKernelBoot(
             str(kernel), str(ramdisk), uec.get("cmdline", "console=ttyS0")
         )
@@ -245,14 +247,8 @@ def _fetch(
         disk = source["disk"]
     if not disk:
         return boot, None
-    path = _cached(deps, body, disk["url"], disk["sha256"])
     fmt = disk.get("format", "qcow2")
-    if fmt == "qcow2" and images.has_backing_file(path):
-        raise images.ImageError(
-            "qcow2 images with a backing file are refused",
-            reason="ImageFormatInvalid",
-            transient=False,
-        )
+    path = _cached(deps, body, disk["url"], disk["sha256"], fmt)
     return boot, (path, fmt)
 
 

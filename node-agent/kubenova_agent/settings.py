@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import os
 
+from kubenova_agent import images
+
 
 @dataclasses.dataclass(frozen=True)
 class AgentSettings:
@@ -51,6 +53,9 @@ class AgentSettings:
     filesystem (NFS, CephFS), as libvirt needs for a safe live migration."""
     migration_workers: int = 2
     """Migration steps handled in parallel (each running migration also has its own thread)."""
+    image_settings: images.ImageSettings = dataclasses.field(default_factory=images.ImageSettings)
+    """Where images may come from, download limits, image checks and cache collection
+    (``--image-*``; see :mod:`kubenova_agent.images`)."""
 
     @property
     def peer_uri(self) -> str:
@@ -121,6 +126,7 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         choices=["none", "writethrough", "writeback", "directsync", "unsafe"],
         default=env.get("KUBENOVA_DISK_CACHE"),
     )
+    images.add_arguments(p)
     a = p.parse_args(argv)
     return AgentSettings(
         host_name=a.host_name,
@@ -140,4 +146,5 @@ def from_args(argv: list[str] | None = None) -> AgentSettings:
         cpu_mode=a.cpu_mode,
         cpu_model=a.cpu_model,
         disk_cache=a.disk_cache,
+        image_settings=images.from_arguments(a),
     )

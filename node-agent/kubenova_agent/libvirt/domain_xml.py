@@ -173,6 +173,15 @@ def disk_paths(xml: str) -> list[str]:
     return [str(p) for p in found]
 
 
+def host_files(xml: str) -> list[str]:
+    """Every host file the domain XML names: disk sources and their backing chains (as libvirt
+    reports them in a running domain's XML), the kernel and the initrd."""
+    root = etree.fromstring(xml.encode())
+    found = root.xpath("os/kernel/text() | os/initrd/text() | devices/disk//source/@file")
+    assert isinstance(found, list)
+    return sorted({str(p) for p in found})
+
+
 def cpu_element(mode: str, model: str | None = None) -> str:
     """A ``<cpu>`` element: ``host-model``, ``host-passthrough``, or ``custom`` with ``model``
     (``fallback='forbid'``: the guest gets that model or does not start)."""
