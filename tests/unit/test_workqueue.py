@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from kubenova_agent.workqueue import WorkQueue
+from kubenova_agent.workqueue import WorkQueue, backoff_delay
 
 
 def test_a_key_queued_twice_is_handled_once() -> None:
@@ -51,8 +51,6 @@ def test_delayed_add_and_backoff() -> None:
 
 
 def test_backoff_delay_never_overflows() -> None:
-    from kubenova_agent.workqueue import backoff_delay
-
     assert backoff_delay(0, 0.5, 60) == 0.5
     assert backoff_delay(3, 0.5, 60) == 4.0
     for n in (1023, 1024, 1025, 2000, 10**6, 10**100):
