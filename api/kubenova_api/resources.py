@@ -17,6 +17,8 @@ from kubenova_api.common import ApiModel, Condition, StatusModel
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SHA256 = r"^[a-f0-9]{64}$"
+XML_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x{fffe}\x{ffff}]*$"
+"""Text the domain XML can carry (XML 1.0 has no other control characters)."""
 
 # Regular expressions over an image URL, in CEL string literals (hence the doubled
 # backslashes). CEL's url() and ip() cost too much for the API server's budget on a 2 KiB
@@ -169,7 +171,10 @@ class UecSource(ApiModel):
         default=None, description="An optional root disk; without it the guest gets a blank one."
     )
     cmdline: str = Field(
-        default="console=ttyS0", max_length=1024, description="The kernel command line."
+        default="console=ttyS0",
+        max_length=1024,
+        pattern=XML_TEXT,
+        description="The kernel command line (no control characters but tab and newline).",
     )
 
 

@@ -219,6 +219,11 @@ CASES = [
         )
     ],
     pytest.param(
+        _image("nul", {"uec": {**_uec()["uec"], "cmdline": "console=ttyS0\x00 init=/x"}}),
+        "spec.source.uec.cmdline in body should match",
+        id="cmdline-with-a-nul",
+    ),
+    pytest.param(
         _smig("no-server"),
         "spec.serverRef: Required value",
         id="migration-without-server",
