@@ -292,7 +292,9 @@ class Stack:
         proc.start()
         return proc
 
-    def start_sim_agent(self, name: str, cpus: int = 8, memory_mib: int = 16384) -> Proc:
+    def start_sim_agent(
+        self, name: str, cpus: int = 8, memory_mib: int = 16384, extra_args: tuple[str, ...] = ()
+    ) -> Proc:
         """An agent for a simulated host on libvirt's test driver (no daemon, no guests run)."""
         root = self.workdir / name
         uri = simhost.write_host_file(root / "host.xml", cpus=cpus, memory_mib=memory_mib)
@@ -319,6 +321,7 @@ class Stack:
                 "--resync-seconds",
                 "30",
                 *self.image_source_args(),
+                *extra_args,
             ],
             self.workdir / f"agent-{name}.log",
             self._env(),

@@ -130,6 +130,7 @@ def test_a_redirect_is_checked_like_the_first_url(
     with pytest.raises(images.ImageError) as err:
         cache.ensure(url, SHA, "kernel")
     assert err.value.reason == "ImageSourceRefused", err.value
+    assert f"(redirected from {url})" in str(err.value)
     assert [s.path for s in mirror.seen] == [f"/redirect?to={target}"]
     assert secret.seen == []
     assert all(host == "127.0.0.2" for host, _ in connects)

@@ -74,7 +74,7 @@ def fetch(
     deadline = time.monotonic() + limits.deadline_seconds
     current = url
     for hop in range(checker.policy.max_redirects + 1):
-        target = _checked(checker, current)
+        target = _checked(checker, current, url if hop else None)
         conn, resp = _request(target, deadline, limits, tls)
         try:
             if resp.status in REDIRECTS:
@@ -107,11 +107,14 @@ def fetch(
     )
 
 
-def _checked(checker: imagesource.SourceChecker, url: str) -> imagesource.Target:
+def _checked(
+    checker: imagesource.SourceChecker, url: str, redirected_from: str | None
+) -> imagesource.Target:
     try:
         return checker.target(url)
     except imagesource.SourceRefused as exc:
-        raise errors.SourceRefused(f"image source refused: {exc}") from exc
+        via = f" (redirected from {redirected_from})" if redirected_from else ""
+        raise errors.SourceRefused(f"image source refused: {exc}{via}") from exc
     except LookupError as exc:
         raise errors.ImageError(
             f"fetching failed: {exc}", reason=errors.Reason.fetch_failed, transient=True
