@@ -40,7 +40,8 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -337,6 +338,25 @@ def _safe(url: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def urls_of(source: Mapping[str, Any]) -> list[str]:
+    """Every URL an Image's ``spec.source`` names (disk, or UEC kernel, ramdisk and disk)."""
+    if source.get("disk"):
+        return [str(source["disk"]["url"])]
+    uec = source.get("uec") or {}
+    return [str(uec[part]["url"]) for part in ("kernel", "ramdisk", "disk") if uec.get(part)]
+
+
+def refusal_of(checker: SourceChecker, source: Mapping[str, Any]) -> SourceRefused | None:
+    """Why the policy refuses an Image's source by what its URLs say (no name is resolved:
+    the controller's early check; the agent checks again, addresses included), or None."""
+    for url in urls_of(source):
+        try:
+            checker.check_static(url)
+        except SourceRefused as exc:
+            return exc
+    return None
 
 
 # ----------------------------------------------------------------------------- settings

@@ -147,3 +147,27 @@ def test_flags() -> None:
     assert a.disallowed_hosts == ("10.0.0.0/8", "bad.example")
     with pytest.raises(ValueError, match="not a port list"):
         imagesource.parse_ports("0,80")
+
+
+def test_the_controller_judges_an_images_urls_without_resolving() -> None:
+    lookups: list[str] = []
+
+    def resolve(host: str, port: int) -> list[imagesource.IPAddress]:
+        lookups.append(host)
+        return []
+
+    c = SourceChecker(SourcePolicy(), resolver=resolve, own=lambda: [])
+    uec = {
+        "uec": {
+            "kernel": {"url": "https://images.example/vmlinuz"},
+            "ramdisk": {"url": "http://169.254.169.254/initrd"},
+        }
+    }
+    assert imagesource.urls_of(uec) == [
+        "https://images.example/vmlinuz",
+        "http://169.254.169.254/initrd",
+    ]
+    refusal = imagesource.refusal_of(c, uec)
+    assert refusal is not None and "link-local" in str(refusal)
+    assert imagesource.refusal_of(c, {"disk": {"url": "https://images.example/d"}}) is None
+    assert lookups == []
