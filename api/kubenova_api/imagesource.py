@@ -237,13 +237,17 @@ class SourceChecker:
     def check_static(self, url: str) -> Target:
         """Refuse what the URL itself shows (scheme, port, host name, a literal address);
         ``addresses`` of the result is empty unless the host is a literal address."""
-        parts = urllib.parse.urlsplit(url)
-        scheme = parts.scheme.lower()
+        try:
+            parts = urllib.parse.urlsplit(url)
+            scheme = parts.scheme.lower()
+            host = (parts.hostname or "").rstrip(".")
+            credentials = parts.username is not None or parts.password is not None
+        except ValueError as exc:
+            raise SourceRefused(f"{url!r} is not a valid URL: {exc}") from exc
         if scheme not in SCHEMES:
             raise SourceRefused(f"{url}: only http:// and https:// URLs are fetched")
-        if parts.username is not None or parts.password is not None:
+        if credentials:
             raise SourceRefused(f"{_safe(url)}: credentials in image URLs are not supported")
-        host = (parts.hostname or "").rstrip(".")
         if not host:
             raise SourceRefused(f"{url}: no host")
         try:
@@ -287,6 +291,8 @@ class SourceChecker:
             found = self._resolver(static.host, static.port)
         except (OSError, UnicodeError) as exc:
             raise LookupError(f"{url}: cannot resolve {static.host}: {exc}") from exc
+        except ValueError as exc:  # a NUL in the name, say: no name at all
+            raise SourceRefused(f"{url}: {static.host!r} is not a host name: {exc}") from exc
         if not found:
             raise LookupError(f"{url}: {static.host} has no address")
         named = any(_name_matches(static.host, e) for e in self._allowed_names)

@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kubenova_api import imagesource
 from kubenova_api.imagesource import SourceChecker, SourcePolicy, SourceRefused
@@ -171,3 +173,25 @@ def test_the_controller_judges_an_images_urls_without_resolving() -> None:
     assert refusal is not None and "link-local" in str(refusal)
     assert imagesource.refusal_of(c, {"disk": {"url": "https://images.example/d"}}) is None
     assert lookups == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.builds(
+            lambda scheme, host, rest: f"{scheme}://{host}{rest}",
+            st.sampled_from(["http", "https", "HTTP", "ftp", ""]),
+            st.text(max_size=30),
+            st.text(max_size=20),
+        ),
+    )
+)
+def test_any_url_is_accepted_or_refused_never_an_error(url: str) -> None:
+    """Whatever a tenant writes (or a server redirects to): a Target or SourceRefused."""
+    c = SourceChecker(SourcePolicy(allowed_ports=None), resolver=lambda h, p: [PUBLIC], own=list)
+    try:
+        target = c.target(url)
+    except (SourceRefused, LookupError):
+        return
+    assert target.scheme in ("http", "https") and target.addresses
