@@ -250,6 +250,8 @@ class SourceChecker:
             raise SourceRefused(f"{_safe(url)}: credentials in image URLs are not supported")
         if not host:
             raise SourceRefused(f"{url}: no host")
+        if any(c.isspace() or not c.isprintable() or c in '\\<>"`{}|^' for c in host):
+            raise SourceRefused(f"{url!r}: {host!r} is not a host name")
         try:
             port = parts.port or DEFAULT_PORTS[scheme]
         except ValueError as exc:

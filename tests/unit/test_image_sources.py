@@ -48,6 +48,8 @@ def checker(policy: SourcePolicy | None = None, **dns: list[str]) -> SourceCheck
         ("http://images.example:8080/x", "port 8080 is not an allowed image port"),
         ("ftp://images.example/x", "only http:// and https://"),
         ("http://user:pw@images.example/x", "credentials"),
+        ("http://a\x00b.example/x", "is not a host name"),
+        ("http://a b.example/x", "is not a host name"),
     ],
 )
 def test_refused_by_what_the_url_says(url: str, why: str) -> None:
