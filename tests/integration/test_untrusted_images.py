@@ -73,6 +73,10 @@ def bed(
     api.agents.pop(HOST).stop()
     assert api.controller is not None
     api.controller.stop()
+    # Leave the session's API server as found: other modules count the Hypervisors.
+    api.kubectl("delete", "hv", HOST, "--timeout=60s", check=False, timeout=90)
+    api.kubectl("delete", "flavor", "untrusted.small", check=False)
+    api.kubectl("delete", "images", "-l", "kubenova.test/untrusted=yes", check=False)
 
 
 def boot(bed: stack.Stack, name: str, url: str, sha256: str) -> dict[str, Any]:
@@ -81,7 +85,7 @@ def boot(bed: stack.Stack, name: str, url: str, sha256: str) -> dict[str, Any]:
     image = {
         "apiVersion": "compute.kubenova.io/v1alpha1",
         "kind": "Image",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"kubenova.test/untrusted": "yes"}},
         "spec": {
             "source": {"disk": {"url": url, "sha256": sha256, "format": "qcow2"}},
             "architecture": "i686",
