@@ -173,7 +173,7 @@ class FakeImages:
     def path_of(self, sha256: str) -> pathlib.Path:
         return self.folder / sha256
 
-    def ensure(self, url: str, sha256: str) -> pathlib.Path:
+    def ensure(self, url: str, sha256: str, kind: str) -> pathlib.Path:
         path = self.path_of(sha256)
         if not path.exists():
             data = self.contents[url]

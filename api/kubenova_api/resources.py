@@ -18,6 +18,30 @@ from kubenova_api.common import ApiModel, Condition, KubeObject, StatusModel
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SHA256 = r"^[a-f0-9]{64}$"
+XML_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x{fffe}\x{ffff}]*$"
+"""Text the domain XML can carry (XML 1.0 has no other control characters)."""
+
+# Regular expressions over an image URL, in CEL string literals (hence the doubled
+# backslashes). CEL's url() and ip() cost too much for the API server's budget on a 2 KiB
+# field, so the host is matched in the whole URL: scheme, optional user info, host, port, rest.
+_URL_HOST = r"^(?i)https?://([^@/]*@)?"
+_URL_REST = r"(:[0-9]*)?([/?#].*)?$"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+NUMERIC_HOST = _URL_HOST + r"(0x[0-9a-f]*|[0-9]+)(\\.(0x[0-9a-f]*|[0-9]+))*" + _URL_REST
+"""A host of numbers, which resolvers read as an IPv4 address (2852039166, 0x7f.1, 127.1)."""
+CANONICAL_IPV4_HOST = _URL_HOST + rf"({_OCTET}\\.){{3}}{_OCTET}" + _URL_REST
+MAPPED_IPV6_HOST = _URL_HOST + r"\\[[0:]*ffff:[^\\]]*\\]" + _URL_REST
+"""An IPv4-mapped IPv6 literal ([::ffff:169.254.169.254]): an IPv4 address in disguise."""
+NEVER_A_SOURCE_HOST = (
+    _URL_HOST
+    + r"(169\\.254\\.[0-9.]+|0\\.[0-9.]+|(22[4-9]|23[0-9]|24[0-9]|25[0-5])\\.[0-9.]+"
+    + r"|\\[(fe[89ab][0-9a-f]|ff[0-9a-f]{2}):[^\\]]*\\]|\\[[0:]*\\])"
+    + _URL_REST
+)
+"""Link-local (169.254/16 with the metadata service, fe80::/10), unspecified (0/8, ::),
+multicast and reserved/broadcast (224/4, 240/4, ff00::/8) literal hosts. Loopback and private
+addresses are left to the agents' source policy (kubenova_api.imagesource), which an admin may
+widen: a node-local mirror on 127.0.0.1 is legitimate, and the test bed serves from there."""
 
 
 def cel(*rules: tuple[str, str], **extra: Any) -> dict[str, Any]:
@@ -49,9 +73,30 @@ class FlavorSpec(ApiModel):
         le=65536,
         description="Root disk size in GiB; 0 means the size of the image's disk.",
     )
-    extraSpecs: dict[str, str] = Field(
+    extraSpecs: dict[str, Annotated[str, StringConstraints(max_length=255)]] = Field(
         default_factory=dict,
-        description="Nova-style extra specs (hints such as hw:cpu_policy); values are strings.",
+        description="Nova-style extra specs; values are strings of at most 255 characters. "
+        "kubenova acts on hw:cpu_mode (default, host-model, host-passthrough, custom, cluster) "
+        "and hw:cpu_model (a libvirt CPU model, which implies custom); others are kept as hints.",
+        json_schema_extra=cel(
+            (
+                "!('hw:cpu_mode' in self) || self['hw:cpu_mode'] in "
+                "['default', 'host-model', 'host-passthrough', 'custom', 'cluster']",
+                "hw:cpu_mode must be one of default, host-model, host-passthrough, custom, cluster",
+            ),
+            (
+                "!('hw:cpu_model' in self) || "
+                "self['hw:cpu_model'].matches('^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$')",
+                "hw:cpu_model must be a libvirt CPU model name (letters, digits, '_', '.', '+', "
+                "'-'; e.g. Skylake-Client-IBRS or EPYC-v4); whether this host knows it is "
+                "checked when the server is built",
+            ),
+            (
+                "!('hw:cpu_model' in self) || !('hw:cpu_mode' in self) || "
+                "self['hw:cpu_mode'] == 'custom'",
+                "hw:cpu_model needs hw:cpu_mode custom (or no hw:cpu_mode)",
+            ),
+        ),
     )
 
 
@@ -96,7 +141,17 @@ class RemoteFile(ApiModel):
                 "isURL(self) && url(self).getScheme() in ['http', 'https']"
                 " && url(self).getHostname() != ''",
                 "must be an http:// or https:// URL",
-            )
+            ),
+            (
+                f"(!self.matches('{NUMERIC_HOST}') || self.matches('{CANONICAL_IPV4_HOST}'))"
+                f" && !self.matches('{MAPPED_IPV6_HOST}')",
+                "the URL's host must be a DNS name or a canonical IP address",
+            ),
+            (
+                f"!self.matches('{NEVER_A_SOURCE_HOST}')",
+                "link-local (such as the metadata service 169.254.169.254), multicast, "
+                "broadcast and unspecified addresses are never image sources",
+            ),
         ),
     )
     sha256: str = Field(
@@ -120,7 +175,10 @@ class UecSource(ApiModel):
         default=None, description="An optional root disk; without it the guest gets a blank one."
     )
     cmdline: str = Field(
-        default="console=ttyS0", max_length=1024, description="The kernel command line."
+        default="console=ttyS0",
+        max_length=1024,
+        pattern=XML_TEXT,
+        description="The kernel command line (no control characters but tab and newline).",
     )
 
 

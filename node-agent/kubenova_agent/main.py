@@ -65,7 +65,7 @@ class Agent:
         cfg = self.settings
         virt_type = resolve_virt_type(cfg.virt_type, self.host)
         self.storage.ensure_pool()
-        image_cache = images.ImageCache(cfg.images_dir)
+        image_cache = images.ImageCache(cfg.images_dir, cfg.image_settings)
         for name in image_cache.clean_partial():
             log.info("removed a partial download left behind: %s", name)
         self.deps = reconcile.Deps(

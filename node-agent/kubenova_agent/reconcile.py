@@ -74,7 +74,7 @@ class ImageFiles(Protocol):
     """The host's image cache (:class:`kubenova_agent.images.ImageCache`)."""
 
     def path_of(self, sha256: str) -> pathlib.Path: ...
-    def ensure(self, url: str, sha256: str) -> pathlib.Path: ...
+    def ensure(self, url: str, sha256: str, kind: str) -> pathlib.Path: ...
 
 
 @dataclasses.dataclass
@@ -195,6 +195,7 @@ PERMANENT_REASONS = {
     "ImageFormatInvalid",
     "FlavorDiskTooSmall",
     "ImageFetchFailed",
+    *images.PERMANENT_REASONS,
 }
 
 
@@ -230,7 +231,7 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
             disks = [rescue_root, dataclasses.replace(root, target="vdb")]
     except images.ImageError as exc:
         if exc.transient:
-            raise RetryLater(exc.reason, str(exc), 10.0) from exc
+            raise RetryLater(exc.reason, str(exc), exc.retry_after) from exc
         raise Permanent(exc.reason, str(exc)) from exc
     except errors.HypervisorError as exc:
         raise RetryLater("StorageFailed", f"creating the disk failed: {exc}", 5.0) from exc
@@ -261,11 +262,12 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
     )
 
 
-def _cached(deps: Deps, server: Server, url: str, sha256: str) -> pathlib.Path:
-    """The image file from the host's cache; a fresh download is told in an Event."""
+def _cached(deps: Deps, server: Server, url: str, sha256: str, kind: str) -> pathlib.Path:
+    """The image file from the host's cache, inspected as a ``kind`` (qcow2, raw, kernel,
+    ramdisk); a fresh download is told in an Event."""
     fresh = not deps.images.path_of(sha256).exists()
     started = time.monotonic()
-    path = deps.images.ensure(url, sha256)
+    path = deps.images.ensure(url, sha256, kind)
     if fresh:
         size = path.stat().st_size / (1 << 20)
         took = time.monotonic() - started
@@ -286,19 +288,13 @@ def _fetch(
     disk = source.disk
     if source.uec is not None:
         uec = source.uec
-        kernel = _cached(deps, server, uec.kernel.url, uec.kernel.sha256)
-        ramdisk = _cached(deps, server, uec.ramdisk.url, uec.ramdisk.sha256)
+        kernel = _cached(deps, server, uec.kernel.url, uec.kernel.sha256, "kernel")
+        ramdisk = _cached(deps, server, uec.ramdisk.url, uec.ramdisk.sha256, "ramdisk")
         boot = domain_xml.DirectKernelBoot(str(kernel), str(ramdisk), uec.cmdline)
         disk = uec.disk
     if disk is None:
         return boot, None
-    path = _cached(deps, server, disk.url, disk.sha256)
-    if disk.format is DiskFormat.qcow2 and images.has_backing_file(path):
-        raise images.ImageError(
-            "qcow2 images with a backing file are refused",
-            reason="ImageFormatInvalid",
-            transient=False,
-        )
+    path = _cached(deps, server, disk.url, disk.sha256, disk.format.value)
     return boot, (path, disk.format)
 
 
