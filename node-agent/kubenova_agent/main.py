@@ -20,7 +20,9 @@ from kubenova_agent import (
     settings,
     workqueue,
 )
+from kubenova_agent.images import gc
 from kubenova_agent.libvirt import domain_xml, errors
+from kubenova_agent.libvirt.cpucheck import CpuChecker
 from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
 from kubenova_agent.libvirt.migration import Migrations
@@ -76,6 +78,18 @@ class Agent:
             images=image_cache,
             virt_type=virt_type,
             guest_cpu=self._guest_cpu,
+            cpus=CpuChecker(self.host),
+        )
+        # Unused cached images go, never one that a volume, a domain or an instance file names.
+        self.image_gc = gc.Collector(
+            image_cache,
+            [
+                self.storage.backing_files,
+                self.host.domain_files,
+                gc.backing_files_in(cfg.instances_dir),
+            ],
+            cfg.image_gc_min_unused_seconds,
+            cfg.image_gc_interval_seconds,
         )
         self.migrator = migrations.MigrationAgent(
             self.deps, self.kube, self.migrations, self._requeue_uid
@@ -109,6 +123,7 @@ class Agent:
             self._spawn(f"worker-{i}", self._work)
         self._spawn("heartbeat", self._heartbeat)
         self._spawn("resync", self._resync)
+        self._spawn("image-gc", lambda: self.image_gc.run(self._stop))
         log.info(
             "agent for host %s started (libvirt %s, virt type %s)",
             cfg.host_name,
@@ -194,34 +209,29 @@ class Agent:
         self._capacity_due.set()
 
     def _work(self) -> None:
+        """A worker: a key that fails, however often, costs retries with capped back-off and
+        never the worker (:meth:`workqueue.WorkQueue.process_next` catches everything)."""
+        while self.queue.process_next(self._reconcile_key, self._failed):
+            self._capacity_due.set()
+
+    def _reconcile_key(self, key: informer.Key) -> float | None:
         assert self.deps is not None
-        while True:
-            key = self.queue.get()
-            if key is None:
-                return
-            try:
-                server = self.informer.get(key)
-                if server is not None:
-                    again = reconcile.reconcile_server(self.deps, server)
-                    if again is not None:
-                        self.queue.add(key, again)
-                self.queue.forget(key)
-            except Exception as exc:
-                transient = isinstance(exc, RetryLater) or getattr(exc, "transient", True)
-                delay = self.queue.backoff(key)
-                level = logging.WARNING if transient else logging.ERROR
-                log.log(
-                    level,
-                    "reconciling %s/%s failed (%s); again in %.1fs",
-                    key[0],
-                    key[1],
-                    exc,
-                    delay,
-                    exc_info=not transient,
-                )
-            finally:
-                self.queue.done(key)
-                self._capacity_due.set()
+        server = self.informer.get(key)
+        if server is None:
+            return None
+        return reconcile.reconcile_server(self.deps, server)
+
+    def _failed(self, key: informer.Key, exc: Exception, delay: float) -> None:
+        transient = isinstance(exc, RetryLater) or getattr(exc, "transient", True)
+        log.log(
+            logging.WARNING if transient else logging.ERROR,
+            "reconciling %s/%s failed (%s); again in %.1fs",
+            key[0],
+            key[1],
+            exc,
+            delay,
+            exc_info=not transient,
+        )
 
     def _heartbeat(self) -> None:
         while not self._stop.is_set():

@@ -205,7 +205,7 @@ def test_a_reboot_request_is_acted_on_once(bed: Bed) -> None:
     server = bed.reconcile(rebootRequestedAt=asked)
     assert server.status.observedRebootRequestedAt == asked
     assert bed.kube.reasons().count("Rebooted") == 1
-    assert ("shutdown", UID) in bed.guests.calls  # soft: the power button first
+    assert ("request_shutdown", UID) in bed.guests.calls  # soft: the power button first
     bed.reconcile()
     assert bed.kube.reasons().count("Rebooted") == 1
 

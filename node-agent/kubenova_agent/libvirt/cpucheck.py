@@ -13,29 +13,13 @@ checks in the CRD can only judge the spelling of a model name; this is the host'
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import threading
 
 from lxml import etree
 
+from kubenova_agent.driver import CpuReason, CpuRefusal
 from kubenova_agent.libvirt import _conv
 from kubenova_agent.libvirt.host import Host
-
-
-class CpuReason(enum.StrEnum):
-    unknown_model = "CPUModelUnknown"
-    """libvirt on this host does not know the model."""
-    unusable_model = "CPUModelUnusable"
-    """The model is known, but this host cannot provide all of its features."""
-    unsupported_mode = "CPUModeUnsupported"
-    """The mode (host-passthrough, host-model, …) is not available for this virt type."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CpuRefusal:
-    reason: CpuReason
-    message: str
 
 
 def check_guest_cpu(domain_capabilities: str, cpu_xml: str | None) -> CpuRefusal | None:
@@ -74,6 +58,9 @@ def check_guest_cpu(domain_capabilities: str, cpu_xml: str | None) -> CpuRefusal
 
 def _plain(mode: str) -> bool:
     return mode.replace("-", "").isalnum()
+
+
+__all__ = ["CpuChecker", "CpuReason", "CpuRefusal", "check_guest_cpu"]
 
 
 class CpuChecker:

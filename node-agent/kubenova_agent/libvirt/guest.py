@@ -6,7 +6,6 @@ The data types (State, StopReason, GuestInfo) are the driver contract's
 from __future__ import annotations
 
 import logging
-import time
 
 import libvirt
 
@@ -128,26 +127,6 @@ class Guests:
                     dom.shutdownFlags(0)  # a driver without the flag (the test driver) chooses
                 elif code != libvirt.VIR_ERR_OPERATION_INVALID:
                     raise
-            return not dom.isActive()
-
-    def shutdown(self, uuid: str, timeout: float) -> bool:
-        """Ask the guest to power off (ACPI power button) and wait up to ``timeout`` seconds;
-        returns whether it went off by itself. No-op when it is off already."""
-        with _conv.translated():
-            dom = self._require(uuid)
-            if not dom.isActive():
-                return True
-            try:
-                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-                    raise
-                return not dom.isActive()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if not dom.isActive():
-                    return True
-                time.sleep(0.1)
             return not dom.isActive()
 
     def pause(self, uuid: str) -> None:
