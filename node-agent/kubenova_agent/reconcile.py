@@ -628,8 +628,9 @@ def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     if last is not None:
         said = common.get_condition(last.conditions, "Ready")
         told.add(said.reason if said is not None else None)
-    if guest.stop_reason.value not in told:
-        report(deps, server, guest)  # say that it stopped before starting it again
+    if not told & {guest.stop_reason.value, restartbackoff.REASON}:
+        # Say that it stopped before starting it again (a back-off said so already).
+        report(deps, server, guest)
     if not restart:
         return
     decision = deps.restarts.decide(uid)
