@@ -396,6 +396,17 @@ class ServerStatus(StatusModel):
     restartCount: int = Field(
         default=0, description="Times the agent started the guest again after it stopped."
     )
+    evacuatedFrom: str | None = Field(
+        default=None,
+        description="The out-of-service host this Server was taken from to be rebuilt on "
+        "another (written by the controller).",
+    )
+    diskRebuilt: bool | None = Field(
+        default=None,
+        description="After an evacuation: true when the root disk was rebuilt from the image "
+        "(the one on the dead host is lost), false when it was found on shared storage "
+        "(written by the agent that rebuilt the Server).",
+    )
 
 
 class Server(KubeObject):
@@ -452,6 +463,14 @@ class HypervisorSpec(ApiModel):
         default=False,
         description="Drain the host: live-migrate every server away (a few at a time) and "
         "place no new ones here. Progress is in status.evacuation.",
+    )
+    outOfService: bool = Field(
+        default=False,
+        description="The admin's word that the host is dead and fenced (powered off, cut from "
+        "its storage; Nova's force-down, Kubernetes' out-of-service taint). While its agent is "
+        "not heartbeating, its Servers can be deleted (the controller releases them) and are "
+        "rebuilt on other hosts with the same identity. When the host comes back, its agent "
+        "removes the stale domains before it starts anything. Clear it once the host is healthy.",
     )
     disabledReason: str | None = Field(default=None, max_length=255, description="Why.")
     availabilityZone: str = Field(default="nova", max_length=255, description="The host's zone.")

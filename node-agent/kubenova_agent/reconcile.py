@@ -107,6 +107,8 @@ class Deps:
         default_factory=restartbackoff.RestartBackoff
     )
     """CrashLoopBackOff of guests that keep stopping by themselves."""
+    rebuilt: dict[str, bool] = dataclasses.field(default_factory=dict)
+    """Evacuated Servers rebuilt here: whether from the image (True) or on a shared disk."""
 
     def __post_init__(self) -> None:
         limit = self.settings.max_shutdown_timeout_seconds
@@ -120,6 +122,7 @@ class Deps:
         self.stops.cancel(uid)
         self.reboots.cancel(uid)
         self.restarts.forget(uid)
+        self.rebuilt.pop(uid, None)
 
 
 class Permanent(Exception):
@@ -263,6 +266,7 @@ def _guest_now(deps: Deps, uid: str, known: GuestInfo | None) -> GuestInfo | Non
 
 def define(deps: Deps, server: Server) -> GuestInfo:
     """Define the Server's domain (images, disks and config drive first)."""
+    found = _disk_found(deps, server)
     xml = domain_xml_of(domain_config(deps, server))
     with _Libvirt("DefineFailed", "defining the domain"):
         deps.guests.define(xml)
@@ -270,7 +274,40 @@ def define(deps: Deps, server: Server) -> GuestInfo:
     guest = deps.guests.get(server.uid)
     if guest is None:
         raise RetryLater("SpawnFailed", "domain vanished right after it was defined")
+    if found is not None:
+        _rebuilt(deps, server, found)
     return guest
+
+
+def _disk_found(deps: Deps, server: Server) -> bool | None:
+    """For a Server evacuated from a dead host and not rebuilt yet: whether its root disk is
+    here already (the instances folder is shared with that host). None otherwise."""
+    status = server.status
+    if status.evacuatedFrom is None or status.diskRebuilt is not None or server.uid in deps.rebuilt:
+        return None
+    return bool(deps.storage.volumes(f"{volume_prefix(server.uid)}root"))
+
+
+def _rebuilt(deps: Deps, server: Server, found: bool) -> None:
+    deps.rebuilt[server.uid] = not found
+    here, dead = deps.settings.host_name, server.status.evacuatedFrom
+    if found:
+        _event(
+            deps,
+            server,
+            "RebuiltFromSharedDisk",
+            f"rebuilt on {here} on its own disk (shared storage) after host {dead} went out "
+            "of service",
+        )
+    else:
+        _event(
+            deps,
+            server,
+            "RebuiltFromImage",
+            f"rebuilt on {here} from image {server.spec.imageRef} after host {dead} went out "
+            f"of service: its disk on {dead} is lost",
+            warn=True,
+        )
 
 
 def domain_xml_of(cfg: domain_xml.DomainConfig) -> str:
@@ -790,6 +827,12 @@ def observed_status(
     )
     if reboot_seen is not None:
         status.observedRebootRequestedAt = reboot_seen
+    rebuilt = deps.rebuilt.get(server.uid)
+    for said in (old, last):
+        if rebuilt is None and said is not None:
+            rebuilt = said.diskRebuilt
+    if rebuilt is not None and old.evacuatedFrom is not None:
+        status.diskRebuilt = rebuilt  # in every write: a field left out would be removed
     restarts = max(old.restartCount, last.restartCount if last is not None else 0)
     status.restartCount = restarts + (converged.restarted if converged else 0)
     return status
