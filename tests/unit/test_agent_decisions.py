@@ -286,6 +286,28 @@ def test_a_guest_that_powers_itself_off_in_a_loop_backs_off(bed: Bed) -> None:
     assert server.status.restartCount == 2
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_server_evacuated_from_a_dead_host_says_how_it_was_rebuilt(
+    bed: Bed, shared: bool
+) -> None:
+    server = bed.server()
+    body = server.model_dump(mode="json")
+    body["status"]["evacuatedFrom"] = "host-dead"
+    bed.kube.put(Server.parse(body))
+    if shared:  # the instances folder is shared with the dead host: its disk is here
+        bed.storage.sizes[f"{UID}-root.qcow2"] = 1 << 30
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE
+    assert server.status.diskRebuilt is (not shared)
+    reason = "RebuiltFromSharedDisk" if shared else "RebuiltFromImage"
+    assert bed.kube.reasons().count(reason) == 1
+    assert "host-dead" in next(m for _, r, m in bed.kube.events if r == reason)
+    bed.reconcile(powerState="Stopped")
+    server = bed.reconcile(powerState="Running")
+    assert server.status.diskRebuilt is (not shared), "kept in every later write"
+    assert bed.kube.reasons().count(reason) == 1
+
+
 def test_a_reboot_request_is_acted_on_once(bed: Bed) -> None:
     bed.reconcile()
     asked = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
