@@ -375,6 +375,59 @@ class FlavorSnapshot(StatusModel):
     diskGiB: int = Field(description="Root disk in GiB the server was booted with.")
 
 
+class PinnedFile(StatusModel):
+    url: str = Field(description="Where it was fetched from.")
+    sha256: str = Field(description="Its SHA-256: these bits and no others.")
+
+
+class PinnedImage(StatusModel):
+    """The Image a Server is built from, copied when it was first bound: rebuilding it
+    (evacuation), rescuing it with its own image and every move use these bits, never what the
+    Image of that name says later (it may have been deleted and made again)."""
+
+    name: str = Field(description="The Image's name.")
+    architecture: Architecture = Field(description="CPU architecture.")
+    disk: PinnedFile | None = Field(default=None, description="The disk image, if any.")
+    diskFormat: DiskFormat | None = Field(default=None, description="qcow2 or raw.")
+    kernel: PinnedFile | None = Field(default=None, description="UEC: the kernel.")
+    ramdisk: PinnedFile | None = Field(default=None, description="UEC: the ramdisk.")
+    cmdline: str | None = Field(default=None, description="UEC: the kernel command line.")
+
+    @classmethod
+    def of(cls, name: str, spec: ImageSpec) -> PinnedImage:
+        src = spec.source
+        disk = src.uec.disk if src.uec is not None else src.disk
+        pin = cls(name=name, architecture=spec.architecture)
+        if disk is not None:
+            pin.disk = PinnedFile(url=disk.url, sha256=disk.sha256)
+            pin.diskFormat = disk.format
+        if src.uec is not None:
+            pin.kernel = PinnedFile(url=src.uec.kernel.url, sha256=src.uec.kernel.sha256)
+            pin.ramdisk = PinnedFile(url=src.uec.ramdisk.url, sha256=src.uec.ramdisk.sha256)
+            pin.cmdline = src.uec.cmdline
+        return pin
+
+    def source(self) -> ImageSource:
+        """The pinned bits as an Image's source."""
+        disk = None
+        if self.disk is not None:
+            disk = DiskSource(
+                url=self.disk.url,
+                sha256=self.disk.sha256,
+                format=self.diskFormat or DiskFormat.qcow2,
+            )
+        if self.kernel is None or self.ramdisk is None:
+            return ImageSource(disk=disk)
+        return ImageSource(
+            uec=UecSource(
+                kernel=RemoteFile(url=self.kernel.url, sha256=self.kernel.sha256),
+                ramdisk=RemoteFile(url=self.ramdisk.url, sha256=self.ramdisk.sha256),
+                disk=disk,
+                cmdline=self.cmdline if self.cmdline is not None else "console=ttyS0",
+            )
+        )
+
+
 class ServerStatus(StatusModel):
     phase: Phase | None = Field(default=None, description="Nova's status: BUILD, ACTIVE, ...")
     nodeName: str | None = Field(
@@ -384,6 +437,10 @@ class ServerStatus(StatusModel):
         default=None, description="The power state the host observes (written by its agent)."
     )
     flavor: FlavorSnapshot | None = Field(default=None, description="The size it runs with.")
+    image: PinnedImage | None = Field(
+        default=None,
+        description="The image bits it is built from (pinned by the controller when first bound).",
+    )
     domainName: str | None = Field(default=None, description="The libvirt domain's name.")
     conditions: list[Condition] = Field(default_factory=list, description="Scheduled, Ready.")
     observedGeneration: int | None = Field(

@@ -340,6 +340,17 @@ def _image(deps: Deps, name: str) -> Image:
     return image
 
 
+def _pinned(deps: Deps, server: Server) -> tuple[ImageSource, str]:
+    """The source and architecture of the Server's own image: the bits pinned in its status
+    when it was bound (never re-resolved by name), or, for a Server bound before pins
+    existed, its Image as it is now."""
+    pin = server.status.image
+    if pin is not None:
+        return pin.source(), pin.architecture.value
+    image = _image(deps, server.spec.imageRef)
+    return image.spec.source, image.spec.architecture.value
+
+
 def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
     """The domain the Server should have now: fetches images and creates disks and the config
     drive as needed (each step idempotent). In rescue, the rescue image boots with the server's
@@ -348,15 +359,17 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
     if flavor is None:
         raise RetryLater("WaitingForFlavor", "the controller has not recorded the flavor yet", 2.0)
     uid = server.uid
-    image = _image(deps, spec.imageRef)
-    cpu_xml = guest_cpu(deps, server, image.spec.architecture.value)
+    source, arch = _pinned(deps, server)
+    cpu_xml = guest_cpu(deps, server, arch)
     try:
-        boot, disk_source = _fetch(deps, server, image.spec.source)
+        boot, disk_source = _fetch(deps, server, source)
         root = _root_disk(deps, f"{volume_prefix(uid)}root.qcow2", flavor, disk_source, "vda")
         disks = [root]
         if spec.rescue is not None:
-            rescue_image = _image(deps, spec.rescue.imageRef or spec.imageRef)
-            boot, rescue_source = _fetch(deps, server, rescue_image.spec.source)
+            rescue_with = source
+            if spec.rescue.imageRef and spec.rescue.imageRef != spec.imageRef:
+                rescue_with = _image(deps, spec.rescue.imageRef).spec.source
+            boot, rescue_source = _fetch(deps, server, rescue_with)
             rescue_root = _root_disk(
                 deps, f"{volume_prefix(uid)}rescue.qcow2", flavor, rescue_source, "vda"
             )
@@ -387,7 +400,7 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         boot=boot,
         flavor_name=spec.flavorRef,
         image_name=spec.imageRef,
-        arch=image.spec.architecture.value,
+        arch=arch,
         rescue=spec.rescue is not None,
         cpu_xml=cpu_xml,
         disk_cache=deps.settings.disk_cache,

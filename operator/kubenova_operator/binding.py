@@ -18,6 +18,7 @@ from kubenova_api.resources import (
     Hypervisor,
     ImageSpec,
     Phase,
+    PinnedImage,
     Server,
     ServerStatus,
 )
@@ -63,6 +64,11 @@ def check_references(server: Server, view: ClusterView) -> tuple[FlavorSpec, Ima
     if flavor is None:
         return Outcome(None, "FlavorNotFound", f"Flavor {spec.flavorRef!r} does not exist; {later}")
     image = view.images.get(spec.imageRef)
+    pin = server.status.image
+    if pin is not None and (image is None or image.source != pin.source()):
+        # Bound before (and taken off a dead host): its pinned bits, whatever the Image of
+        # that name says now or if it is gone.
+        image = ImageSpec(source=pin.source(), architecture=pin.architecture)
     if image is None:
         return Outcome(None, "ImageNotFound", f"Image {spec.imageRef!r} does not exist; {later}")
     if image.minMemoryMiB > flavor.memoryMiB:
@@ -148,7 +154,8 @@ def schedule(
     if isinstance(decision, placement.NoValidHost):
         return _wait(server, Outcome(None, "Unschedulable", decision.message), k, defer)
     claim_on(states, decision.host, request.resources)
-    return _bind(server, decision.host, request.resources, assumed, k, defer, group)
+    pin = server.status.image or PinnedImage.of(server.spec.imageRef, image)
+    return _bind(server, decision.host, request.resources, assumed, k, defer, group, pin)
 
 
 def placement_request(
@@ -217,6 +224,7 @@ def _bind(
     k: kube.Kube,
     defer: Defer | None = None,
     group: str | None = None,
+    image: PinnedImage | None = None,
 ) -> Outcome:
     message = f"bound to host {host}"
     generation = server.metadata.generation
@@ -228,6 +236,8 @@ def _bind(
             _own_conditions(server), "Scheduled", "True", "Bound", message, generation
         ),
     )
+    if image is not None:
+        status.image = image  # the bits it is built from, wherever it goes later
     # Assume first: a concurrent pass must see the claim even before the write returns.
     assumed.assume(claims.Claim(server.uid, host, resources, group))
     if defer is not None:
@@ -291,6 +301,10 @@ def _wait(server: Server, outcome: Outcome, k: kube.Kube, defer: Defer | None = 
             generation,
         ),
     )
+    if server.status.image is not None:
+        # Keep the pin of a Server taken off a dead host (a field this manager applied before
+        # and leaves out now would be removed).
+        status.image = server.status.image
     ref = ObjectRef.to(server)
 
     def write() -> Outcome:

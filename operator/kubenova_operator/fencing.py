@@ -158,15 +158,18 @@ class Fencing:
         )
         # Take phase and the conditions over from the dead agent (force), conditional on the
         # version read: a Server that changed meanwhile is looked at again next pass.
+        status = ServerStatus(phase=Phase.BUILD, conditions=conditions, evacuatedFrom=host)
+        if current.status.image is not None:
+            status.image = current.status.image  # rebuilt from the same bits, not by name
         out = self.kube.apply_status(
             ref,
-            ServerStatus(phase=Phase.BUILD, conditions=conditions, evacuatedFrom=host),
+            status,
             resource_version=current.metadata.resourceVersion,
             force=True,
         )
         # Then remove the binding and what the dead agent said: a "remove" leaves no owner, so
         # the scheduler's and the next agent's writes do not conflict with this one.
-        status = out.get("status") or {}
+        written = out.get("status") or {}
         ops: list[dict[str, Any]] = [
             {
                 "op": "test",
@@ -174,9 +177,9 @@ class Fencing:
                 "value": out["metadata"]["resourceVersion"],
             }
         ]
-        ops += [{"op": "remove", "path": f"/status/{f}"} for f in RUNTIME_FIELDS if f in status]
-        for index in reversed(range(len(status.get("conditions") or []))):
-            kind = status["conditions"][index].get("type")
+        ops += [{"op": "remove", "path": f"/status/{f}"} for f in RUNTIME_FIELDS if f in written]
+        for index in reversed(range(len(written.get("conditions") or []))):
+            kind = written["conditions"][index].get("type")
             if kind not in ("Scheduled", "Ready"):
                 ops.append({"op": "remove", "path": f"/status/conditions/{index}"})
         self.kube.json_patch_status(ref, ops)

@@ -30,6 +30,7 @@ from kubenova_api.resources import (
     Hypervisor,
     Image,
     Phase,
+    PinnedImage,
     Server,
     ServerMigration,
     TargetStep,
@@ -306,6 +307,24 @@ def test_a_server_evacuated_from_a_dead_host_says_how_it_was_rebuilt(
     server = bed.reconcile(powerState="Running")
     assert server.status.diskRebuilt is (not shared), "kept in every later write"
     assert bed.kube.reasons().count(reason) == 1
+
+
+def test_a_pinned_server_is_built_from_its_pinned_bits_never_by_name(bed: Bed) -> None:
+    server = bed.server()
+    image = bed.kube.get(Image, "img")
+    assert image is not None
+    body = server.model_dump(mode="json")
+    body["status"]["image"] = PinnedImage.of("img", image.spec).model_dump(mode="json")
+    bed.kube.put(Server.parse(body))
+    # The Image of that name was deleted and made again with other bits.
+    bad = image.model_dump(mode="json")
+    bad["spec"]["source"]["disk"] = {"url": "http://images.test/other.raw", "sha256": "1" * 64}
+    bed.kube.put(Image.parse(bad))
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE
+    assert bed.images.fetched == [DISK_URL]
+    server = bed.reconcile(rescue={"imageRef": None})  # rescue with its own image: the pin
+    assert server.status.phase is Phase.RESCUE and bed.images.fetched == [DISK_URL]
 
 
 def test_a_reboot_request_is_acted_on_once(bed: Bed) -> None:
