@@ -341,10 +341,13 @@ def _literal(host: str) -> IPAddress | None:
 
 def _safe(url: str) -> str:
     """``url`` without its credentials (never echo a password into a status)."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+    except ValueError:  # a malformed URL or port after the credentials: say neither
+        return f"{url.partition(':')[0]}://…"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -192,3 +192,10 @@ def test_any_url_is_accepted_or_refused_never_an_error(url: str) -> None:
     except (SourceRefused, LookupError):
         return
     assert target.scheme in ("http", "https") and target.addresses
+
+
+def test_credentials_before_a_malformed_port_are_refused_without_an_error() -> None:
+    """Found by the property test above: 'HTTP://@::' made the refusal's own message raise."""
+    c = SourceChecker(SourcePolicy(allowed_ports=None), resolver=lambda h, p: [PUBLIC], own=list)
+    with pytest.raises(SourceRefused, match="credentials"):
+        c.target("HTTP://user:secret@::")
