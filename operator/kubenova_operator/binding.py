@@ -238,6 +238,7 @@ def _bind(
     )
     if image is not None:
         status.image = image  # the bits it is built from, wherever it goes later
+    _keep_history(server, status)
     # Assume first: a concurrent pass must see the claim even before the write returns.
     assumed.assume(claims.Claim(server.uid, host, resources, group))
     if defer is not None:
@@ -273,6 +274,13 @@ def _write_binding(
     return Outcome(host, "Bound", message)
 
 
+def _keep_history(server: Server, status: ServerStatus) -> None:
+    """Carry what the controller wrote when it took the Server off a dead host into this
+    write: server-side apply removes a field its manager applied before and leaves out now."""
+    if server.status.evacuatedFrom is not None:
+        status.evacuatedFrom = server.status.evacuatedFrom
+
+
 def _own_conditions(server: Server) -> list[common.Condition]:
     cond = common.get_condition(server.status.conditions, "Scheduled")
     return [cond] if cond is not None else []
@@ -302,9 +310,8 @@ def _wait(server: Server, outcome: Outcome, k: kube.Kube, defer: Defer | None = 
         ),
     )
     if server.status.image is not None:
-        # Keep the pin of a Server taken off a dead host (a field this manager applied before
-        # and leaves out now would be removed).
         status.image = server.status.image
+    _keep_history(server, status)
     ref = ObjectRef.to(server)
 
     def write() -> Outcome:

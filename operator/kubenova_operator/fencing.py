@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 EVACUATING = "Evacuating"
 RELEASED = "DomainMayRemain"
-HOST_OUT_OF_SERVICE = "HostOutOfService"
 
 RUNTIME_FIELDS = (
     "nodeName",
@@ -147,14 +146,12 @@ class Fencing:
         ref = ObjectRef.to(current)
         generation = current.metadata.generation
         message = f"host {host} is out of service: rebuilding on another host"
-        conditions = [
-            c for c in current.status.conditions if c.type in ("Scheduled", "Ready")
-        ]  # only what this write takes over; the dead agent's others are removed below
+        # Only Scheduled is the controller's; the dead agent's conditions (Ready, …) are
+        # removed below, not taken over: an apply that later leaves out a condition item its
+        # manager owned would strip that item's fields, leaving an invalid condition.
+        conditions = [c for c in current.status.conditions if c.type == "Scheduled"]
         conditions = common.set_condition(
             conditions, "Scheduled", "False", EVACUATING, message, generation
-        )
-        conditions = common.set_condition(
-            conditions, "Ready", "False", HOST_OUT_OF_SERVICE, message, generation
         )
         # Take phase and the conditions over from the dead agent (force), conditional on the
         # version read: a Server that changed meanwhile is looked at again next pass.
@@ -180,7 +177,7 @@ class Fencing:
         ops += [{"op": "remove", "path": f"/status/{f}"} for f in RUNTIME_FIELDS if f in written]
         for index in reversed(range(len(written.get("conditions") or []))):
             kind = written["conditions"][index].get("type")
-            if kind not in ("Scheduled", "Ready"):
+            if kind != "Scheduled":
                 ops.append({"op": "remove", "path": f"/status/conditions/{index}"})
         self.kube.json_patch_status(ref, ops)
         lost = (
