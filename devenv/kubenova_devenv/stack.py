@@ -320,7 +320,8 @@ class Stack:
         proc.start()
         return proc
 
-    def _fleet_image_flags(self) -> list[str]:
+    def fleet_image_flags(self) -> list[str]:
+        """simfleet's flags for the agents' opt-in to this bed's image server."""
         if self.image_server is None:
             return []
         cfg = self.image_sources(AgentSettings())
@@ -353,7 +354,7 @@ class Stack:
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(heartbeat),
-                *self._fleet_image_flags(),
+                *self.fleet_image_flags(),
             ],
             self.workdir / "simfleet.log",
             self._env(),
