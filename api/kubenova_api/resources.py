@@ -509,6 +509,31 @@ class ServerGroup(KubeObject):
     status: ServerGroupStatus = Field(default_factory=ServerGroupStatus)
 
 
+# ----------------------------------------------------------------------------- ComputeQuota
+
+
+class ComputeQuotaSpec(ApiModel):
+    """Limits on what the Servers of one namespace (a project) may hold (Nova's quotas:
+    instances, cores, ram). Unset is unlimited; several ComputeQuotas in a namespace all apply.
+    Counted by the controller when it binds, so a burst never overshoots: a Server over a
+    limit waits with ``Scheduled=False``/``QuotaExceeded`` until there is room."""
+
+    servers: int | None = Field(default=None, ge=0, description="Servers bound at once.")
+    vcpus: int | None = Field(default=None, ge=0, description="vCPUs of those Servers.")
+    memoryMiB: int | None = Field(default=None, ge=0, description="Their memory in MiB.")
+
+
+class ComputeQuotaStatus(StatusModel):
+    conditions: list[Condition] = Field(default_factory=list, description="Unused for now.")
+
+
+class ComputeQuota(KubeObject):
+    KIND: ClassVar[str] = "ComputeQuota"
+    PLURAL: ClassVar[str] = constants.COMPUTEQUOTAS
+    spec: ComputeQuotaSpec = Field(default_factory=ComputeQuotaSpec)
+    status: ComputeQuotaStatus = Field(default_factory=ComputeQuotaStatus)
+
+
 # ----------------------------------------------------------------------------- Hypervisor
 
 

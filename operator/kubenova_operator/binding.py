@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from kubenova_api import common, kube
 from kubenova_api.kube import ObjectRef
 from kubenova_api.resources import (
+    ComputeQuotaSpec,
     FlavorSpec,
     GroupPolicy,
     Hypervisor,
@@ -41,6 +42,10 @@ class ClusterView:
     """ServerGroup ``namespace/name`` -> policy."""
     moving: tuple[claims.Claim, ...] = ()
     """What migrations under way hold on their targets."""
+    quotas: Mapping[str, list[tuple[str, ComputeQuotaSpec]]] = dataclasses.field(
+        default_factory=dict
+    )
+    """Namespace -> its ComputeQuotas (name, spec)."""
 
 
 Defer = Callable[[Callable[[], "Outcome"]], None]
@@ -147,6 +152,9 @@ def schedule(
             return _wait(server, Outcome(None, "ServerGroupNotFound", why), k, defer)
         members = group_members(group, view.cluster, assumed)
     size = hosts.Resources(flavor.vcpus, flavor.memoryMiB, flavor.diskGiB)
+    over = quota_exceeded(server, size, view, assumed)
+    if over is not None:
+        return _wait(server, over, k, defer)
     request = placement_request(
         server.spec.availabilityZone, size, image, policy, members, server.spec.hostName
     )
@@ -156,6 +164,37 @@ def schedule(
     claim_on(states, decision.host, request.resources)
     pin = server.status.image or PinnedImage.of(server.spec.imageRef, image)
     return _bind(server, decision.host, request.resources, assumed, k, defer, group, pin)
+
+
+def quota_exceeded(
+    server: Server, size: hosts.Resources, view: ClusterView, assumed: claims.Claims
+) -> Outcome | None:
+    """Why binding ``server`` would exceed a quota of its namespace, if it would: what is bound
+    there (as the API server reports it) plus the bindings written but not seen back yet.
+    Passes are serial and every binding is assumed before the next decision, so a burst
+    counts each Server it binds."""
+    namespace = server.namespace or ""
+    limits = view.quotas.get(namespace)
+    if not limits:
+        return None
+    count, used = view.cluster.namespace_usage(namespace)
+    for claim in assumed.assumed_claims():
+        if claim.namespace == namespace and view.cluster.bound_to(claim.uid) != claim.host:
+            count, used = count + 1, used + claim.resources
+    for name, quota in sorted(limits, key=lambda q: q[0]):
+        for what, limit, have, needs in (
+            ("servers", quota.servers, count, 1),
+            ("vCPUs", quota.vcpus, used.vcpus, size.vcpus),
+            ("MiB of memory", quota.memoryMiB, used.memory_mib, size.memory_mib),
+        ):
+            if limit is not None and have + needs > limit:
+                return Outcome(
+                    None,
+                    "QuotaExceeded",
+                    f"ComputeQuota {name!r} of namespace {namespace}: {have} of {limit} {what} "
+                    f"in use, this server needs {needs}; it is scheduled when there is room",
+                )
+    return None
 
 
 def placement_request(
@@ -240,7 +279,7 @@ def _bind(
         status.image = image  # the bits it is built from, wherever it goes later
     _keep_history(server, status)
     # Assume first: a concurrent pass must see the claim even before the write returns.
-    assumed.assume(claims.Claim(server.uid, host, resources, group))
+    assumed.assume(claims.Claim(server.uid, host, resources, group, server.namespace or ""))
     if defer is not None:
         defer(lambda: _write_binding(server, status, host, message, assumed, k))
         return Outcome(host, "Binding", message)
