@@ -215,9 +215,10 @@ class Stack:
         self.stop()
 
     def install(self) -> None:
-        """CRDs and RBAC, applied with kubectl as a user would."""
+        """CRDs, RBAC and admission policies, applied with kubectl as a user would."""
         self.kubectl("apply", "-f", str(DEPLOY / "crds"))
         self.kubectl("apply", "-f", str(DEPLOY / "rbac"))
+        self.kubectl("apply", "-f", str(DEPLOY / "admission"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     # ------------------------------------------------------------------ components

@@ -332,3 +332,94 @@ def test_rbac_keeps_agents_to_their_job(api: stack.Stack) -> None:
         check=False,
     )
     assert out.returncode != 0 and "forbidden" in out.stderr
+
+
+def test_choosing_the_host_is_for_admins(api: stack.Stack) -> None:
+    """Issue 13: spec.hostName and a migration's spec.targetNode need the permission to place
+    on that Hypervisor (a ValidatingAdmissionPolicy asking the API server's authorizer)."""
+    ns = "tenant-place"
+    api.kubectl("create", "namespace", ns, check=False)
+    rbac = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "member", "namespace": ns},
+            "rules": [
+                {
+                    "apiGroups": ["compute.kubenova.io"],
+                    "resources": ["servers", "servermigrations"],
+                    "verbs": ["get", "list", "create", "update", "patch", "delete"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "alice-member", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "member"},
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+            ],
+        },
+    ]
+    api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+
+    def as_alice(body: dict) -> tuple[int, str]:
+        body["metadata"]["namespace"] = ns
+        out = api.kubectl(
+            "apply", "--as", "alice", "-f", "-", stdin=yaml.safe_dump(body), check=False
+        )
+        return out.returncode, out.stderr
+
+    code, stderr = as_alice(_server("placed", flavorRef="m1.tiny", imageRef="i", hostName="h1"))
+    assert code != 0 and "spec.hostName: choosing the host (h1) is for admins" in stderr, stderr
+    assert as_alice(_server("free", flavorRef="m1.tiny", imageRef="i"))[0] == 0
+    code, stderr = as_alice(_server("free", flavorRef="m1.tiny", imageRef="i", hostName="h1"))
+    assert code != 0 and "is for admins" in stderr, "nor added later"
+    code, stderr = as_alice(_smig("moved", serverRef="free", targetNode="h2"))
+    assert code != 0 and "spec.targetNode: choosing the host (h2)" in stderr, stderr
+    assert as_alice(_smig("moved", serverRef="free"))[0] == 0
+    # An admin places it; the tenant still changes the rest of it.
+    admin = _server("by-admin", flavorRef="m1.tiny", imageRef="i", hostName="h1")
+    admin["metadata"]["namespace"] = ns
+    assert _apply(api, admin)[0] == 0
+    assert as_alice(_server("by-admin", flavorRef="m1.tiny", imageRef="i", hostName="h1",
+                            powerState="Stopped"))[0] == 0  # fmt: skip
+    # The permission, for one host only.
+    grant = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "place-on-h1"},
+            "rules": [
+                {
+                    "apiGroups": ["compute.kubenova.io"],
+                    "resources": ["hypervisors"],
+                    "resourceNames": ["h1"],
+                    "verbs": ["place"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "alice-place-on-h1"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "place-on-h1",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+            ],
+        },
+    ]
+    api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(grant))
+    try:
+        assert as_alice(_server("placed", flavorRef="m1.tiny", imageRef="i", hostName="h1"))[0] == 0
+        code, _ = as_alice(_server("elsewhere", flavorRef="m1.tiny", imageRef="i", hostName="h2"))
+        assert code != 0
+    finally:
+        api.kubectl("delete", "clusterrolebinding", "alice-place-on-h1", check=False)
+        api.kubectl("delete", "clusterrole", "place-on-h1", check=False)
+        api.kubectl("delete", "servers,servermigrations", "--all", "-n", ns, check=False)
