@@ -134,11 +134,12 @@ def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack
                 "--memory-mib",
                 str(args.memory_mib),
                 "--kubeconfig",
-                str(bed.cp.kubeconfig("kubenova:agent")),
+                str(bed.cp.kubeconfig("kubenova:fleet")),
                 "--workdir",
                 str(bed.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(args.heartbeat_seconds),
+                *bed.fleet_image_flags(),  # agents refuse loopback image servers by default
             ],
             bed.workdir / f"simfleet-{i}.log",
             {**os.environ, "PYTHONUNBUFFERED": "1"},
