@@ -376,3 +376,19 @@ def test_the_target_refuses_a_cpu_it_cannot_run(bed: Bed) -> None:
     report = _target_report(bed)
     assert report["reason"] == "CPUIncompatible" and report["compatible"] is False
     assert not report.get("prepared")
+
+
+def test_a_console_request_is_answered_in_this_hosts_own_configmap(tmp_path: pathlib.Path) -> None:
+    """One ConfigMap per host (the admission policies let an agent write only its own): the
+    host a Server moved to never has to overwrite the previous host's answer."""
+    bed = Bed(tmp_path)
+    server = bed.server()
+    console = pathlib.Path(reconcile.console_path(bed.settings, UID))
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("login: ")
+    asked = server.model_copy(deep=True)
+    asked.metadata.annotations[reconcile.CONSOLE_REQUEST] = "nonce-1"
+    reconcile.serve_console(bed.deps, asked)
+    assert bed.kube.configmaps == {("ns", "web-console-host-a"): {"console": "login: "}}
+    reconcile.serve_console(bed.deps, asked)  # answered already: no second write
+    assert len(bed.kube.configmaps) == 1
