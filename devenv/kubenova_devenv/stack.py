@@ -133,12 +133,12 @@ class Stack:
     controller: Proc | None = None
     image_server: imageserver.ImageServer | None = None
     guest: guestimage.GuestImage | None = None
-    _agent_identities: set[str] = dataclasses.field(default_factory=set)
-    metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
-    """Where each component started here serves its Prometheus metrics (on loopback)."""
     extra: list[Proc] = dataclasses.field(default_factory=list)
     """Other processes started on this stack (the OpenStack API facade), stopped with it and
     watched like the components."""
+    _agent_identities: set[str] = dataclasses.field(default_factory=set)
+    metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Where each component started here serves its Prometheus metrics (on loopback)."""
 
     def __post_init__(self) -> None:
         self.cp = controlplane.ControlPlane(self.workdir / "controlplane")
