@@ -6,7 +6,6 @@ The data types (State, StopReason, GuestInfo) are the driver contract's
 from __future__ import annotations
 
 import logging
-import time
 
 import libvirt
 
@@ -113,9 +112,9 @@ class Guests:
                 log.info("graceful destroy of %s failed (%s); forcing", uuid, exc)
                 dom.destroy()
 
-    def shutdown(self, uuid: str, timeout: float) -> bool:
-        """Ask the guest to power off (ACPI power button) and wait up to ``timeout`` seconds;
-        returns whether it went off by itself. No-op when it is off already."""
+    def request_shutdown(self, uuid: str) -> bool:
+        """Press the guest's ACPI power button and return at once (the waiting is the
+        caller's: :mod:`kubenova_agent.softstop`); True when the guest is off already."""
         with _conv.translated():
             dom = self._require(uuid)
             if not dom.isActive():
@@ -134,13 +133,6 @@ class Guests:
                     dom.shutdown()
                 elif code != libvirt.VIR_ERR_OPERATION_INVALID:
                     raise
-                else:
-                    return not dom.isActive()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if not dom.isActive():
-                    return True
-                time.sleep(0.1)
             return not dom.isActive()
 
     def pause(self, uuid: str) -> None:
