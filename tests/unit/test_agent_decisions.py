@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from kubenova_agent.driver import CpuReason, CpuRefusal, JobStats, State, StopRe
 from kubenova_agent.libvirt import errors
 from kubenova_agent.libvirt.domain_xml import VirtType, cpu_element
 from kubenova_agent.settings import AgentSettings
-from kubenova_api import common, constants
+from kubenova_api import common, constants, policies
 from kubenova_api.kube import RetryLater
 from kubenova_api.resources import (
     Hypervisor,
@@ -124,8 +125,26 @@ def ready(server: Server) -> common.Condition:
 
 
 @pytest.fixture
-def bed(tmp_path: pathlib.Path) -> Bed:
-    return Bed(tmp_path)
+def bed(tmp_path: pathlib.Path) -> Iterator[Bed]:
+    b = Bed(tmp_path)
+    yield b
+    assert_within_the_admission_policies(b.kube)
+
+
+def assert_within_the_admission_policies(kube: FakeKube) -> None:
+    """Every status the agent wrote in a test stays within what ``deploy/policies`` lets an
+    agent write (a field the agent starts to write must be added there, or the API server
+    refuses the agent's every write)."""
+    for write in kube.writes:
+        fields = set(write.status)
+        if write.ref.plural == constants.SERVERS:
+            assert fields <= policies.SERVER_AGENT_FIELDS, fields - policies.SERVER_AGENT_FIELDS
+            kinds = {c["type"] for c in write.status.get("conditions", [])}
+            assert kinds <= set(policies.SERVER_AGENT_CONDITIONS), kinds
+        elif write.ref.plural == constants.SERVERMIGRATIONS:
+            assert fields <= policies.MIGRATION_SOURCE_FIELDS or (
+                fields <= policies.MIGRATION_TARGET_FIELDS
+            ), fields
 
 
 def test_a_new_server_is_built_started_and_reported_once(bed: Bed) -> None:
