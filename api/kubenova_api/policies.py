@@ -48,7 +48,7 @@ SERVER_AGENT_FIELDS = frozenset(
         "launchedAt",
         "observedRebootRequestedAt",
         "restartCount",
-        "diskRebuilt",  # after an evacuation: how the new host rebuilt the root disk
+        "diskRebuilt",  # after an evacuation: the new host says whether it rebuilt the disk
     }
 )
 #: Condition types of a Server its agent sets; the others (Scheduled, ...) are the controller's.
