@@ -18,6 +18,13 @@ NODE_FIELD: Final = "status.nodeName"
 #: Label on what an agent writes for its node (a console answer): that node's name.
 NODE_LABEL: Final = f"{PREFIX}/node"
 
+
+def console_configmap(server: str, node: str) -> str:
+    """The ConfigMap in which the agent of ``node`` answers console requests of Server
+    ``server``: one per host, so that after a move the new host never writes the old one's."""
+    return f"{server}-console-{node}"
+
+
 FLAVORS: Final = "flavors"
 IMAGES: Final = "images"
 SERVERS: Final = "servers"

@@ -13,8 +13,8 @@ the object written:
 * only its own Hypervisor;
 * a ServerMigration's status only as its source (``source``, ``progress``) or its target
   (``target``), nothing else of it;
-* ConfigMaps only as console answers of its own node: ``<server>-console``, owned by that
-  Server, labelled with the node, and never one labelled with another node.
+* ConfigMaps only as console answers of its own node: ``<server>-console-<node>``, owned by
+  that Server, labelled with the node, and never one labelled with another node.
 
 Agent credentials without a node are refused outright. Which fields are whose is read from the
 models here, so a new status field is the controller's until it is listed as an agent's.
@@ -194,15 +194,16 @@ def documents() -> list[dict[str, Any]]:
         "object.metadata.?ownerReferences.orValue([]).size() == 1 && "
         f"object.metadata.ownerReferences[0].apiVersion == '{constants.API_VERSION}' && "
         "object.metadata.ownerReferences[0].kind == 'Server' && "
-        "object.metadata.ownerReferences[0].name + '-console' == object.metadata.name"
+        "object.metadata.name == "
+        "object.metadata.ownerReferences[0].name + '-console-' + variables.node"
     )
     consoles = _policy(
         "kubenova-agent-consoles",
         [_rule(["configmaps"], ["CREATE", "UPDATE"], "")],
         [
             _validation(
-                f"object.metadata.name.endsWith('-console') && {owner}",
-                "only a Server's console answer (<server>-console, owned by it)",
+                owner,
+                "only a Server's console answer (<server>-console-<this node>, owned by it)",
             ),
             _validation(
                 f"object.metadata.?labels[?'{NODE_LABEL}'] == optional.of(variables.node)",

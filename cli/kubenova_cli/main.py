@@ -76,7 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_console(args: argparse.Namespace) -> int:
     """Print the tail of a Server's serial console, wherever it runs (Nova's
     get_console_output): ask its agent through an annotation, read the answer from the
-    ConfigMap ``<server>-console`` it writes."""
+    ConfigMap ``<server>-console-<host>`` it writes."""
     import uuid  # noqa: PLC0415
 
     from kubernetes import client  # noqa: PLC0415
@@ -88,14 +88,6 @@ def cmd_console(args: argparse.Namespace) -> int:
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     key = f"{constants.PREFIX}/console-request"
     nonce = uuid.uuid4().hex
-    name = f"{args.server}-console"
-    try:
-        # An answer from the previous host (before a move) is that host's to write, not the
-        # new one's (the admission policies): it goes, and the current host writes a new one.
-        core.delete_namespaced_config_map(name, args.namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
     try:
         server: dict[str, Any] = custom.patch_namespaced_custom_object(  # type: ignore[assignment]
             constants.GROUP,
@@ -109,6 +101,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         print(f"kubenova: server {args.namespace}/{args.server}: {exc.reason}", file=sys.stderr)
         return 1
     node = (server.get("status") or {}).get("nodeName")
+    # Each host answers in a ConfigMap of its own: the one of the host the Server is bound to.
+    name = constants.console_configmap(args.server, node or "")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         try:
@@ -117,14 +111,7 @@ def cmd_console(args: argparse.Namespace) -> int:
             if exc.status != 404:
                 raise
         else:
-            meta = cm.metadata
-            # Only the answer of the host the Server is bound to (any agent may create a
-            # ConfigMap of that name; only the bound one's label names the bound host).
-            if (
-                meta
-                and (meta.annotations or {}).get(key) == nonce
-                and (meta.labels or {}).get(constants.NODE_LABEL) == node
-            ):
+            if cm.metadata and (cm.metadata.annotations or {}).get(key) == nonce:
                 lines = (cm.data or {}).get("console", "").splitlines()
                 print("\n".join(lines[-args.lines :]))
                 return 0

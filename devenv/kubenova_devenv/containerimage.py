@@ -40,7 +40,16 @@ REPOSITORY = "localhost/kubenova"
 #: containerd's ``sandbox_image``; the tag is build/pause's TAG in the Kubernetes module.
 PAUSE_REF = "registry.k8s.io/pause:3.10.2"
 #: What the Dockerfile's build context holds (``.dockerignore`` admits exactly these).
-CONTEXT = ("pyproject.toml", "README.md", "api", "operator", "node-agent", "devenv", "cli")
+CONTEXT = (
+    "pyproject.toml",
+    "README.md",
+    "api",
+    "operator",
+    "node-agent",
+    "openstack-api",
+    "devenv",
+    "cli",
+)
 _SKIP = ("__pycache__", ".egg-info", ".mypy_cache")
 #: mmdebstrap's recipe for the stand-in base (part of every cache key). The dpkg excludes are
 #: the ones Debian's own slim images are made with.

@@ -940,7 +940,7 @@ CONSOLE_BYTES = 64 * 1024
 
 def serve_console(deps: Deps, server: Server) -> None:
     """Answer a console request (Nova's get_console_output): the tail of the serial console
-    goes into the ConfigMap ``<server>-console``, marked with the request it answers."""
+    goes into the ConfigMap ``<server>-console-<host>``, marked with the request it answers."""
     asked = server.metadata.annotations.get(CONSOLE_REQUEST)
     if not asked or deps.console_served.get(server.uid) == asked:
         return
@@ -953,7 +953,7 @@ def serve_console(deps: Deps, server: Server) -> None:
         text = ""
     deps.kube.put_configmap(
         server.namespace or "",
-        f"{server.name}-console",
+        constants.console_configmap(server.name, deps.settings.host_name),
         {"console": text},
         annotations={CONSOLE_REQUEST: asked},
         # The admission policies let an agent write only console answers of its own node.

@@ -214,21 +214,21 @@ def test_an_agent_answers_console_requests_of_its_own_node_only(bed: stack.Stack
             }
         )  # fmt: skip
 
-    assert _as(bed, A, "create", "-f", "-", stdin=console("on-a-console", A))[0]
+    mine = constants.console_configmap("on-a", A)
+    assert _as(bed, A, "create", "-f", "-", stdin=console(mine, A))[0]
     # Another host overwriting it, or passing its own answer off as the bound host's.
+    allowed, err = _as(bed, B, "replace", "-f", "-", stdin=console(mine, B))
+    assert not allowed and f"node agent of {B}" in err, err
+    forged = constants.console_configmap("on-b", A)
     _refused(
-        _as(bed, B, "replace", "-f", "-", stdin=console("on-a-console", B)),
-        "this console answer is another node's",
-    )
-    _refused(
-        _as(bed, B, "create", "-f", "-", stdin=console("on-b-console", A, owner="on-b")),
-        f"carries the label {constants.NODE_LABEL}=<this node>",
+        _as(bed, B, "create", "-f", "-", stdin=console(forged, A, owner="on-b")),
+        "only a Server's console answer (<server>-console-<this node>, owned by it)",
     )
     # Any other ConfigMap (kube-system's, say) is out of an agent's reach.
     _refused(
         _as(bed, A, "create", "configmap", "anything", "-n", NS), "only a Server's console answer"
     )
-    cm = bed.get("configmap", "on-a-console", NS)
+    cm = bed.get("configmap", mine, NS)
     assert cm is not None and cm["data"]["console"] == f"written by {A}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from kubenova_agent.driver import CpuReason, CpuRefusal, JobStats, State, StopRe
 from kubenova_agent.libvirt import errors
 from kubenova_agent.libvirt.domain_xml import VirtType, cpu_element
 from kubenova_agent.settings import AgentSettings
-from kubenova_api import common, constants
+from kubenova_api import common, constants, policies
 from kubenova_api.kube import RetryLater
 from kubenova_api.resources import (
     Hypervisor,
@@ -124,8 +125,26 @@ def ready(server: Server) -> common.Condition:
 
 
 @pytest.fixture
-def bed(tmp_path: pathlib.Path) -> Bed:
-    return Bed(tmp_path)
+def bed(tmp_path: pathlib.Path) -> Iterator[Bed]:
+    b = Bed(tmp_path)
+    yield b
+    assert_within_the_admission_policies(b.kube)
+
+
+def assert_within_the_admission_policies(kube: FakeKube) -> None:
+    """Every status the agent wrote in a test stays within what ``deploy/policies`` lets an
+    agent write (a field the agent starts to write must be added there, or the API server
+    refuses the agent's every write)."""
+    for write in kube.writes:
+        fields = set(write.status)
+        if write.ref.plural == constants.SERVERS:
+            assert fields <= policies.SERVER_AGENT_FIELDS, fields - policies.SERVER_AGENT_FIELDS
+            kinds = {c["type"] for c in write.status.get("conditions", [])}
+            assert kinds <= set(policies.SERVER_AGENT_CONDITIONS), kinds
+        elif write.ref.plural == constants.SERVERMIGRATIONS:
+            assert fields <= policies.MIGRATION_SOURCE_FIELDS or (
+                fields <= policies.MIGRATION_TARGET_FIELDS
+            ), fields
 
 
 def test_a_new_server_is_built_started_and_reported_once(bed: Bed) -> None:
@@ -504,3 +523,19 @@ def test_the_target_refuses_a_cpu_it_cannot_run(bed: Bed) -> None:
     report = _target_report(bed)
     assert report["reason"] == "CPUIncompatible" and report["compatible"] is False
     assert not report.get("prepared")
+
+
+def test_a_console_request_is_answered_in_this_hosts_own_configmap(tmp_path: pathlib.Path) -> None:
+    """One ConfigMap per host (the admission policies let an agent write only its own): the
+    host a Server moved to never has to overwrite the previous host's answer."""
+    bed = Bed(tmp_path)
+    server = bed.server()
+    console = pathlib.Path(reconcile.console_path(bed.settings, UID))
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("login: ")
+    asked = server.model_copy(deep=True)
+    asked.metadata.annotations[reconcile.CONSOLE_REQUEST] = "nonce-1"
+    reconcile.serve_console(bed.deps, asked)
+    assert bed.kube.configmaps == {("ns", "web-console-host-a"): {"console": "login: "}}
+    reconcile.serve_console(bed.deps, asked)  # answered already: no second write
+    assert len(bed.kube.configmaps) == 1

@@ -194,7 +194,7 @@ async def unrescue(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
 
 async def console_output(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     """Ask the guest's agent for the console's tail (the annotation ``kubenova console``
-    sets) and wait for its answer in the ConfigMap ``<server>-console``."""
+    sets) and wait for its answer in the ConfigMap ``<server>-console-<host>``."""
     length = args.get("length")
     if length is not None:
         try:
@@ -207,6 +207,7 @@ async def console_output(req: Req, server: Server, args: dict[str, Any]) -> web.
     if nova.vm_state not in ("active", "stopped", "paused", "suspended", "rescued", "resized"):
         raise _conflict("get_console_output", server, nova)
     name, ns = server.name, req.project
+    node = server.status.nodeName or ""
     nonce = secrets.token_hex(8)
     await req.kube.patch(
         req.context.caller,
@@ -218,7 +219,7 @@ async def console_output(req: Req, server: Server, args: dict[str, Any]) -> web.
     deadline = time.monotonic() + CONSOLE_TIMEOUT
     while time.monotonic() < deadline:
         cm = await req.kube.get_or_none(
-            req.context.caller, "configmaps", f"{name}-console", ns, core=True
+            req.context.caller, "configmaps", constants.console_configmap(name, node), ns, core=True
         )
         if cm is not None and names.annotations_of(cm).get(CONSOLE_REQUEST) == nonce:
             lines = str((cm.get("data") or {}).get("console", "")).splitlines()
