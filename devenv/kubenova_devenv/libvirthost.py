@@ -155,7 +155,7 @@ class LibvirtHost:
         prefix: list[str] = []
         if self.netns is not None:
             prefix = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
-            env["KUBENOVA_FRESH_SYSFS"] = "1"
+            env["KUBENOVA_FRESH_SYSFS"] = ""
         self._proc = subprocess.Popen(
             [
                 *prefix,
@@ -265,6 +265,8 @@ class LibvirtHost:
         self.root.mkdir(parents=True, exist_ok=True)
         for name in BIND_MOUNTS.values():
             (self.root / name).mkdir(exist_ok=True)
+        if self.netns is not None:
+            (self.root / "netns").mkdir(exist_ok=True)
         etc = self.root / "etc"
         if not (etc / "libvirtd.conf").exists() and pathlib.Path("/etc/libvirt").is_dir():
             shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
