@@ -8,9 +8,10 @@ the host's paths mounted would), so paths mean the same to it and to libvirtd.
 
 A host may also have a network namespace of its own (``netns``, made by
 :class:`kubenova_devenv.netbed.NetBed`): libvirtd, its guests and the host's agent then run
-inside it, with ``/sys`` mounted afresh (so it shows that namespace's devices), a ``/run/netns``
-of the host's own (the per-network namespaces its agent makes stay the host's), and libvirt's
-migration host and address set to the host's underlay address.
+inside it (``/sys`` stays the machine's: a fresh sysfs would hide the cgroup mounts libvirt
+needs, and its bridge handling works without), with a ``/run/netns`` of the host's own (the
+per-network namespaces its agent makes stay the host's), and libvirt's migration host and
+address set to the host's underlay address.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ _LAUNCH = r"""
 set -eu
 H="$1"
 shift
-if [ -n "${KUBENOVA_FRESH_SYSFS:-}" ]; then
-    mount -t sysfs sysfs /sys
-fi
 while [ "$#" -ge 2 ]; do
     mkdir -p "$1"
     mount --bind "$H/$2" "$1"
@@ -151,11 +149,9 @@ class LibvirtHost:
             self._log.close()
         mounts = [arg for inside, name in self._mounts().items() for arg in (inside, name)]
         self._log = (self.root / "libvirtd.out").open("ab")
-        env = dict(os.environ)
         prefix: list[str] = []
         if self.netns is not None:
             prefix = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
-            env["KUBENOVA_FRESH_SYSFS"] = ""
         self._proc = subprocess.Popen(
             [
                 *prefix,
@@ -173,7 +169,6 @@ class LibvirtHost:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=env,
         )
         netutil.wait_until(self._ready, timeout, f"libvirtd of host {self.name}")
         self._mount_namespaces.add(os.stat(f"/proc/{self._proc.pid}/ns/mnt").st_ino)
