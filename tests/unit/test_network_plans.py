@@ -137,6 +137,6 @@ def test_the_test_guest_reads_what_the_agent_writes(mac: str, expected: str) -> 
     text = json.dumps(guestdata.network_data(nics()))
     lines = subprocess.run(["tr", "{}[],", "\n\n\n\n\n"], input=text, capture_output=True,
                            text=True, check=True).stdout  # fmt: skip
-    out = subprocess.run(["busybox", "awk", "-v", f"mac={mac}", guestimage.NETDATA_AWK],
-                         input=lines, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    awk = ["busybox", "awk", "-v", f"mac={mac}", guestimage.NETDATA_AWK]
+    out = subprocess.run(awk, input=lines, capture_output=True, text=True, check=True).stdout
     assert " ".join(out.split()) == expected
