@@ -137,11 +137,11 @@ class LibvirtHost:
                 return self.root / name / inside_path[len(inside) :].lstrip("/")
         return pathlib.Path(inside_path)
 
-    def nsenter(self) -> list[str]:
+    def nsenter(self, net: bool = True) -> list[str]:
         """A command prefix that runs a program in this host's mount namespace (and network
-        namespace, when it has one)."""
-        net = [f"--net=/proc/{self.pid}/ns/net"] if self.netns is not None else []
-        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", *net, "--"]
+        namespace, when it has one and ``net``)."""
+        net_ns = [f"--net=/proc/{self.pid}/ns/net"] if self.netns is not None and net else []
+        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", *net_ns, "--"]
 
     def start(self, timeout: float = 60.0) -> None:
         self._prepare()
