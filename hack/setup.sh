@@ -29,7 +29,8 @@ elapsed() { printf '%ss' "$((SECONDS - $1))"; }
 
 # --- Debian packages -----------------------------------------------------------------------
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-          qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc)
+          qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc
+          dnsmasq-base nftables)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

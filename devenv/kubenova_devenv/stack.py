@@ -23,6 +23,7 @@ from kubenova_devenv import (
     guestimage,
     imageserver,
     libvirthost,
+    netbed,
     netutil,
     paths,
     simhost,
@@ -124,6 +125,12 @@ class Stack:
     """Hosts whose libvirt knows only older CPU models (see ``OLD_CPU_MODELS``)."""
     agent_args: tuple[str, ...] = ()
     """Extra flags for every agent (``--cpu-mode cluster``, say)."""
+    networking: bool = False
+    """Give every libvirt host its own network namespace on one underlay, with a LAN, a
+    client and an outside (:class:`kubenova_devenv.netbed.NetBed`): libvirtd and its guests
+    run inside it and migrations go to the hosts' underlay addresses (the agent stays in the
+    machine's namespace, where the API server's loopback is). Off: as before."""
+    net: netbed.NetBed | None = None
     cp: controlplane.ControlPlane = dataclasses.field(init=False)
     hosts: dict[str, libvirthost.LibvirtHost] = dataclasses.field(default_factory=dict)
     agents: dict[str, Proc] = dataclasses.field(default_factory=dict)
@@ -148,8 +155,12 @@ class Stack:
                 shutil.copyfile(path, target)
         self.image_server = imageserver.ImageServer(served)
         self.image_server.start()
+        if self.networking:
+            self.net = netbed.NetBed()
+            self.net.start()
         for i in range(self.host_count):
             name = f"host-{chr(ord('a') + i)}"
+            hostnet = self.net.add_host(name) if self.net is not None else None
             host = libvirthost.LibvirtHost(
                 name,
                 self.workdir / name,
@@ -160,6 +171,8 @@ class Stack:
                     else {}
                 ),
                 cpu_models=OLD_CPU_MODELS if name in self.old_cpu_hosts else None,
+                netns=hostnet.netns if hostnet is not None else None,
+                underlay_address=str(hostnet.underlay_address) if hostnet is not None else None,
             )
             self.hosts[name] = host  # known before it starts: stop() must find it
             host.start()
@@ -175,6 +188,8 @@ class Stack:
         if self.controller is not None:
             steps.append(self.controller.stop)
         steps += [host.stop for host in self.hosts.values()]
+        if self.net is not None:
+            steps.append(self.net.stop)
         if self.image_server is not None:
             steps.append(self.image_server.stop)
         steps.append(self.cp.stop)
@@ -257,7 +272,7 @@ class Stack:
             heartbeat_seconds=self.heartbeat_seconds,
             resync_seconds=30.0,
             peer_libvirt_uri=host.uri,
-            migration_address="127.0.0.1",
+            migration_address=self.migration_address(host_name),
         )
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
@@ -265,7 +280,10 @@ class Stack:
         proc = Proc(
             f"agent-{host_name}",
             [
-                *host.nsenter(),
+                # With networking the agent stays in the machine's network namespace: the API
+                # server and the image server listen on its loopback. (libvirtd is reached by
+                # its socket; the host's network commands name the host's namespace.)
+                *host.nsenter(net=False),
                 sys.executable,
                 "-m",
                 "kubenova_agent.main",
@@ -279,6 +297,12 @@ class Stack:
         self.agents[host_name] = proc
         proc.start()
         return proc
+
+    def migration_address(self, host_name: str) -> str:
+        """Where migration data to a host goes: its underlay address, or loopback."""
+        if self.net is None:
+            return "127.0.0.1"
+        return str(self.net.hosts[host_name].underlay_address)
 
     def start_sim_agent(self, name: str, cpus: int = 8, memory_mib: int = 16384) -> Proc:
         """An agent for a simulated host on libvirt's test driver (no daemon, no guests run)."""
