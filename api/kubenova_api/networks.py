@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from kubenova_api.common import ApiModel, Condition, StatusModel
+from kubenova_api import constants
+from kubenova_api.common import ApiModel, Condition, KubeObject, StatusModel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -117,6 +118,12 @@ class SubnetSpec(ApiModel):
             **_cel(("self.all(a, isIP(a) && ip(a).family() == 4)", "DNS servers must be IPv4")),
         },
     )
+    dhcp: bool = Field(
+        default=True,
+        description="Answer DHCP for the guests (a dnsmasq per network on each host that runs "
+        "them; network_data.json then says ipv4_dhcp, as Nova writes it). False: guests are "
+        "configured from network_data.json alone (Neutron's enable_dhcp).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SubnetSpec:
@@ -167,9 +174,25 @@ class ProviderNetworkSpec(SubnetSpec):
     mtu: int = Field(default=1500, ge=576, le=9000, description="The LAN's MTU.")
 
 
+class NetworkHost(StatusModel):
+    """A host that runs Servers of a network (or receives one by a migration)."""
+
+    name: str = Field(description="The host (its Hypervisor's name).")
+    tunnelAddress: str | None = Field(
+        default=None, description="Its VXLAN endpoint (tenant networks): the others flood to it."
+    )
+    dhcpAddress: str | None = Field(
+        default=None,
+        description="Its DHCP server's address on a provider network (held by IPAM).",
+    )
+
+
 class ProviderNetworkStatus(StatusModel):
-    conditions: list[Condition] = Field(default_factory=list, description="Ready.")
-    hosts: list[str] = Field(default_factory=list, description="Hosts that map this network.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, or InUse.")
+    hosts: list[NetworkHost] = Field(
+        default_factory=list,
+        description="Hosts that run its Servers, each with its DHCP address (controller).",
+    )
 
 
 class NetworkSpec(SubnetSpec):
@@ -197,7 +220,47 @@ class NetworkStatus(StatusModel):
         default=None, description="The VXLAN network identifier (given by the controller)."
     )
     mtu: int | None = Field(default=None, description="The guests' MTU (1450 over VXLAN).")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready.")
+    gateway: str | None = Field(
+        default=None, description="The gateway in use: spec.gateway, else cidr's first address."
+    )
+    hosts: list[NetworkHost] = Field(
+        default_factory=list,
+        description="Hosts that run its Servers (or receive one by a migration) with their "
+        "tunnel addresses: each host floods the overlay to exactly the others (l2population).",
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, or InUse.")
+
+
+class Network(KubeObject):
+    KIND: ClassVar[str] = "Network"
+    PLURAL: ClassVar[str] = constants.NETWORKS
+    spec: NetworkSpec
+    status: NetworkStatus = Field(default_factory=NetworkStatus)
+
+
+class ProviderNetwork(KubeObject):
+    KIND: ClassVar[str] = "ProviderNetwork"
+    PLURAL: ClassVar[str] = constants.PROVIDERNETWORKS
+    spec: ProviderNetworkSpec
+    status: ProviderNetworkStatus = Field(default_factory=ProviderNetworkStatus)
+
+
+TENANT_MTU = 1450
+"""A tenant network's guest MTU: a 1500-byte underlay less VXLAN's 50 bytes of headers."""
+
+
+def tenant_gateway(spec: NetworkSpec) -> str:
+    """A tenant network's gateway: ``spec.gateway``, else the subnet's first address (as
+    Neutron picks). Its DHCP server and router answer there on every host."""
+    if spec.gateway:
+        return spec.gateway
+    return str(next(ipaddress.IPv4Network(spec.cidr).hosts()))
+
+
+def net_key(kind: NetworkKind, namespace: str | None, name: str) -> str:
+    """A network's key across both kinds: ``namespace/name`` for a Network, ``name`` for a
+    ProviderNetwork (cluster-scoped; a DNS name never holds a slash)."""
+    return f"{namespace}/{name}" if kind is NetworkKind.Network else name
 
 
 class NetworkKind(enum.StrEnum):

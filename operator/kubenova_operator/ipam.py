@@ -1,8 +1,9 @@
 """IP address management and VNI allocation: plain functions, no kopf and no API calls, so the
 binding pass can call them serially (as it decides claims) and tests can call them by the
-thousand. In: a network's subnet, the leases already held (rebuilt from the Servers' status
-after a restart, plus the ones this controller has written but not yet seen come back), and a
-request; out: a :class:`Lease` or a typed :class:`Refusal` naming why.
+thousand. In: a network's subnet, what is held on it (:class:`Held`: kept incrementally by
+:class:`kubenova_operator.cluster.Cluster` from the Servers' status, so rebuilt from what the
+API server holds after a restart, plus the bindings this controller has written but not yet
+seen come back), and a request; out: a :class:`Lease` or a typed :class:`Refusal` naming why.
 
 MACs are Nova's ``fa:16:3e`` prefix and derived from the holder, so a Server keeps its MAC for
 its whole life (stop/start, rescue, resize, migration) and a controller restarted mid-burst
@@ -15,7 +16,7 @@ import dataclasses
 import enum
 import hashlib
 import ipaddress
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Container, Iterable, Mapping
 
 MAC_PREFIX = "fa:16:3e"
 VNI_MIN = 1
@@ -78,7 +79,7 @@ def _mac(holder: str, attempt: int) -> str:
     return MAC_PREFIX + "".join(f":{b:02x}" for b in digest[:3])
 
 
-def mac_for(holder: str, macs_in_use: Collection[str] = ()) -> str:
+def mac_for(holder: str, macs_in_use: Container[str] = ()) -> str:
     """The holder's MAC: stable, and unique among ``macs_in_use`` (the network's)."""
     attempt = 0
     while (mac := _mac(holder, attempt)) in macs_in_use:
@@ -125,29 +126,34 @@ def _candidates(subnet: Subnet) -> Iterable[ipaddress.IPv4Address]:
             yield ipaddress.IPv4Address(value)
 
 
-def allocate(subnet: Subnet, held: Iterable[Lease], request: Request) -> Lease | Refusal:
-    """An address and MAC for ``request``: the one it holds already (so a repeated pass, or
-    one after a restart, changes nothing), its fixed IP when allowed, else the lowest free
-    address of the pools."""
-    leases = list(held)
-    for lease in leases:
-        if lease.holder == request.holder and (
-            request.fixed_ip is None or lease.ip == request.fixed_ip
-        ):
-            return lease
-    by_ip = {lease.ip: lease.holder for lease in leases if lease.holder != request.holder}
-    macs = {lease.mac for lease in leases if lease.holder != request.holder}
-    mac = mac_for(request.holder, macs)
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """What is taken on one network: address -> holder, and the MACs in use."""
+
+    by_ip: Mapping[ipaddress.IPv4Address, str]
+    macs: Container[str] = ()
+
+    @classmethod
+    def of(cls, leases: Iterable[Lease]) -> Held:
+        leases = list(leases)
+        return cls({lease.ip: lease.holder for lease in leases}, {lease.mac for lease in leases})
+
+
+def allocate(subnet: Subnet, held: Held, request: Request) -> Lease | Refusal:
+    """An address and MAC for ``request`` (a NIC that holds none yet): its fixed IP when
+    allowed, else the lowest free address of the pools. ``held`` is what the network's other
+    NICs hold (the controller keeps it incrementally)."""
+    mac = mac_for(request.holder, held.macs)
     if request.fixed_ip is not None:
-        refusal = check_fixed(subnet, request.fixed_ip, by_ip.get(request.fixed_ip),
+        refusal = check_fixed(subnet, request.fixed_ip, held.by_ip.get(request.fixed_ip),
                               request.holder)  # fmt: skip
         return refusal or Lease(request.holder, request.fixed_ip, mac)
     bad = unusable(subnet)
     for ip in _candidates(subnet):
-        if ip in subnet.cidr and ip not in bad and ip not in by_ip:
+        if ip in subnet.cidr and ip not in bad and ip not in held.by_ip:
             return Lease(request.holder, ip, mac)
     return Refusal(
-        Reason.PoolExhausted, f"no free address left in {subnet.cidr} ({len(by_ip)} held)"
+        Reason.PoolExhausted, f"no free address left in {subnet.cidr} ({len(held.by_ip)} held)"
     )
 
 

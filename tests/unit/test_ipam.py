@@ -14,6 +14,7 @@ from kubenova_operator import ipam
 
 A = ipaddress.IPv4Address
 NET = ipam.Subnet(cidr=ipaddress.IPv4Network("10.0.0.0/24"), gateway=A("10.0.0.1"))
+EMPTY = ipam.Held({})
 
 
 @pytest.mark.parametrize(
@@ -26,31 +27,30 @@ NET = ipam.Subnet(cidr=ipaddress.IPv4Network("10.0.0.0/24"), gateway=A("10.0.0.1
     ],
 )
 def test_fixed_ip_refusals_name_the_reason(fixed: str, reason: ipam.Reason) -> None:
-    got = ipam.allocate(NET, [], ipam.Request("srv/0", A(fixed)))
+    got = ipam.allocate(NET, EMPTY, ipam.Request("srv/0", A(fixed)))
     assert isinstance(got, ipam.Refusal) and got.reason is reason, got
     assert fixed in got.message
 
 
-def test_fixed_ip_taken_by_another_is_refused_and_its_own_is_kept() -> None:
-    held = [ipam.Lease("a/0", A("10.0.0.7"), ipam.mac_for("a/0"))]
+def test_fixed_ip_taken_by_another_is_refused() -> None:
+    held = ipam.Held.of([ipam.Lease("a/0", A("10.0.0.7"), ipam.mac_for("a/0"))])
     got = ipam.allocate(NET, held, ipam.Request("b/0", A("10.0.0.7")))
     assert isinstance(got, ipam.Refusal) and got.reason is ipam.Reason.Taken
     assert "a/0" in got.message
-    assert ipam.allocate(NET, held, ipam.Request("a/0", A("10.0.0.7"))) == held[0]
 
 
 def test_reserved_addresses_are_refused_and_skipped() -> None:
     net = ipam.Subnet(cidr=NET.cidr, gateway=NET.gateway, reserved=frozenset({A("10.0.0.2")}))
-    got = ipam.allocate(net, [], ipam.Request("x/0", A("10.0.0.2")))
+    got = ipam.allocate(net, EMPTY, ipam.Request("x/0", A("10.0.0.2")))
     assert isinstance(got, ipam.Refusal) and got.reason is ipam.Reason.Reserved
-    lease = ipam.allocate(net, [], ipam.Request("x/0"))
+    lease = ipam.allocate(net, EMPTY, ipam.Request("x/0"))
     assert isinstance(lease, ipam.Lease) and lease.ip == A("10.0.0.3")
 
 
-def test_a_repeated_request_gets_the_same_lease() -> None:
-    first = ipam.allocate(NET, [], ipam.Request("s/0"))
+def test_the_mac_is_derived_from_the_holder() -> None:
+    first = ipam.allocate(NET, EMPTY, ipam.Request("s/0"))
     assert isinstance(first, ipam.Lease)
-    assert ipam.allocate(NET, [first], ipam.Request("s/0")) == first
+    assert ipam.allocate(NET, EMPTY, ipam.Request("s/0")) == first
     assert first.mac == ipam.mac_for("s/0") and first.mac.startswith("fa:16:3e:")
 
 
@@ -58,14 +58,15 @@ def test_pool_limits_automatic_addresses_and_exhaustion_is_a_refusal() -> None:
     net = ipam.Subnet(cidr=NET.cidr, gateway=NET.gateway, pools=((A("10.0.0.10"), A("10.0.0.11")),))
     leases = []
     for i in range(2):
-        lease = ipam.allocate(net, leases, ipam.Request(f"s{i}/0"))
+        lease = ipam.allocate(net, ipam.Held.of(leases), ipam.Request(f"s{i}/0"))
         assert isinstance(lease, ipam.Lease)
         leases.append(lease)
     assert [lease.ip for lease in leases] == [A("10.0.0.10"), A("10.0.0.11")]
-    full = ipam.allocate(net, leases, ipam.Request("s9/0"))
+    full = ipam.allocate(net, ipam.Held.of(leases), ipam.Request("s9/0"))
     assert isinstance(full, ipam.Refusal) and full.reason is ipam.Reason.PoolExhausted
     # A fixed IP outside the pool but inside the subnet is allowed (as in Neutron).
-    assert isinstance(ipam.allocate(net, leases, ipam.Request("s9/0", A("10.0.0.50"))), ipam.Lease)
+    fixed = ipam.allocate(net, ipam.Held.of(leases), ipam.Request("s9/0", A("10.0.0.50")))
+    assert isinstance(fixed, ipam.Lease)
 
 
 def test_mac_collisions_within_a_network_are_rederived() -> None:
@@ -107,13 +108,13 @@ def test_never_two_holders_of_one_address_nor_a_forbidden_one(
     leases: dict[str, ipam.Lease] = {}
     for action, who, offset in steps:
         holder = f"srv-{who}/0"
-        if action == "release":
+        if action == "release" or holder in leases:
             leases.pop(holder, None)
             continue
         fixed = (
             None if offset is None else ipaddress.IPv4Address(int(net_.network_address) + offset)
         )
-        got = ipam.allocate(subnet, leases.values(), ipam.Request(holder, fixed))
+        got = ipam.allocate(subnet, ipam.Held.of(leases.values()), ipam.Request(holder, fixed))
         if isinstance(got, ipam.Refusal):
             if got.reason is ipam.Reason.PoolExhausted:
                 free = set(net_) - ipam.unusable(subnet) - {lease.ip for lease in leases.values()}

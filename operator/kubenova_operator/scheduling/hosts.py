@@ -65,6 +65,10 @@ class HostState:
     claimed: Resources
     archs: tuple[str, ...] = ("x86_64",)
     virt_type: str = ""
+    physnets: frozenset[str] = frozenset()
+    """Physical networks the host maps (provider networks it can carry)."""
+    tunnel: bool = False
+    """It has a tunnel endpoint (it can carry tenant networks)."""
 
     @property
     def capacity(self) -> Resources:
@@ -120,4 +124,6 @@ def host_state(
         claimed=claimed,
         archs=tuple(status.guestArchitectures),
         virt_type=status.virtType or "",
+        physnets=frozenset(status.network.physicalNetworks) if status.network else frozenset(),
+        tunnel=bool(status.network and status.network.tunnelAddress),
     )
