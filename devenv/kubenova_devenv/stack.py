@@ -5,6 +5,8 @@ and one agent per host — each a real process."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import pathlib
 import shutil
@@ -32,6 +34,8 @@ from kubenova_operator.settings import ControllerSettings
 
 DEPLOY = paths.REPO / "deploy"
 #: What an "older" host's libvirt knows: CPU models up to about 2010 (no EPYC, no Skylake).
+LAN_PHYSNET = "lan"
+"""With networking: the physical network of the bed's LAN (each host's LAN link)."""
 OLD_CPU_MODELS = (
     "486",
     "pentium",
@@ -187,6 +191,12 @@ class Stack:
         steps: list[Callable[[], None]] = [proc.stop for proc in self.agents.values()]
         if self.controller is not None:
             steps.append(self.controller.stop)
+        if self.net is not None:
+            steps += [
+                functools.partial(self.teardown_networks, name)
+                for name, host in self.hosts.items()
+                if host.running
+            ]
         steps += [host.stop for host in self.hosts.values()]
         if self.net is not None:
             steps.append(self.net.stop)
@@ -264,7 +274,7 @@ class Stack:
     def agent_settings(self, host_name: str) -> AgentSettings:
         """The settings of the agent of libvirtd host ``host_name`` in this bed."""
         host = self.hosts[host_name]
-        return AgentSettings(
+        cfg = AgentSettings(
             host_name=host_name,
             libvirt_uri="qemu:///system",
             virt_type=self.virt_type,
@@ -274,6 +284,44 @@ class Stack:
             peer_libvirt_uri=host.uri,
             migration_address=self.migration_address(host_name),
         )
+        if self.net is None:
+            return cfg
+        hostnet = self.net.hosts[host_name]
+        # The host's tunnel address is its underlay address; its LAN link is mapped as
+        # physical network LAN_PHYSNET; its network commands run in its own namespace.
+        return dataclasses.replace(
+            cfg,
+            tunnel_address=str(hostnet.underlay_address),
+            tunnel_device=hostnet.underlay_device,
+            physical_interface_mappings=f"{LAN_PHYSNET}:{hostnet.lan_device}",
+            network_namespace=f"/proc/{host.pid}/ns/net",
+        )
+
+    def teardown_networks(self, host_name: str) -> None:
+        """Remove every kubenova network of a host (its dnsmasqs, namespaces, devices), as
+        the agent's ``python -m kubenova_agent.network teardown`` does: the agent itself
+        leaves them running when it stops (a restarted agent must not cut its guests off)."""
+        assert self.net is not None
+        cfg = self.agent_settings(host_name)
+        hostnet = self.net.hosts[host_name]
+        host = self.hosts[host_name]
+        desired = {
+            "host": {
+                "host_name": host_name,
+                "underlay_device": hostnet.underlay_device,
+                "underlay_address": str(hostnet.underlay_address),
+                "interface_mappings": cfg.interface_mappings,
+                "state_dir": cfg.network_dir,
+            },
+            "plans": [],
+        }
+        path = self.workdir / f"network-teardown-{host_name}.json"
+        path.write_text(json.dumps(desired))
+        subprocess.run(
+            [*host.nsenter(), sys.executable, "-m", "kubenova_agent.network", "teardown",
+             str(path)],
+            check=True, capture_output=True, text=True, timeout=120, env=self._env(),
+        )  # fmt: skip
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
         host = self.hosts[host_name]
@@ -329,9 +377,16 @@ class Stack:
         return proc
 
     def start_sim_fleet(
-        self, hosts: int, cpus: int = 8, memory_mib: int = 16384, heartbeat: float = 10.0
+        self,
+        hosts: int,
+        cpus: int = 8,
+        memory_mib: int = 16384,
+        heartbeat: float = 10.0,
+        networks: bool = False,
     ) -> Proc:
-        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process."""
+        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process
+        (with ``networks``: each publishes a tunnel address and physical network ``lan``, so
+        Servers on networks can be placed there; nothing is plumbed)."""
         proc = Proc(
             "simfleet",
             [
@@ -350,6 +405,7 @@ class Stack:
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(heartbeat),
+                *(["--networks"] if networks else []),
             ],
             self.workdir / "simfleet.log",
             self._env(),

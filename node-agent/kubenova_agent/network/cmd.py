@@ -5,6 +5,12 @@ netlink library: what the agent does is then exactly what an operator types to c
 ``netns`` runs a command inside a named network namespace (``nsenter --net``, which unlike
 ``ip netns exec`` leaves the mount namespace and ``/sys`` alone, so a daemon started this way
 keeps the agent's view of files).
+
+Every other command runs in the host's network namespace: the agent's own (in production the
+agent's DaemonSet runs with ``hostNetwork: true``), or the one :func:`use_host_namespace`
+names (the agent's ``--network-namespace``: in the test bed each host has a namespace of its
+own while its agent stays where the API server's loopback is). One process serves one host's
+network, so this is set once, at start-up.
 """
 
 from __future__ import annotations
@@ -14,6 +20,14 @@ import subprocess
 from typing import Any
 
 NETNS_DIR = "/run/netns"
+_host_netns: str | None = None
+
+
+def use_host_namespace(path: str | None) -> None:
+    """Run the host's network commands in the network namespace at ``path`` (a file such as
+    ``/run/netns/NAME`` or ``/proc/PID/ns/net``); None: this process's own."""
+    global _host_netns  # noqa: PLW0603 - one host per process, set once at start-up
+    _host_netns = path
 
 
 class CommandFailed(RuntimeError):
@@ -25,9 +39,11 @@ class CommandFailed(RuntimeError):
 
 
 def _argv(argv: tuple[str, ...], netns: str | None) -> list[str]:
-    if netns is None:
-        return list(argv)
-    return ["nsenter", f"--net={NETNS_DIR}/{netns}", "--", *argv]
+    if netns is not None:
+        return ["nsenter", f"--net={NETNS_DIR}/{netns}", "--", *argv]
+    if _host_netns is not None:
+        return ["nsenter", f"--net={_host_netns}", "--", *argv]
+    return list(argv)
 
 
 def run(*argv: str, netns: str | None = None, stdin: str | None = None, check: bool = True) -> str:

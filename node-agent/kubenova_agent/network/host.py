@@ -85,7 +85,8 @@ def _ensure_netns(name: str, report: Report) -> None:
 
 def _ensure(host: types.HostConfig, plan: types.NetworkPlan, report: Report) -> None:
     ns = host.netns(plan.key)
-    _ensure_netns(ns, report)
+    if plan.has_namespace:
+        _ensure_netns(ns, report)
     bridge = bridge_for(host, plan)
     mtu = plan.guest_mtu
     seg = plan.segment
@@ -105,11 +106,25 @@ def _ensure(host: types.HostConfig, plan: types.NetworkPlan, report: Report) -> 
         else:
             links.set_up(parent)
             links.ensure_vlan(plan.vlan_device, parent, seg.vlan, bridge, mtu)
+    if not plan.has_namespace:
+        # A provider network whose host has no DHCP address (yet), or no DHCP: the guests
+        # need the bridge only.
+        if dhcp.stop(host, plan.key):
+            report.changes.append(f"dhcp of {plan.key} stopped")
+        links.delete(plan.tap)
+        if ns in cmd.netns_list():
+            cmd.run("ip", "netns", "del", ns)
+            report.changes.append(f"namespace {ns} removed")
+        return
     links.ensure_veth_into(plan.tap, ns, types.NS_PORT, mtu, ns_mac=plan.server_mac(host.host_name))
     links.set_up(plan.tap, mtu=mtu, master=bridge)
     server = ipaddress.IPv4Interface(f"{plan.server_address}/{plan.subnet.cidr.prefixlen}")
     links.ensure_address(types.NS_PORT, server, ns)
     _ensure_egress(host, plan, ns)
+    if not plan.runs_dhcp:
+        if dhcp.stop(host, plan.key):
+            report.changes.append(f"dhcp of {plan.key} stopped")
+        return
     outcome = dhcp.ensure(host, plan)
     if outcome is not dhcp.Outcome.unchanged:
         report.changes.append(f"dhcp of {plan.key} {outcome.value} ({len(plan.ports)} ports)")
@@ -132,14 +147,17 @@ def _ensure_egress(host: types.HostConfig, plan: types.NetworkPlan, ns: str) -> 
     cmd.run("ip", "route", "replace", "default", "via", str(host_end), netns=ns)
     cmd.sysctl("net.ipv4.ip_forward", "1", netns=ns)
     nat.ensure_namespace_egress(plan, ns)
-    nat.ensure_host_egress(plan, host.underlay_device)
+    nat.ensure_host_egress(plan, host.underlay_device, host.egress_deny)
 
 
 def _remove_others(host: types.HostConfig, plans: list[types.NetworkPlan], report: Report) -> None:
     keep_keys = {p.key for p in plans}
+    keep_ns = {p.key for p in plans if p.has_namespace}
     keep_devices = {p.vxlan for p in plans if p.vni is not None}
     for plan in plans:
-        keep_devices |= {plan.bridge, plan.tap, plan.vlan_device}
+        keep_devices |= {plan.bridge, plan.vlan_device}
+        if plan.has_namespace:
+            keep_devices.add(plan.tap)
         if plan.egress:
             keep_devices.add(plan.egress_host_end)
     for key in dhcp.served_keys(host):
@@ -147,7 +165,7 @@ def _remove_others(host: types.HostConfig, plans: list[types.NetworkPlan], repor
             report.changes.append(f"dhcp of {key} stopped")
     for name in cmd.netns_list():
         ns_key = host.key_of_netns(name)
-        if ns_key is not None and ns_key not in keep_keys:
+        if ns_key is not None and ns_key not in keep_ns:
             cmd.run("ip", "netns", "del", name)
             report.changes.append(f"namespace {name} removed")
     # Ports and sub-interfaces first, bridges last (a bridge's ports are released with it).

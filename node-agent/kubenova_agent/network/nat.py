@@ -5,11 +5,14 @@ replaced whole in one transaction (``nft -f``), so a rule set is never half appl
   crosses the VXLAN device — each guest talks to the router of the host it runs on, and no
   bridge learns that MAC on the tunnel port (a distributed router, as Neutron's DVR).
 * ``ip knv-<key>`` (tenant networks with egress): SNAT of the namespace's egress link to the
-  underlay, and nothing from that link may reach the host itself or any other link.
+  underlay, and nothing from that link may reach the host itself, any other link, or the
+  destinations the host denies (the underlay's own subnet: other hosts' libvirtd, kubelet).
 * ``ip kubenova`` inside the network's namespace: SNAT of the guests to the egress link.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from kubenova_agent.network import cmd, types
 
@@ -55,9 +58,16 @@ def ensure_gateway_guard(plan: types.NetworkPlan, host_name: str) -> None:
     )
 
 
-def ensure_host_egress(plan: types.NetworkPlan, underlay_device: str) -> None:
+def ensure_host_egress(
+    plan: types.NetworkPlan,
+    underlay_device: str,
+    deny: tuple[ipaddress.IPv4Network, ...] = (),
+) -> None:
     _host, ns_end = plan.egress_pair()
     link = plan.egress_host_end
+    denied = (
+        f'    iifname "{link}" ip daddr {{ {", ".join(map(str, deny))} }} drop\n' if deny else ""
+    )
     _replace(
         "ip",
         PREFIX + plan.key,
@@ -69,6 +79,7 @@ def ensure_host_egress(plan: types.NetworkPlan, underlay_device: str) -> None:
         "    type filter hook forward priority 0; policy accept;\n"
         f'    iifname "{link}" oifname != "{underlay_device}" drop\n'
         f'    iifname "{link}" ip saddr != {ns_end} drop\n'
+        f"{denied}"
         "  }\n"
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"

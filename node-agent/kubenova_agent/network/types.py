@@ -94,6 +94,8 @@ class NetworkPlan(_Frozen):
     dhcp_address: ipaddress.IPv4Address | None = None
     """This host's DHCP address on a provider network (unique per host; IPAM reserves it).
     A tenant network's DHCP answers from its gateway address, the same on every host."""
+    dhcp: bool = True
+    """Run a DHCP server for this host's guests (Neutron's ``enable_dhcp``)."""
     ports: tuple[Port, ...] = ()
 
     @pydantic.model_validator(mode="after")
@@ -138,10 +140,22 @@ class NetworkPlan(_Frozen):
         return f"{VLAN_PREFIX}{self.key}"
 
     @property
+    def has_namespace(self) -> bool:
+        """Whether the network has a namespace on this host: a tenant network always (its
+        gateway, DHCP and egress), a provider network only for its DHCP server (the LAN has
+        its own router)."""
+        return isinstance(self.segment, Overlay) or (self.dhcp and self.dhcp_address is not None)
+
+    @property
+    def runs_dhcp(self) -> bool:
+        return self.dhcp and self.has_namespace
+
+    @property
     def server_address(self) -> ipaddress.IPv4Address:
-        """The namespace's address on the network: where DHCP answers from."""
-        address = self.dhcp_address or self.subnet.gateway
-        assert address is not None, "validated: a provider network without DHCP has no plan"
+        """The namespace's address on the network: a tenant network's gateway, a provider
+        network's DHCP address (never the LAN router's)."""
+        address = self.subnet.gateway if isinstance(self.segment, Overlay) else self.dhcp_address
+        assert address is not None, "only a plan with a namespace has a server address"
         return address
 
     @property
@@ -183,6 +197,9 @@ class HostConfig(_Frozen):
     """Where dnsmasq's files live (one folder per network)."""
     netns_prefix: str = pydantic.Field(default="knet-", pattern=r"^[a-z0-9-]{1,20}$")
     """Prefix of the per-network namespaces (unique per host on a shared machine)."""
+    egress_deny: tuple[ipaddress.IPv4Network, ...] = ()
+    """Destinations egress traffic never reaches (the underlay the hosts talk on: their
+    libvirtd, kubelet, the API server); SNAT serves everything else."""
 
     def netns(self, key: str) -> str:
         return f"{self.netns_prefix}{key}"
