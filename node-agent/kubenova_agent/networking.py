@@ -92,7 +92,7 @@ class NetworkAgent:
         self.cfg = cfg
         self._servers = servers
         self._due = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self.networks = informer.every(k, Network, self.poke)
         self.providers = informer.every(k, ProviderNetwork, self.poke)
