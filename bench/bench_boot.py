@@ -5,11 +5,17 @@ same host in the same run (define + start of the same XML over an identical over
 
 Prints each figure and the ratio kubenova / virsh. The first kubenova boot on a host also
 fetches the image ("cold"); the others find it cached ("warm"), as the virsh baseline does.
+
+Every run is checked before it counts, by fresh reads: the Server ACTIVE and Ready on the host
+the watch saw it bound to (and only that one), its domain running in that host's libvirt, the
+guest's boot marker on its console; the baseline's domain running and its marker seen.
+Otherwise it exits 1 saying which run and what is missing, and prints no table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import statistics
 import subprocess
@@ -17,41 +23,50 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
+from typing import Any
 
 import yaml
-from kubernetes import client, watch
+from kubernetes import client
 from lxml import etree
 
-from kubenova_api import constants, kube
+import benchkit
 from kubenova_devenv import guestimage, stack
 
-
-def wait_active(api: client.CustomObjectsApi, namespace: str, name: str, rv: str) -> float:
-    """Seconds until the Server's status says ACTIVE (from a watch: no polling delay)."""
-    w = watch.Watch()
-    for event in w.stream(
-        api.list_namespaced_custom_object,
-        constants.GROUP,
-        constants.VERSION,
-        namespace,
-        constants.SERVERS,
-        field_selector=f"metadata.name={name}",
-        resource_version=rv,
-        timeout_seconds=180,
-    ):
-        if (event["object"].get("status") or {}).get("phase") == "ACTIVE":
-            w.stop()
-            return time.monotonic()
-    raise TimeoutError(f"{name} did not become ACTIVE")
+NS = "default"
 
 
-def server_doc(name: str) -> dict:
+def server_doc(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": constants.API_VERSION,
+        "apiVersion": benchkit.API_VERSION,
         "kind": "Server",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": NS},
         "spec": {"flavorRef": "m1.tiny", "imageRef": "kubenova-guest"},
     }
+
+
+def verify_boot(
+    bed: stack.Stack,
+    api: client.ApiClient,
+    name: str,
+    uid: str,
+    host: str,
+    tracker: benchkit.Tracker,
+) -> None:
+    """By fresh reads: the Server ``name`` (``uid``) is ACTIVE and Ready on ``host``, bound
+    once, and its domain runs in that host's libvirt."""
+    srv = benchkit.get(api, "servers", NS, name)
+    problems = benchkit.verify_servers(api, NS, [name], tracker)
+    if benchkit.condition(srv, "Ready").get("status") != "True":
+        problems.append(f"{name}: not Ready ({benchkit.describe_server(srv)})")
+    if srv is not None and (srv["metadata"]["uid"], benchkit.status(srv).get("nodeName")) != (
+        uid,
+        host,
+    ):
+        problems.append(f"{name}: the LIST shows another object or host than the watch did")
+    state = benchkit.domain_state(bed.hosts[host], uid)
+    if state != "running":
+        problems.append(f"{name}: ACTIVE on {host}, but its domain {uid} is {state} there")
+    benchkit.fail_if(problems, f"{name}: the boot that was timed did not happen")
 
 
 def virsh_baseline(bed: stack.Stack, host_name: str, template_xml: str) -> tuple[float, float]:
@@ -61,96 +76,120 @@ def virsh_baseline(bed: stack.Stack, host_name: str, template_xml: str) -> tuple
     new_uuid = str(uuidlib.uuid4())
     root.find("uuid").text = new_uuid  # type: ignore[union-attr]
     root.find("name").text = f"baseline-{new_uuid}"  # type: ignore[union-attr]
-    metadata = root.find("metadata")
-    if metadata is not None:
-        root.remove(metadata)
+    for tag in ("metadata", "title"):  # no kubenova metadata: the agent leaves it alone
+        el = root.find(tag)
+        if el is not None:
+            root.remove(el)
     disk_src = root.find("devices/disk/source")
+    assert disk_src is not None
     overlay_inside = f"/var/lib/kubenova/instances/baseline-{new_uuid}.qcow2"
     backing = subprocess.run(
-        [*host.nsenter(), "qemu-img", "info", "-U", "--output=json", disk_src.get("file")],  # type: ignore[union-attr,list-item]
+        [*host.nsenter(), "qemu-img", "info", "-U", "--output=json", str(disk_src.get("file"))],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     backing_file = yaml.safe_load(backing)["backing-filename"]
-    subprocess.run(
-        [
-            *host.nsenter(),
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            backing_file,
-            overlay_inside,
-            "1G",
-        ],
-        check=True,
-    )
-    disk_src.set("file", overlay_inside)  # type: ignore[union-attr]
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing_file]
+    subprocess.run([*host.nsenter(), *create, overlay_inside, "1G"], check=True)
+    disk_src.set("file", overlay_inside)
     console_inside = f"/var/lib/kubenova/consoles/baseline-{new_uuid}.log"
     root.find("devices/serial/source").set("path", console_inside)  # type: ignore[union-attr]
     with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
         f.write(etree.tostring(root, encoding="unicode"))
+    console = host.outside(console_inside)
     t0 = time.monotonic()
     host.virsh("define", f.name)
     host.virsh("start", new_uuid)
     t1 = time.monotonic()
-    console = host.outside(console_inside)
-    while guestimage.MARKER not in (console.read_text() if console.exists() else ""):
-        time.sleep(0.02)
-    t2 = time.monotonic()
+    t2 = benchkit.wait_text(
+        lambda: console.read_text(errors="replace") if console.exists() else "",
+        guestimage.MARKER,
+        120,
+        f"the console of the virsh baseline {new_uuid}",
+    )
+    state = benchkit.domain_state(host, new_uuid)
     host.virsh("destroy", new_uuid)
     host.virsh("undefine", new_uuid)
     subprocess.run([*host.nsenter(), "rm", "-f", overlay_inside, console_inside], check=True)
+    pathlib.Path(f.name).unlink()
+    if state != "running":
+        raise benchkit.BenchFailure(f"the virsh baseline's domain was {state}, not running", [])
     return t1 - t0, t2 - t0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=5, help="warm runs (after one cold run)")
     args = p.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-"))
+    print(f"logs: {work}", file=sys.stderr, flush=True)
     bed = stack.Stack(work, host_count=1)
     rows: list[tuple[str, float, float, float, float]] = []
     with bed:
         bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
         bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(bed.image_manifest()))
-        time.sleep(3)  # the host's first heartbeat (libvirt probing QEMU) is not what we time
-        api = client.CustomObjectsApi(kube.api_client(str(bed.cp.kubeconfig())))
-        for i in range(args.runs + 1):
-            name = f"bench-{i}"
-            body = server_doc(name)
-            t0 = time.monotonic()
-            created = api.create_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, "default", constants.SERVERS, body
-            )
-            t_active = wait_active(api, "default", name, created["metadata"]["resourceVersion"])
-            srv = bed.get("server", name, "default")
-            assert srv is not None
-            uid, host = srv["metadata"]["uid"], srv["status"]["nodeName"]
-            bed.wait_console(host, uid, guestimage.MARKER, timeout=120)
-            t_console = time.monotonic()
-            xml = bed.hosts[host].virsh("dumpxml", "--inactive", uid)
-            v_start, v_console = virsh_baseline(bed, host, xml)
-            label = "cold" if i == 0 else "warm"
-            rows.append((label, t_active - t0, v_start, t_console - t0, v_console))
-            bed.kubectl("delete", "server", name, "-n", "default", "--timeout=60s")
+        api = benchkit.api_client(bed)
+        # The host's first heartbeat (libvirt probing QEMU) is not what we time.
+        benchkit.wait_hosts_ready(bed, api, list(bed.hosts))
+        custom = client.CustomObjectsApi(api)
+        tracker = benchkit.server_tracker()
+        servers = benchkit.lister(api, "servers", NS)
+        with benchkit.watch(f"Servers in {NS}", servers, tracker) as watcher:
+            for i in range(args.runs + 1):
+                name = f"bench-{i}"
+                label = "cold" if i == 0 else "warm"
+                t0 = time.monotonic()
+                custom.create_namespaced_custom_object(
+                    benchkit.GROUP, benchkit.VERSION, NS, "servers", server_doc(name)
+                )
+
+                def active(name: str = name) -> bool:
+                    track = tracker.tracks.get(name)
+                    return track is not None and track.first("phase", "ACTIVE") is not None
+
+                if not watcher.wait_for(active, 180, give_up=lambda: benchkit.exited(bed)):
+                    srv = benchkit.get(api, "servers", NS, name)
+                    raise benchkit.BenchFailure(
+                        f"run {i} ({label}): {name} not ACTIVE after 180 s",
+                        [benchkit.describe_server(srv)],
+                    )
+                track = tracker.tracks[name]
+                first_active = track.first("phase", "ACTIVE")
+                assert first_active is not None and track.uid is not None
+                t_active = first_active.at
+                uid, host = track.uid, str(track.now("nodeName"))  # from the watch: no delay
+                t_console = benchkit.wait_text(
+                    functools.partial(bed.console, host, uid),
+                    guestimage.MARKER,
+                    120,
+                    f"run {i} ({label}): the console of {name}",
+                )
+                verify_boot(bed, api, name, uid, host, tracker)
+                xml = bed.hosts[host].virsh("dumpxml", "--inactive", uid)
+                v_start, v_console = virsh_baseline(bed, host, xml)
+                rows.append((label, t_active - t0, v_start, t_console - t0, v_console))
+                bed.kubectl("delete", "server", name, "-n", NS, "--timeout=60s")
     print(
         f"{'run':6} {'apply->ACTIVE':>14} {'virsh define+start':>19} {'ratio':>7} "
         f"{'apply->console':>15} {'virsh->console':>15} {'ratio':>7}"
     )
-    for label, active, vstart, console, vconsole in rows:
+    for label, active_s, vstart, console, vconsole in rows:
         print(
-            f"{label:6} {active:14.3f} {vstart:19.3f} {active / vstart:7.2f} "
+            f"{label:6} {active_s:14.3f} {vstart:19.3f} {active_s / vstart:7.2f} "
             f"{console:15.3f} {vconsole:15.3f} {console / vconsole:7.2f}"
         )
     warm = rows[1:]
     if warm:
-        med = [statistics.median(r[k] for r in warm) for k in range(1, 5)]
+        med = [
+            statistics.median(column)
+            for column in (
+                [r[1] for r in warm],
+                [r[2] for r in warm],
+                [r[3] for r in warm],
+                [r[4] for r in warm],
+            )
+        ]
         print(
             f"{'median':6} {med[0]:14.3f} {med[1]:19.3f} {med[0] / med[1]:7.2f} "
             f"{med[2]:15.3f} {med[3]:15.3f} {med[2] / med[3]:7.2f}  (warm runs: {len(warm)})"
@@ -159,4 +198,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchkit.run_main(main))

@@ -15,11 +15,18 @@ downtime from ``virsh domjobinfo --completed`` on the target.
 
 Both guests ping-pong between host-a and host-b. By default the two hosts share their
 instances folder (memory moves); ``--block`` gives each its own (the disk overlay is copied).
+
+Every move counts only once it is checked, by fresh reads: the ServerMigration Succeeded from
+the expected source to the expected target, live, in the mode measured (block or not), with
+libvirt's downtime; the Server ACTIVE on the target; the domain running in the target's
+libvirt and gone from the source's; the same for the virsh guest. Otherwise it exits 1 saying
+which run and what is missing, and prints no table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import re
@@ -35,7 +42,7 @@ import yaml
 from kubernetes import client
 from lxml import etree
 
-from kubenova_api import constants, kube
+import benchkit
 from kubenova_devenv import stack
 
 NS = "default"
@@ -48,8 +55,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--block", action="store_true", help="hosts without shared storage")
     args = p.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-mig-"))
+    print(f"logs: {work}", file=sys.stderr, flush=True)
     bed = stack.Stack(
-        pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-mig-")),
+        work,
         host_count=2,
         shared_instances=() if args.block else ("host-a", "host-b"),
     )
@@ -60,44 +69,67 @@ def main() -> int:
     raw_total: list[float] = []
     raw_down: list[float] = []
     with bed:
-        api = client.CustomObjectsApi(kube.api_client(str(bed.cp.kubeconfig())))
+        api = benchkit.api_client(bed)
         bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
         bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(bed.image_manifest()))
         server = {
-            "apiVersion": constants.API_VERSION,
+            "apiVersion": benchkit.API_VERSION,
             "kind": "Server",
             "metadata": {"name": NAME, "namespace": NS},
             "spec": {"flavorRef": "m1.tiny", "imageRef": "kubenova-guest", "hostName": "host-a"},
         }
         bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(server))
         bed.kubectl("wait", "--for=condition=Ready", f"server/{NAME}", "--timeout=120s")
-        srv = api.get_namespaced_custom_object(
-            constants.GROUP, constants.VERSION, NS, constants.SERVERS, NAME
-        )
+        srv = benchkit.get(api, "servers", NS, NAME)
+        assert srv is not None
         uid = srv["metadata"]["uid"]
         bed.wait_console("host-a", uid, "kubenova-uptime 2")
+        benchkit.wait_hosts_ready(bed, api, list(bed.hosts))
         raw_host, overlay = make_raw_guest(bed, uid, args.block)
         time.sleep(3)  # let the raw guest boot as far as the managed one
 
-        where = "host-a"
-        for i in range(args.runs):
-            target = "host-b" if where == "host-a" else "host-a"
-            total, active, status = kubenova_migration(api, f"mig-{i}", target)
-            kn_total.append(total)
-            kn_active.append(active)
-            kn_down.append(float(status["progress"]["downtimeMs"]))
-            kn_data.append(int(status["progress"]["dataProcessedBytes"]))
-            where = target
-            raw_target = "host-b" if raw_host == "host-a" else "host-a"
-            seconds, downtime = virsh_migration(bed, raw_host, raw_target, overlay)
-            raw_total.append(seconds)
-            raw_down.append(downtime)
-            raw_host = raw_target
-            print(
-                f"run {i}: kubenova {total:.2f}s (ACTIVE at {active:.2f}s, downtime "
-                f"{kn_down[-1]:.0f} ms) | virsh {seconds:.2f}s (downtime {downtime:.0f} ms)",
-                flush=True,
-            )
+        servers = benchkit.Tracker(
+            {
+                "placement": lambda o: (
+                    benchkit.status(o).get("nodeName"),
+                    benchkit.status(o).get("phase"),
+                )
+            }
+        )
+        migrations = benchkit.Tracker({"phase": lambda o: benchkit.status(o).get("phase")})
+        with (
+            benchkit.watch(
+                f"Server {NAME}",
+                benchkit.lister(api, "servers", NS),
+                servers,
+                field_selector=f"metadata.name={NAME}",
+            ) as server_watch,
+            benchkit.watch(
+                f"ServerMigrations in {NS}",
+                benchkit.lister(api, "servermigrations", NS),
+                migrations,
+            ) as migration_watch,
+        ):
+            move = Mover(bed, api, uid, servers, server_watch, migrations, migration_watch)
+            where = "host-a"
+            for i in range(args.runs):
+                target = "host-b" if where == "host-a" else "host-a"
+                total, active, status = move.kubenova(f"mig-{i}", where, target, args.block)
+                kn_total.append(total)
+                kn_active.append(active)
+                kn_down.append(float(status["progress"]["downtimeMs"]))
+                kn_data.append(int(status["progress"].get("dataProcessedBytes", 0)))
+                where = target
+                raw_target = "host-b" if raw_host == "host-a" else "host-a"
+                seconds, downtime = virsh_migration(bed, raw_host, raw_target, overlay, i)
+                raw_total.append(seconds)
+                raw_down.append(downtime)
+                raw_host = raw_target
+                print(
+                    f"run {i}: kubenova {total:.2f}s (ACTIVE at {active:.2f}s, downtime "
+                    f"{kn_down[-1]:.0f} ms) | virsh {seconds:.2f}s (downtime {downtime:.0f} ms)",
+                    flush=True,
+                )
     k_t, r_t = statistics.median(kn_total), statistics.median(raw_total)
     k_d, r_d = statistics.median(kn_down), statistics.median(raw_down)
     mode = "block migration" if args.block else "shared storage"
@@ -125,40 +157,94 @@ def main() -> int:
     return 0
 
 
-def kubenova_migration(
-    api: client.CustomObjectsApi, name: str, target: str
-) -> tuple[float, float, dict[str, Any]]:
-    body = {
-        "apiVersion": constants.API_VERSION,
-        "kind": "ServerMigration",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"serverRef": NAME, "targetNode": target},
-    }
-    t0 = time.monotonic()
-    api.create_namespaced_custom_object(
-        constants.GROUP, constants.VERSION, NS, constants.SERVERMIGRATIONS, body
-    )
-    total = None
-    status: dict[str, Any] = {}
-    while time.monotonic() - t0 < 300:
-        if total is None:
-            obj = api.get_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, NS, constants.SERVERMIGRATIONS, name
+class Mover:
+    """Moves the managed guest with ServerMigrations, timed by watches, checked by fresh
+    reads and libvirt."""
+
+    def __init__(
+        self,
+        bed: stack.Stack,
+        api: client.ApiClient,
+        uid: str,
+        servers: benchkit.Tracker,
+        server_watch: benchkit.Watcher,
+        migrations: benchkit.Tracker,
+        migration_watch: benchkit.Watcher,
+    ) -> None:
+        self.bed, self.api, self.uid = bed, api, uid
+        self.servers, self.server_watch = servers, server_watch
+        self.migrations, self.migration_watch = migrations, migration_watch
+
+    def kubenova(
+        self, name: str, source: str, target: str, block: bool
+    ) -> tuple[float, float, dict[str, Any]]:
+        """Seconds until the ServerMigration ``name`` is Succeeded and until the Server is
+        ACTIVE on ``target``, and the migration's status."""
+        body = {
+            "apiVersion": benchkit.API_VERSION,
+            "kind": "ServerMigration",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"serverRef": NAME, "targetNode": target},
+        }
+        what = f"{name} ({source} -> {target})"
+        give_up = functools.partial(benchkit.exited, self.bed)
+        t0 = time.monotonic()
+        client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+            benchkit.GROUP, benchkit.VERSION, NS, "servermigrations", body
+        )
+
+        def ended() -> bool:
+            track = self.migrations.tracks.get(name)
+            return track is not None and track.now("phase") in ("Succeeded", "Failed")
+
+        if not self.migration_watch.wait_for(ended, 300, give_up=give_up):
+            raise benchkit.BenchFailure(f"{what}: did not end within 300 s", [self.describe(name)])
+        succeeded = self.migrations.tracks[name].first("phase", "Succeeded")
+        if succeeded is None:
+            raise benchkit.BenchFailure(f"{what}: Failed", [self.describe(name)])
+
+        def arrived() -> bool:
+            track = self.servers.tracks.get(NAME)
+            return (
+                track is not None and track.first("placement", (target, "ACTIVE"), t0) is not None
             )
-            status = obj.get("status") or {}
-            if status.get("phase") == "Failed":
-                raise RuntimeError(f"migration {name} failed: {status}")
-            if status.get("phase") == "Succeeded":
-                total = time.monotonic() - t0
-        if total is not None:
-            srv = api.get_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, NS, constants.SERVERS, NAME
+
+        if not self.server_watch.wait_for(arrived, 120, give_up=give_up):
+            srv = benchkit.get(self.api, "servers", NS, NAME)
+            raise benchkit.BenchFailure(
+                f"{what}: Succeeded, but the Server is not ACTIVE on {target}",
+                [benchkit.describe_server(srv)],
             )
-            st = srv.get("status") or {}
-            if st.get("nodeName") == target and st.get("phase") == "ACTIVE":
-                return total, time.monotonic() - t0, status
-        time.sleep(0.02)
-    raise TimeoutError(f"migration {name} did not finish")
+        active = self.servers.tracks[NAME].first("placement", (target, "ACTIVE"), t0)
+        assert active is not None
+        status = self.verify(name, source, target, block)
+        return succeeded.at - t0, active.at - t0, status
+
+    def describe(self, name: str) -> str:
+        st = benchkit.status(benchkit.get(self.api, "servermigrations", NS, name))
+        return f"phase {st.get('phase')}, reason {st.get('reason')}: {st.get('message')}"
+
+    def verify(self, name: str, source: str, target: str, block: bool) -> dict[str, Any]:
+        """By fresh reads: what the migration, the Server and both hosts' libvirt say."""
+        st = benchkit.status(benchkit.get(self.api, "servermigrations", NS, name))
+        srv = benchkit.get(self.api, "servers", NS, NAME)
+        problems = []
+        seen = (st.get("phase"), st.get("sourceNode"), st.get("targetNode"), st.get("live"))
+        if seen != ("Succeeded", source, target, True):
+            problems.append(f"ServerMigration: phase, source, target, live = {seen}")
+        if bool(st.get("blockMigration")) != block:
+            problems.append(f"ServerMigration: blockMigration={st.get('blockMigration')}")
+        if (st.get("progress") or {}).get("downtimeMs") is None:
+            problems.append("ServerMigration: no downtime reported")
+        placement = (benchkit.status(srv).get("nodeName"), benchkit.status(srv).get("phase"))
+        if placement != (target, "ACTIVE"):
+            problems.append(f"Server: {benchkit.describe_server(srv)} on {placement[0]}")
+        on_target = benchkit.domain_state(self.bed.hosts[target], self.uid)
+        on_source = benchkit.domain_state(self.bed.hosts[source], self.uid)
+        if (on_target, on_source) != ("running", "absent"):
+            problems.append(f"libvirt: {on_target} on {target}, {on_source} on {source}")
+        benchkit.fail_if(problems, f"{name} ({source} -> {target}): timed, but did not happen")
+        return st
 
 
 def make_raw_guest(bed: stack.Stack, uid: str, block: bool) -> tuple[str, list[str] | None]:
@@ -200,7 +286,7 @@ def make_raw_guest(bed: stack.Stack, uid: str, block: bool) -> tuple[str, list[s
 
 
 def virsh_migration(
-    bed: stack.Stack, source: str, target: str, overlay: list[str] | None
+    bed: stack.Stack, source: str, target: str, overlay: list[str] | None, run: int
 ) -> tuple[float, float]:
     """One ``virsh migrate``; with ``overlay`` (the qemu-img command that makes an empty
     overlay) a block migration, after which the source gets a fresh empty overlay for the
@@ -216,13 +302,22 @@ def virsh_migration(
     seconds = time.monotonic() - t0
     info = bed.hosts[target].virsh("domjobinfo", RAW, "--completed")
     found = re.search(r"Total downtime:\s+(\d+)", info)
+    problems = []
+    if found is None:
+        problems.append(f"no downtime in virsh domjobinfo on {target}:\n{info}")
+    on_target = benchkit.domain_state(bed.hosts[target], RAW)
+    on_source = benchkit.domain_state(bed.hosts[source], RAW)
+    if (on_target, on_source) != ("running", "absent"):
+        problems.append(f"libvirt: {on_target} on {target}, {on_source} on {source}")
+    benchkit.fail_if(problems, f"run {run}: virsh migrate {source} -> {target} did not happen")
+    assert found is not None
     if overlay is not None:
         *cmd, inside, size = overlay
         path = bed.hosts[source].outside(inside)
         path.unlink()
         subprocess.run([*cmd, str(path), size], check=True)
-    return seconds, float(found.group(1)) if found else float("nan")
+    return seconds, float(found.group(1))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchkit.run_main(main))

@@ -1,225 +1,317 @@
-"""N Servers created at once against many simulated hosts (one process of real Agents on
-libvirt's test driver): time until all are ACTIVE, create->ACTIVE percentiles, binding rate,
-API writes per Server (from the API server's own request metrics), memory of the controller
-and of the agents.
+"""N Servers created at once against many simulated hosts (real Agents on libvirt's test driver,
+in one or several ``simfleet`` processes): time until all are ACTIVE, create->ACTIVE
+percentiles, binding rate, API writes per Server (from the API server's own request metrics),
+memory of the controller and of the agents, and the CPU each process used until all were ACTIVE
+(the API server, etcd, the controller, the agents, this benchmark: what bounds the rate).
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
+                                [--fleet-processes 4] [--timeout SECONDS]
+
+Before printing anything it checks, by fresh LISTs, that the work it timed happened: every
+Server ACTIVE, each bound exactly once (the watch saw one host, the one the LIST shows, and the
+controller's Events say so too), and every host running in libvirt exactly the Servers ACTIVE on
+it. Otherwise it exits 1 naming the Servers that are not, and where they are.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
 import hashlib
+import os
 import pathlib
-import re
-import ssl
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import yaml
-from kubernetes import client, watch
+from kubernetes import client
 
-from kubenova_api import constants, kube
-from kubenova_devenv import netutil, stack
+import benchkit
+from kubenova_devenv import stack
 
-WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
-
-
-def rss_mib(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def writes_by_resource(bed: stack.Stack) -> collections.Counter[str]:
-    """apiserver_request_total for write verbs, per resource/subresource."""
-    ctx = ssl.create_default_context(cafile=str(bed.cp.workdir / "pki" / "ca.crt"))
-    req = urllib.request.Request(
-        f"{bed.cp.url}/metrics", headers={"Authorization": f"Bearer {bed.cp.token('admin')}"}
-    )
-    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-        text = resp.read().decode()
-    out: collections.Counter[str] = collections.Counter()
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        if labels.get("verb") in WRITE_VERBS:
-            key = labels.get("resource", "") + (
-                "/" + labels["subresource"] if labels.get("subresource") else ""
-            )
-            out[key] += int(float(line.rsplit(" ", 1)[1]))
-    return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def run(bed: stack.Stack, n: int, namespace: str) -> dict[str, Any]:
-    api_client = kube.api_client(str(bed.cp.kubeconfig()))
-    custom = client.CustomObjectsApi(api_client)
-    bed.kubectl("create", "namespace", namespace)
-    created: dict[str, float] = {}
-    bound: dict[str, float] = {}
-    active: dict[str, float] = {}
-    rv = custom.list_namespaced_custom_object(
-        constants.GROUP, constants.VERSION, namespace, constants.SERVERS
-    )["metadata"]["resourceVersion"]
-    w = watch.Watch()
-
-    def follow() -> None:
-        for event in w.stream(
-            custom.list_namespaced_custom_object,
-            constants.GROUP,
-            constants.VERSION,
-            namespace,
-            constants.SERVERS,
-            resource_version=rv,
-            timeout_seconds=900,
-        ):
-            obj = event["object"]
-            name, status = obj["metadata"]["name"], obj.get("status") or {}
-            now = time.monotonic()
-            if status.get("nodeName") and name not in bound:
-                bound[name] = now
-            if status.get("phase") == "ACTIVE" and name not in active:
-                active[name] = now
-                if len(active) == n:
-                    w.stop()
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    time.sleep(0.5)
-    before = writes_by_resource(bed)
-    started = time.monotonic()
-
-    def create(i: int) -> None:
-        name = f"s{i:04d}"
-        created[name] = time.monotonic()
-        custom.create_namespaced_custom_object(
-            constants.GROUP,
-            constants.VERSION,
-            namespace,
-            constants.SERVERS,
-            {
-                "apiVersion": constants.API_VERSION,
-                "kind": "Server",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {"flavorRef": "bench.tiny", "imageRef": "bench-image"},
-            },
-        )
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(create, range(n)))
-    follower.join(timeout=900)
-    finished = time.monotonic()
-    time.sleep(1)  # let the last writes land in the metrics
-    after = writes_by_resource(bed)
-    delta = after - before
-    lat = [active[k] - created[k] for k in active]
-    binds = sorted(bound.values())
-    return {
-        "servers": n,
-        "active": len(active),
-        "all_active_s": finished - started,
-        "p50_s": percentile(lat, 50),
-        "p95_s": percentile(lat, 95),
-        "p99_s": percentile(lat, 99),
-        "binds_per_s": len(binds) / max(1e-6, binds[-1] - binds[0]) if len(binds) > 1 else 0,
-        "writes_per_server": {
-            k: round(v / n, 2)
-            for k, v in sorted(delta.items())
-            if k.startswith(("servers", "events"))
-        },
-        "other_writes": {
-            k: v for k, v in sorted(delta.items()) if not k.startswith(("servers", "events"))
-        },
-    }
+FLAVOR = "bench.tiny"
+IMAGE = "bench-image"
+BROKEN = {
+    # What the last Server of each size refers to with --broken-server: it cannot be ACTIVE.
+    "image": (FLAVOR, "bench-image-bad-checksum"),
+    "flavor": ("bench.too-big", IMAGE),
+}
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--hosts", type=int, default=100)
-    p.add_argument("--servers", type=int, action="append")
+    p.add_argument("--servers", type=int, action="append", help="a size (repeat for several)")
+    p.add_argument(
+        "--fleet-processes",
+        type=int,
+        default=1,
+        help="spread the simulated hosts over this many simfleet processes (default 1)",
+    )
+    p.add_argument("--cpus", type=int, default=16, help="vCPUs of each simulated host")
+    p.add_argument("--memory-mib", type=int, default=65536, help="memory of each simulated host")
+    p.add_argument("--heartbeat-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for all Servers of a size (default 300 + 0.5 per Server)",
+    )
+    p.add_argument(
+        "--broken-server",
+        choices=sorted(BROKEN),
+        help="make the last Server of each size one that cannot become ACTIVE (an Image with\n"
+        "a wrong checksum, or a Flavor no host fits): the run must fail naming it",
+    )
     args = p.parse_args()
     sizes = args.servers or [100]
-    bed = stack.Stack(
-        pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-scale-")),
-        host_count=0,
-        heartbeat_grace_seconds=120,
-    )
+    if not 1 <= args.fleet_processes <= args.hosts:
+        p.error("--fleet-processes must be between 1 and --hosts")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-scale-"))
+    print(f"logs: {work}", file=sys.stderr, flush=True)
+    bed = stack.Stack(work, host_count=0, heartbeat_grace_seconds=120)
     results = []
     with bed:
-        bed.kubectl(
-            "apply",
-            "-f",
-            "-",
-            stdin=yaml.safe_dump(
-                {
-                    "apiVersion": constants.API_VERSION,
-                    "kind": "Flavor",
-                    "metadata": {"name": "bench.tiny"},
-                    "spec": {"vcpus": 1, "memoryMiB": 64, "diskGiB": 1},
-                }
-            ),
-        )
-        # The test driver boots nothing: a tiny kernel and ramdisk keep 100 hosts' first
-        # fetches (one per host) from dominating what is measured: scheduling and spawning.
-        served = bed.workdir / "images"
-        files = {}
-        for name in ("tiny-kernel", "tiny-ramdisk"):
-            (served / name).write_bytes(name.encode() * 64)
-            files[name] = {
-                "url": bed.image_server.url(name),  # type: ignore[union-attr]
-                "sha256": hashlib.sha256((served / name).read_bytes()).hexdigest(),
-            }
-        image = {"kernel": files["tiny-kernel"], "ramdisk": files["tiny-ramdisk"]}
-        bed.kubectl(
-            "apply",
-            "-f",
-            "-",
-            stdin=yaml.safe_dump(
-                {
-                    "apiVersion": constants.API_VERSION,
-                    "kind": "Image",
-                    "metadata": {"name": "bench-image"},
-                    "spec": {"architecture": "i686", "source": {"uec": image}},
-                }
-            ),
-        )
-        fleet = bed.start_sim_fleet(args.hosts, cpus=16, memory_mib=65536)
-        netutil.wait_until(
-            lambda: bed.kubectl("get", "hv", "-o", "name").stdout.count("\n") >= args.hosts,
-            300,
-            f"{args.hosts} Hypervisors",
-        )
-        time.sleep(12)  # every host heartbeats at least once with its capacity
+        api = benchkit.api_client(bed)
+        define_flavors_and_images(bed)
+        fleets, hosts = start_fleets(bed, args)
+        benchkit.wait_hosts_ready(bed, api, hosts)
         for i, n in enumerate(sizes):
-            result = run(bed, n, f"scale-{i}")
-            assert bed.controller is not None and bed.controller.popen is not None
-            assert fleet.popen is not None
-            result["controller_rss_mib"] = round(rss_mib(bed.controller.popen.pid), 1)
-            result["fleet_rss_mib"] = round(rss_mib(fleet.popen.pid), 1)
-            result["per_agent_rss_mib"] = round(result["fleet_rss_mib"] / args.hosts, 2)
+            result = run(bed, api, n, f"scale-{i}", hosts, fleets, args)
             results.append(result)
-            print(yaml.safe_dump(result, sort_keys=False), flush=True)
-    print(f"{'servers':>8} {'all ACTIVE':>11} {'p50':>7} {'p95':>7} {'p99':>7} {'binds/s':>8}")
-    for r in results:
-        print(
-            f"{r['servers']:8d} {r['all_active_s']:10.2f}s {r['p50_s']:6.2f}s "
-            f"{r['p95_s']:6.2f}s {r['p99_s']:6.2f}s {r['binds_per_s']:8.1f}"
-        )
+            print(yaml.safe_dump(result, sort_keys=False, explicit_start=True), flush=True)
+    print_table(results)
     return 0
 
 
+def define_flavors_and_images(bed: stack.Stack) -> None:
+    def apply(kind: str, name: str, spec: dict[str, Any]) -> None:
+        doc = {"apiVersion": benchkit.API_VERSION, "kind": kind, "metadata": {"name": name}}
+        bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({**doc, "spec": spec}))
+
+    apply("Flavor", FLAVOR, {"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
+    apply("Flavor", "bench.too-big", {"vcpus": 1, "memoryMiB": 16 * 1024 * 1024, "diskGiB": 1})
+    # The test driver boots nothing: a tiny kernel and ramdisk keep the hosts' first fetches
+    # (one per host) from dominating what is measured: scheduling and spawning.
+    assert bed.image_server is not None
+    served = bed.workdir / "images"
+    files = {}
+    for name in ("tiny-kernel", "tiny-ramdisk"):
+        (served / name).write_bytes(name.encode() * 64)
+        files[name] = {
+            "url": bed.image_server.url(name),
+            "sha256": hashlib.sha256((served / name).read_bytes()).hexdigest(),
+        }
+    uec = {"kernel": files["tiny-kernel"], "ramdisk": files["tiny-ramdisk"]}
+    apply("Image", IMAGE, {"architecture": "i686", "source": {"uec": uec}})
+    bad = {**uec, "kernel": {**files["tiny-kernel"], "sha256": "0" * 64}}
+    apply("Image", BROKEN["image"][1], {"architecture": "i686", "source": {"uec": bad}})
+
+
+def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack.Proc], list[str]]:
+    """``--hosts`` simulated hosts over ``--fleet-processes`` simfleet processes (the devenv's
+    own program, started as ``Stack.start_sim_fleet`` does, one host-name prefix each); they
+    stop with the bed. Returns the processes and the host names."""
+    procs, hosts = [], []
+    count = args.fleet_processes
+    for i in range(count):
+        share = args.hosts // count + (1 if i < args.hosts % count else 0)
+        prefix = "sim" if count == 1 else f"sim{i}"
+        proc = stack.Proc(
+            "simfleet" if count == 1 else f"simfleet-{i}",
+            [
+                sys.executable,
+                "-m",
+                "kubenova_devenv.simfleet",
+                "--hosts",
+                str(share),
+                "--prefix",
+                prefix,
+                "--cpus",
+                str(args.cpus),
+                "--memory-mib",
+                str(args.memory_mib),
+                "--kubeconfig",
+                str(bed.cp.kubeconfig("kubenova:agent")),
+                "--workdir",
+                str(bed.workdir / "fleet"),
+                "--heartbeat-seconds",
+                str(args.heartbeat_seconds),
+            ],
+            bed.workdir / f"simfleet-{i}.log",
+            {**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        bed.agents[proc.name] = proc  # known to the bed: stopped with it, watched by exited()
+        proc.start()
+        procs.append(proc)
+        hosts += [f"{prefix}-{j:03d}" for j in range(share)]
+    return procs, hosts
+
+
+def run(
+    bed: stack.Stack,
+    api: client.ApiClient,
+    n: int,
+    namespace: str,
+    hosts: list[str],
+    fleets: list[stack.Proc],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Create ``n`` Servers at once in ``namespace``, wait until all are ACTIVE, check that
+    they really are, and return the figures."""
+    custom = client.CustomObjectsApi(api)
+    bed.kubectl("create", "namespace", namespace)
+    names = [f"s{i:05d}" for i in range(n)]
+    refs = {name: (FLAVOR, IMAGE) for name in names}
+    if args.broken_server:
+        refs[names[-1]] = BROKEN[args.broken_server]
+    expected = set(names)
+    settled: set[str] = set()  # ACTIVE once, or in ERROR now (waiting longer will not help)
+
+    def on_change(track: benchkit.Track) -> None:
+        if track.key not in expected:
+            return
+        if track.first("phase", "ACTIVE") or track.now("phase") == "ERROR":
+            settled.add(track.key)
+        else:
+            settled.discard(track.key)
+
+    tracker = benchkit.server_tracker()
+    tracker.listeners.append(on_change)
+    watcher = benchkit.watch(
+        f"Servers in {namespace}", benchkit.lister(api, "servers", namespace), tracker
+    )
+    created: dict[str, float] = {}
+    before = benchkit.api_writes(api)
+    pids = benchkit.cpu_pids(bed)
+    cpu_before = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before["bench"] = sum(os.times()[:2])
+    started = time.monotonic()
+
+    def create(name: str) -> None:
+        flavor, image = refs[name]
+        created[name] = time.monotonic()
+        custom.create_namespaced_custom_object(
+            benchkit.GROUP,
+            benchkit.VERSION,
+            namespace,
+            "servers",
+            {
+                "apiVersion": benchkit.API_VERSION,
+                "kind": "Server",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"flavorRef": flavor, "imageRef": image},
+            },
+        )
+
+    with watcher, concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, names))  # an error in a create is raised here
+        timeout = args.timeout if args.timeout is not None else 300 + 0.5 * n
+        done = watcher.wait_for(
+            lambda: len(settled) == n, timeout, give_up=lambda: benchkit.exited(bed)
+        )
+        waited = time.monotonic() - started
+        gone = benchkit.exited(bed)
+        measured: dict[str, Any] = {}
+        if done and gone is None:  # figures of processes that still run, right at the end
+            cpu_after = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+            cpu_after["bench"] = sum(os.times()[:2])
+            time.sleep(1)  # let the last writes land in the metrics
+            ctl, ctl_peak = controller_memory(bed)
+            fleet_rss = [benchkit.memory_mib(proc_pid(f))[0] for f in fleets]
+            measured = {
+                "writes": benchkit.summarise_writes(benchkit.api_writes(api) - before, n),
+                "controller_rss_mib": ctl,
+                "controller_peak_rss_mib": ctl_peak,
+                "fleet_rss_mib": fleet_rss,
+                "per_agent_rss_mib": round(sum(fleet_rss) / len(hosts), 2),
+                "cpu_until_all_active": benchkit.cpu_use(cpu_before, cpu_after, waited),
+            }
+        watch_stats = watcher.stats()
+
+    problems = benchkit.verify_servers(api, namespace, names, tracker)
+    problems += benchkit.verify_bound_once_by_events(api, namespace, names)
+    if gone is None:  # else the hosts cannot be read as they are, and that is said below
+        problems += benchkit.verify_running_vms(
+            api, hosts, args.heartbeat_seconds, give_up=lambda: benchkit.exited(bed)
+        )
+    else:
+        problems.insert(0, f"during the run: {gone}")
+    if not done:
+        problems.insert(0, f"waited {waited:.0f} s; {n - len(settled)} Servers never ACTIVE")
+    benchkit.fail_if(
+        problems, f"N={n} Servers on {len(hosts)} hosts: the work timed did not all happen"
+    )
+
+    # Complete data from here on: every Server was created, seen bound and seen ACTIVE.
+    def first(field: str, value: Callable[[Any], bool]) -> dict[str, float]:
+        out = {}
+        for name in names:
+            change = next(c for c in tracker.tracks[name].changes[field] if value(c.value))
+            out[name] = change.at
+        return out
+
+    active = first("phase", lambda v: v == "ACTIVE")
+    bound = first("nodeName", bool)
+    latency = [active[k] - created[k] for k in names]
+    binds = sorted(bound.values())
+    span = binds[-1] - binds[0]
+    late = tracker.late()
+    return {
+        "servers": n,
+        "hosts": len(hosts),
+        "fleet_processes": len(fleets),
+        "active": n,
+        "all_active_s": round(max(active.values()) - started, 3),
+        "p50_s": round(benchkit.percentile(latency, 50), 3),
+        "p95_s": round(benchkit.percentile(latency, 95), 3),
+        "p99_s": round(benchkit.percentile(latency, 99), 3),
+        "binds_per_s": round(n / span, 1) if n > 1 and span > 0 else None,
+        **measured,
+        "watch": {**watch_stats, "servers_seen_late_by_a_relist": len(late)},
+    }
+
+
+def proc_pid(proc: stack.Proc) -> int:
+    assert proc.popen is not None
+    return proc.popen.pid
+
+
+def controller_memory(bed: stack.Stack) -> tuple[float, float]:
+    assert bed.controller is not None
+    return benchkit.memory_mib(proc_pid(bed.controller))
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print(
+        f"{'servers':>8} {'hosts':>6} {'all ACTIVE':>11} {'p50':>7} {'p95':>7} {'p99':>7} "
+        f"{'binds/s':>8} {'writes/srv':>10} {'status/srv':>10} {'events/srv':>10} "
+        f"{'ctl MiB':>8} {'ctl peak':>8} {'agent MiB':>9}"
+    )
+    for r in results:
+        w = r["writes"]
+        binds = f"{r['binds_per_s']:8.1f}" if r["binds_per_s"] is not None else f"{'-':>8}"
+        print(
+            f"{r['servers']:8d} {r['hosts']:6d} {r['all_active_s']:10.2f}s {r['p50_s']:6.2f}s "
+            f"{r['p95_s']:6.2f}s {r['p99_s']:6.2f}s {binds} "
+            f"{w['server_writes_per_server']:10.2f} {w['status_writes_per_server']:10.2f} "
+            f"{w['events_per_server']:10.2f} {r['controller_rss_mib']:8.1f} "
+            f"{r['controller_peak_rss_mib']:8.1f} {r['per_agent_rss_mib']:9.2f}"
+        )
+    print(
+        "writes/srv: writes to servers and servers/status (the create included) per Server; "
+        "events/srv apart; from apiserver_request_total"
+    )
+    for r in results:
+        late = r["watch"]["servers_seen_late_by_a_relist"]
+        if late:
+            print(
+                f"N={r['servers']}: the watch expired (410) and was relisted; {late} Servers' "
+                "times are those of the relist, later than the change itself"
+            )
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchkit.run_main(main))

@@ -280,19 +280,30 @@ class Kube:
         )
 
     def add_finalizer(self, obj: Obj, name: str) -> Obj:
-        """``obj`` with finalizer ``name`` added unless present; guarded by resourceVersion
-        (409 on a race)."""
-        meta = obj.metadata
-        if name in meta.finalizers:
-            return obj
-        ops: list[dict[str, Any]] = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resourceVersion}
-        ]
-        if meta.finalizers:
-            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": name})
-        else:
-            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [name]})
-        return type(obj).parse(self.json_patch(ObjectRef.to(obj), ops))
+        """``obj`` with finalizer ``name`` added unless present, guarded by resourceVersion.
+
+        A cached copy may lag behind this component's own last write: when the guard fails,
+        the object is read again (the finalizer may be there already) and the add retried."""
+        kind = type(obj)
+        for _ in range(3):
+            meta = obj.metadata
+            if name in meta.finalizers:
+                return obj
+            ops: list[dict[str, Any]] = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resourceVersion}
+            ]
+            if meta.finalizers:
+                ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": name})
+            else:
+                ops.append({"op": "add", "path": "/metadata/finalizers", "value": [name]})
+            ref = ObjectRef.to(obj)
+            try:
+                return kind.parse(self.json_patch(ref, ops))
+            except ApiException as exc:
+                if exc.status not in (409, 422):  # a failed "test" is a 422
+                    raise
+            obj = kind.parse(self.get_raw(ref))
+        raise RetryLater("Conflict", f"{obj.full_name} keeps changing; adding {name} later", 1.0)
 
     def remove_finalizer(self, ref: ObjectRef, name: str) -> None:
         """Remove finalizer ``name`` (no-op when it or the object is gone)."""

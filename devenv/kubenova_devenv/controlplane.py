@@ -128,10 +128,11 @@ class ControlPlane:
             return False
 
     def stop(self) -> None:
+        # One at a time, kube-apiserver first: it exits in about a second while etcd still
+        # answers, but retries a stopped etcd until it is killed 15 s later.
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in reversed(self._procs):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
