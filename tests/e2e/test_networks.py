@@ -10,6 +10,8 @@ own network namespace on one underlay (``Stack(networking=True)``; one bed for t
   network ``lan``) gets its address by DHCP and answers HTTP from the "client" namespace.
 * g2 moves live from host-b to host-a while g1 pings it every 0.1 s and g5 every 0.2 s: same
   IP and MAC after the move, both still reach it, packets lost are counted (printed).
+* host-c is drained: g4 and g5 move by block migration (host-c shares no storage), keep their
+  addresses, g5 still reaches g2 and g4 still answers the LAN.
 
 Traffic goes only between the bed's namespaces: guests have no route out (no egress here; the
 plumbing test covers egress), and the client's route to g4 is its LAN link.
@@ -217,16 +219,7 @@ def test_provider_network_guest_answers_the_lan(nbed: Bed) -> None:
     argv = ["ip", "-n", net.client, "-j", "route", "get", str(ip)]
     route = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)[0]
     assert route["dev"] == "eth0" and "gateway" not in route, route
-    deadline, last = time.monotonic() + 120, None
-    while time.monotonic() < deadline:
-        last = subprocess.run(
-            ["ip", "netns", "exec", net.client, sys.executable, "-c", FETCH, f"http://{ip}/"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if last.returncode == 0:
-            break
-        time.sleep(1)
-    assert last is not None and last.stdout.strip() == "kubenova-www g4", last
+    assert _fetch_from_client(nbed, str(ip)) == "kubenova-www g4"
 
 
 def _lost(text: str, interval: float) -> tuple[int, int, float]:
@@ -282,6 +275,51 @@ def test_live_migration_keeps_address_mac_and_peers(nbed: Bed) -> None:
         30,
         "host-b to leave t1",
     )
+
+
+def _fetch_from_client(nbed: Bed, ip: str, timeout: float = 120) -> str:
+    net = nbed.s.net
+    assert net is not None
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = subprocess.run(
+            ["ip", "netns", "exec", net.client, sys.executable, "-c", FETCH, f"http://{ip}/"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if last.returncode == 0:
+            return last.stdout.strip()
+        time.sleep(1)
+    return f"no answer: {last}"
+
+
+def test_draining_a_host_moves_its_guests_with_their_networks(nbed: Bed) -> None:
+    """host-c shares no storage: its guests (g4 on the LAN, g5 on t1, pinging g2 every 0.2 s)
+    move by block migration, keep their addresses, and are still reached."""
+    before = {g: nbed.server(g)["status"]["addresses"] for g in ("g4", "g5")}
+    offset = len(nbed.console("g5"))
+    patch = json.dumps({"spec": {"evacuate": True}})
+    nbed.s.kubectl("patch", "hypervisor", "host-c", "--type", "merge", "-p", patch)
+    started = time.monotonic()
+    try:
+        netutil.wait_until(
+            lambda: all(nbed.server(g)["status"].get("nodeName") != "host-c"
+                        and nbed.server(g)["status"].get("phase") == "ACTIVE"
+                        for g in ("g4", "g5")),
+            420, "g4 and g5 to leave host-c",
+        )  # fmt: skip
+        took = time.monotonic() - started
+        for guest, addresses in before.items():
+            assert nbed.server(guest)["status"]["addresses"] == addresses
+        time.sleep(5)
+        sent, lost, gap = _lost(nbed.console("g5")[offset:], 0.2)
+        print(f"drain of host-c ({took:.1f}s, block migrations): g5 pinging g2 every 0.2s: "
+              f"{sent} sent, {lost} lost, longest gap {gap:.1f}s")  # fmt: skip
+        tail = nbed.console("g5")[-3000:]
+        assert re.findall(r"seq=\d+ ttl", tail), f"g5 still reaches g2: {tail}"
+        assert _fetch_from_client(nbed, before["g4"][0]["ip"]) == "kubenova-www g4"
+    finally:
+        patch = json.dumps({"spec": {"evacuate": False}})
+        nbed.s.kubectl("patch", "hypervisor", "host-c", "--type", "merge", "-p", patch)
 
 
 def test_netns_hosts_run_their_own_libvirtd_and_guests(nbed: Bed) -> None:
