@@ -5,11 +5,13 @@ makes for its host from the API objects (no API server, no host changes)."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 from typing import Any
 
 from kubenova_agent import networking
 from kubenova_agent.network import types
 from kubenova_agent.settings import AgentSettings
+from kubenova_api.kube import RetryLater
 from kubenova_api.networks import Network, NetworkHost, ProviderNetwork
 from kubenova_api.resources import Server
 from kubenova_operator import networks
@@ -116,8 +118,12 @@ def test_a_server_that_has_addresses_keeps_them() -> None:
 
 
 class _Store:
+    """An informer's cache, synced."""
+
     def __init__(self, objs: list[Any]) -> None:
         self.objs = {(o.namespace or "", o.name): o for o in objs}
+        self.synced = threading.Event()
+        self.synced.set()
 
     def get(self, key: tuple[str, str]) -> Any:
         return self.objs.get(key)
@@ -154,3 +160,24 @@ def test_an_agent_plans_the_networks_of_its_guests_with_the_other_hosts_as_peers
     # DHCP address, no ports yet.
     provider = plans[types.key_of("uid-lan")]
     assert provider.dhcp_address == ipaddress.IPv4Address("10.1.0.2") and provider.ports == ()
+
+
+def test_nics_of_a_server_for_its_domain_and_config_drive() -> None:
+    cfg = AgentSettings(host_name="h1", network_plumbing=False)
+    blue = _net("blue", dnsNameservers=["10.0.0.53"])
+    guest = _bound("g", "10.0.0.5")
+    agent = networking.NetworkAgent(cfg, None, lambda: [guest])  # type: ignore[arg-type]
+    agent.networks = _Store([blue])  # type: ignore[assignment]
+    agent.providers = _Store([])  # type: ignore[assignment]
+    ((interface, nic),) = agent.nics(guest)
+    assert interface.mac == nic.mac == "fa:16:3e:00:00:50"
+    assert interface.bridge == f"brk{types.key_of('uid-blue')}" and interface.mtu == 1450
+    assert str(nic.ip) == "10.0.0.5" and str(nic.gateway) == "10.0.0.1" and nic.dhcp
+    assert [str(d) for d in nic.dns] == ["10.0.0.53"]
+    agent.networks = _Store([])  # type: ignore[assignment]
+    try:
+        agent.nics(guest)
+    except RetryLater as exc:
+        assert exc.reason == "NetworkNotFound" and "blue" in str(exc)
+    else:
+        raise AssertionError("a NIC on an unknown network must wait")
