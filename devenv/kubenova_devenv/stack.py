@@ -325,7 +325,7 @@ class Stack:
         subprocess.run(
             [*host.nsenter(), sys.executable, "-m", "kubenova_agent.network", "teardown",
              str(path)],
-            check=True, capture_output=True, text=True, timeout=120, env=self._env(),
+            check=True, capture_output=True, text=True, timeout=120, env=self.env(),
         )  # fmt: skip
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
