@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubenova_openstack import auth, microversion
-from kubenova_openstack.compute import state
+from kubenova_openstack.compute import state, views
 from kubenova_openstack.faults import Fault
 
 
@@ -101,3 +101,17 @@ def test_unbound_and_deleting_servers() -> None:
     done["status"]["observedRebootRequestedAt"] = "t1"
     assert state.of(done).task_state is None
     assert state.of(server({}, {"phase": "ACTIVE"}), verify_resize=True).status == "VERIFY_RESIZE"
+
+
+def test_addresses_are_shown_per_network_as_nova_does() -> None:
+    status = {"addresses": [
+        {"network": "blue", "kind": "Network", "ip": "10.0.0.5", "mac": "fa:16:3e:00:00:05"},
+        {"network": "lan", "kind": "ProviderNetwork", "ip": "10.1.0.7", "mac": "fa:16:3e:00:00:07"},
+    ]}  # fmt: skip
+    assert views.addresses(status) == {
+        "blue": [{"version": 4, "addr": "10.0.0.5", "OS-EXT-IPS:type": "fixed",
+                  "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:05"}],
+        "lan": [{"version": 4, "addr": "10.1.0.7", "OS-EXT-IPS:type": "fixed",
+                 "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:07"}],
+    }  # fmt: skip
+    assert views.addresses({}) == {}

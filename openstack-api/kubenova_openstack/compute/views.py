@@ -179,6 +179,22 @@ def server_basic(req: Req, server: dict[str, Any]) -> dict[str, Any]:
     return {"id": uid, "name": names.display_name(server), "links": links(req, "servers", uid)}
 
 
+def addresses(status: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Nova's ``addresses``: per network, in NIC order, its fixed IPv4 addresses and MACs
+    (from ``status.addresses``, given by the controller with the binding)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for address in status.get("addresses") or []:
+        out.setdefault(str(address["network"]), []).append(
+            {
+                "version": 4,
+                "addr": address["ip"],
+                "OS-EXT-IPS:type": "fixed",
+                "OS-EXT-IPS-MAC:mac_addr": address["mac"],
+            }
+        )
+    return out
+
+
 def server_detail(
     req: Req, server: dict[str, Any], look: Lookups, *, show_groups: bool = False
 ) -> dict[str, Any]:
@@ -202,7 +218,7 @@ def server_detail(
     out: dict[str, Any] = {
         "accessIPv4": "",
         "accessIPv6": "",
-        "addresses": {},
+        "addresses": addresses(status),
         "created": nova_time(meta.get("creationTimestamp")),
         "flavor": _embedded_flavor(req, server, look),
         "hostId": host_id(project, node),
