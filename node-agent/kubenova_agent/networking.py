@@ -134,12 +134,14 @@ class NetworkAgent:
         self.providers.synced.wait()
         delay = 1.0
         while not self._stop.is_set():
-            self._due.wait(RESYNC_SECONDS)
+            poked = self._due.wait(RESYNC_SECONDS)
             self._due.clear()
             if self._stop.is_set():
                 return
             try:
-                self.converge()
+                # On a change, only a changed plan is applied; every RESYNC_SECONDS the host
+                # is checked against the plans even if none changed.
+                self.converge(force=not poked)
                 delay = 1.0
             except Exception as exc:
                 log.warning("converging this host's networks failed (%s); again in %.0fs", exc,
@@ -229,12 +231,13 @@ class NetworkAgent:
                 out.append(plan)
         return out
 
-    def converge(self) -> list[str]:
-        """Make this host match :meth:`plans` (nothing to do when it already did)."""
+    def converge(self, force: bool = False) -> list[str]:
+        """Make this host match :meth:`plans` (unless ``force``, nothing is done when the
+        plans are those last applied)."""
         assert self.host is not None
         with self._lock:
             plans = self.plans()
-            if plans == self._applied:
+            if plans == self._applied and not force:
                 return []
             report = host.apply(self.host, plans)
             self._applied = plans
