@@ -28,13 +28,18 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+from lxml import etree
 
+from kubenova_agent import configdrive
 from kubenova_agent.libvirt import domain_xml
+from kubenova_agent.network import guestdata
+from kubenova_api.resources import ServerSpec
 from kubenova_devenv import netutil, stack
 from tests.e2e import helpers
 
@@ -84,6 +89,8 @@ class Bed:
         self.s = s
         self.applied_at: dict[str, float] = {}
         self.addressed_after: dict[str, float] = {}
+        self.first_reply = 0.0
+        """Seconds from applying g4 to its first HTTP reply on the LAN."""
 
     def server(self, name: str) -> dict[str, Any]:
         body = self.s.get("server", name, NS)
@@ -108,6 +115,21 @@ class Bed:
 
     def reach(self, guest: str, target: str, timeout: float = 240) -> str:
         return self.wait_console(guest, rf"kubenova-reach {target} (ok|fail)", timeout).group(1)
+
+
+def _fetch_from_client(nbed: Bed, ip: str, timeout: float = 120, step: float = 1.0) -> str:
+    net = nbed.s.net
+    assert net is not None
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = subprocess.run(
+            ["ip", "netns", "exec", net.client, sys.executable, "-c", FETCH, f"http://{ip}/"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if last.returncode == 0:
+            return last.stdout.strip()
+        time.sleep(step)
+    return f"no answer: {last}"
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +184,10 @@ def nbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
                     pending.discard(name)
             assert time.monotonic() - min(bed.applied_at.values()) < 60, pending
             time.sleep(0.2)
+        g4_ip = bed.server("g4")["status"]["addresses"][0]["ip"]
+        s.net.check_route(ipaddress.IPv4Address(g4_ip))
+        assert _fetch_from_client(bed, g4_ip, 180, step=0.25) == "kubenova-www g4"
+        bed.first_reply = time.monotonic() - bed.applied_at["g4"]
         for name in bed.applied_at:
             helpers.wait_ready(s, NS, name)
         yield bed
@@ -222,6 +248,63 @@ def test_provider_network_guest_answers_the_lan(nbed: Bed) -> None:
     assert _fetch_from_client(nbed, str(ip)) == "kubenova-www g4"
 
 
+def test_apply_to_first_tcp_reply_against_virsh_on_the_same_bridge(nbed: Bed) -> None:
+    """The same guest image defined and started with virsh on host-c, on the bridge g4 uses,
+    configured from network_data.json (an address outside the pool): the baseline for
+    kubenova's apply -> first HTTP reply (g4, by DHCP)."""
+    net, image = nbed.s.net, nbed.s.guest
+    assert net is not None and net.lan is not None and image is not None
+    host = nbed.s.hosts["host-c"]
+    g4 = nbed.server("g4")
+    g4_xml = host.virsh("dumpxml", domain_xml.domain_name(g4["metadata"]["uid"]))
+    (nic,) = domain_xml.interfaces_of(g4_xml)
+    virt_type = domain_xml.VirtType(etree.fromstring(g4_xml.encode()).get("type"))
+    ip = net.lan.network_address + 45
+    uid = str(uuid.uuid4())
+    folder = nbed.s.workdir / "virsh-baseline"
+    folder.mkdir(exist_ok=True)
+    drive = folder / "config.iso"
+    data = guestdata.Nic(port_id=uid, network_id="lan", mac="fa:16:3e:99:00:45", ip=ip,
+                         cidr=net.lan, mtu=nic.mtu or 1500)  # fmt: skip
+    configdrive.write(
+        str(drive),
+        {"uuid": uid, "name": "baseline", "hostname": "baseline", "files": [], "meta": {}},
+        ServerSpec(flavorRef="m1.tiny", imageRef="kubenova-guest"),
+        guestdata.network_data([data]),
+    )
+    cfg = domain_xml.DomainConfig(
+        owner=domain_xml.Owner("bench", "baseline", uid),
+        virt_type=virt_type,
+        vcpus=1,
+        memory_mib=128,
+        disks=(domain_xml.Disk(str(drive), format="raw", target="vda", readonly=True),),
+        console_log=str(folder / "console.log"),
+        boot=domain_xml.DirectKernelBoot(
+            str(image.kernel), str(image.ramdisk), "console=ttyS0 quiet"
+        ),
+        interfaces=(domain_xml.Interface(mac=data.mac, bridge=nic.bridge, mtu=nic.mtu),),
+    )
+    # Without kubenova's <metadata> the agent's orphan sweep leaves the domain alone.
+    root = etree.fromstring(domain_xml.build_domain_xml(cfg).encode())
+    for meta in root.findall("metadata"):
+        root.remove(meta)
+    (folder / "domain.xml").write_bytes(etree.tostring(root))
+    net.check_route(ip)
+    started = time.monotonic()
+    host.virsh("define", str(folder / "domain.xml"))
+    try:
+        host.virsh("start", cfg.name)
+        answer = _fetch_from_client(nbed, str(ip), 180, step=0.25)
+        baseline = time.monotonic() - started
+    finally:
+        host.virsh("destroy", cfg.name, check=False)
+        host.virsh("undefine", cfg.name, check=False)
+    assert answer == "kubenova-www baseline", answer
+    print(f"apply -> first TCP reply: kubenova {nbed.first_reply:.1f}s (Server applied, DHCP), "
+          f"virsh define+start {baseline:.1f}s (static), same image and bridge")  # fmt: skip
+    assert nbed.first_reply > 0
+
+
 def _lost(text: str, interval: float) -> tuple[int, int, float]:
     """(pings sent, lost, longest gap in s) from busybox ping lines."""
     seqs = [int(s) for s in re.findall(r"seq=(\d+) ttl", text)]
@@ -275,21 +358,6 @@ def test_live_migration_keeps_address_mac_and_peers(nbed: Bed) -> None:
         30,
         "host-b to leave t1",
     )
-
-
-def _fetch_from_client(nbed: Bed, ip: str, timeout: float = 120) -> str:
-    net = nbed.s.net
-    assert net is not None
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = subprocess.run(
-            ["ip", "netns", "exec", net.client, sys.executable, "-c", FETCH, f"http://{ip}/"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if last.returncode == 0:
-            return last.stdout.strip()
-        time.sleep(1)
-    return f"no answer: {last}"
 
 
 def test_draining_a_host_moves_its_guests_with_their_networks(nbed: Bed) -> None:
