@@ -364,22 +364,31 @@ def test_draining_a_host_moves_its_guests_with_their_networks(nbed: Bed) -> None
     """host-c shares no storage: its guests (g4 on the LAN, g5 on t1, pinging g2 every 0.2 s)
     move by block migration, keep their addresses, and are still reached."""
     before = {g: nbed.server(g)["status"]["addresses"] for g in ("g4", "g5")}
+    uid5 = nbed.server("g5")["metadata"]["uid"]
     offset = len(nbed.console("g5"))
+    # g5's console on host-c goes with it (a new one starts on the target): read it until then.
+    on_c = [nbed.s.console("host-c", uid5)]
+
+    def moved() -> bool:
+        text = nbed.s.console("host-c", uid5)
+        if len(text) > len(on_c[0]):
+            on_c[0] = text
+        return all(
+            nbed.server(g)["status"].get("nodeName") != "host-c"
+            and nbed.server(g)["status"].get("phase") == "ACTIVE"
+            for g in ("g4", "g5")
+        )
+
     patch = json.dumps({"spec": {"evacuate": True}})
     nbed.s.kubectl("patch", "hypervisor", "host-c", "--type", "merge", "-p", patch)
     started = time.monotonic()
     try:
-        netutil.wait_until(
-            lambda: all(nbed.server(g)["status"].get("nodeName") != "host-c"
-                        and nbed.server(g)["status"].get("phase") == "ACTIVE"
-                        for g in ("g4", "g5")),
-            420, "g4 and g5 to leave host-c",
-        )  # fmt: skip
+        netutil.wait_until(moved, 420, "g4 and g5 to leave host-c")
         took = time.monotonic() - started
         for guest, addresses in before.items():
             assert nbed.server(guest)["status"]["addresses"] == addresses
         time.sleep(5)
-        sent, lost, gap = _lost(nbed.console("g5")[offset:], 0.2)
+        sent, lost, gap = _lost(on_c[0][offset:] + nbed.console("g5"), 0.2)
         print(f"drain of host-c ({took:.1f}s, block migrations): g5 pinging g2 every 0.2s: "
               f"{sent} sent, {lost} lost, longest gap {gap:.1f}s")  # fmt: skip
         tail = nbed.console("g5")[-3000:]
