@@ -117,12 +117,21 @@ def check_fixed(
     return None
 
 
-def _candidates(subnet: Subnet) -> Iterable[ipaddress.IPv4Address]:
-    if not subnet.pools:
-        yield from subnet.cidr
-        return
-    for start, end in subnet.pools:
-        for value in range(int(start), int(end) + 1):
+def _candidates(
+    subnet: Subnet, after: ipaddress.IPv4Address | None = None
+) -> Iterable[ipaddress.IPv4Address]:
+    """The pools' addresses in order, starting after ``after`` and wrapping around (so a
+    search does not walk every held address from the start again for each new NIC)."""
+    ranges = [(int(s), int(e)) for s, e in subnet.pools] or [
+        (int(subnet.cidr.network_address), int(subnet.cidr.broadcast_address))
+    ]
+    if after is not None:
+        a = int(after)
+        ranges = [(max(lo, a + 1), hi) for lo, hi in ranges if hi > a] + [
+            (lo, min(hi, a)) for lo, hi in ranges if lo <= a
+        ]
+    for lo, hi in ranges:
+        for value in range(lo, hi + 1):
             yield ipaddress.IPv4Address(value)
 
 
@@ -139,17 +148,20 @@ class Held:
         return cls({lease.ip: lease.holder for lease in leases}, {lease.mac for lease in leases})
 
 
-def allocate(subnet: Subnet, held: Held, request: Request) -> Lease | Refusal:
+def allocate(
+    subnet: Subnet, held: Held, request: Request, after: ipaddress.IPv4Address | None = None
+) -> Lease | Refusal:
     """An address and MAC for ``request`` (a NIC that holds none yet): its fixed IP when
-    allowed, else the lowest free address of the pools. ``held`` is what the network's other
-    NICs hold (the controller keeps it incrementally)."""
+    allowed, else the first free address of the pools (after ``after``, the last one given,
+    wrapping around; from the lowest when None). ``held`` is what the network's other NICs
+    hold (the controller keeps it incrementally)."""
     mac = mac_for(request.holder, held.macs)
     if request.fixed_ip is not None:
         refusal = check_fixed(subnet, request.fixed_ip, held.by_ip.get(request.fixed_ip),
                               request.holder)  # fmt: skip
         return refusal or Lease(request.holder, request.fixed_ip, mac)
     bad = unusable(subnet)
-    for ip in _candidates(subnet):
+    for ip in _candidates(subnet, after):
         if ip in subnet.cidr and ip not in bad and ip not in held.by_ip:
             return Lease(request.holder, ip, mac)
     return Refusal(

@@ -232,7 +232,10 @@ def allocate(
                 out.append((nic, lease))
                 continue
         got = ipam.allocate(
-            nic.subnet, held, ipam.Request(holder_of(server.uid, nic.index), nic.fixed_ip)
+            nic.subnet,
+            held,
+            ipam.Request(holder_of(server.uid, nic.index), nic.fixed_ip),
+            assumed.cursors.get(nic.key),
         )
         if isinstance(got, ipam.Refusal):
             message = got.message
@@ -242,6 +245,8 @@ def allocate(
             return Wait(
                 str(got.reason), f"NIC {nic.index} on {nic.kind.value} {nic.name!r}: {message}"
             )
+        if nic.fixed_ip is None:
+            assumed.cursors[nic.key] = got.ip
         mine[nic.key][got.ip] = got.holder
         my_macs[nic.key].add(got.mac)
         out.append((nic, got))

@@ -127,3 +127,12 @@ def test_never_two_holders_of_one_address_nor_a_forbidden_one(
         assert len(macs) == len(set(macs)), "one MAC, two holders"
         assert got.ip in net_
         assert got.ip not in ipam.unusable(subnet)
+
+
+def test_a_search_goes_on_after_the_last_address_given_and_wraps_around() -> None:
+    net = ipam.Subnet(cidr=NET.cidr, gateway=NET.gateway, pools=((A("10.0.0.10"), A("10.0.0.12")),))
+    held = ipam.Held.of([ipam.Lease("a/0", A("10.0.0.10"), ipam.mac_for("a/0"))])
+    got = ipam.allocate(net, held, ipam.Request("b/0"), after=A("10.0.0.11"))
+    assert isinstance(got, ipam.Lease) and got.ip == A("10.0.0.12")
+    got = ipam.allocate(net, held, ipam.Request("b/0"), after=A("10.0.0.12"))
+    assert isinstance(got, ipam.Lease) and got.ip == A("10.0.0.11")

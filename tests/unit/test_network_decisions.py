@@ -101,10 +101,17 @@ def test_addresses_skip_bound_and_in_flight_ones_and_name_a_holder() -> None:
     refused = networks.allocate(taken, nics, cluster, assumed)
     assert isinstance(refused, networks.Wait) and refused.reason == "FixedIPTaken"
     assert "Server ns/old (NIC 0)" in refused.message, refused
-    # Once the claim in flight is forgotten (its binding failed), its address is free again.
+    # Once the claim in flight is forgotten (its binding failed), its address is free again;
+    # automatic addresses go on after the last one given.
     assumed.forget("uid-x")
+    wants = _server("wants", [{"networkRef": "blue", "fixedIP": "10.0.0.3"}])
+    got = networks.allocate(wants, networks.resolve(wants, NETS, {}, {}, {}), cluster, assumed)  # type: ignore[arg-type]
+    assert isinstance(got, list) and str(got[0][1].ip) == "10.0.0.3"
     again = networks.allocate(server, networks.resolve(server, NETS, {}, {}, {}), cluster, assumed)  # type: ignore[arg-type]
-    assert isinstance(again, list) and str(again[0][1].ip) == "10.0.0.3"
+    assert isinstance(again, list) and [str(lease.ip) for _, lease in again] == [
+        "10.0.0.6",
+        "10.0.0.7",
+    ]
 
 
 def test_a_server_that_has_addresses_keeps_them() -> None:

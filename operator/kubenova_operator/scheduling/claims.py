@@ -30,6 +30,8 @@ class Claims:
         self._assumed: dict[str, Claim] = {}
         self._held: dict[str, dict[ipaddress.IPv4Address, str]] = {}
         self._macs: dict[str, set[str]] = {}
+        self.cursors: dict[str, ipaddress.IPv4Address] = {}
+        """Per network, the address last given: the next search starts after it (IPAM)."""
 
     def assume(self, claim: Claim) -> None:
         """Record a binding just written, until the API server's view includes it."""
