@@ -129,6 +129,22 @@ KINDS: tuple[Kind, ...] = (
         selectable=(".status.sourceNode", ".status.targetNode"),
     ),
     Kind(
+        kind="ComputeQuota",
+        plural=constants.COMPUTEQUOTAS,
+        short="cquota",
+        namespaced=True,
+        spec=resources.ComputeQuotaSpec,
+        status=resources.ComputeQuotaStatus,
+        description="Limits on the Servers of a namespace (Nova quotas): servers, vCPUs, memory.",
+        columns=(
+            {"name": "Servers", "type": "integer", "jsonPath": ".spec.servers"},
+            {"name": "vCPUs", "type": "integer", "jsonPath": ".spec.vcpus"},
+            {"name": "RAM-MiB", "type": "integer", "jsonPath": ".spec.memoryMiB"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+        spec_required=False,
+    ),
+    Kind(
         kind="Hypervisor",
         plural=constants.HYPERVISORS,
         short="hv",
@@ -306,7 +322,11 @@ def crd(kind: Kind) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{kind.plural}.{constants.GROUP}"},
+        # The label finds every kubenova CRD (`kubectl delete crd -l ...` after an uninstall).
+        "metadata": {
+            "name": f"{kind.plural}.{constants.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "kubenova"},
+        },
         "spec": {
             "group": constants.GROUP,
             "scope": "Namespaced" if kind.namespaced else "Cluster",

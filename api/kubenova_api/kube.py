@@ -271,6 +271,18 @@ class Kube:
             _content_type=JSON_PATCH,
         )
 
+    def json_patch_status(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch of the status subresource (``remove`` ops drop fields whatever manager
+        owns them; a ``test`` of ``/metadata/resourceVersion`` makes it conditional)."""
+        return self._on(
+            ref,
+            self.custom.patch_namespaced_custom_object_status,
+            self.custom.patch_cluster_custom_object_status,
+            ops,
+            field_manager=self.field_manager,
+            _content_type=JSON_PATCH,
+        )
+
     def merge_patch(self, ref: ObjectRef, patch: dict[str, Any]) -> dict[str, Any]:
         return self._on(
             ref,
@@ -339,10 +351,13 @@ class Kube:
         data: dict[str, str],
         *,
         annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
         owner: ObjectRef | None = None,
     ) -> None:
         """Create or replace a ConfigMap (owned by ``owner``, so it goes when the owner goes)."""
-        meta = client.V1ObjectMeta(name=name, namespace=namespace, annotations=annotations)
+        meta = client.V1ObjectMeta(
+            name=name, namespace=namespace, annotations=annotations, labels=labels
+        )
         if owner is not None and owner.uid:
             meta.owner_references = [
                 client.V1OwnerReference(

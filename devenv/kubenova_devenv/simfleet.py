@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         help="publish a (loopback) tunnel address and physical network lan per host; "
         "nothing is plumbed",
     )
+    p.add_argument("--image-permitted-networks", default="")  # the bed's opt-in to loopback
+    p.add_argument("--image-allowed-ports", default="80,443")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             reserved_memory_mib=0,
             kubeconfig=args.kubeconfig,
             network_plumbing=False,
+            image_permitted_networks=args.image_permitted_networks,
+            image_allowed_ports=args.image_allowed_ports,
         )
         if args.networks:
             cfg = dataclasses.replace(

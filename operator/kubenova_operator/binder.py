@@ -19,7 +19,16 @@ from collections.abc import Callable
 
 from kubenova_api import kube
 from kubenova_api.resources import Server, ServerMigration
-from kubenova_operator import binding, evacuation, liveness, migrations, networks, resize
+from kubenova_operator import (
+    binding,
+    evacuation,
+    fencing,
+    liveness,
+    metrics,
+    migrations,
+    networks,
+    resize,
+)
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -59,6 +68,7 @@ class Binder:
         self.drains = drains
         self.resizes = resize.Resizes(k)
         self.networks = networks.NetworkPass(k)
+        self.fencing = fencing.Fencing(k)
         self.claims = claims.Claims()
         self.last = PassStats()
         self._dirty = asyncio.Event()
@@ -92,6 +102,10 @@ class Binder:
                 await self._step("scheduling pass", self.run_pass, snapshot)
             self.last.pending = len(snapshot.pending)
             self.last.seconds = time.monotonic() - started
+            # The index may still hold a copy from before its binding: the cluster knows.
+            bound = snapshot.view.cluster.bound_to
+            metrics.PENDING.set(sum(1 for s in snapshot.pending if not bound(s.uid)))
+            metrics.PASS_SECONDS.observe(self.last.seconds)
 
     async def _step(self, what: str, fn: Callable[[Snapshot], None], snapshot: Snapshot) -> None:
         try:
@@ -107,6 +121,7 @@ class Binder:
     def _moves(self, snapshot: Snapshot) -> None:
         view = snapshot.view
         states = binding.host_states(view, self.claims, self.cfg)
+        self.fencing.run_pass(view.hypervisors, states, view.cluster)
         if self.migrations is not None:
             self.migrations.run_pass(snapshot.migrations, view, states, self.claims)
         if self.drains is not None:
@@ -166,6 +181,7 @@ class Binder:
                 self._dirty.set()
                 continue
             log.debug("%s: %s", name, outcome)
+            metrics.SCHEDULING_OUTCOMES.labels(outcome.reason).inc()
             if outcome.reason == "Stale":
                 self._dirty.set()
 

@@ -17,15 +17,17 @@ from kubenova_api import common, kube
 from kubenova_api.kube import ObjectRef
 from kubenova_api.networks import Network, ProviderNetwork, ServerAddress
 from kubenova_api.resources import (
+    ComputeQuotaSpec,
     FlavorSpec,
     GroupPolicy,
     Hypervisor,
     ImageSpec,
     Phase,
+    PinnedImage,
     Server,
     ServerStatus,
 )
-from kubenova_operator import networks
+from kubenova_operator import metrics, networks
 from kubenova_operator.cluster import Cluster
 from kubenova_operator.scheduling import claims, hosts, placement
 from kubenova_operator.settings import ControllerSettings
@@ -53,6 +55,10 @@ class ClusterView:
     """Namespace -> the names of its Networks marked ``default``."""
     dhcp_reserved: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     """Provider network -> the hosts' DHCP addresses on it (no Server gets one)."""
+    quotas: Mapping[str, list[tuple[str, ComputeQuotaSpec]]] = dataclasses.field(
+        default_factory=dict
+    )
+    """Namespace -> its ComputeQuotas (name, spec)."""
 
 
 Defer = Callable[[Callable[[], "Outcome"]], None]
@@ -76,6 +82,11 @@ def check_references(server: Server, view: ClusterView) -> tuple[FlavorSpec, Ima
     if flavor is None:
         return Outcome(None, "FlavorNotFound", f"Flavor {spec.flavorRef!r} does not exist; {later}")
     image = view.images.get(spec.imageRef)
+    pin = server.status.image
+    if pin is not None and (image is None or image.source != pin.source()):
+        # Bound before (and taken off a dead host): its pinned bits, whatever the Image of
+        # that name says now or if it is gone.
+        image = ImageSpec(source=pin.source(), architecture=pin.architecture)
     if image is None:
         return Outcome(None, "ImageNotFound", f"Image {spec.imageRef!r} does not exist; {later}")
     if image.minMemoryMiB > flavor.memoryMiB:
@@ -162,6 +173,9 @@ def schedule(
     if isinstance(leases, networks.Wait):
         return _wait(server, Outcome(None, leases.reason, leases.message), k, defer)
     size = hosts.Resources(flavor.vcpus, flavor.memoryMiB, flavor.diskGiB)
+    over = quota_exceeded(server, size, view, assumed)
+    if over is not None:
+        return _wait(server, over, k, defer)
     request = placement_request(
         server.spec.availabilityZone,
         size,
@@ -179,8 +193,9 @@ def schedule(
     claim_on(states, decision.host, request.resources)
     addresses = networks.addresses_of(leases)
     held = tuple((nic.key, lease.ip, lease.mac) for nic, lease in leases)
+    pin = server.status.image or PinnedImage.of(server.spec.imageRef, image)
     return _bind(
-        server, decision.host, request.resources, assumed, k, defer, group, addresses, held
+        server, decision.host, request.resources, assumed, k, defer, group, addresses, held, pin
     )
 
 
@@ -194,6 +209,37 @@ def network_hint(decision: placement.NoValidHost, nics: list[networks.Attachment
     if any(n.overlay for n in nics):
         wants.append("a tunnel address (tenant networks)")
     return "; the Server's networks need " + ", ".join(wants)
+
+
+def quota_exceeded(
+    server: Server, size: hosts.Resources, view: ClusterView, assumed: claims.Claims
+) -> Outcome | None:
+    """Why binding ``server`` would exceed a quota of its namespace, if it would: what is bound
+    there (as the API server reports it) plus the bindings written but not seen back yet.
+    Passes are serial and every binding is assumed before the next decision, so a burst
+    counts each Server it binds."""
+    namespace = server.namespace or ""
+    limits = view.quotas.get(namespace)
+    if not limits:
+        return None
+    count, used = view.cluster.namespace_usage(namespace)
+    for claim in assumed.assumed_claims():
+        if claim.namespace == namespace and view.cluster.bound_to(claim.uid) != claim.host:
+            count, used = count + 1, used + claim.resources
+    for name, quota in sorted(limits, key=lambda q: q[0]):
+        for what, limit, have, needs in (
+            ("servers", quota.servers, count, 1),
+            ("vCPUs", quota.vcpus, used.vcpus, size.vcpus),
+            ("MiB of memory", quota.memoryMiB, used.memory_mib, size.memory_mib),
+        ):
+            if limit is not None and have + needs > limit:
+                return Outcome(
+                    None,
+                    "QuotaExceeded",
+                    f"ComputeQuota {name!r} of namespace {namespace}: {have} of {limit} {what} "
+                    f"in use, this server needs {needs}; it is scheduled when there is room",
+                )
+    return None
 
 
 def placement_request(
@@ -268,6 +314,7 @@ def _bind(
     group: str | None = None,
     addresses: list[ServerAddress] | None = None,
     held: tuple[tuple[str, ipaddress.IPv4Address, str], ...] = (),
+    image: PinnedImage | None = None,
 ) -> Outcome:
     message = f"bound to host {host}"
     if addresses:
@@ -284,8 +331,15 @@ def _bind(
     # The addresses go with the binding, in the same conditional write: a Server is bound
     # with its addresses or not at all. (An empty list is written too: "no NIC" is decided.)
     status.addresses = addresses or []
+    if image is not None:
+        status.image = image  # the bits it is built from, wherever it goes later
+    _keep_history(server, status)
     # Assume first: a concurrent pass must see the claim even before the write returns.
-    assumed.assume(claims.Claim(server.uid, host, resources, group, held))
+    assumed.assume(
+        claims.Claim(
+            server.uid, host, resources, group, addresses=held, namespace=server.namespace or ""
+        )
+    )
     if defer is not None:
         defer(lambda: _write_binding(server, status, host, message, assumed, k))
         return Outcome(host, "Binding", message)
@@ -315,8 +369,16 @@ def _write_binding(
         assumed.forget(server.uid)
         raise
     k.event(ref, "Scheduled", f"Server {server.full_name} {message}")
+    metrics.bound(server.metadata.creationTimestamp)
     log.info("bound %s to %s", server.full_name, host)
     return Outcome(host, "Bound", message)
+
+
+def _keep_history(server: Server, status: ServerStatus) -> None:
+    """Carry what the controller wrote when it took the Server off a dead host into this
+    write: server-side apply removes a field its manager applied before and leaves out now."""
+    if server.status.evacuatedFrom is not None:
+        status.evacuatedFrom = server.status.evacuatedFrom
 
 
 def _own_conditions(server: Server) -> list[common.Condition]:
@@ -347,6 +409,9 @@ def _wait(server: Server, outcome: Outcome, k: kube.Kube, defer: Defer | None = 
             generation,
         ),
     )
+    if server.status.image is not None:
+        status.image = server.status.image
+    _keep_history(server, status)
     ref = ObjectRef.to(server)
 
     def write() -> Outcome:

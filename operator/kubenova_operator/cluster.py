@@ -138,6 +138,17 @@ class Cluster:
         self._macs: dict[str, collections.Counter[str]] = {}
         self._net_hosts: dict[str, collections.Counter[str]] = {}
         self._net_users: dict[str, set[str]] = {}
+        self._used: dict[str, tuple[int, Resources]] = {}
+        self._phases: collections.Counter[str] = collections.Counter()
+
+    def phases(self) -> dict[str, int]:
+        """How many Servers are in each phase (``None``: no status yet), for the metrics."""
+        for _ in range(3):
+            try:
+                return {phase: n for phase, n in self._phases.items() if n > 0}
+            except RuntimeError:  # a pass folded a new phase in meanwhile
+                continue
+        return {}
 
     # ------------------------------------------------------------------ changes
     def touch(self, uid: str) -> None:
@@ -169,8 +180,14 @@ class Cluster:
         self._count(new, +1)
 
     def _count(self, server: ServerSummary, sign: int) -> None:
+        self._phases[server.phase.value if server.phase is not None else "None"] += sign
         claim = server.claim
         if claim is not None:
+            count, used = self._used.get(server.namespace, (0, Resources()))
+            if sign > 0:
+                self._used[server.namespace] = (count + 1, used + claim.resources)
+            else:
+                self._used[server.namespace] = (count - 1, used - claim.resources)
             current = self._claimed.get(claim.host, Resources())
             total = current + claim.resources if sign > 0 else current - claim.resources
             self._claimed[claim.host] = total
@@ -239,6 +256,10 @@ class Cluster:
     def claimed(self) -> dict[str, Resources]:
         """What bound Servers claim on each host (a copy; as many entries as hosts)."""
         return dict(self._claimed)
+
+    def namespace_usage(self, namespace: str) -> tuple[int, Resources]:
+        """How many bound Servers ``namespace`` has, and what they hold."""
+        return self._used.get(namespace, (0, Resources()))
 
     def group_hosts(self, group: str) -> dict[str, int]:
         """Host -> how many bound members of ``group`` it has."""

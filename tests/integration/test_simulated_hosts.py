@@ -154,6 +154,58 @@ def test_pinned_host_and_unknown_host(sim: stack.Stack) -> None:
     assert "HostNameFilter rejected 3" in eventually(refused, 30)["message"]
 
 
+def _sample(text: str, name: str) -> float:
+    """The value of sample ``name`` (with its labels) in Prometheus' text format; 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_binds_phases_and_the_agents_work(sim: stack.Stack) -> None:
+    """The controller's and the agents' /metrics say what happened: binds, scheduling
+    outcomes and latency, Servers by phase, reconciles and the queue."""
+    _flavor_and_image(sim)
+    sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
+    before = sim.metrics("controller")
+    reconciled = sum(
+        _sample(sim.metrics(f"agent-{h}"), "kubenova_agent_reconciles_total")
+        for h in ("sim-a", "sim-b", "sim-c")
+    )
+    for i in range(3):
+        sim.kubectl(
+            "apply", "-f", "-",
+            stdin=yaml.safe_dump({
+                "apiVersion": "compute.kubenova.io/v1alpha1", "kind": "Server",
+                "metadata": {"name": f"m{i}", "namespace": NS},
+                "spec": {"flavorRef": "sim.small", "imageRef": "sim-image"},
+            }),
+        )  # fmt: skip
+    sim.kubectl("wait", "--for=condition=Ready", "srv", "--all", "-n", NS, "--timeout=60s")
+
+    def counted() -> str | None:
+        text = sim.metrics("controller")
+        return text if _sample(text, 'kubenova_servers{phase="ACTIVE"}') >= 3 else None
+
+    after = eventually(counted, 30, what="kubenova_servers counting the ACTIVE Servers")
+    assert _sample(after, "kubenova_binds_total") == _sample(before, "kubenova_binds_total") + 3
+    bound = 'kubenova_scheduling_outcomes_total{outcome="Bound"}'
+    assert _sample(after, bound) == _sample(before, bound) + 3
+    latency = "kubenova_scheduling_latency_seconds_count"
+    assert _sample(after, latency) == _sample(before, latency) + 3
+    # Set by every pass: the next one (within resync_seconds) finds nothing pending.
+    eventually(
+        lambda: _sample(sim.metrics("controller"), "kubenova_pending_servers") == 0,
+        30,
+        what="no pending Servers",
+    )
+    assert _sample(after, "process_resident_memory_bytes") > 0
+    agents = [sim.metrics(f"agent-{h}") for h in ("sim-a", "sim-b", "sim-c")]
+    assert sum(_sample(t, "kubenova_agent_reconciles_total") for t in agents) >= reconciled + 3
+    assert all("kubenova_agent_workqueue_depth " in t for t in agents)
+    assert all("kubenova_agent_image_cache_bytes " in t for t in agents)
+
+
 def test_anti_affinity_group_of_four_over_three_hosts(sim: stack.Stack) -> None:
     _flavor_and_image(sim)
     sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
@@ -255,3 +307,57 @@ def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Sta
     sim.start_sim_agent("sim-c", cpus=2, memory_mib=1024)
     eventually(lambda: up_c() == "True", 60, step=0.5, what="sim-c up again")
     sim.kubectl("wait", "--for=condition=Ready", "srv/to-c", "-n", NS, "--timeout=60s")
+
+
+def test_a_quota_burst_never_overshoots(sim: stack.Stack) -> None:
+    """Issue 13: 9 Servers applied at once into a namespace whose ComputeQuota allows 5 vCPUs
+    (each needs 1): exactly 5 are ever bound, the others wait as QuotaExceeded, and deleting
+    one lets exactly one more in."""
+    _flavor_and_image(sim)
+    ns = "sim-quota"
+    sim.kubectl("create", "namespace", ns, check=False)
+    quota = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "ComputeQuota",
+        "metadata": {"name": "cores", "namespace": ns},
+        "spec": {"vcpus": 5, "servers": 100},
+    }
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(quota))
+    docs = [
+        {
+            "apiVersion": "compute.kubenova.io/v1alpha1",
+            "kind": "Server",
+            "metadata": {"name": f"q{i}", "namespace": ns},
+            "spec": {"flavorRef": "sim.small", "imageRef": "sim-image"},
+        }
+        for i in range(9)
+    ]
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    most = 0
+
+    def items() -> list[dict]:
+        out = yaml.safe_load(sim.kubectl("get", "srv", "-n", ns, "-o", "yaml").stdout)["items"]
+        return list(out)
+
+    def settled() -> list[dict] | None:
+        nonlocal most
+        now = items()
+        bound = [s for s in now if (s.get("status") or {}).get("nodeName")]
+        most = max(most, len(bound))
+        over = [s for s in now if condition(s, "Scheduled").get("reason") == "QuotaExceeded"]
+        return now if len(bound) == 5 and len(over) == len(now) - 5 else None
+
+    now = eventually(settled, 60, step=0.2, what="5 bound and 4 QuotaExceeded")
+    for _ in range(10):  # and it stays so
+        settled()
+        time.sleep(0.3)
+    assert most == 5, f"{most} bound at once: the quota was overshot"
+    waiting = next(s for s in now if not s["status"].get("nodeName"))
+    assert "5 of 5 vCPUs in use" in condition(waiting, "Scheduled")["message"]
+    bound = sorted(s["metadata"]["name"] for s in now if s["status"].get("nodeName"))
+    sim.kubectl("delete", "srv", bound[0], "-n", ns, "--timeout=60s", timeout=90)
+    most = 0
+    eventually(settled, 30, step=0.2, what="one more bound after a delete")
+    assert most <= 5
+    sim.kubectl("delete", "servers", "--all", "-n", ns, "--timeout=60s", timeout=90)
+    sim.kubectl("delete", "cquota", "cores", "-n", ns)

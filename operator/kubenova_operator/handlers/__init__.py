@@ -19,6 +19,8 @@ from kubenova_api import constants, kube
 from kubenova_api.common import KubeObject
 from kubenova_api.networks import Network, ProviderNetwork
 from kubenova_api.resources import (
+    ComputeQuota,
+    ComputeQuotaSpec,
     Flavor,
     FlavorSpec,
     GroupPolicy,
@@ -29,7 +31,7 @@ from kubenova_api.resources import (
     ServerGroup,
     ServerMigration,
 )
-from kubenova_operator import binder, binding, cluster, evacuation, migrations
+from kubenova_operator import binder, binding, cluster, evacuation, metrics, migrations
 from kubenova_operator.settings import ControllerSettings
 
 G, V = constants.GROUP, constants.VERSION
@@ -63,6 +65,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     k = kube.Kube(kube.api_client(cfg.kubeconfig), "kubenova-controller", "kubenova-controller")
     progress = kube.Kube(k.api, "kubenova-controller-evacuation", "kubenova-controller")
     memo.cluster = cluster.Cluster()
+    metrics.count_servers_from(memo.cluster.phases)
     memo.binder = binder.Binder(
         cfg, k, migrations.Driver(cfg, k), evacuation.Drains(cfg, k, progress)
     )
@@ -158,6 +161,14 @@ def server_migrations(uid: str, body: kopf.Body, **_: Any) -> dict[str, ServerMi
     return {uid: smig} if smig is not None else None
 
 
+@kopf.index(G, V, constants.COMPUTEQUOTAS)
+def quotas(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[str, tuple[str, ComputeQuotaSpec]] | None:
+    quota = _parse(ComputeQuota, body)
+    return {namespace or "": (name, quota.spec)} if quota is not None else None
+
+
 INDEXES = (
     "flavor_specs",
     "image_specs",
@@ -169,6 +180,7 @@ INDEXES = (
     "networks",
     "default_networks",
     "provider_networks",
+    "quotas",
 )
 
 
@@ -193,6 +205,7 @@ def snapshot(
         networks=_latest(indexes["networks"]),
         providers=_latest(indexes["provider_networks"]),
         default_networks={ns: list(store) for ns, store in indexes["default_networks"].items()},
+        quotas={ns: list(store) for ns, store in indexes["quotas"].items() if len(store)},
     )
     pending = list(_latest(indexes["pending_servers"]).values())
     return binder.Snapshot(view=view, pending=pending, migrations=smigs)
@@ -234,6 +247,11 @@ def server_group_event(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.event(G, V, constants.HYPERVISORS)
 def hypervisor_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, kwargs)
+
+
+@kopf.on.event(G, V, constants.COMPUTEQUOTAS)
+def quota_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 

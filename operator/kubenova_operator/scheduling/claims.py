@@ -21,6 +21,8 @@ class Claim:
     """``namespace/name`` of the Server's ServerGroup, if it has one."""
     addresses: tuple[tuple[str, ipaddress.IPv4Address, str], ...] = ()
     """(network, IP, MAC) of each NIC, in order: held with the binding."""
+    namespace: str = ""
+    """The Server's namespace (its project: what its quota counts)."""
 
 
 class Claims:
