@@ -5,7 +5,12 @@ memory of the controller and of the agents, and the CPU each process used until 
 (the API server, etcd, the controller, the agents, this benchmark: what bounds the rate).
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
-                                [--fleet-processes 4] [--timeout SECONDS]
+                                [--fleet-processes 4] [--timeout SECONDS] [--ipam both]
+
+``--ipam on`` gives every Server a NIC on its namespace's default tenant Network (a /20), so
+the controller's IPAM decides an address with each binding; ``both`` runs each size without,
+then with, in the same run (the p95 change is IPAM's cost). With IPAM the final check also
+requires every Server to hold one address of the network, none twice.
 
 Before printing anything it checks, by fresh LISTs, that the work it timed happened: every
 Server ACTIVE, each bound exactly once (the watch saw one host, the one the LIST shows, and the
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import ipaddress
 import os
 import pathlib
 import sys
@@ -65,6 +71,13 @@ def main() -> int:
         help="make the last Server of each size one that cannot become ACTIVE (an Image with\n"
         "a wrong checksum, or a Flavor no host fits): the run must fail naming it",
     )
+    p.add_argument(
+        "--ipam",
+        choices=("off", "on", "both"),
+        default="off",
+        help="Servers on a default tenant Network (addresses by the controller's IPAM);\n"
+        "both: each size without, then with",
+    )
     args = p.parse_args()
     sizes = args.servers or [100]
     if not 1 <= args.fleet_processes <= args.hosts:
@@ -78,10 +91,13 @@ def main() -> int:
         define_flavors_and_images(bed)
         fleets, hosts = start_fleets(bed, args)
         benchkit.wait_hosts_ready(bed, api, hosts)
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.ipam]
         for i, n in enumerate(sizes):
-            result = run(bed, api, n, f"scale-{i}", hosts, fleets, args)
-            results.append(result)
-            print(yaml.safe_dump(result, sort_keys=False, explicit_start=True), flush=True)
+            for ipam in modes:
+                namespace = f"scale-{i}" + ("-ipam" if ipam else "")
+                result = run(bed, api, n, namespace, hosts, fleets, args, ipam)
+                results.append(result)
+                print(yaml.safe_dump(result, sort_keys=False, explicit_start=True), flush=True)
     print_table(results)
     return 0
 
@@ -139,6 +155,7 @@ def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack
                 str(bed.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(args.heartbeat_seconds),
+                *(["--networks"] if args.ipam != "off" else []),
                 *bed.fleet_image_flags(),  # agents refuse loopback image servers by default
             ],
             bed.workdir / f"simfleet-{i}.log",
@@ -159,11 +176,14 @@ def run(
     hosts: list[str],
     fleets: list[stack.Proc],
     args: argparse.Namespace,
+    ipam: bool = False,
 ) -> dict[str, Any]:
     """Create ``n`` Servers at once in ``namespace``, wait until all are ACTIVE, check that
     they really are, and return the figures."""
     custom = client.CustomObjectsApi(api)
     bed.kubectl("create", "namespace", namespace)
+    if ipam:
+        default_network(bed, namespace)
     names = [f"s{i:05d}" for i in range(n)]
     refs = {name: (FLAVOR, IMAGE) for name in names}
     if args.broken_server:
@@ -233,6 +253,8 @@ def run(
         watch_stats = watcher.stats()
 
     problems = benchkit.verify_servers(api, namespace, names, tracker)
+    if ipam:
+        problems += verify_addresses(api, namespace, names)
     problems += benchkit.verify_bound_once_by_events(api, namespace, names)
     if gone is None:  # else the hosts cannot be read as they are, and that is said below
         problems += benchkit.verify_running_vms(
@@ -262,6 +284,7 @@ def run(
     late = tracker.late()
     return {
         "servers": n,
+        "ipam": ipam,
         "hosts": len(hosts),
         "fleet_processes": len(fleets),
         "active": n,
@@ -273,6 +296,46 @@ def run(
         **measured,
         "watch": {**watch_stats, "servers_seen_late_by_a_relist": len(late)},
     }
+
+
+NETWORK_CIDR = "10.128.0.0/20"
+
+
+def default_network(bed: stack.Stack, namespace: str) -> None:
+    """The namespace's default tenant Network, with its VNI given before the burst."""
+    body = {
+        "apiVersion": benchkit.API_VERSION,
+        "kind": "Network",
+        "metadata": {"name": "default-net", "namespace": namespace},
+        "spec": {"cidr": NETWORK_CIDR, "default": True},
+    }
+    bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = bed.get("network", "default-net", namespace) or {}
+        if (got.get("status") or {}).get("vni"):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the default Network of {namespace} got no VNI in 60 s")
+
+
+def verify_addresses(api: client.ApiClient, namespace: str, names: list[str]) -> list[str]:
+    """By a fresh LIST: every Server holds one address of the network, none twice."""
+    items, _ = benchkit.list_all(benchkit.lister(api, "servers", namespace))
+    by_name = {o["metadata"]["name"]: o for o in items}
+    holders: dict[str, str] = {}
+    problems = []
+    cidr = ipaddress.IPv4Network(NETWORK_CIDR)
+    for name in names:
+        addresses = benchkit.status(by_name.get(name)).get("addresses") or []
+        if len(addresses) != 1 or ipaddress.IPv4Address(addresses[0]["ip"]) not in cidr:
+            problems.append(f"{name} holds {addresses}, not one address of {cidr}")
+            continue
+        ip = addresses[0]["ip"]
+        if ip in holders:
+            problems.append(f"{ip} is held by both {holders[ip]} and {name}")
+        holders[ip] = name
+    return problems
 
 
 def proc_pid(proc: stack.Proc) -> int:
@@ -287,7 +350,8 @@ def controller_memory(bed: stack.Stack) -> tuple[float, float]:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print(
-        f"{'servers':>8} {'hosts':>6} {'all ACTIVE':>11} {'p50':>7} {'p95':>7} {'p99':>7} "
+        f"{'servers':>8} {'ipam':>5} {'hosts':>6} {'all ACTIVE':>11} "
+        f"{'p50':>7} {'p95':>7} {'p99':>7} "
         f"{'binds/s':>8} {'writes/srv':>10} {'status/srv':>10} {'events/srv':>10} "
         f"{'refused':>8} {'ctl MiB':>8} {'ctl peak':>8} {'agent MiB':>9}"
     )
@@ -295,7 +359,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         w = r["writes"]
         binds = f"{r['binds_per_s']:8.1f}" if r["binds_per_s"] is not None else f"{'-':>8}"
         print(
-            f"{r['servers']:8d} {r['hosts']:6d} {r['all_active_s']:10.2f}s {r['p50_s']:6.2f}s "
+            f"{r['servers']:8d} {'on' if r['ipam'] else 'off':>5} {r['hosts']:6d} "
+            f"{r['all_active_s']:10.2f}s {r['p50_s']:6.2f}s "
             f"{r['p95_s']:6.2f}s {r['p99_s']:6.2f}s {binds} "
             f"{w['server_writes_per_server']:10.2f} {w['status_writes_per_server']:10.2f} "
             f"{w['events_per_server']:10.2f} {sum(w['refused'].values()):8d} "

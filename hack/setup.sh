@@ -35,7 +35,8 @@ elapsed() { printf '%ss' "$((SECONDS - $1))"; }
 
 # --- Debian packages -----------------------------------------------------------------------
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-          qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc)
+          qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc
+          dnsmasq-base nftables)
 if [[ "$PROFILE" == test ]]; then
     # The real node (containerd + runc, the CNI bridge, iptables for kube-proxy) and the
     # Dockerfile built with no Docker engine: buildah, and mmdebstrap for the FROM's stand-in.

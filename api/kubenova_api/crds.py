@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubenova_api import constants, resources
+from kubenova_api import constants, networks, resources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,7 @@ KINDS: tuple[Kind, ...] = (
             {"name": "Host", "type": "string", "jsonPath": ".status.nodeName"},
             {"name": "Flavor", "type": "string", "jsonPath": ".spec.flavorRef"},
             {"name": "Image", "type": "string", "jsonPath": ".spec.imageRef"},
+            {"name": "Address", "type": "string", "jsonPath": ".status.addresses[0].ip"},
             {"name": "Power", "type": "string", "jsonPath": ".status.powerState", "priority": 1},
             {
                 "name": "Reason",
@@ -172,6 +173,44 @@ KINDS: tuple[Kind, ...] = (
             {"name": "Heartbeat", "type": "date", "jsonPath": ".status.lastHeartbeatTime"},
         ),
         spec_required=False,
+    ),
+)
+
+KINDS += (
+    Kind(
+        kind="ProviderNetwork",
+        plural=constants.PROVIDERNETWORKS,
+        short="pnet",
+        namespaced=False,
+        spec=networks.ProviderNetworkSpec,
+        status=networks.ProviderNetworkStatus,
+        description="A network of the datacenter LAN that hosts carry (Neutron provider "
+        "network): a physical network mapped to a bridge on each host, flat or VLAN.",
+        columns=(
+            {"name": "Physical", "type": "string", "jsonPath": ".spec.physicalNetwork"},
+            {"name": "VLAN", "type": "integer", "jsonPath": ".spec.vlanID"},
+            {"name": "CIDR", "type": "string", "jsonPath": ".spec.cidr"},
+            {"name": "Gateway", "type": "string", "jsonPath": ".spec.gateway"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+    ),
+    Kind(
+        kind="Network",
+        plural=constants.NETWORKS,
+        short="net",
+        namespaced=True,
+        spec=networks.NetworkSpec,
+        status=networks.NetworkStatus,
+        description="A tenant's isolated network (a VXLAN overlay across the hosts that run "
+        "its servers), with DHCP and optional egress through SNAT.",
+        columns=(
+            {"name": "CIDR", "type": "string", "jsonPath": ".spec.cidr"},
+            {"name": "Gateway", "type": "string", "jsonPath": ".spec.gateway"},
+            {"name": "Egress", "type": "boolean", "jsonPath": ".spec.egress"},
+            {"name": "VNI", "type": "integer", "jsonPath": ".status.vni"},
+            {"name": "Default", "type": "boolean", "jsonPath": ".spec.default", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
     ),
 )
 

@@ -15,6 +15,7 @@ from pydantic import Field, StringConstraints
 
 from kubenova_api import constants
 from kubenova_api.common import ApiModel, Condition, KubeObject, StatusModel
+from kubenova_api.networks import HostNetworking, NetworkAttachment, ServerAddress
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SHA256 = r"^[a-f0-9]{64}$"
@@ -366,6 +367,13 @@ class ServerSpec(ApiModel):
         default=None,
         description="Set to rescue the server (Nova's rescue); remove to unrescue.",
     )
+    networks: list[NetworkAttachment] | None = Field(
+        default=None,
+        max_length=8,
+        description="NICs in the guest's order; omitted: one NIC on the namespace's default "
+        "Network (as Nova's 'auto'); an empty list: no NIC. Immutable.",
+        json_schema_extra=cel(("self == oldSelf", "networks is immutable")),
+    )
 
 
 class FlavorSnapshot(StatusModel):
@@ -452,6 +460,10 @@ class ServerStatus(StatusModel):
     )
     restartCount: int = Field(
         default=0, description="Times the agent started the guest again after it stopped."
+    )
+    addresses: list[ServerAddress] = Field(
+        default_factory=list,
+        description="Per NIC, in order: network, IPv4 address, MAC (kept for the server's life).",
     )
     evacuatedFrom: str | None = Field(
         default=None,
@@ -626,6 +638,9 @@ class HypervisorStatus(StatusModel):
         default=None, description="total - reserved - used, before allocation ratios."
     )
     runningVMs: int = Field(default=0, description="Domains running now.")
+    network: HostNetworking | None = Field(
+        default=None, description="Tunnel address and physical networks of this host."
+    )
     lastHeartbeatTime: dt.datetime | None = Field(default=None, description="Last heartbeat.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready.")
 

@@ -1,9 +1,13 @@
 """A tiny guest made at test time from Debian packages (nothing else is downloaded).
 
 * kernel: ``vmlinuz`` of Debian's cloud kernel package (``apt-get download``, ``dpkg-deb -x``);
-* ramdisk: a busybox initramfs whose ``/init`` loads the virtio, ISO 9660 and ACPI button
-  modules, prints :data:`MARKER` on the serial console, reports what it finds on ``/dev/vda``,
-  handles the ACPI power button, then prints an uptime counter every second;
+* ramdisk: a busybox initramfs whose ``/init`` loads the virtio (disk and network), ISO 9660
+  and ACPI button modules, prints :data:`MARKER` on the serial console, reports what it finds
+  on ``/dev/vda``, reads the config drive, configures each NIC from ``network_data.json`` when
+  it has an ``ipv4`` network for the NIC's MAC, else by DHCP (busybox udhcpc), printing
+  ``kubenova-net <nic> <ip>/<prefix> ... source=config-drive|dhcp uptime=<s>``, serves HTTP on
+  port 80 (``kubenova-www <hostname>``), runs its user data if it is a script (say, a ping of a
+  peer), handles the ACPI power button, then prints an uptime counter every second;
 * disk: a small qcow2 whose first bytes hold :data:`DISK_MARKER`, to prove the disk path.
 """
 
@@ -33,7 +37,53 @@ MODULES = (
     "kernel/fs/isofs/isofs.ko",
     "kernel/drivers/acpi/button.ko",
     "kernel/drivers/input/evdev.ko",
+    "kernel/net/core/failover.ko",
+    "kernel/drivers/net/net_failover.ko",
+    "kernel/drivers/net/virtio_net.ko",
 )
+#: udhcpc's event script: configures the NIC from the lease and says so on the console.
+UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+deconfig)
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    if ! ip -4 addr show dev "$interface" | grep -q "inet $ip/"; then
+        ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+    fi
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    echo "kubenova-net $interface $ip/${mask:-24} mac=$(cat /sys/class/net/$interface/address)" \
+        "gw=$router mtu=$mtu source=dhcp uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+    ;;
+esac
+"""
+#: Reads ``network_data.json`` (after ``tr '{}[],' '\n\n\n\n\n'``: one ``"key": value`` a
+#: line) and prints ``type ip netmask gateway mtu`` of the network on the link whose MAC is
+#: ``mac``. Networks start at their ``"id": "network<N>"`` (Nova's ids), links carry the MAC.
+NETDATA_AWK = r"""
+function val(s) { sub(/^[^:]*: */, "", s); gsub(/"/, "", s); gsub(/ /, "", s); return s }
+function flush() {
+    m = linkmtu[nlink]
+    if (nlink != "" && linkmac[nlink] == mac)
+        print ntype, nip, nmask, (ngw == "" ? "-" : ngw), (m == "" ? "-" : m)
+    nlink = ""; ntype = ""; nip = ""; nmask = ""; ngw = ""
+}
+/"id":/ {
+    id = val($0)
+    if (id ~ /^network[0-9]+$/) { flush(); innet = 1 } else { innet = 0; cur = id }
+    next
+}
+/"ethernet_mac_address":/ { linkmac[cur] = tolower(val($0)); next }
+/"mtu":/ { if (!innet) linkmtu[cur] = val($0); next }
+/"type":/ { if (innet && ntype == "") ntype = val($0); next }
+/"link":/ { if (innet) nlink = val($0); next }
+/"ip_address":/ { if (innet) nip = val($0); next }
+/"netmask":/ { if (innet && nmask == "") nmask = val($0); next }
+/"gateway":/ { if (innet && ngw == "") ngw = val($0); next }
+END { flush() }
+"""
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -48,7 +98,7 @@ for d in /dev/vd?; do
     [ -b "$d" ] || continue
     echo "disk $d: $(head -c 64 "$d" | tr -cd 'A-Za-z0-9-' | head -c 40)"
 done
-# The config drive (label config-2): inject its files, run its user data if it is a script.
+# The config drive (label config-2): inject its files, keep its network data and user data.
 for d in /dev/vd?; do
     mount -t iso9660 -o ro "$d" /mnt 2>/dev/null || continue
     md=/mnt/openstack/latest/meta_data.json
@@ -61,16 +111,45 @@ for d in /dev/vd?; do
             cp "/mnt/openstack$c" "$p"
             echo "kubenova-file $p: $(cat "$p")"
         done
+        name=$(grep -o '"hostname": "[^"]*"' "$md" | cut -d'"' -f4)
+        [ -n "$name" ] && hostname "$name"
+        cp /mnt/openstack/latest/network_data.json /tmp/ 2>/dev/null
         if [ "$(head -c 2 /mnt/openstack/latest/user_data 2>/dev/null)" = "#!" ]; then
             cp /mnt/openstack/latest/user_data /tmp/user-data
             chmod +x /tmp/user-data
-            echo "kubenova-guest: running user data"
-            /tmp/user-data > /dev/console 2>&1 &
         fi
         break
     fi
     umount /mnt
 done
+# Each NIC: static from network_data.json when it has an ipv4 network for the NIC's MAC, else DHCP.
+ip link set lo up
+for path in /sys/class/net/*; do
+    nic=${path##*/}
+    [ "$nic" = lo ] && continue
+    mac=$(cat "$path/address")
+    set -- $( [ -f /tmp/network_data.json ] && tr '{}[],' '\n\n\n\n\n' < /tmp/network_data.json \
+        | awk -v mac="$mac" -f /etc/netdata.awk | head -n 1)
+    if [ "$1" = ipv4 ]; then
+        eval "$(ipcalc -p "$2" "$3")"
+        [ "$5" != - ] && ip link set "$nic" mtu "$5"
+        ip link set "$nic" up
+        ip addr add "$2/$PREFIX" dev "$nic"
+        [ "$4" != - ] && ip route replace default via "$4" dev "$nic"
+        echo "kubenova-net $nic $2/$PREFIX mac=$mac gw=$4 mtu=$5 source=config-drive" \
+            "uptime=$(cut -d' ' -f1 /proc/uptime)"
+    else
+        ip link set "$nic" up
+        udhcpc -i "$nic" -s /etc/udhcpc.sh -O mtu -t 120 -T 1 -A 1 -b >/dev/null 2>&1
+    fi
+done
+mkdir -p /www
+echo "kubenova-www $(hostname)" > /www/index.html
+httpd -p 80 -h /www
+if [ -x /tmp/user-data ]; then
+    echo "kubenova-guest: running user data"
+    /tmp/user-data > /dev/console 2>&1 &
+fi
 mkdir -p /etc/acpi/PWRF
 printf '#!/bin/sh\necho kubenova-guest: power button, shutting down\npoweroff -f\n' \
     > /etc/acpi/PWRF/00000080
@@ -106,7 +185,9 @@ def sha256_of(path: pathlib.Path) -> str:
 
 def version() -> str:
     """A key of what goes into the guest: a change of the init script makes a new build."""
-    digest = hashlib.sha256((INIT + MARKER + DISK_MARKER + "".join(MODULES)).encode())
+    digest = hashlib.sha256(
+        (INIT + UDHCPC_SCRIPT + NETDATA_AWK + MARKER + DISK_MARKER + "".join(MODULES)).encode()
+    )
     return digest.hexdigest()[:12]
 
 
@@ -156,6 +237,9 @@ def _build_initramfs(target: pathlib.Path, module_dir: pathlib.Path) -> None:
         name = src.name.removesuffix(".ko")
         shutil.copyfile(src, root / "lib" / "modules" / src.name)
         names.append(name)
+    (root / "etc" / "udhcpc.sh").write_text(UDHCPC_SCRIPT)
+    (root / "etc" / "udhcpc.sh").chmod(0o755)
+    (root / "etc" / "netdata.awk").write_text(NETDATA_AWK)
     init = root / "init"
     init.write_text(INIT.replace("{modules}", " ".join(names)).replace("{marker}", MARKER))
     init.chmod(0o755)

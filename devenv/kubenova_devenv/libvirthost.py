@@ -6,6 +6,12 @@ Inside a host's namespace, per-host folders are bind-mounted over ``/run/libvirt
 ``/var/lib/kubenova``; the agent of that host runs in the same namespace (as a DaemonSet pod with
 the host's paths mounted would), so paths mean the same to it and to libvirtd.
 
+A host may also have a network namespace of its own (``netns``, made by
+:class:`kubenova_devenv.netbed.NetBed`): libvirtd, its guests and the host's agent then run
+inside it (``/sys`` stays the machine's: a fresh sysfs would hide the cgroup mounts libvirt
+needs, and its bridge handling works without), with a ``/run/netns`` of the host's own (the
+per-network namespaces its agent makes stay the host's), and libvirt's migration host and
+address set to the host's underlay address.
 A host can also live in a real node's namespaces (``ns_pid``, see ``node``): its bind mounts
 are then the node's own, so the kubelet gives the agent's pod the socket and state folder as
 hostPath volumes, and its PID files hold PIDs of the node's PID namespace.
@@ -64,11 +70,16 @@ class LibvirtHost:
     cpu_models: tuple[str, ...] | None = None
     """When set, this host's libvirt knows only these x86 CPU models (its CPU map lacks the
     others), as an older libvirt would: for refusing guests whose CPU the host cannot run."""
+    netns: str | None = None
+    """A named network namespace the host runs in (its own network); None: the machine's."""
+    underlay_address: str | None = None
+    """With ``netns``: the host's address, where migrations to it are sent."""
     ns_pid: int | None = None
     """A process of a real node (its PID here): libvirtd then starts in that node's mount,
     network and PID namespaces instead of a mount namespace of its own."""
     _proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    _mount_namespaces: set[int] = dataclasses.field(default_factory=set)
 
     @property
     def socket(self) -> pathlib.Path:
@@ -125,6 +136,8 @@ class LibvirtHost:
             mounts[inside] = f"shared-{i}"
         if self.cpu_models is not None:
             mounts[CPU_MAP] = "cpu_map"
+        if self.netns is not None:
+            mounts["/run/netns"] = "netns"
         return mounts
 
     def outside(self, inside_path: str) -> pathlib.Path:
@@ -137,9 +150,11 @@ class LibvirtHost:
                 return self.root / name / inside_path[len(inside) :].lstrip("/")
         return pathlib.Path(inside_path)
 
-    def nsenter(self) -> list[str]:
-        """A command prefix that runs a program in this host's mount namespace."""
-        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", "--"]
+    def nsenter(self, net: bool = True) -> list[str]:
+        """A command prefix that runs a program in this host's mount namespace (and network
+        namespace, when it has one and ``net``)."""
+        net_ns = [f"--net=/proc/{self.pid}/ns/net"] if self.netns is not None and net else []
+        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", *net_ns, "--"]
 
     def start(self, timeout: float = 60.0) -> None:
         self._prepare()
@@ -147,10 +162,13 @@ class LibvirtHost:
             self._log.close()
         mounts = [arg for inside, name in self._mounts().items() for arg in (inside, name)]
         self._log = (self.root / "libvirtd.out").open("ab")
+        prefix: list[str] = []
+        if self.netns is not None:
+            prefix = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
         if self.ns_pid is not None:
             enter = ["nsenter", "-t", str(self.ns_pid), "-m", "-n", "-p", "--"]
         else:
-            enter = ["unshare", "-m", "--propagation", "private"]
+            enter = [*prefix, "unshare", "-m", "--propagation", "private"]
         self._proc = subprocess.Popen(
             [
                 *enter,
@@ -166,6 +184,7 @@ class LibvirtHost:
             start_new_session=True,
         )
         netutil.wait_until(self._ready, timeout, f"libvirtd of host {self.name}")
+        self._mount_namespaces.add(os.stat(f"/proc/{self._proc.pid}/ns/mnt").st_ino)
 
     def _ready(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
@@ -232,6 +251,25 @@ class LibvirtHost:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            # So do daemons started in the host's namespace (a network's dnsmasq, say).
+            for pid in self.leftover_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def leftover_pids(self) -> list[int]:
+        """Processes still running in a mount namespace this host's libvirtd had."""
+        found = []
+        for entry in pathlib.Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.stat(entry / "ns" / "mnt").st_ino in self._mount_namespaces:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
 
     def _own_pid(self, name: str) -> int | None:
         """The PID (here) in ``run/<name>``, if that file names a live process."""
@@ -254,6 +292,8 @@ class LibvirtHost:
         self.root.mkdir(parents=True, exist_ok=True)
         for name in BIND_MOUNTS.values():
             (self.root / name).mkdir(exist_ok=True)
+        if self.netns is not None:
+            (self.root / "netns").mkdir(exist_ok=True)
         etc = self.root / "etc"
         if not (etc / "libvirtd.conf").exists() and pathlib.Path("/etc/libvirt").is_dir():
             shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
@@ -276,6 +316,12 @@ class LibvirtHost:
             'security_driver = "none"\n'
             f"migration_port_min = {self.migration_port_min}\n"
             f"migration_port_max = {self.migration_port_min + 63}\n"
+            + (
+                f'migration_host = "{self.underlay_address}"\n'
+                f'migration_address = "{self.underlay_address}"\n'
+                if self.underlay_address is not None
+                else ""
+            )
         )
         for i, folder in enumerate(self.shared.values()):
             folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ sharing the process. Cheap enough for a hundred hosts on a laptop-sized machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import pathlib
 import signal
@@ -30,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--heartbeat-seconds", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--networks",
+        action="store_true",
+        help="publish a (loopback) tunnel address and physical network lan per host; "
+        "nothing is plumbed",
+    )
     p.add_argument("--image-permitted-networks", default="")  # the bed's opt-in to loopback
     p.add_argument("--image-allowed-ports", default="80,443")
     args = p.parse_args(argv)
@@ -52,9 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             reserved_memory_mib=0,
             kubeconfig=args.kubeconfig,
+            network_plumbing=False,
             image_permitted_networks=args.image_permitted_networks,
             image_allowed_ports=args.image_allowed_ports,
         )
+        if args.networks:
+            cfg = dataclasses.replace(
+                cfg,
+                tunnel_address=f"127.77.{i // 250}.{i % 250 + 1}",
+                physical_interface_mappings="lan:lo",
+            )
+
         agent = agent_main.Agent(cfg)
         agent.start()
         agents.append(agent)

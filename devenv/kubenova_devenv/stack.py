@@ -5,6 +5,8 @@ and one agent per host — each a real process."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import pathlib
 import shutil
@@ -24,6 +26,7 @@ from kubenova_devenv import (
     guestimage,
     imageserver,
     libvirthost,
+    netbed,
     netutil,
     paths,
     simhost,
@@ -32,6 +35,8 @@ from kubenova_operator.settings import ControllerSettings
 
 DEPLOY = paths.REPO / "deploy"
 #: What an "older" host's libvirt knows: CPU models up to about 2010 (no EPYC, no Skylake).
+LAN_PHYSNET = "lan"
+"""With networking: the physical network of the bed's LAN (each host's LAN link)."""
 OLD_CPU_MODELS = (
     "486",
     "pentium",
@@ -127,6 +132,12 @@ class Stack:
     """Hosts whose libvirt knows only older CPU models (see ``OLD_CPU_MODELS``)."""
     agent_args: tuple[str, ...] = ()
     """Extra flags for every agent (``--cpu-mode cluster``, say)."""
+    networking: bool = False
+    """Give every libvirt host its own network namespace on one underlay, with a LAN, a
+    client and an outside (:class:`kubenova_devenv.netbed.NetBed`): libvirtd and its guests
+    run inside it and migrations go to the hosts' underlay addresses (the agent stays in the
+    machine's namespace, where the API server's loopback is). Off: as before."""
+    net: netbed.NetBed | None = None
     cp: controlplane.ControlPlane = dataclasses.field(init=False)
     hosts: dict[str, libvirthost.LibvirtHost] = dataclasses.field(default_factory=dict)
     agents: dict[str, Proc] = dataclasses.field(default_factory=dict)
@@ -158,8 +169,12 @@ class Stack:
                 shutil.copyfile(path, target)
         self.image_server = imageserver.ImageServer(served)
         self.image_server.start()
+        if self.networking:
+            self.net = netbed.NetBed()
+            self.net.start()
         for i in range(self.host_count):
             name = f"host-{chr(ord('a') + i)}"
+            hostnet = self.net.add_host(name) if self.net is not None else None
             host = libvirthost.LibvirtHost(
                 name,
                 self.workdir / name,
@@ -170,6 +185,8 @@ class Stack:
                     else {}
                 ),
                 cpu_models=OLD_CPU_MODELS if name in self.old_cpu_hosts else None,
+                netns=hostnet.netns if hostnet is not None else None,
+                underlay_address=str(hostnet.underlay_address) if hostnet is not None else None,
             )
             self.hosts[name] = host  # known before it starts: stop() must find it
             host.start()
@@ -185,7 +202,15 @@ class Stack:
         steps += [proc.stop for proc in self.agents.values()]
         if self.controller is not None:
             steps.append(self.controller.stop)
+        if self.net is not None:
+            steps += [
+                functools.partial(self.teardown_networks, name)
+                for name, host in self.hosts.items()
+                if host.running
+            ]
         steps += [host.stop for host in self.hosts.values()]
+        if self.net is not None:
+            steps.append(self.net.stop)
         if self.image_server is not None:
             steps.append(self.image_server.stop)
         steps.append(self.cp.stop)
@@ -316,17 +341,58 @@ class Stack:
             heartbeat_seconds=self.heartbeat_seconds,
             resync_seconds=30.0,
             peer_libvirt_uri=host.uri,
-            migration_address="127.0.0.1",
+            migration_address=self.migration_address(host_name),
             metrics_address=self._metrics_address(f"agent-{host_name}"),
         )
-        return self.image_sources(cfg)
+        cfg = self.image_sources(cfg)
+        if self.net is None:
+            return cfg
+        hostnet = self.net.hosts[host_name]
+        # The host's tunnel address is its underlay address; its LAN link is mapped as
+        # physical network LAN_PHYSNET; its network commands run in its own namespace.
+        return dataclasses.replace(
+            cfg,
+            tunnel_address=str(hostnet.underlay_address),
+            tunnel_device=hostnet.underlay_device,
+            physical_interface_mappings=f"{LAN_PHYSNET}:{hostnet.lan_device}",
+            network_namespace=f"/proc/{host.pid}/ns/net",
+        )
+
+    def teardown_networks(self, host_name: str) -> None:
+        """Remove every kubenova network of a host (its dnsmasqs, namespaces, devices), as
+        the agent's ``python -m kubenova_agent.network teardown`` does: the agent itself
+        leaves them running when it stops (a restarted agent must not cut its guests off)."""
+        assert self.net is not None
+        cfg = self.agent_settings(host_name)
+        hostnet = self.net.hosts[host_name]
+        host = self.hosts[host_name]
+        desired = {
+            "host": {
+                "host_name": host_name,
+                "underlay_device": hostnet.underlay_device,
+                "underlay_address": str(hostnet.underlay_address),
+                "interface_mappings": cfg.interface_mappings,
+                "state_dir": cfg.network_dir,
+            },
+            "plans": [],
+        }
+        path = self.workdir / f"network-teardown-{host_name}.json"
+        path.write_text(json.dumps(desired))
+        subprocess.run(
+            [*host.nsenter(), sys.executable, "-m", "kubenova_agent.network", "teardown",
+             str(path)],
+            check=True, capture_output=True, text=True, timeout=120, env=self.env(),
+        )  # fmt: skip
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
         host = self.hosts[host_name]
         proc = Proc(
             f"agent-{host_name}",
             [
-                *host.nsenter(),
+                # With networking the agent stays in the machine's network namespace: the API
+                # server and the image server listen on its loopback. (libvirtd is reached by
+                # its socket; the host's network commands name the host's namespace.)
+                *host.nsenter(net=False),
                 sys.executable,
                 "-m",
                 "kubenova_agent.main",
@@ -340,6 +406,12 @@ class Stack:
         self.agents[host_name] = proc
         proc.start()
         return proc
+
+    def migration_address(self, host_name: str) -> str:
+        """Where migration data to a host goes: its underlay address, or loopback."""
+        if self.net is None:
+            return "127.0.0.1"
+        return str(self.net.hosts[host_name].underlay_address)
 
     def start_sim_agent(
         self, name: str, cpus: int = 8, memory_mib: int = 16384, extra_args: tuple[str, ...] = ()
@@ -383,9 +455,16 @@ class Stack:
         ]
 
     def start_sim_fleet(
-        self, hosts: int, cpus: int = 8, memory_mib: int = 16384, heartbeat: float = 10.0
+        self,
+        hosts: int,
+        cpus: int = 8,
+        memory_mib: int = 16384,
+        heartbeat: float = 10.0,
+        networks: bool = False,
     ) -> Proc:
-        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process.
+        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process
+        (with ``networks``: each publishes a tunnel address and physical network ``lan``, so
+        Servers on networks can be placed there; nothing is plumbed).
 
         They share one identity (``kubenova:fleet``, the agents' ClusterRole without the
         per-node admission policies): minting a Node and a token for each of a thousand
@@ -408,6 +487,7 @@ class Stack:
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(heartbeat),
+                *(["--networks"] if networks else []),
                 *self.fleet_image_flags(),
             ],
             self.workdir / "simfleet.log",

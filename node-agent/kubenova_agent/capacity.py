@@ -16,6 +16,7 @@ from kubenova_agent.settings import AgentSettings
 from kubenova_api import common, kube
 from kubenova_api.common import Condition, ConditionStatus, ObjectMeta
 from kubenova_api.kube import ObjectRef
+from kubenova_api.networks import HostNetworking
 from kubenova_api.resources import (
     CpuInfo,
     Hypervisor,
@@ -69,6 +70,7 @@ class CapacityPublisher:
         virt_type: str,
         migration: MigrationEndpoint | None = None,
         guest_cpu: str | None = None,
+        network: HostNetworking | None = None,
     ) -> None:
         self._settings = settings
         self._kube = k
@@ -79,6 +81,8 @@ class CapacityPublisher:
         self._migration = migration
         """Where migrations to this host go (does not change while the agent runs)."""
         self._guest_cpu = guest_cpu
+        self._network = network
+        """Tunnel address and physical networks (from the settings)."""
         """The CPU this host offers guests (does not change while the agent runs)."""
         self._facts: HostFacts | None = None
         self._facts_at = 0.0
@@ -114,6 +118,8 @@ class CapacityPublisher:
             status.migration = self._migration
         if self._guest_cpu is not None:
             status.guestCPU = self._guest_cpu
+        if self._network is not None:
+            status.network = self._network
         try:
             facts = self.facts()
             pool = self._storage.usage()

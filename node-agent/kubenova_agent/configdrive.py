@@ -39,12 +39,19 @@ def _iso_name(name: str) -> str:
     return name.upper().replace("-", "_").replace(".", "_", name.count(".") - 1)
 
 
-def write(path: str, metadata: dict[str, Any], spec: ServerSpec) -> None:
-    """Write the config drive of a Server with ``spec`` to ``path``."""
+def write(
+    path: str,
+    metadata: dict[str, Any],
+    spec: ServerSpec,
+    network_data: dict[str, Any] | None = None,
+) -> None:
+    """Write the config drive of a Server with ``spec`` to ``path``; ``network_data`` is
+    ``network_data.json`` (:func:`kubenova_agent.network.guestdata.network_data`), none by
+    default."""
     entries: dict[str, bytes] = {
         "openstack/latest/meta_data.json": json.dumps(metadata).encode(),
         "openstack/latest/network_data.json": json.dumps(
-            {"links": [], "networks": [], "services": []}
+            network_data or {"links": [], "networks": [], "services": []}
         ).encode(),
     }
     if spec.userData:

@@ -1,6 +1,7 @@
 """A list-then-watch cache of the objects of one kind whose selected field names this host
 (Servers by ``status.nodeName``, ServerMigrations by ``status.sourceNode`` / ``targetNode``),
-selected server-side, so the agent's traffic grows with its own guests only.
+selected server-side, so the agent's traffic grows with its own guests only — or of every
+object of a small kind (Networks, ProviderNetworks).
 
 Objects are parsed into their model as they arrive; the cache hands out models. A watch that
 ends is resumed from the last resourceVersion seen; only a 410 Gone (or an error) makes it
@@ -35,7 +36,7 @@ dead, so a half-open connection to a vanished API server is noticed in bounded t
 
 
 class Informer(Generic[Obj]):
-    """Objects of ``kind`` whose ``field`` is this host."""
+    """Objects of ``kind`` whose ``field`` is this host (every object when ``field`` is None)."""
 
     def __init__(
         self,
@@ -43,11 +44,11 @@ class Informer(Generic[Obj]):
         kind: type[Obj],
         host_name: str,
         on_change: OnChange,
-        field: str = constants.NODE_FIELD,
+        field: str | None = constants.NODE_FIELD,
     ) -> None:
         self._kube = k
         self._kind = kind
-        self._selector = f"{field}={host_name}"
+        self._selector = f"{field}={host_name}" if field is not None else None
         self._on_change = on_change
         self._store: dict[Key, Obj] = {}
         self._lock = threading.Lock()
@@ -112,7 +113,9 @@ class Informer(Generic[Obj]):
             return None
 
     def _list(self) -> str:
-        listing = self._kube.list_raw(self._kind.PLURAL, field_selector=self._selector)
+        listing = self._kube.list_raw(
+            self._kind.PLURAL, **({"field_selector": self._selector} if self._selector else {})
+        )
         fresh: dict[Key, Obj] = {}
         for item in listing.get("items", []):
             obj = self._parse(item)
@@ -139,7 +142,7 @@ class Informer(Generic[Obj]):
             constants.GROUP,
             constants.VERSION,
             self._kind.PLURAL,
-            field_selector=self._selector,
+            **({"field_selector": self._selector} if self._selector else {}),
             resource_version=rv,
             allow_watch_bookmarks=True,
             timeout_seconds=WATCH_SECONDS,
@@ -166,6 +169,11 @@ class Informer(Generic[Obj]):
                     self._store[obj.key] = obj
             self._on_change(obj.key)
         return rv
+
+
+def every(k: kube.Kube, kind: type[Obj], on_change: OnChange) -> Informer[Obj]:
+    """Every object of a (small) kind."""
+    return Informer(k, kind, "", on_change, None)
 
 
 def servers(k: kube.Kube, host_name: str, on_change: OnChange) -> Informer[Server]:

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from kubenova_agent import (
@@ -16,6 +17,7 @@ from kubenova_agent import (
     images,
     informer,
     migrations,
+    networking,
     reconcile,
     settings,
     workqueue,
@@ -55,7 +57,8 @@ class Agent:
         self.host = Host(cfg.libvirt_uri, on_event=self._on_domain_event)
         self.guests = Guests(self.host)
         self.storage = Storage(self.host, cfg.pool_name, cfg.instances_dir)
-        self.informer = informer.servers(self.kube, cfg.host_name, self.queue.add)
+        self.informer = informer.servers(self.kube, cfg.host_name, self._server_changed)
+        self.networks = networking.NetworkAgent(cfg, self.kube, self.informer.items)
         self.migrations = Migrations(self.host)
         self.migrator: migrations.MigrationAgent | None = None
         self._baseline: tuple[float, tuple[str, ...], str | None] = (0.0, (), None)
@@ -82,6 +85,8 @@ class Agent:
             images=image_cache,
             virt_type=virt_type,
             guest_cpu=self._guest_cpu,
+            nics=self.networks.nics,
+            release_nics=self.networks.forget,
             cpus=CpuChecker(self.host),
         )
         # Unused cached images go, never one that a volume, a domain or an instance file names.
@@ -113,7 +118,12 @@ class Agent:
             virt_type.value,
             MigrationEndpoint(libvirtURI=cfg.peer_uri, address=cfg.migration_target_address),
             host_cpu,
+            networking.host_networking(cfg),
         )
+        # Networks before the guests: a guest's NICs need its networks known.
+        self.networks.start(self._spawn)
+        self.networks.networks.synced.wait(30)
+        self.networks.providers.synced.wait(30)
         # Migrations first: a guest that is moving must be known as such before the Server
         # reconciler looks at it.
         self._spawn("migrations-out", self.migrator.as_source.run)
@@ -161,10 +171,14 @@ class Agent:
             self._spawn(f"worker-{i}", self._work)
         self._spawn("resync", self._resync)
 
-    def _spawn(self, name: str, target: object) -> None:
-        t = threading.Thread(target=target, name=f"{self.settings.host_name}-{name}", daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=f"{self.settings.host_name}-{name}", daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _server_changed(self, key: informer.Key) -> None:
+        self.queue.add(key)
+        self.networks.poke()
 
     def _migration_work(self) -> None:
         assert self.migrator is not None
@@ -225,6 +239,7 @@ class Agent:
         if self.migrator is not None:
             self.migrator.stop()
         self.informer.stop()
+        self.networks.stop()
         self.queue.close()
         self._capacity_due.set()
         for t in self._threads:

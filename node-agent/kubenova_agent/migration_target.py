@@ -171,6 +171,8 @@ class Target:
         bound_here = self.kube.list_of(Server, field_selector=f"{constants.NODE_FIELD}={self.host}")
         if any(server.uid == server_uid for server in bound_here):
             return
+        if self.deps.release_nics is not None:
+            self.deps.release_nics(server_uid)
         guest = self.deps.guests.get(server_uid)
         if guest is not None:
             log.info("removing the domain a failed migration left: %s", guest.name)

@@ -20,6 +20,7 @@ from typing import Protocol
 from kubenova_agent import configdrive, driver, images, restartbackoff, softstop
 from kubenova_agent.driver import GuestInfo, State, StopReason
 from kubenova_agent.libvirt import domain_xml, errors
+from kubenova_agent.network import guestdata
 from kubenova_agent.settings import AgentSettings
 from kubenova_api import common, constants
 from kubenova_api.common import ConditionStatus
@@ -98,6 +99,12 @@ class Deps:
     """Whether a guest has just migrated away (the target deletes it when asked)."""
     guest_cpu: Callable[[Server], str | None] | None = None
     """The ``<cpu>`` XML a new guest of this Server gets (None: the hypervisor's default)."""
+    nics: Callable[[Server], list[tuple[domain_xml.Interface, guestdata.Nic]]] | None = None
+    """The Server's NICs in order (its networks plumbed on this host first): the domain's
+    interfaces and ``network_data.json`` on the config drive. None: no NIC."""
+    release_nics: Callable[[str], None] | None = None
+    """A guest that was to arrive by a migration will not (by Server UID): its networks
+    need not stay on this host for it."""
     cpus: driver.CpuChecks | None = None
     """Whether this host can run that CPU (None: not asked, as on libvirt's test driver)."""
     stops: softstop.SoftStops = dataclasses.field(init=False)
@@ -381,9 +388,13 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         raise Permanent(exc.reason, str(exc)) from exc
     except errors.HypervisorError as exc:
         raise RetryLater("StorageFailed", f"creating the disk failed: {exc}", 5.0) from exc
+    nics = deps.nics(server) if deps.nics is not None else []
+    network_data = guestdata.network_data([nic for _, nic in nics]) if nics else None
     drive = deps.storage.ensure_file_volume(
         f"{volume_prefix(uid)}config.iso",
-        lambda path: configdrive.write(path, configdrive.metadata_of(server), spec),
+        lambda path: configdrive.write(
+            path, configdrive.metadata_of(server), spec, network_data=network_data
+        ),
     )
     disks.append(
         domain_xml.Disk(
@@ -405,6 +416,7 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         rescue=spec.rescue is not None,
         cpu_xml=cpu_xml,
         disk_cache=deps.settings.disk_cache,
+        interfaces=tuple(interface for interface, _ in nics),
     )
 
 

@@ -88,6 +88,44 @@ class AgentSettings(imagesource.SourceOptions):
         2,
         "Migration steps handled in parallel (each running migration also has its own thread).",
     )
+    tunnel_address: str | None = option(
+        None,
+        "This host's VXLAN endpoint on the underlay (published on its Hypervisor; the other "
+        "hosts send tenant networks' traffic there). Unset: the host carries no tenant network.",
+    )
+    tunnel_device: str | None = option(
+        None,
+        "The interface VXLAN runs over and egress leaves by (default: the one that has "
+        "--tunnel-address).",
+    )
+    physical_interface_mappings: str = option(
+        "",
+        "Provider networks' physical networks and this host's interfaces, "
+        "physnet:interface[,...] (Neutron's physical_interface_mappings): the agent makes a "
+        "bridge per provider network with the interface (or a VLAN of it) in it.",
+    )
+    bridge_mappings: str = option(
+        "",
+        "Physical networks and existing host bridges, physnet:bridge[,...] (br0 with the "
+        "host's NIC in it, the usual bare-metal KVM set-up): flat networks use the bridge as is.",
+    )
+    network_namespace: str | None = option(
+        None,
+        "Run the host's network commands (ip, bridge, nft, dnsmasq) in this network namespace "
+        "(a file such as /run/netns/NAME). Unset: the agent's own; in production the agent's "
+        "DaemonSet runs with hostNetwork.",
+    )
+    network_plumbing: bool = option(
+        True,
+        "Make the host's bridges, VXLAN devices, DHCP servers and SNAT. Off for simulated hosts "
+        "(libvirt's test driver): addresses and NICs are still given, nothing is plumbed.",
+    )
+    egress_deny_cidrs: str = option(
+        "",
+        "Destinations egress traffic of tenant networks never reaches, besides the underlay's "
+        "own subnet (always denied: other hosts' libvirtd, kubelet, the API server), "
+        "cidr[,...].",
+    )
 
     image_max_download_bytes: int = option(
         fetch.FetchLimits.max_bytes, "The largest image download accepted (the file's size)."
@@ -156,6 +194,23 @@ class AgentSettings(imagesource.SourceOptions):
         return self.migration_address or self.host_name
 
     @property
+    def interface_mappings(self) -> dict[str, str]:
+        return _mappings(self.physical_interface_mappings)
+
+    @property
+    def bridges(self) -> dict[str, str]:
+        return _mappings(self.bridge_mappings)
+
+    @property
+    def physical_networks(self) -> list[str]:
+        """Physical networks this host carries (the scheduler's NetworkFilter reads them)."""
+        return sorted({*self.interface_mappings, *self.bridges})
+
+    @property
+    def network_dir(self) -> str:
+        return os.path.join(self.state_dir, "network")
+
+    @property
     def images_dir(self) -> str:
         return os.path.join(self.state_dir, "images")
 
@@ -166,6 +221,19 @@ class AgentSettings(imagesource.SourceOptions):
     @property
     def consoles_dir(self) -> str:
         return os.path.join(self.state_dir, "consoles")
+
+
+def _mappings(text: str) -> dict[str, str]:
+    """``a:x,b:y`` as ``{"a": "x", "b": "y"}``."""
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.strip().partition(":")
+        if not sep or not name or not value:
+            raise ValueError(f"not physnet:device: {item!r}")
+        out[name] = value
+    return out
 
 
 def from_args(argv: Sequence[str] | None = None) -> AgentSettings:

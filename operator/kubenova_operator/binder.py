@@ -1,5 +1,6 @@
 """The controller's loop: one pass at a time — host liveness, migrations, drains and resizes,
-then every pending Server in creation order.
+networks (VNIs, the hosts of each network, deletion), then every pending Server in creation
+order.
 
 Passes are serial, so two Servers never race for the same room; a pass runs when anything it
 depends on changes (an event) and at least every ``resync_seconds``. The snapshot a pass reads
@@ -18,7 +19,16 @@ from collections.abc import Callable
 
 from kubenova_api import kube
 from kubenova_api.resources import Server, ServerMigration
-from kubenova_operator import binding, evacuation, fencing, liveness, metrics, migrations, resize
+from kubenova_operator import (
+    binding,
+    evacuation,
+    fencing,
+    liveness,
+    metrics,
+    migrations,
+    networks,
+    resize,
+)
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -57,6 +67,7 @@ class Binder:
         self.migrations = driver
         self.drains = drains
         self.resizes = resize.Resizes(k)
+        self.networks = networks.NetworkPass(k)
         self.fencing = fencing.Fencing(k)
         self.claims = claims.Claims()
         self.last = PassStats()
@@ -86,6 +97,7 @@ class Binder:
             snapshot: Snapshot = self._source()
             await self._step("checking host liveness", self._liveness, snapshot)
             await self._step("migration pass", self._moves, snapshot)
+            await self._step("network pass", self._networks, snapshot)
             if snapshot.pending:
                 await self._step("scheduling pass", self.run_pass, snapshot)
             self.last.pending = len(snapshot.pending)
@@ -116,11 +128,26 @@ class Binder:
             self.drains.run_pass(view, snapshot.migrations)
         self.resizes.run_pass(view.cluster, snapshot.migrations)
 
+    def _networks(self, snapshot: Snapshot) -> None:
+        view = snapshot.view
+        self.networks.run_pass(
+            networks.Inputs(
+                networks=view.networks,
+                providers=view.providers,
+                hypervisors=view.hypervisors,
+                cluster=view.cluster,
+                assumed=self.claims,
+                migrations=snapshot.migrations,
+            )
+        )
+
     def run_pass(self, snapshot: Snapshot) -> None:
         """Decide for every pending Server in turn (each decision sees the claims of the ones
         before it), and write the decisions concurrently: a write no longer holds up the next
         decision, so a burst binds at the API server's pace rather than one round trip each."""
-        view = snapshot.view
+        view = dataclasses.replace(
+            snapshot.view, dhcp_reserved=self.networks.dhcp_reserved(snapshot.view.providers)
+        )
         pending = {server.uid for server in snapshot.pending}
         self.claims.settle(view.cluster.bound_to, lambda uid: uid in view.cluster or uid in pending)
         states = binding.host_states(view, self.claims, self.cfg)

@@ -1,10 +1,13 @@
-"""Deciding where each pending Server runs and binding it: resolve its Flavor and Image, pick a
-host, write ``status.nodeName``. Plain functions over typed data; kopf stays in ``handlers``."""
+"""Deciding where each pending Server runs and binding it: resolve its Flavor, Image and
+networks, give its NICs addresses (IPAM), pick a host that carries its networks, write
+``status.nodeName`` and ``status.addresses`` in one conditional write. Plain functions over
+typed data; kopf stays in ``handlers``."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 
@@ -12,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import common, kube
 from kubenova_api.kube import ObjectRef
+from kubenova_api.networks import Network, ProviderNetwork, ServerAddress
 from kubenova_api.resources import (
     ComputeQuotaSpec,
     FlavorSpec,
@@ -23,7 +27,7 @@ from kubenova_api.resources import (
     Server,
     ServerStatus,
 )
-from kubenova_operator import metrics
+from kubenova_operator import metrics, networks
 from kubenova_operator.cluster import Cluster
 from kubenova_operator.scheduling import claims, hosts, placement
 from kubenova_operator.settings import ControllerSettings
@@ -43,6 +47,14 @@ class ClusterView:
     """ServerGroup ``namespace/name`` -> policy."""
     moving: tuple[claims.Claim, ...] = ()
     """What migrations under way hold on their targets."""
+    networks: Mapping[str, Network] = dataclasses.field(default_factory=dict)
+    """Network ``namespace/name`` -> Network."""
+    providers: Mapping[str, ProviderNetwork] = dataclasses.field(default_factory=dict)
+    """ProviderNetwork name -> ProviderNetwork."""
+    default_networks: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Namespace -> the names of its Networks marked ``default``."""
+    dhcp_reserved: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Provider network -> the hosts' DHCP addresses on it (no Server gets one)."""
     quotas: Mapping[str, list[tuple[str, ComputeQuotaSpec]]] = dataclasses.field(
         default_factory=dict
     )
@@ -152,19 +164,51 @@ def schedule(
             )
             return _wait(server, Outcome(None, "ServerGroupNotFound", why), k, defer)
         members = group_members(group, view.cluster, assumed)
+    nics = networks.resolve(
+        server, view.networks, view.providers, view.default_networks, view.dhcp_reserved
+    )
+    if isinstance(nics, networks.Wait):
+        return _wait(server, Outcome(None, nics.reason, nics.message), k, defer)
+    leases = networks.allocate(server, nics, view.cluster, assumed)
+    if isinstance(leases, networks.Wait):
+        return _wait(server, Outcome(None, leases.reason, leases.message), k, defer)
     size = hosts.Resources(flavor.vcpus, flavor.memoryMiB, flavor.diskGiB)
     over = quota_exceeded(server, size, view, assumed)
     if over is not None:
         return _wait(server, over, k, defer)
     request = placement_request(
-        server.spec.availabilityZone, size, image, policy, members, server.spec.hostName
+        server.spec.availabilityZone,
+        size,
+        image,
+        policy,
+        members,
+        server.spec.hostName,
+        physnets=frozenset(n.physnet for n in nics if n.physnet),
+        overlay=any(n.overlay for n in nics),
     )
     decision = placement.pick_host(request, list(states.values()), weights(cfg))
     if isinstance(decision, placement.NoValidHost):
-        return _wait(server, Outcome(None, "Unschedulable", decision.message), k, defer)
+        message = decision.message + network_hint(decision, nics)
+        return _wait(server, Outcome(None, "Unschedulable", message), k, defer)
     claim_on(states, decision.host, request.resources)
+    addresses = networks.addresses_of(leases)
+    held = tuple((nic.key, lease.ip, lease.mac) for nic, lease in leases)
     pin = server.status.image or PinnedImage.of(server.spec.imageRef, image)
-    return _bind(server, decision.host, request.resources, assumed, k, defer, group, pin)
+    return _bind(
+        server, decision.host, request.resources, assumed, k, defer, group, addresses, held, pin
+    )
+
+
+def network_hint(decision: placement.NoValidHost, nics: list[networks.Attachment]) -> str:
+    """What NetworkFilter asked of the hosts, when it rejected some."""
+    if not any(name == "NetworkFilter" for name, _ in decision.rejections):
+        return ""
+    wants = [
+        f"physical network {n.physnet!r} (ProviderNetwork {n.name})" for n in nics if n.physnet
+    ]
+    if any(n.overlay for n in nics):
+        wants.append("a tunnel address (tenant networks)")
+    return "; the Server's networks need " + ", ".join(wants)
 
 
 def quota_exceeded(
@@ -206,9 +250,13 @@ def placement_request(
     members: Mapping[str, int],
     host_name: str | None,
     ignore_hosts: frozenset[str] = frozenset(),
+    physnets: frozenset[str] = frozenset(),
+    overlay: bool = False,
 ) -> placement.Request:
     """What a Server of that size in ``zone`` booted from ``image`` asks of a host."""
     return placement.Request(
+        physnets=physnets,
+        overlay=overlay,
         resources=resources,
         zone=zone,
         host_name=host_name,
@@ -264,9 +312,13 @@ def _bind(
     k: kube.Kube,
     defer: Defer | None = None,
     group: str | None = None,
+    addresses: list[ServerAddress] | None = None,
+    held: tuple[tuple[str, ipaddress.IPv4Address, str], ...] = (),
     image: PinnedImage | None = None,
 ) -> Outcome:
     message = f"bound to host {host}"
+    if addresses:
+        message += " with " + ", ".join(f"{a.ip} on {a.network}" for a in addresses)
     generation = server.metadata.generation
     status = ServerStatus(
         phase=Phase.BUILD,
@@ -276,11 +328,18 @@ def _bind(
             _own_conditions(server), "Scheduled", "True", "Bound", message, generation
         ),
     )
+    # The addresses go with the binding, in the same conditional write: a Server is bound
+    # with its addresses or not at all. (An empty list is written too: "no NIC" is decided.)
+    status.addresses = addresses or []
     if image is not None:
         status.image = image  # the bits it is built from, wherever it goes later
     _keep_history(server, status)
     # Assume first: a concurrent pass must see the claim even before the write returns.
-    assumed.assume(claims.Claim(server.uid, host, resources, group, server.namespace or ""))
+    assumed.assume(
+        claims.Claim(
+            server.uid, host, resources, group, addresses=held, namespace=server.namespace or ""
+        )
+    )
     if defer is not None:
         defer(lambda: _write_binding(server, status, host, message, assumed, k))
         return Outcome(host, "Binding", message)

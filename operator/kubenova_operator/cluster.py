@@ -4,22 +4,39 @@ kopf's index holds a compact :class:`ServerSummary` per Server (complete before 
 runs, so a restarted controller knows every claim before it binds anything). Each event marks
 its Server dirty; before a pass, :meth:`Cluster.sync` folds only the dirty Servers into the
 aggregates the passes read — claims per host, members of each server group per host, the
-Servers on each host, the Servers waiting for a resize. A pass therefore costs what changed
-since the last one, never the number of Servers already bound."""
+Servers on each host, the Servers waiting for a resize, and per network the addresses and
+MACs held, the hosts that run its Servers and the Servers that use it. A pass therefore costs
+what changed since the last one, never the number of Servers already bound."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import ipaddress
 import threading
 from collections.abc import Iterable, Mapping
 
+from kubenova_api.networks import NetworkKind, net_key
 from kubenova_api.resources import Phase, Server
 from kubenova_operator.scheduling.claims import Claim
 from kubenova_operator.scheduling.hosts import Resources
 
 Key = tuple[str, str]
 """(namespace, name)"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Address:
+    """One NIC's address: the network (:func:`kubenova_api.networks.net_key`), IP and MAC."""
+
+    network: str
+    ip: ipaddress.IPv4Address
+    mac: str
+
+
+def holder_of(uid: str, index: int) -> str:
+    """Who holds a NIC's address: ``<server uid>/<nic index>`` (IPAM's holder)."""
+    return f"{uid}/{index}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,10 +56,13 @@ class ServerSummary:
     group_ref: str | None
     zone: str | None
     deleting: bool
+    addresses: tuple[Address, ...] = ()
+    """Its NICs' addresses, in order (given at binding, kept for its life)."""
 
     @classmethod
     def of(cls, server: Server) -> ServerSummary:
         spec, status = server.spec, server.status
+        namespace = server.namespace or ""
         return cls(
             namespace=server.namespace or "",
             name=server.name,
@@ -56,7 +76,19 @@ class ServerSummary:
             group_ref=spec.serverGroupRef,
             zone=spec.availabilityZone,
             deleting=server.metadata.deleting,
+            addresses=tuple(
+                Address(
+                    net_key(NetworkKind(a.kind), namespace, a.network),
+                    ipaddress.IPv4Address(a.ip),
+                    a.mac,
+                )
+                for a in status.addresses
+            ),
         )
+
+    @property
+    def networks(self) -> frozenset[str]:
+        return frozenset(a.network for a in self.addresses)
 
     @property
     def key(self) -> Key:
@@ -102,6 +134,10 @@ class Cluster:
         self._groups: dict[str, collections.Counter[str]] = {}
         self._on_host: dict[str, set[str]] = {}
         self._resizing: set[str] = set()
+        self._held: dict[str, dict[ipaddress.IPv4Address, str]] = {}
+        self._macs: dict[str, collections.Counter[str]] = {}
+        self._net_hosts: dict[str, collections.Counter[str]] = {}
+        self._net_users: dict[str, set[str]] = {}
         self._used: dict[str, tuple[int, Resources]] = {}
         self._phases: collections.Counter[str] = collections.Counter()
 
@@ -170,6 +206,34 @@ class Cluster:
             self._resizing.add(server.uid)
         else:
             self._resizing.discard(server.uid)
+        self._count_addresses(server, sign)
+
+    def _count_addresses(self, server: ServerSummary, sign: int) -> None:
+        for index, address in enumerate(server.addresses):
+            net = address.network
+            holder = holder_of(server.uid, index)
+            held = self._held.setdefault(net, {})
+            macs = self._macs.setdefault(net, collections.Counter())
+            if sign > 0:
+                held[address.ip] = holder
+                macs[address.mac] += 1
+            else:
+                if held.get(address.ip) == holder:
+                    del held[address.ip]
+                macs[address.mac] -= 1
+                if macs[address.mac] <= 0:
+                    del macs[address.mac]
+        for net in server.networks:
+            users = self._net_users.setdefault(net, set())
+            hosts = self._net_hosts.setdefault(net, collections.Counter())
+            if sign > 0:
+                users.add(server.uid)
+            else:
+                users.discard(server.uid)
+            if server.node:
+                hosts[server.node] += sign
+                if hosts[server.node] <= 0:
+                    del hosts[server.node]
 
     # ------------------------------------------------------------------ reads
     def get(self, key: Key) -> ServerSummary | None:
@@ -205,6 +269,23 @@ class Cluster:
         """The Servers bound to ``host``, by namespace and name."""
         servers = [self._by_uid[uid] for uid in self._on_host.get(host, ())]
         return sorted(servers, key=lambda s: s.key)
+
+    def held(self, network: str) -> Mapping[ipaddress.IPv4Address, str]:
+        """Address -> holder (``uid/index``) on ``network``: read-only, not a copy."""
+        return self._held.get(network, {})
+
+    def macs(self, network: str) -> Mapping[str, int]:
+        """The MACs in use on ``network`` (read-only, not a copy)."""
+        return self._macs.get(network, {})
+
+    def network_hosts(self, network: str) -> set[str]:
+        """Hosts that run (are bound) Servers of ``network``."""
+        return set(self._net_hosts.get(network, ()))
+
+    def network_users(self, network: str) -> set[str]:
+        """UIDs of the Servers with a NIC on ``network`` (deleting ones included: they hold
+        their addresses until they are gone)."""
+        return set(self._net_users.get(network, ()))
 
     def resizing(self) -> list[ServerSummary]:
         """Bound Servers whose flavorRef names another flavor than the one they run with."""

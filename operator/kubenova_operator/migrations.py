@@ -43,7 +43,7 @@ from kubenova_api.resources import (
     SourceStep,
     TargetStep,
 )
-from kubenova_operator import binding, metrics
+from kubenova_operator import binding, metrics, networks
 from kubenova_operator.cluster import ServerSummary
 from kubenova_operator.scheduling import claims, hosts, placement
 from kubenova_operator.settings import ControllerSettings
@@ -322,6 +322,7 @@ def precheck(ctx: Context) -> Accepted | End:
         if group is not None
         else {}
     )
+    physnets, overlay = networks.needs(server.networks, view.providers)
     request = binding.placement_request(
         server.zone,
         size,
@@ -330,6 +331,8 @@ def precheck(ctx: Context) -> Accepted | End:
         members,
         wanted,
         ignore_hosts=frozenset({server.node}),
+        physnets=physnets,
+        overlay=overlay,
     )
     decision = placement.pick_host(request, list(ctx.states.values()), binding.weights(ctx.cfg))
     if isinstance(decision, placement.NoValidHost):
@@ -533,6 +536,9 @@ class Driver:
         )
         if flavor is not None:
             status.flavor = flavor
+        # Every field this manager owns goes in each apply (one it leaves out is removed):
+        # the addresses stay the Server's, wherever it runs.
+        status.addresses = current.status.addresses
         if current.status.image is not None:
             status.image = current.status.image  # still the same bits (left out: removed)
         self.kube.apply_status(

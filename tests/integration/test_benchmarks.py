@@ -46,23 +46,27 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
     out = run_bench(
         tmp_path_factory.mktemp("b"),
         "--hosts", "3", "--fleet-processes", "2", "--servers", "4", "--servers", "3",
-        "--heartbeat-seconds", "3",
+        "--heartbeat-seconds", "3", "--ipam", "both",
         "--timeout", "120",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     header = next(
-        i for i, line in enumerate(lines) if line.split()[:3] == ["servers", "hosts", "all"]
+        i for i, line in enumerate(lines) if line.split()[:4] == ["servers", "ipam", "hosts", "all"]
     )
-    rows = [line.split() for line in lines[header + 1 : header + 3]]
-    assert [r[:2] for r in rows] == [["4", "3"], ["3", "3"]], out.stdout
+    rows = [line.split() for line in lines[header + 1 : header + 5]]
+    assert [r[:3] for r in rows] == [
+        ["4", "off", "3"], ["4", "on", "3"], ["3", "off", "3"], ["3", "on", "3"]
+    ], out.stdout  # fmt: skip
     for r in rows:  # all ACTIVE, p50, p95, p99 are times; writes per Server at least the create
-        assert all(v.endswith("s") and float(v[:-1]) > 0 for v in r[2:6]), r
-        assert float(r[7]) >= 1.0, r
+        assert all(v.endswith("s") and float(v[:-1]) > 0 for v in r[3:7]), r
+        assert float(r[8]) >= 1.0, r
     results = [doc for doc in yaml.safe_load_all(out.stdout.split(lines[header])[0]) if doc]
-    assert [(r["servers"], r["active"], r["fleet_processes"]) for r in results] == [
-        (4, 4, 2),
-        (3, 3, 2),
+    assert [(r["servers"], r["ipam"], r["active"], r["fleet_processes"]) for r in results] == [
+        (4, False, 4, 2),
+        (4, True, 4, 2),
+        (3, False, 3, 2),
+        (3, True, 3, 2),
     ]
     assert all(r["writes"]["status_writes_per_server"] > 0 for r in results), results
 

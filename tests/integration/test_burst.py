@@ -1,10 +1,14 @@
 """Bursts against simulated hosts (one process of real Agents on libvirt's test driver): claims
 never over-commit a host, what does not fit waits Unschedulable naming the filter, freed room is
-used at once, and a controller killed mid-burst resumes without binding anything twice."""
+used at once, and a controller killed mid-burst resumes without binding anything twice — nor
+handing one IP address to two Servers (the second burst runs on a default tenant Network whose
+pool has 160 addresses: every bound Server has one, none twice, and deleting frees them for the
+Servers that waited)."""
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +26,9 @@ PER_HOST = 15  # 1500 MiB of memory / 100 MiB per Server; vCPUs 4 x 4.0 = 16 wou
 @pytest.fixture(scope="module")
 def fleet(api: stack.Stack) -> Iterator[stack.Stack]:
     api.start_controller()
-    proc = api.start_sim_fleet(HOSTS, cpus=4, memory_mib=PER_HOST * 100, heartbeat=3.0)
+    proc = api.start_sim_fleet(
+        HOSTS, cpus=4, memory_mib=PER_HOST * 100, heartbeat=3.0, networks=True
+    )
     eventually(
         lambda: api.kubectl("get", "hv", "-o", "name").stdout.count("/sim-0") >= HOSTS,
         90,
@@ -57,8 +63,9 @@ def fleet(api: stack.Stack) -> Iterator[stack.Stack]:
     api.kubectl("delete", "hv", *[f"sim-{i:03d}" for i in range(HOSTS)])
 
 
-def _burst(api: stack.Stack, namespace: str, n: int) -> None:
-    api.kubectl("create", "namespace", namespace)
+def _burst(api: stack.Stack, namespace: str, n: int, create_namespace: bool = True) -> None:
+    if create_namespace:
+        api.kubectl("create", "namespace", namespace)
     docs = [
         yaml.safe_dump(
             {
@@ -144,8 +151,54 @@ def test_200_servers_onto_room_for_150(fleet: stack.Stack) -> None:
     fleet.kubectl("delete", "srv", "--all", "-n", "burst1", "--timeout=180s", timeout=200)
 
 
+POOL = ("10.9.0.10", "10.9.0.169")  # 160 addresses for 150 places
+
+
+def _default_network(api: stack.Stack, namespace: str) -> None:
+    api.kubectl("create", "namespace", namespace)
+    body = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Network",
+        "metadata": {"name": "default-net", "namespace": namespace},
+        "spec": {
+            "cidr": "10.9.0.0/24",
+            "default": True,
+            "allocationPools": [{"start": POOL[0], "end": POOL[1]}],
+        },
+    }
+    api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
+
+
+def _check_addresses(items: list[dict]) -> set[str]:
+    """Every bound Server has one address in the pool, no address is held twice, and no
+    waiting Server holds one; the addresses held."""
+    lo, hi = (ipaddress.IPv4Address(a) for a in POOL)
+    held: dict[str, str] = {}
+    macs: set[str] = set()
+    for s in items:
+        status = s.get("status") or {}
+        addresses = status.get("addresses") or []
+        if not status.get("nodeName"):
+            assert not addresses, s
+            continue
+        assert len(addresses) == 1, s
+        (a,) = addresses
+        assert a["network"] == "default-net" and lo <= ipaddress.IPv4Address(a["ip"]) <= hi, a
+        assert a["ip"] not in held, f"{a['ip']} held by {held[a['ip']]} and {s['metadata']['name']}"
+        assert a["mac"] not in macs, a
+        held[a["ip"]] = s["metadata"]["name"]
+        macs.add(a["mac"])
+    return set(held)
+
+
 def test_controller_killed_mid_burst(fleet: stack.Stack) -> None:
-    _burst(fleet, "burst2", 200)
+    _default_network(fleet, "burst2")
+    eventually(
+        lambda: "vni" in (yaml.safe_load(fleet.kubectl("get", "network", "default-net", "-n",
+                          "burst2", "-o", "yaml").stdout).get("status") or {}),
+        30, what="the default Network's VNI",
+    )  # fmt: skip
+    _burst(fleet, "burst2", 200, create_namespace=False)
     eventually(
         lambda: (
             sum(1 for s in _servers(fleet, "burst2") if (s.get("status") or {}).get("nodeName"))
@@ -161,4 +214,22 @@ def test_controller_killed_mid_burst(fleet: stack.Stack) -> None:
     items = _settle(fleet, "burst2", active=150, waiting=50)
     _check_capacity(fleet, items)
     _domains_match_bindings(fleet, ["burst2"])
+    before = _check_addresses(items)
+    assert len(before) == 150
+    # Room and addresses freed by deletes go to the Servers that waited: 20 bind, and with
+    # 10 addresses never used, at least 10 of them get a freed one.
+    active = sorted(
+        s["metadata"]["name"] for s in items if (s.get("status") or {}).get("phase") == "ACTIVE"
+    )
+    freed = {
+        a["ip"]
+        for s in items
+        if s["metadata"]["name"] in active[:20]
+        for a in s["status"]["addresses"]
+    }
+    fleet.kubectl("delete", "srv", *active[:20], "-n", "burst2", "--timeout=120s", timeout=150)
+    items = _settle(fleet, "burst2", active=150, waiting=30)
+    after = _check_addresses(items)
+    assert len(after) == 150 and len(after & freed) >= 10, (len(after), len(after & freed))
     fleet.kubectl("delete", "srv", "--all", "-n", "burst2", "--timeout=180s", timeout=200)
+    fleet.kubectl("delete", "network", "--all", "-n", "burst2", "--timeout=60s", timeout=90)

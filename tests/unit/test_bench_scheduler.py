@@ -38,9 +38,32 @@ def test_a_lost_binding_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_program_prints_its_table() -> None:
     out = subprocess.run(
         [sys.executable, bench_scheduler.__file__, "--hosts", "4", "--pending", "6",
-         "--bound", "0", "--bound", "20"],
+         "--bound", "0", "--bound", "20", "--ipam", "both"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["4"]]
-    assert [r[1] for r in rows] == ["0", "20"], out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[1:2] == ["4"]]
+    assert [(r[0], r[2]) for r in rows] == [("off", "0"), ("on", "0"), ("off", "20"),
+                                            ("on", "20")], out.stdout  # fmt: skip
+    assert "IPAM at bound=20" in out.stdout, out.stdout
+
+
+def test_with_ipam_every_binding_carries_a_fresh_address() -> None:
+    row = bench_scheduler.one_size(hosts=3, bound=10, pending=6, ipam=True)
+    assert row["writes"] == 6 and row["ipam"]
+
+
+def test_an_address_given_twice_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclasses.dataclass
+    class Twice(bench_scheduler.Recorder):
+        def apply_status(self, ref: Any, status: Any, **kw: Any) -> dict[str, Any]:
+            out = super().apply_status(ref, status, **kw)
+            if ref.name == "p000002":
+                self.addresses[f"{ref.namespace}/p000002"] = self.addresses.get(
+                    f"{ref.namespace}/p000001", []
+                )
+            return out
+
+    monkeypatch.setattr(bench_scheduler, "Recorder", Twice)
+    with pytest.raises(bench_scheduler.Failure, match=r"given to both|not one address"):
+        bench_scheduler.one_size(hosts=3, bound=0, pending=5, ipam=True)

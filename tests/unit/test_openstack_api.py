@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kubenova_api.resources import Server
+from kubenova_api.resources import Server, ServerStatus
 from kubenova_openstack import auth, microversion
-from kubenova_openstack.compute import state
+from kubenova_openstack.compute import state, views
 from kubenova_openstack.faults import Fault
 
 
@@ -108,6 +108,20 @@ def test_unbound_and_deleting_servers() -> None:
     deleting.metadata.deletionTimestamp = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert state.of(deleting).task_state == "deleting"
     assert state.of(server({}, {"phase": "ACTIVE"}), verify_resize=True).status == "VERIFY_RESIZE"
+
+
+def test_addresses_are_shown_per_network_as_nova_does() -> None:
+    status = ServerStatus.model_validate({"addresses": [
+        {"network": "blue", "kind": "Network", "ip": "10.0.0.5", "mac": "fa:16:3e:00:00:05"},
+        {"network": "lan", "kind": "ProviderNetwork", "ip": "10.1.0.7", "mac": "fa:16:3e:00:00:07"},
+    ]})  # fmt: skip
+    assert views.addresses(status) == {
+        "blue": [{"version": 4, "addr": "10.0.0.5", "OS-EXT-IPS:type": "fixed",
+                  "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:05"}],
+        "lan": [{"version": 4, "addr": "10.1.0.7", "OS-EXT-IPS:type": "fixed",
+                 "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:07"}],
+    }  # fmt: skip
+    assert views.addresses(ServerStatus()) == {}
 
 
 def test_a_reboot_is_done_when_the_agent_saw_that_instant_however_spelled() -> None:

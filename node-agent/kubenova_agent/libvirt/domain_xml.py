@@ -40,6 +40,17 @@ class Disk:
 
 
 @dataclasses.dataclass(frozen=True)
+class Interface:
+    """A NIC on a host bridge (Nova's ``LibvirtConfigGuestInterface`` for a linuxbridge VIF)."""
+
+    mac: str
+    bridge: str
+    mtu: int | None = None
+    """The MTU the guest sees (1450 on a VXLAN overlay); None leaves the bridge's."""
+    model: str = "virtio"
+
+
+@dataclasses.dataclass(frozen=True)
 class DirectKernelBoot:
     kernel: str
     initrd: str
@@ -67,6 +78,8 @@ class DomainConfig:
     cpu_xml: str | None = None
     """A whole ``<cpu>`` element; None gives kvm guests host-model and qemu guests the
     hypervisor's default model."""
+    interfaces: tuple[Interface, ...] = ()
+    """NICs in the guest's order (the first is the guest's eth0)."""
 
     @property
     def name(self) -> str:
@@ -181,11 +194,43 @@ def build_domain_xml(cfg: DomainConfig) -> str:
         _sub(d, "target", dev=disk.target, bus="virtio")
         if disk.readonly:
             _sub(d, "readonly")
+    for nic in cfg.interfaces:
+        devices.append(interface_element(nic))
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=cfg.console_log, append="on")
     _sub(serial, "target", port="0")
     _sub(devices, "memballoon", model="none")
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+
+def interface_element(nic: Interface) -> etree._Element:
+    """``<interface type='bridge'>``: the guest's NIC with its MAC, on ``nic.bridge``."""
+    el = etree.Element("interface", type="bridge")
+    _sub(el, "mac", address=nic.mac)
+    _sub(el, "source", bridge=nic.bridge)
+    _sub(el, "model", type=nic.model)
+    if nic.mtu is not None:
+        _sub(el, "mtu", size=str(nic.mtu))
+    return el
+
+
+def interfaces_of(xml: str) -> list[Interface]:
+    """The bridge NICs of a domain, in order (as :func:`interface_element` wrote them)."""
+    root = etree.fromstring(xml.encode())
+    found = []
+    for el in root.iterfind("devices/interface[@type='bridge']"):
+        mtu = el.find("mtu")
+        found.append(
+            Interface(
+                mac=str(el.find("mac").get("address", "")),  # type: ignore[union-attr]
+                bridge=str(el.find("source").get("bridge", "")),  # type: ignore[union-attr]
+                mtu=int(mtu.get("size", "0")) if mtu is not None else None,
+                model=str(el.find("model").get("type", "virtio"))  # type: ignore[union-attr]
+                if el.find("model") is not None
+                else "virtio",
+            )
+        )
+    return found
 
 
 def owner_of(xml: str) -> Owner | None:

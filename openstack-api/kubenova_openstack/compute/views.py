@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubenova_api.resources import Server
+from kubenova_api.resources import Server, ServerStatus
 from kubenova_openstack import names
 from kubenova_openstack.compute import state
 from kubenova_openstack.web import Req
@@ -189,6 +189,22 @@ def server_basic(req: Req, server: Server) -> dict[str, Any]:
     return {"id": uid, "name": names.display_name(server), "links": links(req, "servers", uid)}
 
 
+def addresses(status: ServerStatus) -> dict[str, list[dict[str, Any]]]:
+    """Nova's ``addresses``: per network, in NIC order, its fixed IPv4 addresses and MACs
+    (from ``status.addresses``, given by the controller with the binding)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for address in status.addresses:
+        out.setdefault(address.network, []).append(
+            {
+                "version": 4,
+                "addr": address.ip,
+                "OS-EXT-IPS:type": "fixed",
+                "OS-EXT-IPS-MAC:mac_addr": address.mac,
+            }
+        )
+    return out
+
+
 def nova_state(server: Server, look: Lookups) -> state.NovaState:
     """The server's Nova state, with what the project's ServerMigrations say of it."""
     uid = server.uid
@@ -214,7 +230,7 @@ def server_detail(
     out: dict[str, Any] = {
         "accessIPv4": "",
         "accessIPv6": "",
-        "addresses": {},
+        "addresses": addresses(status),
         "created": nova_time(created(server)),
         "flavor": _embedded_flavor(req, server, look),
         "hostId": host_id(project, node),

@@ -17,6 +17,7 @@ import pydantic
 
 from kubenova_api import constants, kube
 from kubenova_api.common import KubeObject
+from kubenova_api.networks import Network, ProviderNetwork
 from kubenova_api.resources import (
     ComputeQuota,
     ComputeQuotaSpec,
@@ -133,6 +134,27 @@ def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | 
     return {uid: server}
 
 
+@kopf.index(G, V, constants.NETWORKS)
+def networks(body: kopf.Body, **_: Any) -> dict[str, Network] | None:
+    net = _parse(Network, body)
+    return {net.full_name: net} if net is not None else None
+
+
+@kopf.index(G, V, constants.NETWORKS)
+def default_networks(body: kopf.Body, **_: Any) -> dict[str, str] | None:
+    """Namespace -> the name of each of its Networks marked default (and not being deleted)."""
+    net = _parse(Network, body)
+    if net is None or not net.spec.default or net.metadata.deleting:
+        return None
+    return {net.namespace or "": net.name}
+
+
+@kopf.index(G, V, constants.PROVIDERNETWORKS)
+def provider_networks(name: str, body: kopf.Body, **_: Any) -> dict[str, ProviderNetwork] | None:
+    pnet = _parse(ProviderNetwork, body)
+    return {name: pnet} if pnet is not None else None
+
+
 @kopf.index(G, V, constants.SERVERMIGRATIONS)
 def server_migrations(uid: str, body: kopf.Body, **_: Any) -> dict[str, ServerMigration] | None:
     smig = _parse(ServerMigration, body)
@@ -155,6 +177,9 @@ INDEXES = (
     "servers",
     "pending_servers",
     "server_migrations",
+    "networks",
+    "default_networks",
+    "provider_networks",
     "quotas",
 )
 
@@ -177,6 +202,9 @@ def snapshot(
         cluster=known,
         groups=_latest(indexes["group_policies"]),
         moving=migrations.target_claims(smigs, known.get),
+        networks=_latest(indexes["networks"]),
+        providers=_latest(indexes["provider_networks"]),
+        default_networks={ns: list(store) for ns, store in indexes["default_networks"].items()},
         quotas={ns: list(store) for ns, store in indexes["quotas"].items() if len(store)},
     )
     pending = list(_latest(indexes["pending_servers"]).values())
@@ -229,4 +257,14 @@ def quota_event(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.event(G, V, constants.SERVERMIGRATIONS)
 def server_migration_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, kwargs)
+
+
+@kopf.on.event(G, V, constants.NETWORKS)
+def network_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, kwargs)
+
+
+@kopf.on.event(G, V, constants.PROVIDERNETWORKS)
+def provider_network_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)

@@ -6,7 +6,8 @@ kube-scheduler keeps), so a burst never over-commits a host."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Mapping
 
 from kubenova_operator.scheduling.hosts import Resources
 
@@ -18,6 +19,8 @@ class Claim:
     resources: Resources
     group: str | None = None
     """``namespace/name`` of the Server's ServerGroup, if it has one."""
+    addresses: tuple[tuple[str, ipaddress.IPv4Address, str], ...] = ()
+    """(network, IP, MAC) of each NIC, in order: held with the binding."""
     namespace: str = ""
     """The Server's namespace (its project: what its quota counts)."""
 
@@ -27,10 +30,32 @@ class Claims:
 
     def __init__(self) -> None:
         self._assumed: dict[str, Claim] = {}
+        self._held: dict[str, dict[ipaddress.IPv4Address, str]] = {}
+        self._macs: dict[str, set[str]] = {}
+        self.cursors: dict[str, ipaddress.IPv4Address] = {}
+        """Per network, the address last given: the next search starts after it (IPAM)."""
 
     def assume(self, claim: Claim) -> None:
         """Record a binding just written, until the API server's view includes it."""
+        self.forget(claim.uid)
         self._assumed[claim.uid] = claim
+        for index, (net, ip, mac) in enumerate(claim.addresses):
+            self._held.setdefault(net, {})[ip] = f"{claim.uid}/{index}"
+            self._macs.setdefault(net, set()).add(mac)
+
+    def held(self, network: str) -> Mapping[ipaddress.IPv4Address, str]:
+        """Addresses on ``network`` held by bindings in flight (read-only)."""
+        return self._held.get(network, {})
+
+    def macs(self, network: str) -> set[str]:
+        return self._macs.get(network, set())
+
+    def network_hosts(self, network: str) -> set[str]:
+        """Hosts that Servers of ``network`` are being bound to."""
+        return {c.host for c in self._assumed.values() if any(a[0] == network for a in c.addresses)}
+
+    def network_users(self, network: str) -> set[str]:
+        return {c.uid for c in self._assumed.values() if any(a[0] == network for a in c.addresses)}
 
     def assumed_claims(self) -> list[Claim]:
         return list(self._assumed.values())
@@ -39,7 +64,14 @@ class Claims:
         return uid in self._assumed
 
     def forget(self, uid: str) -> None:
-        self._assumed.pop(uid, None)
+        claim = self._assumed.pop(uid, None)
+        if claim is None:
+            return
+        for index, (net, ip, mac) in enumerate(claim.addresses):
+            held = self._held.get(net, {})
+            if held.get(ip) == f"{uid}/{index}":
+                del held[ip]
+            self._macs.get(net, set()).discard(mac)
 
     def settle(self, bound_to: Callable[[str], str | None], alive: Callable[[str], bool]) -> None:
         """Drop the assumptions the observed state now shows (the Server is bound where it
@@ -47,7 +79,7 @@ class Claims:
         flight, not the number of Servers."""
         for uid, claim in list(self._assumed.items()):
             if bound_to(uid) == claim.host or not alive(uid):
-                del self._assumed[uid]
+                self.forget(uid)
 
     def per_host(self) -> dict[str, Resources]:
         """What the assumed bindings claim on each host."""

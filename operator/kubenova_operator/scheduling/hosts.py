@@ -66,6 +66,10 @@ class HostState:
     claimed: Resources
     archs: tuple[str, ...] = ("x86_64",)
     virt_type: str = ""
+    physnets: frozenset[str] = frozenset()
+    """Physical networks the host maps (provider networks it can carry)."""
+    tunnel: bool = False
+    """It has a tunnel endpoint (it can carry tenant networks)."""
 
     # Computed once per state (a state is immutable; a binding makes a new one): every filter
     # and weigher reads them for every host of every decision.
@@ -123,4 +127,6 @@ def host_state(
         claimed=claimed,
         archs=tuple(status.guestArchitectures),
         virt_type=status.virtType or "",
+        physnets=frozenset(status.network.physicalNetworks) if status.network else frozenset(),
+        tunnel=bool(status.network and status.network.tunnelAddress),
     )

@@ -24,6 +24,10 @@ class Request:
     """How many members of the Server's group each host already has."""
     ignore_hosts: frozenset[str] = frozenset()
     """Hosts that must not be picked (a migration's source)."""
+    physnets: frozenset[str] = frozenset()
+    """Physical networks the host must map (the Server's provider networks)."""
+    overlay: bool = False
+    """The Server has a tenant network: the host needs a tunnel endpoint."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,13 @@ def image_properties_filter(host: HostState, req: Request) -> bool:
     return req.arch in host.archs and req.virt_type in (None, host.virt_type)
 
 
+def network_filter(host: HostState, req: Request) -> bool:
+    """The host carries every network of the Server: it maps the physical network of each
+    provider network (its agent's bridge mappings) and, for a tenant network, has a tunnel
+    endpoint for the overlay."""
+    return req.physnets <= host.physnets and (not req.overlay or host.tunnel)
+
+
 def server_group_anti_affinity_filter(host: HostState, req: Request) -> bool:
     return req.group_policy != "anti-affinity" or req.group_hosts.get(host.name, 0) == 0
 
@@ -109,6 +120,7 @@ FILTERS: tuple[tuple[str, Filter], ...] = (
     ("HostNameFilter", host_name_filter),
     ("AvailabilityZoneFilter", availability_zone_filter),
     ("ImagePropertiesFilter", image_properties_filter),
+    ("NetworkFilter", network_filter),
     ("ServerGroupAntiAffinityFilter", server_group_anti_affinity_filter),
     ("ServerGroupAffinityFilter", server_group_affinity_filter),
     ("VCPUFilter", vcpu_filter),
