@@ -28,8 +28,11 @@ say() { printf 'setup: %s\n' "$*"; }
 elapsed() { printf '%ss' "$((SECONDS - $1))"; }
 
 # --- Debian packages -----------------------------------------------------------------------
+# syslinux .. ovmf: the test guest as BIOS- and UEFI-bootable disk images (built as plain files,
+# no mounts or loop devices) and the UEFI firmware (OVMF) the host offers guests.
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-          qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc)
+          qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc
+          syslinux syslinux-common mtools dosfstools fdisk grub-efi-amd64-bin ovmf)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -137,8 +137,132 @@ class ImageSource(ApiModel):
     uec: UecSource | None = Field(default=None, description="A kernel + ramdisk (UEC) image.")
 
 
+class FirmwareType(enum.StrEnum):
+    """Nova's ``hw_firmware_type``."""
+
+    bios = "bios"
+    uefi = "uefi"
+
+
+class SecureBoot(enum.StrEnum):
+    """Nova's ``os_secure_boot``."""
+
+    required = "required"
+    disabled = "disabled"
+    optional = "optional"
+
+
+class DiskBus(enum.StrEnum):
+    """Nova's ``hw_disk_bus`` (for the root disk; the config drive stays on virtio)."""
+
+    virtio = "virtio"
+    scsi = "scsi"
+    sata = "sata"
+    ide = "ide"
+
+
+class RngModel(enum.StrEnum):
+    """Nova's ``hw_rng_model``."""
+
+    virtio = "virtio"
+
+
+class VideoModel(enum.StrEnum):
+    """Nova's ``hw_video_model``; ``none`` gives the guest no video device."""
+
+    none = "none"
+    vga = "vga"
+    virtio = "virtio"
+    bochs = "bochs"
+    cirrus = "cirrus"
+
+
+MACHINE_TYPE = r"^(pc|q35|pc-i440fx-[0-9]+\.[0-9]+|pc-q35-[0-9]+\.[0-9]+)$"
+I440FX = "(self.hw_machine_type == 'pc' || self.hw_machine_type.startsWith('pc-i440fx-'))"
+Q35 = "self.hw_machine_type.contains('q35')"
+
+
+class ImageProperties(ApiModel):
+    """Glance image properties that decide the guest's virtual hardware, with Nova's names
+    and meanings. Unset means the host's default (BIOS on an i440fx machine, virtio disk, no
+    RNG, no video device)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "!has(self.os_secure_boot) || self.os_secure_boot == 'disabled' || "
+                "(has(self.hw_firmware_type) && self.hw_firmware_type == 'uefi')",
+                "os_secure_boot needs hw_firmware_type: uefi",
+            ),
+            (
+                "!has(self.os_secure_boot) || self.os_secure_boot == 'disabled' || "
+                f"!has(self.hw_machine_type) || {Q35}",
+                "secure boot needs a q35 machine type (pc/i440fx has no SMM for it)",
+            ),
+            (
+                "!has(self.hw_disk_bus) || self.hw_disk_bus != 'ide' || "
+                f"(has(self.hw_machine_type) ? !({Q35}) : "
+                "!(has(self.hw_firmware_type) && self.hw_firmware_type == 'uefi'))",
+                "hw_disk_bus ide needs an i440fx machine type (q35, the UEFI default, has no "
+                "IDE controller)",
+            ),
+        )
+    }
+
+    hw_firmware_type: FirmwareType | None = Field(
+        default=None, description="bios (SeaBIOS) or uefi (OVMF); bios when unset."
+    )
+    os_secure_boot: SecureBoot | None = Field(
+        default=None,
+        description="UEFI secure boot with the enrolled-keys firmware: required (only hosts "
+        "that have it), optional (where available) or disabled (the default).",
+    )
+    hw_machine_type: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=MACHINE_TYPE,
+        description="QEMU machine type: pc, q35 or a versioned one (pc-q35-7.2); pc for BIOS "
+        "and q35 for UEFI when unset.",
+    )
+    hw_disk_bus: DiskBus | None = Field(
+        default=None, description="Bus of the root disk: virtio (default), scsi, sata or ide."
+    )
+    hw_rng_model: RngModel | None = Field(
+        default=None, description="virtio gives the guest a virtio RNG fed by /dev/urandom."
+    )
+    hw_video_model: VideoModel | None = Field(
+        default=None, description="The video device: none (default), vga, virtio, bochs, cirrus."
+    )
+
+    @property
+    def firmware(self) -> FirmwareType:
+        return self.hw_firmware_type or FirmwareType.bios
+
+    @property
+    def disk_bus(self) -> DiskBus:
+        return self.hw_disk_bus or DiskBus.virtio
+
+    @property
+    def machine_type(self) -> str | None:
+        """The machine type the guest gets: set, else q35 for UEFI, else the host's default."""
+        if self.hw_machine_type:
+            return self.hw_machine_type
+        return "q35" if self.firmware is FirmwareType.uefi else None
+
+
 class ImageSpec(ApiModel):
     """A Glance-like image. Its source is immutable: an image's bits never change by name."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "!has(self.properties) || !has(self.properties.os_secure_boot) || "
+                "self.properties.os_secure_boot != 'required' || has(self.source.disk)",
+                "os_secure_boot: required needs a disk image (a UEC kernel is booted directly, "
+                "past the firmware's signature checks)",
+            )
+        )
+    }
 
     source: ImageSource = Field(
         description="Where the image's bits come from (immutable).",
@@ -152,6 +276,12 @@ class ImageSpec(ApiModel):
     virtType: VirtType | None = Field(
         default=None,
         description="Only hosts that run guests this way (kvm or qemu emulation); any if unset.",
+    )
+    properties: ImageProperties = Field(
+        default_factory=ImageProperties,
+        description="Glance image properties that decide the virtual hardware (Nova's names: "
+        "hw_firmware_type, os_secure_boot, hw_machine_type, hw_disk_bus, hw_rng_model, "
+        "hw_video_model); unknown ones are refused.",
     )
 
 

@@ -2,7 +2,8 @@
 
 * kernel: ``vmlinuz`` of Debian's cloud kernel package (``apt-get download``, ``dpkg-deb -x``);
 * ramdisk: a busybox initramfs whose ``/init`` loads the virtio, ISO 9660 and ACPI button
-  modules, prints :data:`MARKER` on the serial console, reports what it finds on ``/dev/vda``,
+  modules, prints :data:`MARKER` on the serial console, reports what it finds on each virtio
+  disk (its first bytes and its size in bytes, as the guest sees it),
   handles the ACPI power button, then prints an uptime counter every second;
 * disk: a small qcow2 whose first bytes hold :data:`DISK_MARKER`, to prove the disk path.
 """
@@ -47,6 +48,7 @@ sleep 1
 for d in /dev/vd?; do
     [ -b "$d" ] || continue
     echo "disk $d: $(head -c 64 "$d" | tr -cd 'A-Za-z0-9-' | head -c 40)"
+    echo "disk-size $d: $(( $(cat /sys/block/${d#/dev/}/size) * 512 ))"
 done
 # The config drive (label config-2): inject its files, run its user data if it is a script.
 for d in /dev/vd?; do

@@ -26,13 +26,16 @@ from kubenova_api.common import ConditionStatus
 from kubenova_api.kube import ObjectRef, RetryLater
 from kubenova_api.resources import (
     DiskFormat,
+    FirmwareType,
     FlavorSnapshot,
     Image,
+    ImageProperties,
     ImageSource,
     Phase,
     PowerState,
     RebootType,
     RestartPolicy,
+    SecureBoot,
     Server,
     ServerStatus,
 )
@@ -217,17 +220,39 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         raise RetryLater("WaitingForFlavor", "the controller has not recorded the flavor yet", 2.0)
     uid = server.uid
     image = _image(deps, spec.imageRef)
+    # The image that boots decides the hardware (the rescue image's, in rescue).
+    props = image.spec.properties
+    bus = props.disk_bus.value
     try:
         boot, disk_source = _fetch(deps, server, image.spec.source)
-        root = _root_disk(deps, f"{volume_prefix(uid)}root.qcow2", flavor, disk_source, "vda")
+        root = _root_disk(
+            deps,
+            f"{volume_prefix(uid)}root.qcow2",
+            flavor,
+            disk_source,
+            domain_xml.disk_target(bus, 0),
+            bus,
+        )
         disks = [root]
         if spec.rescue is not None:
             rescue_image = _image(deps, spec.rescue.imageRef or spec.imageRef)
+            props = rescue_image.spec.properties
+            bus = props.disk_bus.value
             boot, rescue_source = _fetch(deps, server, rescue_image.spec.source)
             rescue_root = _root_disk(
-                deps, f"{volume_prefix(uid)}rescue.qcow2", flavor, rescue_source, "vda"
+                deps,
+                f"{volume_prefix(uid)}rescue.qcow2",
+                flavor,
+                rescue_source,
+                domain_xml.disk_target(bus, 0),
+                bus,
             )
-            disks = [rescue_root, dataclasses.replace(root, target="vdb")]
+            disks = [
+                rescue_root,
+                dataclasses.replace(
+                    root, target=domain_xml.disk_target(bus, 1), bus=bus
+                ),
+            ]
     except images.ImageError as exc:
         if exc.transient:
             raise RetryLater(exc.reason, str(exc), 10.0) from exc
@@ -238,9 +263,10 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         f"{volume_prefix(uid)}config.iso",
         lambda path: configdrive.write(path, configdrive.metadata_of(server), spec),
     )
+    on_virtio = sum(1 for d in disks if d.bus == "virtio")
     disks.append(
         domain_xml.Disk(
-            drive, format="raw", target=f"vd{chr(ord('a') + len(disks))}", readonly=True
+            drive, format="raw", target=domain_xml.disk_target("virtio", on_virtio), readonly=True
         )
     )
     pathlib.Path(deps.settings.consoles_dir).mkdir(parents=True, exist_ok=True)
@@ -258,7 +284,31 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         rescue=spec.rescue is not None,
         cpu_xml=deps.guest_cpu(server) if deps.guest_cpu is not None else None,
         disk_cache=deps.settings.disk_cache,
+        firmware=firmware_of(deps, uid, props),
+        machine=props.machine_type,
+        rng=props.hw_rng_model is not None,
+        video=props.hw_video_model.value if props.hw_video_model is not None else None,
     )
+
+
+def nvram_name(uid: str) -> str:
+    """The Server's UEFI variable store: a file of its storage pool, so that it goes with the
+    Server's disks (copied on a move, deleted with the Server)."""
+    return f"{volume_prefix(uid)}nvram.fd"
+
+
+def firmware_of(deps: Deps, uid: str, props: ImageProperties) -> domain_xml.Firmware | None:
+    """UEFI as the image's properties ask for it; None is BIOS."""
+    if props.firmware is not FirmwareType.uefi:
+        return None
+    secure = {
+        None: False,
+        SecureBoot.disabled: False,
+        SecureBoot.required: True,
+        SecureBoot.optional: None,
+    }[props.os_secure_boot]
+    nvram = os.path.join(deps.settings.instances_dir, nvram_name(uid))
+    return domain_xml.Firmware(nvram=nvram, secure_boot=secure)
 
 
 def _cached(deps: Deps, server: Server, url: str, sha256: str) -> pathlib.Path:
@@ -308,6 +358,7 @@ def _root_disk(
     flavor: FlavorSnapshot,
     disk: tuple[pathlib.Path, DiskFormat] | None,
     target: str,
+    bus: str = "virtio",
 ) -> domain_xml.Disk:
     flavor_bytes = flavor.diskGiB * GIB
     if disk is None:
@@ -328,7 +379,7 @@ def _root_disk(
     path_str = deps.storage.ensure_volume(volume, capacity, backing)
     if deps.storage.grow_volume(volume, capacity):  # resized to a bigger flavor
         log.info("grew %s to %.1f GiB", volume, capacity / GIB)
-    return domain_xml.Disk(path=path_str, format="qcow2", target=target)
+    return domain_xml.Disk(path=path_str, format="qcow2", target=target, bus=bus)
 
 
 # ----------------------------------------------------------------------------- converging
