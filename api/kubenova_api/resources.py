@@ -178,7 +178,6 @@ class VideoModel(enum.StrEnum):
 
 
 MACHINE_TYPE = r"^(pc|q35|pc-i440fx-[0-9]+\.[0-9]+|pc-q35-[0-9]+\.[0-9]+)$"
-I440FX = "(self.hw_machine_type == 'pc' || self.hw_machine_type.startsWith('pc-i440fx-'))"
 Q35 = "self.hw_machine_type.contains('q35')"
 
 
@@ -190,14 +189,14 @@ class ImageProperties(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
-                "!has(self.os_secure_boot) || self.os_secure_boot == 'disabled' || "
+                "!has(self.os_secure_boot) || self.os_secure_boot != 'required' || "
                 "(has(self.hw_firmware_type) && self.hw_firmware_type == 'uefi')",
-                "os_secure_boot needs hw_firmware_type: uefi",
+                "os_secure_boot: required needs hw_firmware_type: uefi",
             ),
             (
-                "!has(self.os_secure_boot) || self.os_secure_boot == 'disabled' || "
+                "!has(self.os_secure_boot) || self.os_secure_boot != 'required' || "
                 f"!has(self.hw_machine_type) || {Q35}",
-                "secure boot needs a q35 machine type (pc/i440fx has no SMM for it)",
+                "os_secure_boot: required needs a q35 machine type (i440fx has no SMM for it)",
             ),
             (
                 "!has(self.hw_disk_bus) || self.hw_disk_bus != 'ide' || "

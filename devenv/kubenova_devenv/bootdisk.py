@@ -103,9 +103,7 @@ def _fat_partition(disk: pathlib.Path, table: str, fat_bits: str, label: str) ->
     mtools image spec (``file@@offset``) of that filesystem."""
     with disk.open("wb") as f:
         f.truncate(IMAGE_MIB << 20)
-    _run(
-        _tool("sfdisk"), "--no-reread", "--no-tell-kernel", "-q", str(disk), stdin=table
-    )
+    _run(_tool("sfdisk"), "--no-reread", "--no-tell-kernel", "-q", str(disk), stdin=table)
     end_reserve = 34 if "gpt" in table else 0  # the backup GPT at the end of the disk
     sectors = (IMAGE_MIB << 20) // SECTOR - PART_START - end_reserve
     extra = ["-s", "1"] if fat_bits == "32" else []

@@ -249,9 +249,7 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
             )
             disks = [
                 rescue_root,
-                dataclasses.replace(
-                    root, target=domain_xml.disk_target(bus, 1), bus=bus
-                ),
+                dataclasses.replace(root, target=domain_xml.disk_target(bus, 1), bus=bus),
             ]
     except images.ImageError as exc:
         if exc.transient:

@@ -12,6 +12,7 @@ import pathlib
 from typing import Any
 
 import pytest
+from lxml import etree
 
 from kubenova_agent import migration_source, migration_status, migration_target, reconcile
 from kubenova_agent.driver import JobStats, State, StopReason
@@ -217,6 +218,41 @@ def test_rescue_and_unrescue(bed: Bed) -> None:
     server = bed.reconcile(rescue=None)
     assert server.status.phase is Phase.ACTIVE
     assert bed.kube.reasons()[-2:] == ["Rescued", "Unrescued"]
+
+
+def _image_with(bed: Bed, name: str, **properties: str) -> None:
+    image = bed.kube.get(Image, "img")
+    assert image is not None
+    body = image.model_dump(mode="json", exclude_none=True)
+    body["metadata"]["name"] = name
+    body["spec"]["properties"] = properties
+    bed.kube.put(Image.parse(body))
+
+
+def test_image_properties_decide_firmware_machine_bus_rng_and_video(bed: Bed) -> None:
+    """A UEFI image gets OVMF with a variable store of the Server's own in the storage pool; a
+    BIOS rescue image of it boots without one, and unrescue brings the same store back."""
+    _image_with(bed, "img", hw_firmware_type="uefi", hw_disk_bus="scsi", hw_rng_model="virtio")
+    _image_with(bed, "bios-rescue", hw_firmware_type="bios", hw_video_model="vga")
+    bed.reconcile()
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    nvram = str(pathlib.Path(bed.settings.instances_dir) / f"{UID}-nvram.fd")
+    assert xml.find("os").get("firmware") == "efi"
+    assert xml.findtext("os/nvram") == nvram
+    assert xml.find("os/type").get("machine") == "q35"  # UEFI's default machine
+    assert [f.get("enabled") for f in xml.findall("os/firmware/feature")] == ["no"]
+    targets = [(t.get("dev"), t.get("bus")) for t in xml.findall("devices/disk/target")]
+    assert targets == [("sda", "scsi"), ("vda", "virtio")]  # the config drive stays on virtio
+    assert xml.find("devices/rng") is not None
+    bed.reconcile(rescue={"imageRef": "bios-rescue"})
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    assert xml.find("os").get("firmware") is None and xml.find("os/nvram") is None
+    targets = [(t.get("dev"), t.get("bus")) for t in xml.findall("devices/disk/target")]
+    assert targets == [("vda", "virtio"), ("vdb", "virtio"), ("vdc", "virtio")]
+    assert xml.find("devices/video/model").get("type") == "vga"
+    bed.reconcile(rescue=None)
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    assert xml.findtext("os/nvram") == nvram
 
 
 def test_a_checksum_mismatch_is_permanent_until_the_spec_changes(tmp_path: pathlib.Path) -> None:
