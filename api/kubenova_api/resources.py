@@ -177,7 +177,7 @@ class VideoModel(enum.StrEnum):
     cirrus = "cirrus"
 
 
-MACHINE_TYPE = r"^(pc|q35|pc-i440fx-[0-9]+\.[0-9]+|pc-q35-[0-9]+\.[0-9]+)$"
+MACHINE_TYPE = r"^(pc|q35|pc-(i440fx|q35)-[0-9]+(\.[0-9]+)+)$"
 Q35 = "self.hw_machine_type.contains('q35')"
 
 
@@ -588,6 +588,16 @@ class HypervisorStatus(StatusModel):
     evacuation: Evacuation | None = Field(default=None, description="Drain progress.")
     guestArchitectures: list[str] = Field(
         default_factory=list, description="Guest CPU architectures the host can run."
+    )
+    firmwares: list[str] = Field(
+        default_factory=list,
+        description="Guest firmwares the host has: bios, uefi, uefi-secure-boot (OVMF with "
+        "secure boot and enrolled keys).",
+    )
+    machineTypes: list[str] = Field(
+        default_factory=list,
+        description="QEMU machine types the host runs for its own architecture (aliases such "
+        "as pc and q35 and the versioned names).",
     )
     total: Resources | None = Field(default=None, description="Physical capacity.")
     reserved: Resources | None = Field(default=None, description="Kept for the host itself.")

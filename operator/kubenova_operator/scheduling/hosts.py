@@ -65,6 +65,8 @@ class HostState:
     claimed: Resources
     archs: tuple[str, ...] = ("x86_64",)
     virt_type: str = ""
+    firmwares: tuple[str, ...] = ("bios",)
+    machine_types: tuple[str, ...] = ()
 
     @property
     def capacity(self) -> Resources:
@@ -120,4 +122,6 @@ def host_state(
         claimed=claimed,
         archs=tuple(status.guestArchitectures),
         virt_type=status.virtType or "",
+        firmwares=tuple(status.firmwares) or ("bios",),  # an agent that says nothing: BIOS
+        machine_types=tuple(status.machineTypes),
     )
