@@ -366,6 +366,17 @@ class Rescue(ApiModel):
 class ServerSpec(ApiModel):
     """What the user wants of a server; everything observed is in status."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.imageRef == oldSelf.imageRef || (has(self.rebuildRequestedAt) && "
+                "(!has(oldSelf.rebuildRequestedAt) || "
+                "self.rebuildRequestedAt != oldSelf.rebuildRequestedAt))",
+                "imageRef changes only by a rebuild: set a new rebuildRequestedAt with it",
+            )
+        )
+    }
+
     flavorRef: str = Field(
         min_length=1,
         max_length=253,
@@ -376,8 +387,8 @@ class ServerSpec(ApiModel):
         min_length=1,
         max_length=253,
         pattern=DNS_SUBDOMAIN,
-        description="Name of the Image (cluster-scoped) to boot (immutable).",
-        json_schema_extra=cel(("self == oldSelf", "imageRef is immutable")),
+        description="Name of the Image (cluster-scoped) to boot; changed only together with "
+        "a new rebuildRequestedAt (a rebuild).",
     )
     powerState: PowerState = Field(
         default=PowerState.Running, description="Running, Stopped, Suspended or Paused."
@@ -423,6 +434,11 @@ class ServerSpec(ApiModel):
         default=None,
         description="A new value asks for one reboot (as `kubectl rollout restart` does).",
     )
+    rebuildRequestedAt: dt.datetime | None = Field(
+        default=None,
+        description="A new value asks for one rebuild (Nova's rebuild): the root disk is made "
+        "anew from imageRef and the config drive rewritten; same UID, name, host and flavor.",
+    )
     rebootType: RebootType = Field(
         default=RebootType.Soft,
         description="Soft (ACPI shutdown, then hard after shutdownTimeoutSeconds) or Hard.",
@@ -463,6 +479,12 @@ class ServerStatus(StatusModel):
     launchedAt: dt.datetime | None = Field(default=None, description="When it first ran.")
     observedRebootRequestedAt: dt.datetime | None = Field(
         default=None, description="The last reboot request acted on."
+    )
+    observedRebuildRequestedAt: dt.datetime | None = Field(
+        default=None, description="The last rebuild request acted on."
+    )
+    imageRef: str | None = Field(
+        default=None, description="The Image the server runs now (written by its agent)."
     )
     restartCount: int = Field(
         default=0, description="Times the agent started the guest again after it stopped."

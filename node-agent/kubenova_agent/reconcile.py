@@ -130,6 +130,7 @@ class Converged:
     refused: str | None = None
     """Why the declared state cannot be reached from the current one (nothing was tried)."""
     reboot_seen: dt.datetime | None = None
+    rebuild_seen: dt.datetime | None = None
     restarted: int = 0
 
 
@@ -392,7 +393,8 @@ def converge(deps: Deps, server: Server, guest: GuestInfo) -> Converged:
     spec = server.spec
     out = Converged(guest)
     want_rescue = spec.rescue is not None
-    if want_rescue != domain_xml.is_rescue(guest.xml):
+    _rebuild_if_asked(deps, server, out)
+    if want_rescue != domain_xml.is_rescue(out.guest.xml):
         out.guest = switch_rescue(deps, server, want_rescue)
     if want_rescue:
         if out.guest.state is not State.running:
@@ -429,6 +431,32 @@ def switch_rescue(deps: Deps, server: Server, to_rescue: bool) -> GuestInfo:
     else:
         _event(deps, server, "Unrescued", "booted the server's own disk again")
     return _refresh(deps, uid)
+
+
+def _rebuild_if_asked(deps: Deps, server: Server, out: Converged) -> None:
+    """Nova's rebuild, once per request: the guest goes, its root disk, config drive and UEFI
+    variables are made anew from ``imageRef``, and it is defined again (same UID, name, host
+    and flavor); the power step that follows starts it if it is to run. Safe to repeat when
+    interrupted: the request counts as done only once the status says so."""
+    spec, uid = server.spec, server.uid
+    asked = spec.rebuildRequestedAt
+    last = deps.written.get(uid)
+    seen = server.status.observedRebuildRequestedAt or (
+        last.observedRebuildRequestedAt if last is not None else None
+    )
+    if asked is None or asked == seen:
+        return
+    out.rebuild_seen = asked
+    if spec.rescue is not None:
+        _event(deps, server, "RebuildRefused", "a rescued server is not rebuilt", warn=True)
+        return
+    deps.guests.destroy(uid, force=True)
+    deps.guests.discard_saved(uid)
+    deps.guests.undefine(uid)
+    deps.storage.delete_volumes(volume_prefix(uid))
+    deps.guests.define(domain_xml.build_domain_xml(domain_config(deps, server)))
+    out.guest = _refresh(deps, uid)
+    _event(deps, server, "Rebuilt", f"rebuilt from Image {spec.imageRef}")
 
 
 def _reboot_if_asked(deps: Deps, server: Server, out: Converged) -> None:
@@ -659,6 +687,15 @@ def observed_status(
     )
     if reboot_seen is not None:
         status.observedRebootRequestedAt = reboot_seen
+    rebuild_seen = (
+        (converged.rebuild_seen if converged else None)
+        or old.observedRebuildRequestedAt
+        or (last.observedRebuildRequestedAt if last is not None else None)
+    )
+    if rebuild_seen is not None:
+        status.observedRebuildRequestedAt = rebuild_seen
+    if guest is not None:
+        status.imageRef = domain_xml.image_of(guest.xml)
     restarts = max(old.restartCount, last.restartCount if last is not None else 0)
     status.restartCount = restarts + (converged.restarted if converged else 0)
     return status

@@ -267,10 +267,16 @@ def test_consistent_image_properties_are_accepted_and_may_change(api: stack.Stac
     api.kubectl("delete", "image", "props")
 
 
-def test_server_image_ref_is_immutable(api: stack.Stack) -> None:
+def test_server_image_ref_changes_only_by_a_rebuild(api: stack.Stack) -> None:
     assert _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="one"))[0] == 0
     code, stderr = _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="two"))
-    assert code != 0 and "imageRef is immutable" in stderr
+    assert code != 0 and "imageRef changes only by a rebuild" in stderr
+    at = "2026-11-29T22:00:00Z"
+    rebuilt = _server("pinned", flavorRef="m1.tiny", imageRef="two", rebuildRequestedAt=at)
+    assert _apply(api, rebuilt)[0] == 0
+    again = _server("pinned", flavorRef="m1.tiny", imageRef="three", rebuildRequestedAt=at)
+    code, stderr = _apply(api, again)  # the same request cannot change it a second time
+    assert code != 0 and "imageRef changes only by a rebuild" in stderr
     api.kubectl("delete", "server", "pinned", "-n", "default")
 
 

@@ -255,6 +255,25 @@ def test_image_properties_decide_firmware_machine_bus_rng_and_video(bed: Bed) ->
     assert xml.findtext("os/nvram") == nvram
 
 
+def test_a_rebuild_request_recreates_disks_once_and_reports_the_new_image(bed: Bed) -> None:
+    first = bed.reconcile()
+    assert first.status.imageRef == "img" and first.status.phase is Phase.ACTIVE
+    _image_with(bed, "img2", hw_firmware_type="uefi")
+    drive = pathlib.Path(bed.storage.folder) / f"{UID}-config.iso"
+    drive.write_bytes(b"old")  # rewritten by the rebuild, not kept
+    asked = dt.datetime(2026, 11, 29, 22, 0, tzinfo=dt.UTC)
+    server = bed.reconcile(imageRef="img2", rebuildRequestedAt=asked)
+    assert server.status.imageRef == "img2" and server.status.phase is Phase.ACTIVE
+    assert server.status.observedRebuildRequestedAt == asked
+    assert server.metadata.uid == UID and server.status.nodeName == "host-a"
+    assert drive.read_bytes() != b"old"
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    assert xml.find("os").get("firmware") == "efi"  # the new image's hardware
+    assert bed.guests.domains[UID].state is State.running
+    bed.reconcile()
+    assert bed.kube.reasons().count("Rebuilt") == 1  # once per request
+
+
 def test_a_checksum_mismatch_is_permanent_until_the_spec_changes(tmp_path: pathlib.Path) -> None:
     bed = Bed(tmp_path, sha="0" * 64)
     server = bed.reconcile()

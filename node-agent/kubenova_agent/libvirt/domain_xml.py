@@ -195,6 +195,12 @@ def owner_of(xml: str) -> Owner | None:
     )
 
 
+def image_of(xml: str) -> str | None:
+    """The name of the Image the domain was built from."""
+    root = etree.fromstring(xml.encode())
+    return root.findtext("metadata/k:server/k:image", namespaces={"k": NS}) or None
+
+
 def is_rescue(xml: str) -> bool:
     """Whether the domain is the rescue form of its Server."""
     root = etree.fromstring(xml.encode())
