@@ -12,6 +12,7 @@ import time
 from types import FrameType
 
 from kubenova_agent import (
+    bootwatch,
     capacity,
     images,
     informer,
@@ -76,6 +77,7 @@ class Agent:
             images=image_cache,
             virt_type=virt_type,
             guest_cpu=self._guest_cpu,
+            boots=bootwatch.BootWatch(cfg.boot_timeout_seconds),
         )
         self.migrator = migrations.MigrationAgent(
             self.deps, self.kube, self.migrations, self._requeue_uid

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from kubenova_agent import configdrive, driver, images
+from kubenova_agent import bootwatch, configdrive, driver, images
 from kubenova_agent.driver import GuestInfo, State, StopReason
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.settings import AgentSettings
@@ -100,6 +100,8 @@ class Deps:
     """Whether a guest has just migrated away (the target deletes it when asked)."""
     guest_cpu: Callable[[Server], str | None] | None = None
     """The ``<cpu>`` XML a new guest of this Server gets (None: the hypervisor's default)."""
+    boots: bootwatch.BootWatch | None = None
+    """Boots this agent started, watched for the firmware finding nothing to boot."""
 
 
 class Permanent(Exception):
@@ -142,6 +144,7 @@ class Report:
     waiting: tuple[str, str] | None = None
     converged: Converged | None = None
     migrating: str | None = None
+    boot_failed: str | None = None
 
 
 def reconcile_server(deps: Deps, server: Server) -> float | None:
@@ -179,7 +182,9 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
             guest = deps.guests.get(meta.uid)
             if guest is None:
                 raise RetryLater("SpawnFailed", "domain vanished right after it was defined")
+        before = guest.state
         converged = converge(deps, server, guest)
+        delay, failed = _watch_boot(deps, server, before, converged)
     except Permanent as exc:
         report(deps, server, None, Report(error=(exc.reason, str(exc))))
         deps.kube.event(server_ref(server), exc.reason, str(exc), warning=True)
@@ -189,9 +194,26 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
         return exc.delay
     except errors.HypervisorError as exc:
         raise RetryLater("LibvirtError", str(exc)) from exc
-    report(deps, server, converged.guest, Report(converged=converged))
+    report(deps, server, converged.guest, Report(converged=converged, boot_failed=failed))
     serve_console(deps, server)
-    return None
+    return delay
+
+
+def _watch_boot(
+    deps: Deps, server: Server, before: State, out: Converged
+) -> tuple[float | None, str | None]:
+    """Watch a boot this pass started; (seconds until the next look, why it did not boot)."""
+    watch, uid = deps.boots, server.uid
+    if watch is None or out.guest.state is not State.running:
+        return None, None
+    console = console_path(deps.settings, uid)
+    booted_now = before in (State.shutoff, State.crashed) or (
+        out.reboot_seen is not None or out.rebuild_seen is not None or out.restarted > 0
+    )
+    if booted_now:
+        watch.started(uid, console)
+    delay = watch.check(uid, console)
+    return delay, watch.failed.get(uid)
 
 
 PERMANENT_REASONS = {
@@ -653,6 +675,8 @@ def observed_status(
         if what.migrating is not None:
             phase = Phase.MIGRATING
             cond = ("True", "Migrating", f"{what.migrating}; running on {host} until then")
+        elif guest.state is State.running and what.boot_failed is not None:
+            cond = ("False", "BootFailed", f"{what.boot_failed} (on {host})")
         elif guest.state is State.running:
             cond = ("True", "Rescued" if rescued else "Running", f"running on {host}")
         elif stopped_by_itself(server, guest):
@@ -725,6 +749,8 @@ def report(deps: Deps, server: Server, guest: GuestInfo | None, what: Report = R
             f"the guest stopped by itself; restart policy {server.spec.restartPolicy.value}",
             warn=ready.reason != StopReason.shutdown.value,
         )
+    if ready.reason == "BootFailed" and (old_ready is None or old_ready.reason != "BootFailed"):
+        _event(deps, server, "BootFailed", ready.message, warn=True)
     converged = what.converged
     if converged is not None and converged.refused:
         new = common.get_condition(status.conditions, "Converged")
@@ -782,6 +808,8 @@ def delete_server(deps: Deps, server: Server) -> None:
         return
     uid = server.uid
     teardown(deps, uid)
+    if deps.boots is not None:
+        deps.boots.forget(uid)
     deps.kube.remove_finalizer(server_ref(server), constants.FINALIZER_DOMAIN)
     deps.written.pop(uid, None)
     deps.console_served.pop(uid, None)

@@ -71,6 +71,11 @@ class AgentSettings:
         "(NFS, CephFS), as libvirt needs for a safe live migration.",
         choices=("none", "writethrough", "writeback", "directsync", "unsafe"),
     )
+    boot_timeout_seconds: float = option(
+        120.0,
+        "How long after starting a guest the agent watches its console for the firmware "
+        "giving up (no bootable device); such a Server's Ready condition says so.",
+    )
     migration_workers: int = option(
         2,
         "Migration steps handled in parallel (each running migration also has its own thread).",

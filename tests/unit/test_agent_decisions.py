@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from kubenova_agent import migration_source, migration_status, migration_target, reconcile
+from kubenova_agent import (
+    bootwatch,
+    migration_source,
+    migration_status,
+    migration_target,
+    reconcile,
+)
 from kubenova_agent.driver import JobStats, State, StopReason
 from kubenova_agent.libvirt.domain_xml import VirtType
 from kubenova_agent.settings import AgentSettings
@@ -272,6 +278,34 @@ def test_a_rebuild_request_recreates_disks_once_and_reports_the_new_image(bed: B
     assert bed.guests.domains[UID].state is State.running
     bed.reconcile()
     assert bed.kube.reasons().count("Rebuilt") == 1  # once per request
+
+
+def test_a_guest_whose_firmware_finds_nothing_to_boot_is_not_ready(bed: Bed) -> None:
+    bed.deps.boots = bootwatch.BootWatch(timeout=60)
+    console = pathlib.Path(reconcile.console_path(bed.settings, UID))
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("No bootable device.\n")  # an earlier boot's: not this one's
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE and ready(server).reason == "Running"
+    with console.open("a") as f:
+        f.write("SeaBIOS\nBooting from Hard Disk...\nBoot failed: not a bootable disk\n")
+    server = bed.reconcile()
+    assert ready(server).status == "False" and ready(server).reason == "BootFailed"
+    assert "no boot loader on the disk" in ready(server).message
+    assert bed.kube.reasons().count("BootFailed") == 1
+    # A reboot is a new boot: watched afresh, the old failure forgotten.
+    server = bed.reconcile(
+        rebootRequestedAt=dt.datetime(2026, 11, 29, 23, 0, tzinfo=dt.UTC), rebootType="Hard"
+    )
+    assert ready(server).reason == "Running"
+
+
+def test_boot_failures_read_from_the_console() -> None:
+    assert bootwatch.failure_in("BdsDxe: No bootable option or device was found.\r\n") == (
+        "the UEFI firmware found no bootable option or device"
+    )
+    assert "secure boot" in (bootwatch.failure_in("... Access Denied ...") or "")
+    assert bootwatch.failure_in("KUBENOVA-GUEST-UP\nkubenova-uptime 3.2\n") is None
 
 
 def test_a_checksum_mismatch_is_permanent_until_the_spec_changes(tmp_path: pathlib.Path) -> None:

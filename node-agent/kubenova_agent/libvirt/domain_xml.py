@@ -145,6 +145,9 @@ def build_domain_xml(cfg: DomainConfig) -> str:
         _sub(os_el, "cmdline", cfg.boot.cmdline)
     else:
         _sub(os_el, "boot", dev="hd")
+        if cfg.firmware is None:
+            # SeaBIOS on the serial console too: "No bootable device" is seen there.
+            _sub(os_el, "bios", useserial="yes")
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
