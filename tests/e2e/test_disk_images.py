@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from kubenova_devenv import guestimage, stack
-from tests.conftest import eventually
+from tests.conftest import condition, eventually
 from tests.e2e import helpers
 
 pytestmark = pytest.mark.timeout(600)
@@ -135,7 +135,64 @@ def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
     assert f"disk-size /dev/vda: {image_bytes}" in console
     assert nvram.stat().st_ino == inode and _sha(nvram) != _sha(template)
 
-    # Deleting the Server removes its variable store with its disks.
+    # Rebuild the UEFI Server from the BIOS image: same UID, host and flavor; a new root disk
+    # and config drive; no variable store any more (BIOS).
+    drive = uefi.host.outside(f"/var/lib/kubenova/instances/{uefi.uid}-config.iso")
+    drive_inode = drive.stat().st_ino
+    helpers.patch(
+        bed,
+        namespace,
+        "uefi",
+        {"imageRef": "kubenova-guest-bios", "rebuildRequestedAt": "2026-11-29T22:30:00Z"},
+    )
+    console = uefi.booted(4)
+    rebuilt = eventually(
+        lambda: (s := uefi.server())["status"].get("imageRef") == "kubenova-guest-bios" and s,
+        60,
+        what="status.imageRef after the rebuild",
+    )
+    assert rebuilt["metadata"]["uid"] == uefi.uid
+    assert rebuilt["status"]["nodeName"] == uefi.host_name
+    assert rebuilt["status"]["flavor"]["name"] == "disk.as-image"
+    assert f"disk-size /dev/vda: {image_bytes}" in console[console.rfind(guestimage.MARKER) :]
+    assert "firmware='efi'" not in uefi.host.virsh("dumpxml", uefi.uid)
+    assert not nvram.exists() and drive.stat().st_ino != drive_inode
+
+    # Deleting the Servers removes their disks (and a variable store) with them.
     bed.kubectl("delete", "server", "uefi", "bios", "-n", namespace, "--timeout=120s")
-    assert not nvram.exists()
     assert helpers.volumes_for(bed, uefi.uid) == [] and helpers.volumes_for(bed, bios.uid) == []
+
+
+def test_a_disk_without_a_boot_loader_is_not_ready_with_the_reason(
+    bed: stack.Stack, namespace: str
+) -> None:
+    """The BIOS finds nothing to boot: the Server says so, instead of a silent ACTIVE."""
+    disk, sha = bed.disk_variant(f"noboot-{namespace[-6:]}")
+    assert bed.image_server is not None
+    image = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Image",
+        "metadata": {"name": f"noboot-{namespace}"},
+        "spec": {
+            "source": {"disk": {"url": bed.image_server.url(disk), "sha256": sha}},
+            "properties": {"hw_firmware_type": "bios"},
+        },
+    }
+    helpers.apply(bed, yaml.safe_dump(image))
+    bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
+    helpers.apply(bed, helpers.server("blank", namespace, image=f"noboot-{namespace}"))
+    ready = eventually(
+        lambda: (
+            (c := condition(bed.get("server", "blank", namespace), "Ready")).get("reason")
+            == "BootFailed"
+            and c
+        ),
+        90,
+        what="Ready=False BootFailed",
+    )
+    assert ready["status"] == "False"
+    assert "did not boot" in ready["message"] and "BIOS" in ready["message"], ready
+    events = bed.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "reason=BootFailed", "-o", "name"
+    ).stdout
+    assert events.strip(), "a BootFailed event"
