@@ -288,7 +288,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(
         f"{'servers':>8} {'hosts':>6} {'all ACTIVE':>11} {'p50':>7} {'p95':>7} {'p99':>7} "
         f"{'binds/s':>8} {'writes/srv':>10} {'status/srv':>10} {'events/srv':>10} "
-        f"{'ctl MiB':>8} {'ctl peak':>8} {'agent MiB':>9}"
+        f"{'refused':>8} {'ctl MiB':>8} {'ctl peak':>8} {'agent MiB':>9}"
     )
     for r in results:
         w = r["writes"]
@@ -297,12 +297,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['servers']:8d} {r['hosts']:6d} {r['all_active_s']:10.2f}s {r['p50_s']:6.2f}s "
             f"{r['p95_s']:6.2f}s {r['p99_s']:6.2f}s {binds} "
             f"{w['server_writes_per_server']:10.2f} {w['status_writes_per_server']:10.2f} "
-            f"{w['events_per_server']:10.2f} {r['controller_rss_mib']:8.1f} "
+            f"{w['events_per_server']:10.2f} {sum(w['refused'].values()):8d} "
+            f"{r['controller_rss_mib']:8.1f} "
             f"{r['controller_peak_rss_mib']:8.1f} {r['per_agent_rss_mib']:9.2f}"
         )
     print(
-        "writes/srv: writes to servers and servers/status (the create included) per Server; "
-        "events/srv apart; from apiserver_request_total"
+        "writes/srv: writes to servers and servers/status (the create included) the API "
+        "server carried out, per Server; events/srv apart; refused: attempts answered 4xx/5xx "
+        "(429 = over the API server's in-flight limit); from apiserver_request_total"
     )
     for r in results:
         late = r["watch"]["servers_seen_late_by_a_relist"]

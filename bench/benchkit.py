@@ -766,18 +766,25 @@ def api_writes(api: client.ApiClient) -> collections.Counter[WriteKey]:
 
 
 def summarise_writes(delta: collections.Counter[WriteKey], servers: int) -> dict[str, Any]:
-    """Writes per Server: to ``servers/status``, to ``servers`` otherwise (the creates
-    included), Events apart; every other resource as a total; and the conflicts (409)."""
+    """Writes per Server that the API server carried out (2xx): to ``servers/status``, to
+    ``servers`` otherwise (the creates included), Events apart; every other resource as a
+    total. Refused attempts are counted apart by code and resource (409 conflicts, 422 failed
+    guards, 429 from an API server over its in-flight limit): they cost a round trip each but
+    changed nothing."""
     by_path: collections.Counter[str] = collections.Counter()
     by_verb: collections.Counter[str] = collections.Counter()
     conflicts: collections.Counter[str] = collections.Counter()
+    refused: collections.Counter[str] = collections.Counter()
     for key, n in delta.items():
         if n <= 0:
             continue
+        if not key.code.startswith("2"):
+            refused[f"{key.code} {key.path} {key.verb}"] += n
+            if key.code == "409":
+                conflicts[key.path] += n
+            continue
         by_path[key.path] += n
         by_verb[f"{key.path} {key.verb}"] += n
-        if key.code == "409":
-            conflicts[key.path] += n
     status_writes = by_path["servers/status"]
     other_writes = (
         sum(n for p, n in by_path.items() if p.split("/")[0] == "servers") - status_writes
@@ -789,6 +796,7 @@ def summarise_writes(delta: collections.Counter[WriteKey], servers: int) -> dict
         "events_per_server": round(by_path["events"] / servers, 2),
         "by_resource_and_verb": dict(sorted(by_verb.items())),
         "conflicts_409": dict(sorted(conflicts.items())),
+        "refused": dict(sorted(refused.items())),
     }
 
 

@@ -78,6 +78,13 @@ fi
 
 # --- Go-built binaries -----------------------------------------------------------------------
 mkdir -p "$BIN"
+# The cache is shared by every checkout on the machine: set-ups running at once (several
+# clones, worktrees, CI) take turns here, and the later ones find the binaries built.
+exec 9>"$BIN/.setup.lock"
+if ! flock -n 9; then
+    say "waiting for another set-up that is building into $CACHE"
+    flock 9
+fi
 # Version stamps: without them the binaries report v0.0.0-master, which breaks `kubectl
 # version` and Helm's kubeVersion check.
 k8s_ldflags() {
@@ -123,4 +130,5 @@ build kube "$K8S_VERSION-r2" "$(k8s_ldflags)" \
 
 # --- Guest image -----------------------------------------------------------------------------
 "$VENV/bin/python" -m kubenova_devenv.guestimage >/dev/null
+flock -u 9
 say "ready for '$PROFILE' (venv: $VENV, cache: $CACHE)"
