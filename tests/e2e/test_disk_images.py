@@ -121,6 +121,17 @@ def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
         g.booted(2)
     assert nvram.stat().st_ino == inode
 
+    # Suspend (managed save) and resume the UEFI guest: it runs on, no new boot.
+    uptime = helpers.last_uptime(uefi.console())
+    helpers.patch(bed, namespace, "uefi", {"powerState": "Suspended"})
+    uefi.phase("SUSPENDED")
+    helpers.patch(bed, namespace, "uefi", {"powerState": "Running"})
+    uefi.phase("ACTIVE")
+    eventually(
+        lambda: helpers.last_uptime(uefi.console()) > uptime + 1, 60, what="the uptime going on"
+    )
+    assert helpers.boots(uefi.console()) == 2
+
     # A hard reboot of each: a third boot, the same variable store.
     for g in (bios, uefi):
         helpers.patch(
