@@ -19,6 +19,7 @@ from tests.e2e import helpers
 pytestmark = pytest.mark.timeout(600)
 
 GIB = 1 << 30
+MARK = guestimage.MARKER
 
 
 class Booted:
@@ -122,7 +123,12 @@ def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
     assert nvram.stat().st_ino == inode
 
     # Suspend (managed save) and resume the UEFI guest: it runs on, no new boot.
-    uptime = helpers.last_uptime(uefi.console())
+    this_boot = eventually(
+        lambda: "kubenova-uptime" in (t := uefi.console()[uefi.console().rfind(MARK) :]) and t,
+        60,
+        what="the uptime counter of boot 2",
+    )
+    uptime = helpers.last_uptime(this_boot)
     helpers.patch(bed, namespace, "uefi", {"powerState": "Suspended"})
     uefi.phase("SUSPENDED")
     helpers.patch(bed, namespace, "uefi", {"powerState": "Running"})
