@@ -124,7 +124,7 @@ def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
 
     # Suspend (managed save) and resume the UEFI guest: it runs on, no new boot.
     this_boot = eventually(
-        lambda: "kubenova-uptime" in (t := uefi.console()[uefi.console().rfind(MARK) :]) and t,
+        lambda: "kubenova-uptime" in (t := (c := uefi.console())[c.rfind(MARK) :]) and t,
         60,
         what="the uptime counter of boot 2",
     )
