@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from kubenova_devenv import stack
+from kubenova_devenv import openstackapi, stack
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SERVER, NAMESPACE = "web-1", "default"
@@ -117,6 +117,7 @@ def _run(s: stack.Stack, args: argparse.Namespace, say: _Say) -> int:
     print("---", flush=True)
     if args.once:
         return 0
+    _openstack(s, say)
     say(f"running; try `KUBECONFIG={kubeconfig} kubectl get srv -o wide`. Ctrl-C stops everything.")
     shown = len(console)
     while True:
@@ -126,6 +127,22 @@ def _run(s: stack.Stack, args: argparse.Namespace, say: _Say) -> int:
         sys.stdout.flush()
         shown = len(text)
         time.sleep(POLL_SECONDS)
+
+
+#: The OpenStack user ``kubenova up`` makes: an administrator, impersonated as ``alice``.
+OPENSTACK_USER = openstackapi.OpenStackUser("admin", "kubenova", "alice")
+
+
+def _openstack(s: stack.Stack, say: _Say) -> None:
+    """Start the OpenStack API facade and write an ``openrc`` and a ``clouds.yaml`` for it."""
+    openstackapi.install(s, [OPENSTACK_USER])
+    openstackapi.grant(s, "kubenova-openstack-admin", user=OPENSTACK_USER.kubernetes_user)
+    proc, url = openstackapi.start(s)
+    s.extra.append(proc)
+    rc, clouds = openstackapi.write_client_files(s.workdir, url, OPENSTACK_USER, NAMESPACE)
+    say(f"OpenStack APIs at {url} (compute /v2.1, image /image, identity /identity/v3)")
+    say(f"  . {rc}            # then: openstack server list")
+    say(f"  OS_CLIENT_CONFIG_FILE={clouds} openstack --os-cloud kubenova server list")
 
 
 def _check(s: stack.Stack) -> None:

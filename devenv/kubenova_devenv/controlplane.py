@@ -24,6 +24,10 @@ USERS: dict[str, tuple[str, ...]] = {
     "admin": ("system:masters",),
     "kubenova:controller": ("kubenova:controllers",),
     "kubenova:agent": ("kubenova:agents",),
+    "kubenova:openstack-api": ("kubenova:openstack-api",),
+    # People with no rights of their own (tests and the quickstart grant them some).
+    "alice": ("tenants",),
+    "bob": ("tenants",),
 }
 
 

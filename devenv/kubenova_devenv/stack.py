@@ -132,6 +132,9 @@ class Stack:
     image_server: imageserver.ImageServer | None = None
     guest: guestimage.GuestImage | None = None
     boot_disks: bootdisk.BootDisks | None = None
+    extra: list[Proc] = dataclasses.field(default_factory=list)
+    """Other processes started on this stack (the OpenStack API facade), stopped with it and
+    watched like the components."""
 
     def __post_init__(self) -> None:
         self.cp = controlplane.ControlPlane(self.workdir / "controlplane")
@@ -178,7 +181,8 @@ class Stack:
     def stop(self) -> None:
         """Stop everything that was started, guests included; one part failing to stop does
         not keep the others running."""
-        steps: list[Callable[[], None]] = [proc.stop for proc in self.agents.values()]
+        steps: list[Callable[[], None]] = [proc.stop for proc in self.extra]
+        steps += [proc.stop for proc in self.agents.values()]
         if self.controller is not None:
             steps.append(self.controller.stop)
         steps += [host.stop for host in self.hosts.values()]
@@ -205,7 +209,7 @@ class Stack:
             if code is not None:
                 return Exited(f"libvirtd of {host.name}", code, host.root / "libvirtd.out")
         procs = [self.controller] if self.controller is not None else []
-        for proc in [*procs, *self.agents.values()]:
+        for proc in [*procs, *self.agents.values(), *self.extra]:
             if proc.popen is not None and proc.popen.poll() is not None:
                 return Exited(proc.name, proc.popen.returncode, proc.log_path)
         return None
@@ -228,7 +232,8 @@ class Stack:
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     # ------------------------------------------------------------------ components
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
+        """The environment of every component process."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -247,7 +252,7 @@ class Stack:
             "controller",
             [sys.executable, "-m", "kubenova_operator.main", *config.to_args(cfg)],
             self.workdir / "controller.log",
-            self._env(),
+            self.env(),
         )
         self.controller = proc
         proc.start()
@@ -281,7 +286,7 @@ class Stack:
                 *extra_args,
             ],
             self.workdir / f"agent-{host_name}.log",
-            self._env(),
+            self.env(),
         )
         self.agents[host_name] = proc
         proc.start()
@@ -305,7 +310,7 @@ class Stack:
             f"agent-{name}",
             [sys.executable, "-m", "kubenova_agent.main", *config.to_args(cfg)],
             self.workdir / f"agent-{name}.log",
-            self._env(),
+            self.env(),
         )
         self.agents[name] = proc
         proc.start()
@@ -335,7 +340,7 @@ class Stack:
                 str(heartbeat),
             ],
             self.workdir / "simfleet.log",
-            self._env(),
+            self.env(),
         )
         self.agents["simfleet"] = proc
         proc.start()

@@ -18,6 +18,7 @@ from tests.conftest import eventually
 pytestmark = pytest.mark.libvirtd
 
 KUBENOVA = pathlib.Path(sys.executable).parent / "kubenova"
+OPENSTACK = pathlib.Path(sys.executable).parent / "openstack"
 
 
 class Up:
@@ -125,6 +126,17 @@ def test_sigint_in_the_background_stops_everything_guests_included(up_dir: pathl
 def test_sigterm_stops_everything(up_dir: pathlib.Path) -> None:
     up = Up(up_dir, background=False)
     up.wait_for("Ctrl-C stops everything")
+    # The printed openrc works as it is: the openstack CLI sees the example server.
+    rc = up_dir / "openrc"
+    assert f". {rc}" in up.text()
+    listing = subprocess.run(
+        ["bash", "-c", f". {rc} && {OPENSTACK} server list -f value -c Name -c Status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OS_")},
+    )
+    assert listing.stdout.split() == ["web-1", "ACTIVE"], listing.stderr
     started = up.started()
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(timeout=60) == 128 + signal.SIGTERM, up.text()

@@ -34,7 +34,7 @@ def test_import_operator_is_the_standard_library_from_the_repository_root() -> N
 
 def test_console_scripts_are_installed() -> None:
     bindir = pathlib.Path(sys.executable).parent
-    for name in ("kubenova", "kubenova-controller", "kubenova-agent"):
+    for name in ("kubenova", "kubenova-controller", "kubenova-agent", "kubenova-openstack-api"):
         assert (bindir / name).exists(), name
     out = subprocess.run(
         [str(bindir / "kubenova"), "--help"], capture_output=True, text=True, check=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 
 from kubenova_api import common, resources
 from kubenova_api.resources import Hypervisor
@@ -68,7 +69,9 @@ class HostState:
     firmwares: tuple[str, ...] = ("bios",)
     machine_types: tuple[str, ...] = ()
 
-    @property
+    # Computed once per state (a state is immutable; a binding makes a new one): every filter
+    # and weigher reads them for every host of every decision.
+    @functools.cached_property
     def capacity(self) -> Resources:
         """What may be claimed in all: (total - reserved) x ratio, as placement computes it."""
         return Resources(
@@ -77,7 +80,7 @@ class HostState:
             int((self.total.disk_gib - self.reserved.disk_gib) * self.ratios.disk),
         )
 
-    @property
+    @functools.cached_property
     def free(self) -> Resources:
         cap = self.capacity
         return Resources(

@@ -4,6 +4,7 @@ rank the rest, ties break by name. A refusal says which filter rejected how many
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 from kubenova_operator.scheduling.hosts import HostState, Resources
@@ -197,10 +198,12 @@ def pick_host(
         if not candidates:
             return NoValidHost(tuple(rejections), len(hosts))
     scores = weigh(req, candidates, weights or Weights())
-    best = max(zip(scores, candidates, strict=True), key=lambda p: (p[0], _name_key(p[1].name)))
-    return Decision(best[1].name)
+    top = max(scores)
+    tied = [h for score, h in zip(scores, candidates, strict=True) if score == top]
+    return Decision(max(tied, key=lambda h: _name_key(h.name)).name)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _name_key(name: str) -> tuple[int, ...]:
     # Deterministic tie-break favouring the alphabetically first host under max().
     return tuple(-ord(c) for c in name)

@@ -1,0 +1,386 @@
+"""``POST /servers/{id}/action``: each Nova action becomes a change of what the Server
+declares (its power state, a reboot request, its rescue, its flavor) or a ServerMigration.
+
+As Nova does, an action the server's state does not allow is refused at once with 409
+(``Cannot 'pause' instance … while it is in vm_state stopped``), so a refused action never
+lingers as an unmet declaration; the answer is 202 and the agent does the work.
+
+Moves: ``os-migrateLive`` is a ServerMigration (target given or the scheduler's choice).
+``migrate`` (cold, in Nova) of a running server moves it live in kubenova — the guest keeps
+running — and of a stopped one cold; ``resize`` changes ``flavorRef`` (the controller resizes
+a stopped server by a cold move; a running one is stopped first and started again when the
+resize is done). Both end in VERIFY_RESIZE until ``confirmResize`` (or ``revertResize``,
+which moves the server back, or restores its flavor). What a move waits for is kept in an
+annotation on the Server (:data:`VERIFY`), never in the facade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from kubenova_api import constants
+from kubenova_openstack import lookup, names
+from kubenova_openstack.compute import state
+from kubenova_openstack.faults import Fault
+from kubenova_openstack.kubeapi import JSON_PATCH
+from kubenova_openstack.web import Req, reply
+
+CONSOLE_REQUEST = f"{constants.PREFIX}/console-request"
+VERIFY = f"{constants.PREFIX}/verify-resize"
+"""JSON on a Server moved or resized through the facade, until confirmed or reverted:
+``kind`` (migrate / resize), ``migration`` (the ServerMigration's name, for a migrate),
+``fromHost``, ``fromFlavor``, ``restart`` (start it again once resized)."""
+CONSOLE_TIMEOUT = 30.0
+
+
+def _conflict(action: str, server: dict[str, Any], nova: state.NovaState) -> Fault:
+    return Fault(
+        409,
+        f"Cannot '{action}' instance {server['metadata']['uid']} while it is in vm_state "
+        f"{nova.vm_state}",
+    )
+
+
+def _require(
+    action: str, server: dict[str, Any], vm_states: tuple[str, ...], *, idle: bool = True
+) -> state.NovaState:
+    nova = state.of(server)
+    if nova.vm_state not in vm_states:
+        raise _conflict(action, server, nova)
+    if idle and nova.task_state is not None:
+        raise Fault(
+            409,
+            f"Cannot '{action}' instance {server['metadata']['uid']} while it is in "
+            f"task_state {nova.task_state}",
+        )
+    return nova
+
+
+async def _spec(req: Req, server: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    return await req.kube.patch(
+        req.context.caller,
+        constants.SERVERS,
+        server["metadata"]["name"],
+        {"spec": spec},
+        req.project,
+    )
+
+
+def _accepted() -> web.Response:
+    return reply(status=202)
+
+
+async def action(req: Req) -> web.StreamResponse:
+    body = await req.body()
+    if not isinstance(body, dict) or len(body) != 1:
+        raise Fault(400, "There is no such action: the body must name exactly one action")
+    ((name, args),) = body.items()
+    handler = ACTIONS.get(name)
+    if handler is None:
+        raise Fault(400, f"There is no such action: {name}")
+    server = await lookup.server(req, req.params["id"])
+    return await handler(req, server, args if isinstance(args, dict) else {})
+
+
+# ----------------------------------------------------------------------------- power
+
+
+async def start(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("start", server, ("stopped",))
+    await _spec(req, server, {"powerState": "Running"})
+    return _accepted()
+
+
+async def stop(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("stop", server, ("active", "error"))
+    await _spec(req, server, {"powerState": "Stopped"})
+    return _accepted()
+
+
+async def suspend(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("suspend", server, ("active",))
+    await _spec(req, server, {"powerState": "Suspended"})
+    return _accepted()
+
+
+async def resume(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("resume", server, ("suspended",))
+    await _spec(req, server, {"powerState": "Running"})
+    return _accepted()
+
+
+async def pause(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("pause", server, ("active",))
+    await _spec(req, server, {"powerState": "Paused"})
+    return _accepted()
+
+
+async def unpause(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("unpause", server, ("paused",))
+    await _spec(req, server, {"powerState": "Running"})
+    return _accepted()
+
+
+def _now() -> str:
+    # Unique per request even within one second: a new value is a new reboot request.
+    when = dt.datetime.now(dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}Z"
+
+
+async def reboot(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+    kind = str(args.get("type", "")).upper()
+    if kind not in ("SOFT", "HARD"):
+        raise Fault(400, "Invalid input for field/attribute type.")
+    if kind == "SOFT":
+        _require("reboot", server, ("active",))
+        await _spec(req, server, {"rebootRequestedAt": _now(), "rebootType": "Soft"})
+    else:
+        _require(
+            "reboot", server, ("active", "stopped", "paused", "suspended", "error"), idle=False
+        )
+        await _spec(
+            req,
+            server,
+            {"rebootRequestedAt": _now(), "rebootType": "Hard", "powerState": "Running"},
+        )
+    return _accepted()
+
+
+async def rescue(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+    _require("rescue", server, ("active", "stopped", "error"))
+    image_ref = args.get("rescue_image_ref")
+    rescue_spec: dict[str, Any] = {}
+    if image_ref:
+        image = await lookup.image(req, str(image_ref).rstrip("/").rsplit("/", 1)[-1])
+        rescue_spec["imageRef"] = image["metadata"]["name"]
+    await _spec(req, server, {"rescue": rescue_spec, "powerState": "Running"})
+    return reply({})
+
+
+async def unrescue(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    _require("unrescue", server, ("rescued",))
+    await req.kube.patch(
+        req.context.caller,
+        constants.SERVERS,
+        server["metadata"]["name"],
+        [{"op": "remove", "path": "/spec/rescue"}],
+        req.project,
+        content_type=JSON_PATCH,
+    )
+    return _accepted()
+
+
+# ----------------------------------------------------------------------------- console
+
+
+async def console_output(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+    """Ask the guest's agent for the console's tail (the annotation ``kubenova console``
+    sets) and wait for its answer in the ConfigMap ``<server>-console``."""
+    length = args.get("length")
+    if length is not None:
+        try:
+            length = int(length)
+        except (TypeError, ValueError) as exc:
+            raise Fault(400, "Invalid input for field/attribute length.") from exc
+        if length < -1:
+            raise Fault(400, "Invalid input for field/attribute length.")
+    nova = state.of(server)
+    if nova.vm_state not in ("active", "stopped", "paused", "suspended", "rescued", "resized"):
+        raise _conflict("get_console_output", server, nova)
+    name, ns = server["metadata"]["name"], req.project
+    nonce = secrets.token_hex(8)
+    await req.kube.patch(
+        req.context.caller,
+        constants.SERVERS,
+        name,
+        {"metadata": {"annotations": {CONSOLE_REQUEST: nonce}}},
+        ns,
+    )
+    deadline = time.monotonic() + CONSOLE_TIMEOUT
+    while time.monotonic() < deadline:
+        cm = await req.kube.get_or_none(
+            req.context.caller, "configmaps", f"{name}-console", ns, core=True
+        )
+        if cm is not None and names.annotations_of(cm).get(CONSOLE_REQUEST) == nonce:
+            lines = str((cm.get("data") or {}).get("console", "")).splitlines()
+            if length is not None and length >= 0:
+                lines = lines[-length:] if length else []
+            return reply({"output": "\n".join(lines)})
+        await asyncio.sleep(0.2)
+    raise Fault(
+        409,
+        f"The console of {server['metadata']['uid']} is not available: no answer "
+        f"from its host's agent within {CONSOLE_TIMEOUT:.0f}s",
+    )
+
+
+# ----------------------------------------------------------------------------- moves
+
+
+async def _migration(
+    req: Req, server: dict[str, Any], target: str | None, prefix: str
+) -> dict[str, Any]:
+    name = server["metadata"]["name"]
+    spec: dict[str, Any] = {"serverRef": name}
+    if target:
+        spec["targetNode"] = target
+    body = {
+        "apiVersion": constants.API_VERSION,
+        "kind": "ServerMigration",
+        "metadata": {
+            "generateName": f"{name[:40]}-{prefix}-",
+            "namespace": req.project,
+            "annotations": {names.USER_ID: req.context.user_id},
+        },
+        "spec": spec,
+    }
+    return await req.kube.create(req.context.caller, constants.SERVERMIGRATIONS, body, req.project)
+
+
+async def _check_host(req: Req, host: str | None) -> None:
+    if host is None:
+        return
+    found = await req.kube.get_or_none(req.context.caller, constants.HYPERVISORS, host)
+    if found is None:
+        raise Fault(400, f"Compute host {host} could not be found.")
+
+
+async def live_migrate(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+    """Nova's ``os-migrateLive``: ``host`` or the scheduler's choice; ``block_migration``
+    ``auto`` (kubenova detects shared storage per migration, so every value means that)."""
+    if "host" not in args:
+        raise Fault(400, "Invalid input for field/attribute os-migrateLive: 'host' is required")
+    if req.at_least("2.25") and args.get("block_migration", "auto") not in (
+        "auto",
+        True,
+        False,
+        "True",
+        "False",
+        "true",
+        "false",
+    ):
+        raise Fault(400, "Invalid input for field/attribute block_migration.")
+    _require("os-migrateLive", server, ("active", "paused"))
+    host = args.get("host") or None
+    await _check_host(req, host)
+    await _migration(req, server, host, "live")
+    return _accepted()
+
+
+async def migrate(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+    host = args.get("host") if req.at_least("2.56") else None
+    if "host" in args and not req.at_least("2.56"):
+        raise Fault(400, "Invalid input for field/attribute migrate: 'host' needs 2.56")
+    nova = _require("migrate", server, ("active", "stopped"))
+    await _check_host(req, host)
+    made = await _migration(req, server, host, "migrate")
+    verify = {
+        "kind": "migrate",
+        "migration": made["metadata"]["name"],
+        "fromHost": (server.get("status") or {}).get("nodeName"),
+        "live": nova.vm_state == "active",
+    }
+    await _annotate(req, server, {VERIFY: json.dumps(verify)})
+    return _accepted()
+
+
+async def resize(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+    ref = args.get("flavorRef")
+    if not ref:
+        raise Fault(400, "Resize requests require 'flavorRef' attribute.")
+    nova = _require("resize", server, ("active", "stopped"))
+    flavor = await lookup.flavor(req, str(ref).rstrip("/").rsplit("/", 1)[-1])
+    new = flavor["metadata"]["name"]
+    spec = server.get("spec") or {}
+    old = spec.get("flavorRef")
+    if new == old:
+        raise Fault(400, "When resizing, instances must change flavor!")
+    current = ((server.get("status") or {}).get("flavor") or {}).get("diskGiB", 0)
+    if int((flavor.get("spec") or {}).get("diskGiB", 0)) < int(current):
+        raise Fault(400, "Resizing to a smaller disk flavor is not allowed.")
+    verify = {
+        "kind": "resize",
+        "fromFlavor": old,
+        "fromHost": (server.get("status") or {}).get("nodeName"),
+        "restart": nova.vm_state == "active",
+    }
+    await _annotate(req, server, {VERIFY: json.dumps(verify)})
+    changes: dict[str, Any] = {"flavorRef": new}
+    if nova.vm_state == "active":
+        changes["powerState"] = "Stopped"  # kubenova resizes a stopped server
+    await _spec(req, server, changes)
+    return _accepted()
+
+
+async def _annotate(req: Req, server: dict[str, Any], ann: dict[str, str | None]) -> None:
+    await req.kube.patch(
+        req.context.caller,
+        constants.SERVERS,
+        server["metadata"]["name"],
+        {"metadata": {"annotations": ann}},
+        req.project,
+    )
+
+
+def pending_verify(server: dict[str, Any]) -> dict[str, Any] | None:
+    text = names.annotations_of(server).get(VERIFY)
+    if not text:
+        return None
+    try:
+        found: dict[str, Any] = json.loads(text)
+    except ValueError:
+        return None
+    return found
+
+
+async def confirm_resize(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    from kubenova_openstack.compute import servers  # noqa: PLC0415
+
+    look = await servers.lookups(req, servers=[server])
+    if server["metadata"]["uid"] not in look.verify_resize:
+        raise _conflict("confirmResize", server, state.of(server))
+    await _annotate(req, server, {VERIFY: None})
+    return reply(status=204)
+
+
+async def revert_resize(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+    """Back to where it was: a migrate moves it back to its old host, a resize restores the
+    old flavor (kubenova disks only grow: the disk keeps the larger size)."""
+    from kubenova_openstack.compute import servers  # noqa: PLC0415
+
+    look = await servers.lookups(req, servers=[server])
+    verify = pending_verify(server)
+    if server["metadata"]["uid"] not in look.verify_resize or verify is None:
+        raise _conflict("revertResize", server, state.of(server))
+    await _annotate(req, server, {VERIFY: None})
+    if verify.get("kind") == "migrate" and verify.get("fromHost"):
+        await _migration(req, server, str(verify["fromHost"]), "revert")
+    elif verify.get("kind") == "resize" and verify.get("fromFlavor"):
+        await _spec(req, server, {"flavorRef": verify["fromFlavor"]})
+    return _accepted()
+
+
+ACTIONS = {
+    "os-start": start,
+    "os-stop": stop,
+    "suspend": suspend,
+    "resume": resume,
+    "pause": pause,
+    "unpause": unpause,
+    "reboot": reboot,
+    "rescue": rescue,
+    "unrescue": unrescue,
+    "os-getConsoleOutput": console_output,
+    "os-migrateLive": live_migrate,
+    "migrate": migrate,
+    "resize": resize,
+    "confirmResize": confirm_resize,
+    "revertResize": revert_resize,
+}

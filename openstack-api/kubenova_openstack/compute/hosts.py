@@ -1,0 +1,351 @@
+"""Hosts as Nova shows them, from Hypervisors: ``os-hypervisors`` (list, detail, show, with
+their 2.28, 2.53 and 2.88 shapes), ``os-services`` (one ``nova-compute`` per host),
+``os-availability-zone`` (+ detail) and ``limits``.
+
+Ids: before 2.53 Nova's ids are integers (a stable number derived from the Hypervisor's
+UID here); from 2.53 UUIDs (the Hypervisor's UID, and a UUID derived from it for its
+service).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from typing import Any
+
+from aiohttp import web
+
+from kubenova_api import constants
+from kubenova_openstack.compute import views
+from kubenova_openstack.faults import Fault
+from kubenova_openstack.web import Req, reply
+
+
+def _int_id(uid: str) -> int:
+    return zlib.crc32(uid.encode()) & 0x7FFFFFFF
+
+
+def _service_uuid(uid: str) -> str:
+    return str(uuid.uuid5(uuid.UUID(uid), "nova-compute"))
+
+
+def _up(hv: dict[str, Any]) -> bool:
+    for cond in (hv.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Up":
+            return bool(cond.get("status") == "True")
+    for cond in (hv.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def _version(text: str | None) -> int:
+    parts = [int(p) for p in (text or "0").split(".")[:3] if p.isdigit()]
+    parts += [0] * (3 - len(parts))
+    return parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
+
+
+def _ids(req: Req, hv: dict[str, Any]) -> tuple[Any, Any]:
+    uid = hv["metadata"]["uid"]
+    if req.at_least("2.53"):
+        return uid, _service_uuid(uid)
+    return _int_id(uid), _int_id(_service_uuid(uid))
+
+
+def _basic(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
+    hid, _ = _ids(req, hv)
+    spec = hv.get("spec") or {}
+    return {
+        "hypervisor_hostname": hv["metadata"]["name"],
+        "id": hid,
+        "state": "up" if _up(hv) else "down",
+        "status": "disabled" if spec.get("disabled") else "enabled",
+    }
+
+
+def _detail(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
+    out = _basic(req, hv)
+    spec, status = hv.get("spec") or {}, hv.get("status") or {}
+    _, sid = _ids(req, hv)
+    out["host_ip"] = ((status.get("migration") or {}).get("address")) or "127.0.0.1"
+    out["hypervisor_type"] = status.get("hypervisorType") or "QEMU"
+    out["hypervisor_version"] = _version(status.get("hypervisorVersion"))
+    out["service"] = {
+        "host": hv["metadata"]["name"],
+        "id": sid,
+        "disabled_reason": spec.get("disabledReason") if spec.get("disabled") else None,
+    }
+    if req.at_least("2.88"):
+        out["uptime"] = None
+        return out
+    total = status.get("total") or {}
+    used = status.get("used") or {}
+    free = status.get("free") or {}
+    cpu = status.get("cpuInfo") or {}
+    cpu_info = {
+        "arch": cpu.get("arch", ""),
+        "model": cpu.get("model", ""),
+        "vendor": cpu.get("vendor", ""),
+        "features": list(cpu.get("features") or []),
+        "topology": {
+            "cores": cpu.get("cores", 0),
+            "threads": cpu.get("threads", 0),
+            "sockets": cpu.get("sockets", 0),
+        },
+    }
+    import json  # noqa: PLC0415
+
+    out.update(
+        {
+            "cpu_info": cpu_info if req.at_least("2.28") else json.dumps(cpu_info),
+            "current_workload": 0,
+            "disk_available_least": int(free.get("diskGiB", 0)),
+            "free_disk_gb": int(free.get("diskGiB", 0)),
+            "free_ram_mb": int(free.get("memoryMiB", 0)),
+            "local_gb": int(total.get("diskGiB", 0)),
+            "local_gb_used": int(used.get("diskGiB", 0)),
+            "memory_mb": int(total.get("memoryMiB", 0)),
+            "memory_mb_used": int(used.get("memoryMiB", 0)),
+            "running_vms": int(status.get("runningVMs", 0)),
+            "vcpus": int(total.get("vcpus", 0)),
+            "vcpus_used": int(used.get("vcpus", 0)),
+        }
+    )
+    return out
+
+
+async def _servers_by_host(req: Req) -> dict[str, list[dict[str, str]]]:
+    items = await req.kube.list(req.context.caller, constants.SERVERS)
+    out: dict[str, list[dict[str, str]]] = {}
+    for s in items:
+        node = (s.get("status") or {}).get("nodeName")
+        if node:
+            out.setdefault(node, []).append(
+                {
+                    "name": (s.get("status") or {}).get("domainName") or "",
+                    "uuid": s["metadata"]["uid"],
+                }
+            )
+    return out
+
+
+async def _hypervisors(req: Req) -> list[dict[str, Any]]:
+    items = await req.kube.list(req.context.caller, constants.HYPERVISORS)
+    return sorted(items, key=lambda h: h["metadata"]["name"])
+
+
+async def _listing(req: Req, detail: bool) -> web.Response:
+    hvs = await _hypervisors(req)
+    pattern = req.query("hypervisor_hostname_pattern")
+    if pattern and req.at_least("2.53"):
+        hvs = [h for h in hvs if pattern in h["metadata"]["name"]]
+        if not hvs:
+            raise Fault(404, f"No hypervisor matching '{pattern}' could be found.")
+    marker = req.query("marker")
+    if marker and req.at_least("2.33"):
+        ids = [str(_ids(req, h)[0]) for h in hvs]
+        if marker not in ids:
+            raise Fault(400, f"marker [{marker}] not found")
+        hvs = hvs[ids.index(marker) + 1 :]
+    body: dict[str, Any] = {}
+    limit = req.query("limit")
+    if limit is not None and req.at_least("2.33") and len(hvs) > int(limit):
+        hvs = hvs[: int(limit)]
+        path = "os-hypervisors/detail" if detail else "os-hypervisors"
+        body["hypervisors_links"] = [
+            {
+                "href": f"{req.base}/{path}?limit={limit}&marker={_ids(req, hvs[-1])[0]}",
+                "rel": "next",
+            }
+        ]
+    shown = [_detail(req, h) if detail else _basic(req, h) for h in hvs]
+    if req.query("with_servers") in ("true", "True", "1") and req.at_least("2.53"):
+        servers = await _servers_by_host(req)
+        for h, out in zip(hvs, shown, strict=True):
+            found = servers.get(h["metadata"]["name"])
+            if found or req.at_least("2.75"):
+                out["servers"] = found or []
+    return reply({"hypervisors": shown, **body})
+
+
+async def hypervisors(req: Req) -> web.Response:
+    return await _listing(req, detail=False)
+
+
+async def hypervisors_detail(req: Req) -> web.Response:
+    return await _listing(req, detail=True)
+
+
+async def hypervisor(req: Req) -> web.Response:
+    wanted = req.params["id"]
+    for hv in await _hypervisors(req):
+        if str(_ids(req, hv)[0]) == wanted:
+            out = _detail(req, hv)
+            if req.query("with_servers") in ("true", "True", "1") and req.at_least("2.53"):
+                found = (await _servers_by_host(req)).get(hv["metadata"]["name"])
+                if found or req.at_least("2.75"):
+                    out["servers"] = found or []
+            return reply({"hypervisor": out})
+    if req.at_least("2.53"):
+        try:
+            uuid.UUID(wanted)
+        except ValueError as exc:
+            raise Fault(400, f"Invalid uuid {wanted}") from exc
+    raise Fault(404, f"Hypervisor with ID {wanted} could not be found.")
+
+
+# ----------------------------------------------------------------------------- services
+
+
+def _service(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
+    spec, status = hv.get("spec") or {}, hv.get("status") or {}
+    _, sid = _ids(req, hv)
+    out: dict[str, Any] = {
+        "id": sid,
+        "binary": "nova-compute",
+        "disabled_reason": spec.get("disabledReason") if spec.get("disabled") else None,
+        "host": hv["metadata"]["name"],
+        "state": "up" if _up(hv) else "down",
+        "status": "disabled" if spec.get("disabled") else "enabled",
+        "updated_at": views.usage_time(status.get("lastHeartbeatTime")),
+        "zone": spec.get("availabilityZone") or "nova",
+    }
+    if req.at_least("2.11"):
+        out["forced_down"] = False
+    return out
+
+
+async def services(req: Req) -> web.Response:
+    hvs = await _hypervisors(req)
+    host, binary = req.query("host"), req.query("binary")
+    shown = [
+        _service(req, h)
+        for h in hvs
+        if (host is None or h["metadata"]["name"] == host) and binary in (None, "nova-compute")
+    ]
+    return reply({"services": shown})
+
+
+# ----------------------------------------------------------------------------- zones
+
+
+async def zones(req: Req) -> web.Response:
+    hvs = await _hypervisors(req)
+    found: dict[str, bool] = {}
+    for h in hvs:
+        zone = str((h.get("spec") or {}).get("availabilityZone") or "nova")
+        usable = _up(h) and not (h.get("spec") or {}).get("disabled")
+        found[zone] = found.get(zone, False) or usable
+    shown = [
+        {"zoneName": z, "zoneState": {"available": ok}, "hosts": None}
+        for z, ok in sorted(found.items())
+    ]
+    return reply({"availabilityZoneInfo": shown})
+
+
+async def zones_detail(req: Req) -> web.Response:
+    hvs = await _hypervisors(req)
+    by_zone: dict[str, dict[str, Any]] = {}
+    for h in hvs:
+        spec = h.get("spec") or {}
+        zone = str(spec.get("availabilityZone") or "nova")
+        entry = by_zone.setdefault(zone, {"available": False, "hosts": {}})
+        up = _up(h)
+        entry["available"] = entry["available"] or (up and not spec.get("disabled"))
+        entry["hosts"][h["metadata"]["name"]] = {
+            "nova-compute": {
+                "active": not spec.get("disabled"),
+                "available": up,
+                "updated_at": views.usage_time((h.get("status") or {}).get("lastHeartbeatTime")),
+            }
+        }
+    shown = [
+        {"zoneName": z, "zoneState": {"available": e["available"]}, "hosts": e["hosts"]}
+        for z, e in sorted(by_zone.items())
+    ]
+    return reply({"availabilityZoneInfo": shown})
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+async def limits(req: Req) -> web.Response:
+    """Nova's absolute limits. kubenova has no quotas of its own yet (a ResourceQuota on
+    the namespace counts objects, not vCPUs): limits are -1 (unlimited) and the used
+    figures are what the project's Servers take."""
+    servers = await req.kube.list(req.context.caller, constants.SERVERS, req.project)
+    groups = await req.kube.list(req.context.caller, constants.SERVERGROUPS, req.project)
+    cores = ram = 0
+    for s in servers:
+        flavor = (s.get("status") or {}).get("flavor") or {}
+        cores += int(flavor.get("vcpus", 0))
+        ram += int(flavor.get("memoryMiB", 0))
+    absolute: dict[str, Any] = {
+        "maxImageMeta": 128,
+        "maxPersonality": 5,
+        "maxPersonalitySize": 10240,
+        "maxSecurityGroupRules": -1,
+        "maxSecurityGroups": -1,
+        "maxServerMeta": 128,
+        "maxTotalCores": -1,
+        "maxTotalFloatingIps": -1,
+        "maxTotalInstances": -1,
+        "maxTotalKeypairs": -1,
+        "maxTotalRAMSize": -1,
+        "maxServerGroups": -1,
+        "maxServerGroupMembers": -1,
+        "totalCoresUsed": cores,
+        "totalInstancesUsed": len(servers),
+        "totalRAMUsed": ram,
+        "totalSecurityGroupsUsed": 0,
+        "totalFloatingIpsUsed": 0,
+        "totalServerGroupsUsed": len(groups),
+    }
+    if req.at_least("2.36"):
+        for key in (
+            "maxSecurityGroupRules",
+            "maxSecurityGroups",
+            "maxTotalFloatingIps",
+            "totalSecurityGroupsUsed",
+            "totalFloatingIpsUsed",
+        ):
+            del absolute[key]
+    if req.at_least("2.39"):
+        del absolute["maxImageMeta"]
+    if req.at_least("2.57"):
+        del absolute["maxPersonality"]
+        del absolute["maxPersonalitySize"]
+    return reply({"limits": {"absolute": absolute, "rate": []}})
+
+
+# ----------------------------------------------------------------------------- aggregates
+
+
+async def aggregates(req: Req) -> web.Response:
+    """Nova's host aggregates that carry an availability zone: one per zone a Hypervisor
+    names other than the default ``nova`` (kubenova has no other kind of aggregate)."""
+    hvs = await _hypervisors(req)
+    zones: dict[str, list[dict[str, Any]]] = {}
+    for h in hvs:
+        zone = str((h.get("spec") or {}).get("availabilityZone") or "nova")
+        if zone != "nova":
+            zones.setdefault(zone, []).append(h)
+    shown = []
+    for zone, members in sorted(zones.items()):
+        first = min(members, key=lambda h: str(h["metadata"].get("creationTimestamp", "")))
+        created = views.usage_time(first["metadata"].get("creationTimestamp"))
+        out: dict[str, Any] = {
+            "availability_zone": zone,
+            "created_at": created,
+            "deleted": False,
+            "deleted_at": None,
+            "hosts": sorted(h["metadata"]["name"] for h in members),
+            "id": _int_id(zone),
+            "metadata": {"availability_zone": zone},
+            "name": zone,
+            "updated_at": None,
+        }
+        if req.at_least("2.41"):
+            out["uuid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubenova-zone:{zone}"))
+        shown.append(out)
+    return reply({"aggregates": shown})

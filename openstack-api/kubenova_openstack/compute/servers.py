@@ -1,0 +1,587 @@
+"""``/servers``: create (202 + Location), list, list with details (Nova's filters), show,
+update, delete (204), and metadata — over namespaced Servers, as the caller.
+
+A Server made here gets a generated name (its Nova name is free text and kept in an
+annotation, see :mod:`kubenova_openstack.names`) and a label with its UID, its id. With
+``min_count``/``max_count`` several are made, named as Nova names them (``name-1``, …), under
+one reservation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from kubenova_api import constants
+from kubenova_openstack import lookup, names
+from kubenova_openstack.compute import actions, state, views
+from kubenova_openstack.faults import Fault
+from kubenova_openstack.kubeapi import KubeError
+from kubenova_openstack.web import Req, reply
+
+log = logging.getLogger(__name__)
+
+
+def move_task(server: dict[str, Any], migrations: list[dict[str, Any]]) -> str | None:
+    """Where a move of ``server`` stands: Nova's task state while a ServerMigration moves it
+    (``migrating`` live, ``resize_migrating`` cold), ``resize_finish`` while a resized server
+    starts again, ``verify`` when a move or resize made through the facade waits for
+    confirmation (VERIFY_RESIZE), None otherwise."""
+    meta, spec = server["metadata"], server.get("spec") or {}
+    status = server.get("status") or {}
+    mine = [
+        m
+        for m in migrations
+        if m["spec"].get("serverRef") == meta["name"]
+        and (m.get("status") or {}).get("serverUID") in (None, meta["uid"])
+    ]
+    for m in mine:
+        if (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            live = (m.get("status") or {}).get("live")
+            return "migrating" if live in (True, None) else "resize_migrating"
+    verify = actions.pending_verify(server)
+    if verify is None:
+        return None
+    if verify.get("kind") == "migrate":
+        named = [m for m in mine if m["metadata"]["name"] == verify.get("migration")]
+        if named and (named[0].get("status") or {}).get("phase") == "Succeeded":
+            return "verify"
+        return None
+    resized = (status.get("flavor") or {}).get("name") == spec.get("flavorRef")
+    if not resized:
+        return "resize_migrating"
+    if verify.get("restart") and status.get("phase") != "ACTIVE":
+        return "resize_finish"
+    return "verify"
+
+
+async def finish_resizes(req: Req, servers: list[dict[str, Any]], look: views.Lookups) -> None:
+    """A running server resized through the facade was stopped for it: start it again once
+    the resize is done (Nova's finish_resize powers it on). Done by whichever request sees it
+    first; repeating it changes nothing."""
+    for server in servers:
+        verify = actions.pending_verify(server)
+        spec = server.get("spec") or {}
+        if (
+            verify is None
+            or verify.get("kind") != "resize"
+            or not verify.get("restart")
+            or look.migrating.get(server["metadata"]["uid"]) != "resize_finish"
+            or spec.get("powerState") == "Running"
+        ):
+            continue
+        log.info("resize of %s done: starting it again", server["metadata"]["uid"])
+        try:
+            await req.kube.patch(
+                req.context.caller,
+                constants.SERVERS,
+                server["metadata"]["name"],
+                {"spec": {"powerState": "Running"}},
+                server["metadata"]["namespace"],
+            )
+        except KubeError as exc:
+            if exc.status not in (403, 404, 409):
+                raise
+            log.warning("could not start %s again: %s", server["metadata"]["uid"], exc)
+
+
+async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> views.Lookups:
+    """Flavors, images, hosts, groups and migrations for the views, read concurrently."""
+    kube, caller, ns = req.kube, req.context.caller, req.project
+
+    async def hosts() -> dict[str, dict[str, Any]] | None:
+        try:
+            items = await kube.list(caller, constants.HYPERVISORS)
+        except KubeError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        return {i["metadata"]["name"]: i for i in items}
+
+    async def optional(plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        try:
+            return await kube.list(caller, plural, namespace)
+        except KubeError as exc:
+            if exc.status == 403:
+                return []
+            raise
+
+    flavors, images, hvs, admin, groups, migrations = await asyncio.gather(
+        optional(constants.FLAVORS, None),
+        optional(constants.IMAGES, None),
+        hosts(),
+        kube.can(caller, "update", constants.HYPERVISORS),
+        optional(constants.SERVERGROUPS, ns),
+        optional(constants.SERVERMIGRATIONS, ns),
+    )
+    look = views.Lookups(
+        flavors={f["metadata"]["name"]: f for f in flavors},
+        images={i["metadata"]["name"]: i for i in images},
+        hypervisors=hvs,
+        admin=admin,
+        groups={g["metadata"]["name"]: g for g in groups},
+    )
+    for server in servers or []:
+        task = move_task(server, migrations)
+        if task == "verify":
+            look.verify_resize.add(server["metadata"]["uid"])
+        elif task is not None:
+            look.migrating[server["metadata"]["uid"]] = task
+    return look
+
+
+# ----------------------------------------------------------------------------- create
+
+
+def _b64_text(value: Any, what: str) -> str:
+    try:
+        return base64.b64decode(str(value), validate=True).decode()
+    except (binascii.Error, ValueError) as exc:
+        raise Fault(400, f"Invalid input for field/attribute {what}: not base64 text") from exc
+
+
+async def create(req: Req) -> web.Response:
+    body = await req.body()
+    server = (body or {}).get("server") if isinstance(body, dict) else None
+    if not isinstance(server, dict):
+        raise Fault(400, "Invalid input for field/attribute server.")
+    name = server.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise Fault(400, "Invalid input for field/attribute name.")
+    image_ref, flavor_ref = server.get("imageRef"), server.get("flavorRef")
+    if not flavor_ref:
+        raise Fault(400, "Missing flavorRef attribute")
+    if not image_ref:
+        if server.get("block_device_mapping_v2"):
+            raise Fault(400, "kubenova boots from images only (no volumes)")
+        raise Fault(400, "Missing imageRef attribute")
+    image_id = str(image_ref).rstrip("/").rsplit("/", 1)[-1]
+    flavor_id = str(flavor_ref).rstrip("/").rsplit("/", 1)[-1]
+    try:
+        image = await lookup.image(req, image_id)
+    except Fault as exc:
+        if exc.status == 404:
+            raise Fault(400, f"Image {image_id} could not be found.") from exc
+        raise
+    try:
+        flavor = await lookup.flavor(req, flavor_id)
+    except Fault as exc:
+        if exc.status == 404:
+            raise Fault(400, f"Flavor {flavor_id} could not be found.") from exc
+        raise
+    min_count = int(server.get("min_count", 1))
+    max_count = int(server.get("max_count", min_count))
+    if min_count < 1 or max_count < min_count:
+        raise Fault(400, "min_count must be <= max_count and both at least 1")
+    spec: dict[str, Any] = {
+        "flavorRef": flavor["metadata"]["name"],
+        "imageRef": image["metadata"]["name"],
+    }
+    annotations: dict[str, str] = {names.USER_ID: req.context.user_id}
+    if server.get("user_data"):
+        spec["userData"] = _b64_text(server["user_data"], "user_data")
+    if "personality" in server:
+        if req.at_least("2.57"):
+            raise Fault(400, "Additional properties are not allowed ('personality' was unexpected)")
+        spec["files"] = [
+            {"path": str(f["path"]), "content": _b64_text(f.get("contents", ""), "personality")}
+            for f in server["personality"] or []
+        ]
+    if server.get("availability_zone"):
+        zone, _, host = str(server["availability_zone"]).partition(":")
+        if zone:
+            spec["availabilityZone"] = zone
+        if host:
+            spec["hostName"] = host.partition(":")[0]
+    if req.at_least("2.74") and (server.get("host") or server.get("hypervisor_hostname")):
+        spec["hostName"] = str(server.get("host") or server.get("hypervisor_hostname"))
+    if server.get("key_name"):
+        pair = await _keypair(req, str(server["key_name"]))
+        spec["sshKeys"] = [pair["public_key"]]
+        annotations[names.KEY_NAME] = str(server["key_name"])
+    metadata = server.get("metadata") or {}
+    if not isinstance(metadata, dict) or any(
+        not isinstance(v, str) or len(k) > 255 or len(v) > 255 for k, v in metadata.items()
+    ):
+        raise Fault(400, "Invalid input for field/attribute metadata.")
+    if metadata:
+        annotations[names.METADATA] = json.dumps(metadata)
+    if req.at_least("2.19") and server.get("description") is not None:
+        annotations[names.DESCRIPTION] = str(server["description"])
+    hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
+    if hints.get("group"):
+        spec["serverGroupRef"] = await _group_name(req, str(hints["group"]))
+    reservation = f"r-{secrets.token_hex(4)}"
+    annotations[names.RESERVATION] = reservation
+    made = []
+    for index in range(max_count):
+        display = name if max_count == 1 else f"{name}-{index + 1}"
+        made.append(await _create_one(req, display, index, spec, annotations))
+    if server.get("return_reservation_id"):
+        return reply({"reservation_id": reservation}, status=202)
+    uid = made[0]["metadata"]["uid"]
+    out = {
+        "server": {
+            "id": uid,
+            "links": views.links(req, "servers", uid),
+            "OS-DCF:diskConfig": "MANUAL",
+            "security_groups": server.get("security_groups") or [{"name": "default"}],
+        }
+    }
+    return reply(out, status=202, headers={"Location": f"{req.base}/servers/{uid}"})
+
+
+async def _create_one(
+    req: Req, display: str, index: int, spec: dict[str, Any], annotations: dict[str, str]
+) -> dict[str, Any]:
+    """One Server; its id label is added right after (the UID is known only then). A Server
+    whose label write is lost is still found, by a list."""
+    body = {
+        "apiVersion": constants.API_VERSION,
+        "kind": "Server",
+        "metadata": {
+            "generateName": names.slug(display) + "-",
+            "namespace": req.project,
+            "annotations": {
+                **annotations,
+                names.DISPLAY_NAME: display,
+                names.LAUNCH_INDEX: str(index),
+            },
+        },
+        "spec": spec,
+    }
+    kube, caller = req.kube, req.context.caller
+    made = await kube.create(caller, constants.SERVERS, body, req.project)
+    uid = made["metadata"]["uid"]
+    patch = {"metadata": {"labels": {names.SERVER_ID: uid}}}
+    try:
+        made = await kube.patch(
+            caller, constants.SERVERS, made["metadata"]["name"], patch, req.project
+        )
+    except KubeError as exc:
+        if exc.status not in (403, 404, 409):
+            raise
+    return made
+
+
+async def _keypair(req: Req, name: str) -> dict[str, Any]:
+    from kubenova_openstack.compute import keypairs  # noqa: PLC0415
+
+    pair = await keypairs.find(req, name)
+    if pair is None:
+        raise Fault(400, f"Invalid key_name provided: {name}")
+    return pair
+
+
+async def _group_name(req: Req, group_id: str) -> str:
+    for group in await req.kube.list(req.context.caller, constants.SERVERGROUPS, req.project):
+        if group["metadata"]["uid"] == group_id:
+            return str(group["metadata"]["name"])
+    raise Fault(400, f"Invalid server group {group_id}: not found")
+
+
+# ----------------------------------------------------------------------------- read
+
+STATUSES = {
+    "ACTIVE",
+    "BUILD",
+    "DELETED",
+    "ERROR",
+    "HARD_REBOOT",
+    "MIGRATING",
+    "PASSWORD",
+    "PAUSED",
+    "REBOOT",
+    "REBUILD",
+    "RESCUE",
+    "RESIZE",
+    "REVERT_RESIZE",
+    "SHELVED",
+    "SHELVED_OFFLOADED",
+    "SHUTOFF",
+    "SOFT_DELETED",
+    "SUSPENDED",
+    "UNKNOWN",
+    "VERIFY_RESIZE",
+}
+
+
+async def _listed(req: Req) -> list[dict[str, Any]]:
+    all_tenants = req.query("all_tenants") not in (None, "0", "false", "False")
+    namespace = None if all_tenants else req.project
+    if all_tenants and (req.query("project_id") or req.query("tenant_id")):
+        namespace = req.query("project_id") or req.query("tenant_id")
+    return await req.kube.list(req.context.caller, constants.SERVERS, namespace)
+
+
+def _filter(req: Req, servers: list[dict[str, Any]], look: views.Lookups) -> list[dict[str, Any]]:
+    out = servers
+    name = req.query("name")
+    if name:
+        try:
+            pattern = re.compile(name)
+        except re.error as exc:
+            raise Fault(400, f"Invalid name filter: {exc}") from exc
+        out = [s for s in out if pattern.search(names.display_name(s))]
+    status = req.query("status")
+    if status:
+        wanted = {s.upper() for s in req.queries("status")}
+        unknown = wanted - STATUSES
+        if unknown and req.at_least("2.38"):
+            raise Fault(400, f"Invalid status value: {', '.join(sorted(unknown))}")
+        out = [
+            s
+            for s in out
+            if state.of(s, s["metadata"]["uid"] in look.verify_resize).status in wanted
+        ]
+    image = req.query("image")
+    if image:
+        by_uid = {i["metadata"]["uid"]: n for n, i in look.images.items()}
+        out = [s for s in out if s["spec"].get("imageRef") == by_uid.get(image, image)]
+    flavor = req.query("flavor")
+    if flavor:
+        named = [n for n, f in look.flavors.items() if names.flavor_id(f) == flavor]
+        out = [s for s in out if s["spec"].get("flavorRef") in (named or [flavor])]
+    for key in ("host", "node"):
+        value = req.query(key)
+        if value and look.admin:
+            out = [s for s in out if (s.get("status") or {}).get("nodeName") == value]
+    reservation = req.query("reservation_id")
+    if reservation:
+        out = [s for s in out if names.annotations_of(s).get(names.RESERVATION) == reservation]
+    key_name = req.query("key_name")
+    if key_name and req.at_least("2.83"):
+        out = [s for s in out if names.annotations_of(s).get(names.KEY_NAME) == key_name]
+    zone = req.query("availability_zone")
+    if zone and (look.admin or req.at_least("2.83")):
+        out = [s for s in out if views._zone(s, look) == zone]
+    since = req.query("changes-since")
+    if since:
+        out = [s for s in out if _updated(s) >= _iso(since)]
+    before = req.query("changes-before")
+    if before and req.at_least("2.66"):
+        out = [s for s in out if _updated(s) <= _iso(before)]
+    return out
+
+
+def _iso(value: str) -> str:
+    text = views.nova_time(value if value.endswith("Z") or "+" in value else value + "Z")
+    if text is None:
+        raise Fault(400, f"Invalid time {value}")
+    return text
+
+
+def _updated(server: dict[str, Any]) -> str:
+    status = server.get("status") or {}
+    times = [str(c.get("lastTransitionTime")) for c in status.get("conditions") or []]
+    return views.nova_time(max([*times, str(server["metadata"].get("creationTimestamp"))])) or ""
+
+
+def _page(req: Req, servers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first (Nova's default sort), then ``marker`` and ``limit``."""
+    reverse = (req.query("sort_dir") or "desc") == "desc"
+    servers = sorted(
+        servers,
+        key=lambda s: (s["metadata"].get("creationTimestamp", ""), s["metadata"]["uid"]),
+        reverse=reverse,
+    )
+    marker = req.query("marker")
+    if marker:
+        ids = [s["metadata"]["uid"] for s in servers]
+        if marker not in ids:
+            raise Fault(400, f"marker [{marker}] not found")
+        servers = servers[ids.index(marker) + 1 :]
+    limit = req.query("limit")
+    if limit is None:
+        return servers, None
+    try:
+        count = int(limit)
+    except ValueError as exc:
+        raise Fault(400, "limit param must be an integer") from exc
+    if count < 0:
+        raise Fault(400, "limit param must be positive")
+    if len(servers) <= count:
+        return servers, None
+    page = servers[:count]
+    return page, page[-1]["metadata"]["uid"] if page else None
+
+
+def _with_links(
+    req: Req, key: str, items: list[dict[str, Any]], next_marker: str | None, path: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {key: items}
+    if next_marker is not None:
+        out[f"{key}_links"] = [
+            {
+                "href": f"{req.base}/{path}?limit={req.query('limit')}&marker={next_marker}",
+                "rel": "next",
+            }
+        ]
+    return out
+
+
+async def index(req: Req) -> web.Response:
+    servers = await _listed(req)
+    look = await lookups(req, servers=servers)
+    page, nxt = _page(req, _filter(req, servers, look))
+    shown = [views.server_basic(req, s) for s in page]
+    return reply(_with_links(req, "servers", shown, nxt, "servers"))
+
+
+async def detail(req: Req) -> web.Response:
+    servers = await _listed(req)
+    look = await lookups(req, servers=servers)
+    await finish_resizes(req, servers, look)
+    page, nxt = _page(req, _filter(req, servers, look))
+    shown = [views.server_detail(req, s, look) for s in page]
+    return reply(_with_links(req, "servers", shown, nxt, "servers/detail"))
+
+
+async def show(req: Req) -> web.Response:
+    server = await lookup.server(req, req.params["id"])
+    look = await lookups(req, servers=[server])
+    await finish_resizes(req, [server], look)
+    return reply({"server": views.server_detail(req, server, look, show_groups=True)})
+
+
+# ----------------------------------------------------------------------------- change
+
+
+async def update(req: Req) -> web.Response:
+    body = await req.body()
+    changes = (body or {}).get("server") if isinstance(body, dict) else None
+    if not isinstance(changes, dict):
+        raise Fault(400, "Invalid input for field/attribute server.")
+    allowed = {"name", "accessIPv4", "accessIPv6", "OS-DCF:diskConfig"}
+    if req.at_least("2.19"):
+        allowed.add("description")
+    unknown = set(changes) - allowed
+    if unknown:
+        raise Fault(
+            400, f"Additional properties are not allowed ({', '.join(sorted(unknown))} unexpected)"
+        )
+    server = await lookup.server(req, req.params["id"])
+    ann: dict[str, str | None] = {}
+    if "name" in changes:
+        name = changes["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise Fault(400, "Invalid input for field/attribute name.")
+        ann[names.DISPLAY_NAME] = name
+    if "description" in changes:
+        ann[names.DESCRIPTION] = changes["description"]
+    if ann:
+        server = await req.kube.patch(
+            req.context.caller,
+            constants.SERVERS,
+            server["metadata"]["name"],
+            {"metadata": {"annotations": ann}},
+            req.project,
+        )
+    look = await lookups(req, servers=[server])
+    if req.at_least("2.75"):
+        return reply({"server": views.server_detail(req, server, look, show_groups=True)})
+    shown = views.server_detail(req, server, look)
+    for key in [k for k in shown if k.startswith(("OS-EXT-", "OS-SRV-USG", "os-extended"))]:
+        shown.pop(key)
+    for key in ("key_name", "config_drive", "host_status"):
+        shown.pop(key, None)
+    if req.at_least("2.71"):
+        group = (server.get("spec") or {}).get("serverGroupRef")
+        found = look.groups.get(str(group)) if group else None
+        shown["server_groups"] = [found["metadata"]["uid"]] if found else []
+    return reply({"server": shown})
+
+
+async def delete(req: Req) -> web.Response:
+    server = await lookup.server(req, req.params["id"])
+    await req.kube.delete(
+        req.context.caller, constants.SERVERS, server["metadata"]["name"], req.project
+    )
+    return reply(status=204)
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def _metadata(server: dict[str, Any]) -> dict[str, str]:
+    return dict(json.loads(names.annotations_of(server).get(names.METADATA) or "{}"))
+
+
+async def _write_metadata(req: Req, server: dict[str, Any], meta: dict[str, str]) -> None:
+    if len(meta) > 128:
+        raise Fault(403, "Quota exceeded for metadata_items: at most 128 items")
+    for key, value in meta.items():
+        if not isinstance(value, str) or not key or len(key) > 255 or len(value) > 255:
+            raise Fault(400, "Invalid input for field/attribute metadata.")
+    await req.kube.patch(
+        req.context.caller,
+        constants.SERVERS,
+        server["metadata"]["name"],
+        {"metadata": {"annotations": {names.METADATA: json.dumps(meta)}}},
+        req.project,
+    )
+
+
+async def _metadata_body(req: Req, key: str) -> Any:
+    body = await req.body()
+    if not isinstance(body, dict) or key not in body or not isinstance(body[key], dict):
+        raise Fault(400, "Malformed request body")
+    return body[key]
+
+
+async def metadata_index(req: Req) -> web.Response:
+    server = await lookup.server(req, req.params["id"])
+    return reply({"metadata": _metadata(server)})
+
+
+async def metadata_replace(req: Req) -> web.Response:
+    meta = await _metadata_body(req, "metadata")
+    server = await lookup.server(req, req.params["id"])
+    await _write_metadata(req, server, meta)
+    return reply({"metadata": meta})
+
+
+async def metadata_merge(req: Req) -> web.Response:
+    meta = await _metadata_body(req, "metadata")
+    server = await lookup.server(req, req.params["id"])
+    merged = {**_metadata(server), **meta}
+    await _write_metadata(req, server, merged)
+    return reply({"metadata": merged})
+
+
+async def metadata_show(req: Req) -> web.Response:
+    server = await lookup.server(req, req.params["id"])
+    key = req.params["key"]
+    meta = _metadata(server)
+    if key not in meta:
+        raise Fault(404, "Metadata item was not found")
+    return reply({"meta": {key: meta[key]}})
+
+
+async def metadata_put(req: Req) -> web.Response:
+    item = await _metadata_body(req, "meta")
+    key = req.params["key"]
+    if list(item) != [key]:
+        raise Fault(400, "Request body and URI mismatch")
+    server = await lookup.server(req, req.params["id"])
+    await _write_metadata(req, server, {**_metadata(server), **item})
+    return reply({"meta": item})
+
+
+async def metadata_delete(req: Req) -> web.Response:
+    server = await lookup.server(req, req.params["id"])
+    meta = _metadata(server)
+    key = req.params["key"]
+    if key not in meta:
+        raise Fault(404, "Metadata item was not found")
+    del meta[key]
+    await _write_metadata(req, server, meta)
+    return reply(status=204)
