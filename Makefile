@@ -34,6 +34,9 @@ lint:
 	@# ... then every file, tests and benchmarks included, for imports nothing declares.
 	$(BIN)/deptry . --exclude '\.venv|build|\.git' --ignore DEP002,DEP004
 	$(BIN)/kubenova crds --check
+	$(BIN)/hadolint Dockerfile
+	@# helm lint, and the rendered chart and examples/ against the Kubernetes and CRD schemas.
+	$(PYTHON) -m kubenova_devenv.chartcheck
 
 unit:
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
@@ -44,7 +47,7 @@ integration:
 e2e:
 	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
-crds:             ## regenerate deploy/crds/ from the API models
+crds:             ## regenerate deploy/crds/ (and the chart's copies) from the API models
 	$(BIN)/kubenova crds
 
 bench: setup      ## apply->ACTIVE against plain virsh on the same host

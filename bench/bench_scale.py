@@ -134,7 +134,7 @@ def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack
                 "--memory-mib",
                 str(args.memory_mib),
                 "--kubeconfig",
-                str(bed.cp.kubeconfig("kubenova:agent")),
+                str(bed.cp.kubeconfig("kubenova:fleet")),
                 "--workdir",
                 str(bed.workdir / "fleet"),
                 "--heartbeat-seconds",

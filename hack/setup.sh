@@ -12,6 +12,9 @@
 # * Go: pinned etcd and Kubernetes binaries built from the Go module proxy into a cache outside
 #   the checkout ($KUBENOVA_CACHE, default ~/.cache/kubenova), one `go build` per tools module.
 #   `up` builds what the quickstart runs (etcd, kube-apiserver, kubectl); `test` everything.
+# * `test` only: the real node of the end-to-end test bed (kubelet, kube-controller-manager,
+#   kube-scheduler, kube-proxy, containerd + runc, CNI plugins, the pause program), the
+#   daemonless image builder (buildah, mmdebstrap), and helm + kubeconform for `make lint`.
 set -euo pipefail
 
 PROFILE="${1:-test}"
@@ -20,6 +23,9 @@ case "$PROFILE" in up|test) ;; *) echo "usage: $0 [up|test]" >&2; exit 2 ;; esac
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 K8S_VERSION="1.37.2"
 ETCD_VERSION="3.7.3"
+HELM_VERSION="3.22.0"
+KUBECONFORM_VERSION="0.8.0"
+PAUSE_VERSION="3.10.2"   # build/pause's TAG in the Kubernetes module
 CACHE="${KUBENOVA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubenova}"
 BIN="$CACHE/bin"
 VENV="${KUBENOVA_VENV:-$REPO/.venv}"
@@ -33,6 +39,11 @@ elapsed() { printf '%ss' "$((SECONDS - $1))"; }
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
           qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc
           syslinux syslinux-common mtools dosfstools fdisk grub-efi-amd64-bin ovmf)
+if [[ "$PROFILE" == test ]]; then
+    # The real node (containerd + runc, the CNI bridge, iptables for kube-proxy) and the
+    # Dockerfile built with no Docker engine: buildah, and mmdebstrap for the FROM's stand-in.
+    PACKAGES+=(containerd runc containernetworking-plugins iptables buildah mmdebstrap)
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -124,9 +135,36 @@ build() {
 }
 # The "-rN" suffix names the build recipe: changing flags rebuilds binaries cached before.
 build etcd "$ETCD_VERSION-r2" "-s -w" etcd=.
-build kube "$K8S_VERSION-r2" "$(k8s_ldflags)" \
-    kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
-    kubectl=k8s.io/kubernetes/cmd/kubectl
+kube=(kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl)
+if [[ "$PROFILE" == test ]]; then
+    kube+=(kubelet=k8s.io/kubernetes/cmd/kubelet
+           kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+           kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
+           kube-proxy=k8s.io/kubernetes/cmd/kube-proxy)
+fi
+build kube "$K8S_VERSION-r2" "$(k8s_ldflags)" "${kube[@]}"
+if [[ "$PROFILE" == test ]]; then
+    # helm: the same stamps as Helm's own Makefile (its kubeVersion default follows client-go).
+    helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
+    helm_ldflags+=" -X helm.sh/helm/v3/internal/version.metadata= "
+    helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=37"
+    done
+    build helm "$HELM_VERSION-r1" "$helm_ldflags" helm=helm.sh/helm/v3/cmd/helm
+    build kubeconform "$KUBECONFORM_VERSION-r1" "-s -w -X main.version=v$KUBECONFORM_VERSION" \
+        kubeconform=github.com/yannh/kubeconform/cmd/kubeconform
+    # The pod sandbox ("pause") image's program, from the Kubernetes module's own source, as
+    # its build/pause Makefile compiles it: no image can be pulled here.
+    if [[ "$(cat "$BIN/.pause.version" 2>/dev/null)" != "$PAUSE_VERSION-r1" ]]; then
+        src="$(cd "$REPO/hack/tools/kube" && go mod download -json k8s.io/kubernetes \
+            | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+        gcc -Os -Wall -Werror -static "-DVERSION=v$PAUSE_VERSION" \
+            -o "$BIN/pause" "$src/build/pause/linux/pause.c"
+        echo "$PAUSE_VERSION-r1" > "$BIN/.pause.version"
+        say "built pause $PAUSE_VERSION"
+    fi
+fi
 
 # --- Guest image -----------------------------------------------------------------------------
 "$VENV/bin/python" -m kubenova_devenv.guestimage >/dev/null

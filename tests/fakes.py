@@ -333,6 +333,7 @@ class FakeKube:
         data: dict[str, str],
         *,
         annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
         owner: ObjectRef | None = None,
     ) -> None:
         self.configmaps[(namespace, name)] = dict(data)

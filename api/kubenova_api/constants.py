@@ -15,6 +15,8 @@ FINALIZER_MIGRATION: Final = f"{PREFIX}/migration"
 EVACUATION_LABEL: Final = f"{PREFIX}/evacuating"
 #: The field that binds a Server to a host; agents watch on it server-side.
 NODE_FIELD: Final = "status.nodeName"
+#: Label on what an agent writes for its node (a console answer): that node's name.
+NODE_LABEL: Final = f"{PREFIX}/node"
 
 FLAVORS: Final = "flavors"
 IMAGES: Final = "images"

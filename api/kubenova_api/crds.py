@@ -267,7 +267,11 @@ def crd(kind: Kind) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{kind.plural}.{constants.GROUP}"},
+        # The label finds every kubenova CRD (`kubectl delete crd -l ...` after an uninstall).
+        "metadata": {
+            "name": f"{kind.plural}.{constants.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "kubenova"},
+        },
         "spec": {
             "group": constants.GROUP,
             "scope": "Namespaced" if kind.namespaced else "Cluster",

@@ -339,10 +339,13 @@ class Kube:
         data: dict[str, str],
         *,
         annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
         owner: ObjectRef | None = None,
     ) -> None:
         """Create or replace a ConfigMap (owned by ``owner``, so it goes when the owner goes)."""
-        meta = client.V1ObjectMeta(name=name, namespace=namespace, annotations=annotations)
+        meta = client.V1ObjectMeta(
+            name=name, namespace=namespace, annotations=annotations, labels=labels
+        )
         if owner is not None and owner.uid:
             meta.owner_references = [
                 client.V1OwnerReference(

@@ -20,10 +20,12 @@ import yaml
 from kubenova_devenv import netutil, paths
 
 #: Users with a static token: name -> groups. The component users get RBAC from deploy/rbac.
+#: Agents of single hosts do not use these: each gets a token naming its node
+#: (``Stack.agent_kubeconfig``); ``kubenova:fleet`` is a process of many simulated hosts.
 USERS: dict[str, tuple[str, ...]] = {
     "admin": ("system:masters",),
     "kubenova:controller": ("kubenova:controllers",),
-    "kubenova:agent": ("kubenova:agents",),
+    "kubenova:fleet": ("kubenova:fleets",),
     "kubenova:openstack-api": ("kubenova:openstack-api",),
     # People with no rights of their own (tests and the quickstart grant them some).
     "alice": ("tenants",),
@@ -159,63 +161,7 @@ class ControlPlane:
         self._names.append(name)
 
     def _write_pki(self) -> None:
-        pki = self.workdir / "pki"
-        if (pki / "apiserver.crt").exists():
-            return
-        pki.mkdir(parents=True, exist_ok=True)
-
-        def ssl_run(*args: str) -> None:
-            subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
-
-        ssl_run("genrsa", "-out", "ca.key", "2048")
-        ssl_run(
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=kubenova-devenv-ca",
-            "-out",
-            "ca.crt",
-        )
-        ssl_run("genrsa", "-out", "apiserver.key", "2048")
-        ssl_run(
-            "req",
-            "-new",
-            "-key",
-            "apiserver.key",
-            "-subj",
-            "/CN=kube-apiserver",
-            "-out",
-            "apiserver.csr",
-        )
-        (pki / "san.ext").write_text(
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-            "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n"
-            "extendedKeyUsage=serverAuth\n"
-        )
-        ssl_run(
-            "x509",
-            "-req",
-            "-in",
-            "apiserver.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "apiserver.crt",
-        )
-        ssl_run("genrsa", "-out", "sa.key", "2048")
-        ssl_run("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        write_pki(self.workdir / "pki")
 
     def _write_tokens_and_kubeconfigs(self) -> None:
         lines = []
@@ -223,21 +169,72 @@ class ControlPlane:
             group_field = '"' + ",".join(groups) + '"'
             lines.append(f"{self.token(user)},{user},uid-{i},{group_field}")
         (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
-        ca = str(self.workdir / "pki" / "ca.crt")
+        ca = self.workdir / "pki" / "ca.crt"
         for user in USERS:
-            config = {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "kubenova",
-                        "cluster": {"server": self.url, "certificate-authority": ca},
-                    }
-                ],
-                "users": [{"name": user, "user": {"token": self.token(user)}}],
-                "contexts": [
-                    {"name": "kubenova", "context": {"cluster": "kubenova", "user": user}}
-                ],
-                "current-context": "kubenova",
-            }
-            self.kubeconfig(user).write_text(yaml.safe_dump(config))
+            write_kubeconfig(self.kubeconfig(user), self.url, ca, user, self.token(user))
+
+
+#: Names and addresses the API server's certificate is valid for (in-cluster ones included).
+SANS = (
+    "IP:127.0.0.1",
+    "DNS:localhost",
+    "DNS:kubernetes",
+    "DNS:kubernetes.default",
+    "DNS:kubernetes.default.svc",
+    "IP:10.96.0.1",
+)
+
+
+def _openssl(pki: pathlib.Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+
+def write_pki(pki: pathlib.Path, extra_sans: tuple[str, ...] = ()) -> None:
+    """A CA, the API server's serving certificate (``SANS`` + ``extra_sans``) and the
+    service-account signing key pair, unless ``pki`` has them already."""
+    if (pki / "apiserver.crt").exists():
+        return
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl(pki, "genrsa", "-out", "ca.key", "2048")
+    _openssl(
+        pki, "req", "-x509", "-new", "-key", "ca.key", "-days", "3650",
+        "-subj", "/CN=kubenova-devenv-ca", "-out", "ca.crt",
+    )  # fmt: skip
+    (pki / "san.ext").write_text(
+        f"subjectAltName={','.join((*SANS, *extra_sans))}\nextendedKeyUsage=serverAuth\n"
+    )
+    _signed(pki, "apiserver", "/CN=kube-apiserver", "san.ext")
+    _openssl(pki, "genrsa", "-out", "sa.key", "2048")
+    _openssl(pki, "rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def write_client_cert(pki: pathlib.Path, name: str, subject: str) -> None:
+    """``name.crt``/``name.key``: a client certificate for ``subject`` signed by the CA."""
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    _signed(pki, name, subject, "client.ext")
+
+
+def _signed(pki: pathlib.Path, name: str, subject: str, extfile: str) -> None:
+    _openssl(pki, "genrsa", "-out", f"{name}.key", "2048")
+    _openssl(pki, "req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr")
+    _openssl(
+        pki, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "3650", "-extfile", extfile, "-out", f"{name}.crt",
+    )  # fmt: skip
+
+
+def write_kubeconfig(
+    path: pathlib.Path, server: str, ca: pathlib.Path, user: str, token: str
+) -> None:
+    """A kubeconfig that reaches ``server`` as ``user`` with a bearer token."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "kubenova", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "kubenova", "context": {"cluster": "kubenova", "user": user}}],
+        "current-context": "kubenova",
+    }
+    path.write_text(yaml.safe_dump(config))

@@ -5,6 +5,10 @@ Inside a host's namespace, per-host folders are bind-mounted over ``/run/libvirt
 ``/var/lib/libvirt``, ``/etc/libvirt``, ``/var/log/libvirt``, ``/var/cache/libvirt`` and
 ``/var/lib/kubenova``; the agent of that host runs in the same namespace (as a DaemonSet pod with
 the host's paths mounted would), so paths mean the same to it and to libvirtd.
+
+A host can also live in a real node's namespaces (``ns_pid``, see ``node``): its bind mounts
+are then the node's own, so the kubelet gives the agent's pod the socket and state folder as
+hostPath volumes, and its PID files hold PIDs of the node's PID namespace.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import subprocess
 import uuid
 from typing import IO
 
-from kubenova_devenv import netutil
+from kubenova_devenv import netutil, nsutil
 
 #: inside path -> folder name under the host's directory
 BIND_MOUNTS: dict[str, str] = {
@@ -60,6 +64,9 @@ class LibvirtHost:
     cpu_models: tuple[str, ...] | None = None
     """When set, this host's libvirt knows only these x86 CPU models (its CPU map lacks the
     others), as an older libvirt would: for refusing guests whose CPU the host cannot run."""
+    ns_pid: int | None = None
+    """A process of a real node (its PID here): libvirtd then starts in that node's mount,
+    network and PID namespaces instead of a mount namespace of its own."""
     _proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -96,13 +103,20 @@ class LibvirtHost:
         pids = []
         for pid_file in (self.root / "run" / "qemu").glob("*.pid"):
             try:
-                pid = int(pid_file.read_text().strip())
+                pid = self._pid_here(int(pid_file.read_text().strip()))
                 cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
             except (OSError, ValueError):
                 continue
             if b"qemu" in cmdline:
                 pids.append(pid)
         return pids
+
+    def _pid_here(self, written: int) -> int:
+        """A PID from one of libvirt's pid files, as seen from here (-1 if not found)."""
+        if self.ns_pid is None:
+            return written
+        pid = nsutil.outer_pid(written, self.ns_pid)
+        return -1 if pid is None else pid
 
     def _mounts(self) -> dict[str, str]:
         """Inside path -> folder (or link to a folder) under the host's root, parents first."""
@@ -133,12 +147,13 @@ class LibvirtHost:
             self._log.close()
         mounts = [arg for inside, name in self._mounts().items() for arg in (inside, name)]
         self._log = (self.root / "libvirtd.out").open("ab")
+        if self.ns_pid is not None:
+            enter = ["nsenter", "-t", str(self.ns_pid), "-m", "-n", "-p", "--"]
+        else:
+            enter = ["unshare", "-m", "--propagation", "private"]
         self._proc = subprocess.Popen(
             [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
+                *enter,
                 "bash",
                 "-c",
                 _LAUNCH,
@@ -186,17 +201,25 @@ class LibvirtHost:
             for dom in self.virsh("list", "--name", check=False).split():
                 self.virsh("destroy", dom, check=False)
         if self._proc.poll() is None:
-            self._proc.terminate()
+            # In a node's PID namespace, nsenter waits for libvirtd but passes no signal on:
+            # libvirtd itself is signalled.
+            libvirtd = self._own_pid("libvirtd.pid") if self.ns_pid is not None else None
+            if libvirtd is None:
+                self._proc.terminate()
+            else:
+                os.kill(libvirtd, signal.SIGTERM)
             try:
                 self._proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                if libvirtd is not None:
+                    os.kill(libvirtd, signal.SIGKILL)
                 self._proc.wait()
-        virtlogd_pid = self.root / "run" / "virtlogd.pid"
-        if virtlogd_pid.exists():
+        virtlogd = self._own_pid("virtlogd.pid")
+        if virtlogd is not None:
             try:
-                os.kill(int(virtlogd_pid.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
+                os.kill(virtlogd, signal.SIGTERM)
+            except ProcessLookupError:
                 pass
         self._proc = None
         if self._log is not None:
@@ -210,9 +233,20 @@ class LibvirtHost:
                 except ProcessLookupError:
                     pass
 
+    def _own_pid(self, name: str) -> int | None:
+        """The PID (here) in ``run/<name>``, if that file names a live process."""
+        try:
+            pid = self._pid_here(int((self.root / "run" / name).read_text().strip()))
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 else None
+
     def kill(self) -> None:
         """Kill libvirtd abruptly (a crash); QEMU processes survive, as on a real host."""
         if self._proc is not None and self._proc.poll() is None:
+            libvirtd = self._own_pid("libvirtd.pid") if self.ns_pid is not None else None
+            if libvirtd is not None:
+                os.kill(libvirtd, signal.SIGKILL)
             self._proc.kill()
             self._proc.wait()
 

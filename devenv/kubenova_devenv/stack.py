@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -49,6 +50,8 @@ OLD_CPU_MODELS = (
     "Westmere",
 )
 EXAMPLES = paths.REPO / "examples"
+#: The agents' ServiceAccount (namespace, name), as ``deploy/rbac/devenv-bindings.yaml`` makes it.
+AGENT_SERVICE_ACCOUNT = ("kubenova-system", "kubenova-agent")
 
 
 @dataclasses.dataclass
@@ -135,6 +138,9 @@ class Stack:
     extra: list[Proc] = dataclasses.field(default_factory=list)
     """Other processes started on this stack (the OpenStack API facade), stopped with it and
     watched like the components."""
+    _agent_identities: set[str] = dataclasses.field(default_factory=set)
+    metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Where each component started here serves its Prometheus metrics (on loopback)."""
 
     def __post_init__(self) -> None:
         self.cp = controlplane.ControlPlane(self.workdir / "controlplane")
@@ -143,6 +149,7 @@ class Stack:
     def start(self, components: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cp.start()
+        self._agent_identities.clear()  # tokens of an earlier control plane are void
         self.install()
         self.guest = guestimage.build_cached()
         served = self.workdir / "images"
@@ -226,10 +233,33 @@ class Stack:
         self.stop()
 
     def install(self) -> None:
-        """CRDs and RBAC, applied with kubectl as a user would."""
+        """CRDs, RBAC and the agents' admission policies, applied with kubectl as a user
+        would."""
         self.kubectl("apply", "-f", str(DEPLOY / "crds"))
         self.kubectl("apply", "-f", str(DEPLOY / "rbac"))
+        self.kubectl("apply", "-f", str(DEPLOY / "policies"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+    def agent_kubeconfig(self, host_name: str) -> pathlib.Path:
+        """Credentials of the agent of ``host_name`` that name its node, as a pod's do in a
+        cluster: a token of the agents' ServiceAccount bound to the Node object ``host_name``
+        (made here: no kubelet registers it), which carries the node's name to the admission
+        policies (``deploy/policies``). Made once per host and start of the control plane (a
+        token names the Node object's UID: one left in a reused work folder is void)."""
+        path = self.cp.workdir / f"kubeconfig-agent-{host_name}"
+        if host_name in self._agent_identities:
+            return path
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": host_name}}
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(node))
+        token = self.kubectl(
+            "create", "token", AGENT_SERVICE_ACCOUNT[1], "-n", AGENT_SERVICE_ACCOUNT[0],
+            "--bound-object-kind=Node", f"--bound-object-name={host_name}", "--duration=48h",
+        ).stdout.strip()  # fmt: skip
+        controlplane.write_kubeconfig(
+            path, self.cp.url, self.cp.workdir / "pki" / "ca.crt", f"agent-{host_name}", token
+        )
+        self._agent_identities.add(host_name)
+        return path
 
     # ------------------------------------------------------------------ components
     def env(self) -> dict[str, str]:
@@ -244,7 +274,19 @@ class Stack:
             kubeconfig=str(self.cp.kubeconfig("kubenova:controller")),
             heartbeat_grace_seconds=self.heartbeat_grace_seconds,
             resync_seconds=5.0,
+            metrics_address=self._metrics_address("controller"),
         )
+
+    def _metrics_address(self, component: str) -> str:
+        port = self.metrics_ports.get(component) or netutil.free_port()
+        self.metrics_ports[component] = port
+        return f"127.0.0.1:{port}"
+
+    def metrics(self, component: str) -> str:
+        """What ``component`` (``controller``, ``agent-<host>``) serves at ``/metrics`` now."""
+        url = f"http://127.0.0.1:{self.metrics_ports[component]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
 
     def start_controller(self, settings: ControllerSettings | None = None) -> Proc:
         cfg = settings or self.controller_settings()
@@ -265,11 +307,12 @@ class Stack:
             host_name=host_name,
             libvirt_uri="qemu:///system",
             virt_type=self.virt_type,
-            kubeconfig=str(self.cp.kubeconfig("kubenova:agent")),
+            kubeconfig=str(self.agent_kubeconfig(host_name)),
             heartbeat_seconds=self.heartbeat_seconds,
             resync_seconds=30.0,
             peer_libvirt_uri=host.uri,
             migration_address="127.0.0.1",
+            metrics_address=self._metrics_address(f"agent-{host_name}"),
         )
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
@@ -301,10 +344,11 @@ class Stack:
             libvirt_uri=uri,
             virt_type="test",
             state_dir=str(root / "state"),
-            kubeconfig=str(self.cp.kubeconfig("kubenova:agent")),
+            kubeconfig=str(self.agent_kubeconfig(name)),
             heartbeat_seconds=self.heartbeat_seconds,
             reserved_memory_mib=0,
             resync_seconds=30.0,
+            metrics_address=self._metrics_address(f"agent-{name}"),
         )
         proc = Proc(
             f"agent-{name}",
@@ -319,7 +363,11 @@ class Stack:
     def start_sim_fleet(
         self, hosts: int, cpus: int = 8, memory_mib: int = 16384, heartbeat: float = 10.0
     ) -> Proc:
-        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process."""
+        """``hosts`` simulated hosts, each a real Agent on the test driver, in one process.
+
+        They share one identity (``kubenova:fleet``, the agents' ClusterRole without the
+        per-node admission policies): minting a Node and a token for each of a thousand
+        simulated hosts would be most of a scale benchmark's start-up."""
         proc = Proc(
             "simfleet",
             [
@@ -333,7 +381,7 @@ class Stack:
                 "--memory-mib",
                 str(memory_mib),
                 "--kubeconfig",
-                str(self.cp.kubeconfig("kubenova:agent")),
+                str(self.cp.kubeconfig("kubenova:fleet")),
                 "--workdir",
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
@@ -354,8 +402,11 @@ class Stack:
         user: str = "admin",
         stdin: str | None = None,
         timeout: float = 120,
+        kubeconfig: pathlib.Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [str(kubectl_binary()), "--kubeconfig", str(self.cp.kubeconfig(user)), *args]
+        """kubectl as ``user`` of the control plane (or with ``kubeconfig``)."""
+        kc = kubeconfig or self.cp.kubeconfig(user)
+        argv = [str(kubectl_binary()), "--kubeconfig", str(kc), *args]
         out = subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=timeout)
         if check and out.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")

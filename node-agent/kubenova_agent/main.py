@@ -21,12 +21,13 @@ from kubenova_agent import (
     settings,
     workqueue,
 )
+from kubenova_agent import metrics as agent_metrics
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
 from kubenova_agent.libvirt.migration import Migrations
 from kubenova_agent.libvirt.storage import Storage
-from kubenova_api import common, constants, kube
+from kubenova_api import common, constants, health, kube, metrics
 from kubenova_api.kube import RetryLater
 from kubenova_api.resources import Flavor, Hypervisor, MigrationEndpoint, Server
 
@@ -61,6 +62,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._capacity_due = threading.Event()
         self.deps: reconcile.Deps | None = None
+        self.metrics = agent_metrics.AgentMetrics(lambda: len(self.queue), cfg.images_dir)
 
     def start(self) -> None:
         cfg = self.settings
@@ -213,7 +215,9 @@ class Agent:
                     if again is not None:
                         self.queue.add(key, again)
                 self.queue.forget(key)
+                self.metrics.reconciles.inc()
             except Exception as exc:
+                self.metrics.failed(exc)
                 transient = isinstance(exc, RetryLater) or getattr(exc, "transient", True)
                 delay = self.queue.backoff(key)
                 level = logging.WARNING if transient else logging.ERROR
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
     cfg = settings.from_args(argv)
     agent = Agent(cfg)
+    # Ready once this host's Servers are listed (its guests are then looked after).
+    health.serve(cfg.health_address, alive=lambda: True, ready=agent.informer.synced.is_set)
+    metrics.serve(cfg.metrics_address, agent.metrics.registry)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

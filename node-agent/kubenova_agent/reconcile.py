@@ -66,6 +66,7 @@ class KubeCalls(Protocol):
         data: dict[str, str],
         *,
         annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
         owner: ObjectRef | None = None,
     ) -> None: ...
     def event(
@@ -797,6 +798,8 @@ def serve_console(deps: Deps, server: Server) -> None:
         f"{server.name}-console",
         {"console": text},
         annotations={CONSOLE_REQUEST: asked},
+        # The admission policies let an agent write only console answers of its own node.
+        labels={constants.NODE_LABEL: deps.settings.host_name},
         owner=server_ref(server),
     )
     deps.console_served[server.uid] = asked

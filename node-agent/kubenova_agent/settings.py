@@ -76,6 +76,14 @@ class AgentSettings:
         "How long after starting a guest the agent watches its console for the firmware "
         "giving up (no bootable device); such a Server's Ready condition says so.",
     )
+    health_address: str | None = option(
+        None,
+        "Serve /healthz and /readyz for the kubelet's probes at host:port (e.g. :8082); "
+        "nothing listens when unset (the local test bed runs many agents).",
+    )
+    metrics_address: str | None = option(
+        None, "Serve Prometheus metrics at host:port (e.g. :8090); nothing listens when unset."
+    )
     migration_workers: int = option(
         2,
         "Migration steps handled in parallel (each running migration also has its own thread).",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from kubenova_api import kube
 from kubenova_api.resources import Server, ServerMigration
-from kubenova_operator import binding, evacuation, liveness, migrations, resize
+from kubenova_operator import binding, evacuation, liveness, metrics, migrations, resize
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -89,6 +89,10 @@ class Binder:
                 await self._step("scheduling pass", self.run_pass, snapshot)
             self.last.pending = len(snapshot.pending)
             self.last.seconds = time.monotonic() - started
+            # The index may still hold a copy from before its binding: the cluster knows.
+            bound = snapshot.view.cluster.bound_to
+            metrics.PENDING.set(sum(1 for s in snapshot.pending if not bound(s.uid)))
+            metrics.PASS_SECONDS.observe(self.last.seconds)
 
     async def _step(self, what: str, fn: Callable[[Snapshot], None], snapshot: Snapshot) -> None:
         try:
@@ -148,6 +152,7 @@ class Binder:
                 self._dirty.set()
                 continue
             log.debug("%s: %s", name, outcome)
+            metrics.SCHEDULING_OUTCOMES.labels(outcome.reason).inc()
             if outcome.reason == "Stale":
                 self._dirty.set()
 

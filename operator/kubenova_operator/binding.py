@@ -23,6 +23,7 @@ from kubenova_api.resources import (
     Server,
     ServerStatus,
 )
+from kubenova_operator import metrics
 from kubenova_operator.cluster import Cluster
 from kubenova_operator.scheduling import claims, hosts, placement
 from kubenova_operator.settings import ControllerSettings
@@ -275,6 +276,7 @@ def _write_binding(
         assumed.forget(server.uid)
         raise
     k.event(ref, "Scheduled", f"Server {server.full_name} {message}")
+    metrics.bound(server.metadata.creationTimestamp)
     log.info("bound %s to %s", server.full_name, host)
     return Outcome(host, "Bound", message)
 

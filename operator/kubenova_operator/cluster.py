@@ -102,6 +102,16 @@ class Cluster:
         self._groups: dict[str, collections.Counter[str]] = {}
         self._on_host: dict[str, set[str]] = {}
         self._resizing: set[str] = set()
+        self._phases: collections.Counter[str] = collections.Counter()
+
+    def phases(self) -> dict[str, int]:
+        """How many Servers are in each phase (``None``: no status yet), for the metrics."""
+        for _ in range(3):
+            try:
+                return {phase: n for phase, n in self._phases.items() if n > 0}
+            except RuntimeError:  # a pass folded a new phase in meanwhile
+                continue
+        return {}
 
     # ------------------------------------------------------------------ changes
     def touch(self, uid: str) -> None:
@@ -133,6 +143,7 @@ class Cluster:
         self._count(new, +1)
 
     def _count(self, server: ServerSummary, sign: int) -> None:
+        self._phases[server.phase.value if server.phase is not None else "None"] += sign
         claim = server.claim
         if claim is not None:
             current = self._claimed.get(claim.host, Resources())

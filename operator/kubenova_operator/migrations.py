@@ -43,7 +43,7 @@ from kubenova_api.resources import (
     SourceStep,
     TargetStep,
 )
-from kubenova_operator import binding
+from kubenova_operator import binding, metrics
 from kubenova_operator.cluster import ServerSummary
 from kubenova_operator.scheduling import claims, hosts, placement
 from kubenova_operator.settings import ControllerSettings
@@ -474,6 +474,7 @@ class Driver:
     def _end(self, smig: ServerMigration, server: ServerSummary | None, end: End) -> None:
         ok = end.phase is MigrationPhase.Succeeded
         outcome = end.outcome
+        completed = common.now()
         conditions = common.set_condition(
             smig.status.conditions,
             "Succeeded",
@@ -488,9 +489,16 @@ class Driver:
                 phase=end.phase,
                 reason=outcome.reason,
                 message=outcome.message,
-                completedAt=common.now(),
+                completedAt=completed,
                 conditions=conditions,
             ),
+        )
+        progress = smig.status.progress
+        metrics.migration_ended(
+            outcome.reason,
+            smig.status.startedAt,
+            completed,
+            progress.downtimeMs if progress is not None and smig.status.live and ok else None,
         )
         self._event(smig, "Succeeded" if ok else outcome.reason, outcome.message, warning=not ok)
         if server is not None and not ok and smig.status.sourceNode:

@@ -46,6 +46,31 @@ class ControllerSettings:
     kubeconfig: str | None = option(
         None, "A kubeconfig; the pod's service account is used when unset.", env="KUBECONFIG"
     )
+    health_address: str | None = option(
+        None,
+        "Serve /healthz and /readyz for the kubelet's probes at host:port (e.g. :8081); "
+        "nothing listens when unset.",
+    )
+    metrics_address: str | None = option(
+        None, "Serve Prometheus metrics at host:port (e.g. :8080); nothing listens when unset."
+    )
+    leader_elect: bool = option(
+        False,
+        "Act only while holding the Lease (the chart's two replicas); off for one process.",
+    )
+    leader_elect_namespace: str = option(
+        "", "The Lease's namespace (the pod's own by default).", env="POD_NAMESPACE"
+    )
+    leader_elect_lease_name: str = option("kubenova-controller", "The Lease's name.")
+    leader_elect_lease_seconds: float = option(
+        8.0, "How long a standby waits after the last renewal it saw before it takes the Lease."
+    )
+    leader_elect_renew_deadline_seconds: float = option(
+        5.0, "How long the leader may fail to renew before it gives up (< the lease)."
+    )
+    leader_elect_retry_seconds: float = option(
+        1.0, "How often the leader renews and a standby looks (< the renew deadline)."
+    )
 
 
 def from_args(argv: Sequence[str] | None = None) -> ControllerSettings:

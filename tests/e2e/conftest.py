@@ -1,8 +1,10 @@
-"""The end-to-end test bed: a real control plane, two libvirtd + QEMU hosts, the controller and
-one agent per host, all started here and stopped at the end of the session."""
+"""The end-to-end test beds, each started here and stopped at the end of the session: a real
+control plane, two libvirtd + QEMU hosts, the controller and one agent per host (``bed``); a
+real single-node Kubernetes running the Helm chart (``node_bed``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pathlib
 import re
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from kubenova_devenv import stack
+from kubenova_devenv import containerimage, node, stack
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,24 @@ def unique_namespace(
     bed.kubectl(
         "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChartBed:
+    node: node.Node
+    image: containerimage.BuiltImage
+
+
+@pytest.fixture(scope="session")
+def node_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartBed]:
+    """A real single-node Kubernetes (kubelet, containerd, a libvirtd inside), with the image
+    built from the Dockerfile (cached between runs) imported into its containerd."""
+    image = containerimage.build()
+    bed = node.Node(pathlib.Path(tmp_path_factory.mktemp("node")), images=(image.archive,))
+    with bed:
+        how = f"built in {image.built_seconds:.0f}s" if image.built_seconds else "cached"
+        print(
+            f"node bed Ready in {bed.started_seconds:.1f}s, {bed.rss_bytes() / 2**30:.2f} GiB; "
+            f"image {image.ref} ({image.size_bytes / 2**20:.0f} MiB, {how})"
+        )
+        yield ChartBed(bed, image)

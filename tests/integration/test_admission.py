@@ -308,7 +308,7 @@ def test_rbac_keeps_agents_to_their_job(api: stack.Stack) -> None:
         "-f",
         "-",
         stdin=yaml.safe_dump(_flavor("by-agent", vcpus=1, memoryMiB=128)),
-        user="kubenova:agent",
+        user="kubenova:fleet",  # the agents' ClusterRole
         check=False,
     )
     assert out.returncode != 0 and "forbidden" in out.stderr

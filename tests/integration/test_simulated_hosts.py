@@ -154,6 +154,58 @@ def test_pinned_host_and_unknown_host(sim: stack.Stack) -> None:
     assert "HostNameFilter rejected 3" in eventually(refused, 30)["message"]
 
 
+def _sample(text: str, name: str) -> float:
+    """The value of sample ``name`` (with its labels) in Prometheus' text format; 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_binds_phases_and_the_agents_work(sim: stack.Stack) -> None:
+    """The controller's and the agents' /metrics say what happened: binds, scheduling
+    outcomes and latency, Servers by phase, reconciles and the queue."""
+    _flavor_and_image(sim)
+    sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
+    before = sim.metrics("controller")
+    reconciled = sum(
+        _sample(sim.metrics(f"agent-{h}"), "kubenova_agent_reconciles_total")
+        for h in ("sim-a", "sim-b", "sim-c")
+    )
+    for i in range(3):
+        sim.kubectl(
+            "apply", "-f", "-",
+            stdin=yaml.safe_dump({
+                "apiVersion": "compute.kubenova.io/v1alpha1", "kind": "Server",
+                "metadata": {"name": f"m{i}", "namespace": NS},
+                "spec": {"flavorRef": "sim.small", "imageRef": "sim-image"},
+            }),
+        )  # fmt: skip
+    sim.kubectl("wait", "--for=condition=Ready", "srv", "--all", "-n", NS, "--timeout=60s")
+
+    def counted() -> str | None:
+        text = sim.metrics("controller")
+        return text if _sample(text, 'kubenova_servers{phase="ACTIVE"}') >= 3 else None
+
+    after = eventually(counted, 30, what="kubenova_servers counting the ACTIVE Servers")
+    assert _sample(after, "kubenova_binds_total") == _sample(before, "kubenova_binds_total") + 3
+    bound = 'kubenova_scheduling_outcomes_total{outcome="Bound"}'
+    assert _sample(after, bound) == _sample(before, bound) + 3
+    latency = "kubenova_scheduling_latency_seconds_count"
+    assert _sample(after, latency) == _sample(before, latency) + 3
+    # Set by every pass: the next one (within resync_seconds) finds nothing pending.
+    eventually(
+        lambda: _sample(sim.metrics("controller"), "kubenova_pending_servers") == 0,
+        30,
+        what="no pending Servers",
+    )
+    assert _sample(after, "process_resident_memory_bytes") > 0
+    agents = [sim.metrics(f"agent-{h}") for h in ("sim-a", "sim-b", "sim-c")]
+    assert sum(_sample(t, "kubenova_agent_reconciles_total") for t in agents) >= reconciled + 3
+    assert all("kubenova_agent_workqueue_depth " in t for t in agents)
+    assert all("kubenova_agent_image_cache_bytes " in t for t in agents)
+
+
 def test_anti_affinity_group_of_four_over_three_hosts(sim: stack.Stack) -> None:
     _flavor_and_image(sim)
     sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)

@@ -28,7 +28,7 @@ from kubenova_api.resources import (
     ServerGroup,
     ServerMigration,
 )
-from kubenova_operator import binder, binding, cluster, evacuation, migrations
+from kubenova_operator import binder, binding, cluster, evacuation, metrics, migrations
 from kubenova_operator.settings import ControllerSettings
 
 G, V = constants.GROUP, constants.VERSION
@@ -62,6 +62,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     k = kube.Kube(kube.api_client(cfg.kubeconfig), "kubenova-controller", "kubenova-controller")
     progress = kube.Kube(k.api, "kubenova-controller-evacuation", "kubenova-controller")
     memo.cluster = cluster.Cluster()
+    metrics.count_servers_from(memo.cluster.phases)
     memo.binder = binder.Binder(
         cfg, k, migrations.Driver(cfg, k), evacuation.Drains(cfg, k, progress)
     )
