@@ -139,6 +139,7 @@ def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack
                 str(bed.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(args.heartbeat_seconds),
+                *bed.fleet_image_flags(),  # agents refuse loopback image servers by default
             ],
             bed.workdir / f"simfleet-{i}.log",
             {**os.environ, "PYTHONUNBUFFERED": "1"},

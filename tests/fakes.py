@@ -34,10 +34,14 @@ Obj = TypeVar("Obj", bound=KubeObject)
 
 @dataclasses.dataclass
 class FakeGuests:
-    """Domains in a dict. ``answers_acpi`` says whether a guest powers off when asked."""
+    """Domains in a dict. ``answers_acpi`` says whether a guest powers off when its power
+    button is pressed (at once); with ``answers_acpi=False`` it ignores the button until a
+    test calls :meth:`stops_by_itself`."""
 
     domains: dict[str, GuestInfo] = dataclasses.field(default_factory=dict)
     answers_acpi: bool = True
+    fail: dict[str, errors.HypervisorError] = dataclasses.field(default_factory=dict)
+    """Calls that fail, by method name (``{"start": HypervisorError("…")}``)."""
     calls: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def _set(self, uuid: str, state: State, reason: StopReason | None = None) -> None:
@@ -57,6 +61,8 @@ class FakeGuests:
         owner = domain_xml.owner_of(xml)
         assert owner is not None
         self.calls.append(("define", owner.uid))
+        if "define" in self.fail:
+            raise self.fail["define"]
         old = self.domains.get(owner.uid)
         state = old.state if old is not None else State.shutoff
         reason = old.stop_reason if old is not None else StopReason.never_started
@@ -65,6 +71,8 @@ class FakeGuests:
 
     def start(self, uuid: str) -> None:
         self.calls.append(("start", uuid))
+        if "start" in self.fail:
+            raise self.fail["start"]
         if self._need(uuid).state is not State.running:
             self._set(uuid, State.running)
 
@@ -74,8 +82,8 @@ class FakeGuests:
         if guest is not None and guest.alive:
             self._set(uuid, State.shutoff, StopReason.destroyed)
 
-    def shutdown(self, uuid: str, timeout: float) -> bool:
-        self.calls.append(("shutdown", uuid))
+    def request_shutdown(self, uuid: str) -> bool:
+        self.calls.append(("request_shutdown", uuid))
         if self._need(uuid).state is not State.running:
             return True
         if self.answers_acpi:
@@ -158,6 +166,9 @@ class FakeStorage:
             (self.folder / name).unlink(missing_ok=True)
         return gone
 
+    def backing_files(self) -> list[str]:
+        return []
+
 
 # ----------------------------------------------------------------------------- images
 
@@ -173,7 +184,7 @@ class FakeImages:
     def path_of(self, sha256: str) -> pathlib.Path:
         return self.folder / sha256
 
-    def ensure(self, url: str, sha256: str) -> pathlib.Path:
+    def ensure(self, url: str, sha256: str, kind: str) -> pathlib.Path:
         path = self.path_of(sha256)
         if not path.exists():
             data = self.contents[url]

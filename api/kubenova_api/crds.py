@@ -128,6 +128,22 @@ KINDS: tuple[Kind, ...] = (
         selectable=(".status.sourceNode", ".status.targetNode"),
     ),
     Kind(
+        kind="ComputeQuota",
+        plural=constants.COMPUTEQUOTAS,
+        short="cquota",
+        namespaced=True,
+        spec=resources.ComputeQuotaSpec,
+        status=resources.ComputeQuotaStatus,
+        description="Limits on the Servers of a namespace (Nova quotas): servers, vCPUs, memory.",
+        columns=(
+            {"name": "Servers", "type": "integer", "jsonPath": ".spec.servers"},
+            {"name": "vCPUs", "type": "integer", "jsonPath": ".spec.vcpus"},
+            {"name": "RAM-MiB", "type": "integer", "jsonPath": ".spec.memoryMiB"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+        spec_required=False,
+    ),
+    Kind(
         kind="Hypervisor",
         plural=constants.HYPERVISORS,
         short="hv",

@@ -271,6 +271,18 @@ class Kube:
             _content_type=JSON_PATCH,
         )
 
+    def json_patch_status(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch of the status subresource (``remove`` ops drop fields whatever manager
+        owns them; a ``test`` of ``/metadata/resourceVersion`` makes it conditional)."""
+        return self._on(
+            ref,
+            self.custom.patch_namespaced_custom_object_status,
+            self.custom.patch_cluster_custom_object_status,
+            ops,
+            field_manager=self.field_manager,
+            _content_type=JSON_PATCH,
+        )
+
     def merge_patch(self, ref: ObjectRef, patch: dict[str, Any]) -> dict[str, Any]:
         return self._on(
             ref,

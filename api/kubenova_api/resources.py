@@ -18,6 +18,30 @@ from kubenova_api.common import ApiModel, Condition, KubeObject, StatusModel
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SHA256 = r"^[a-f0-9]{64}$"
+XML_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x{fffe}\x{ffff}]*$"
+"""Text the domain XML can carry (XML 1.0 has no other control characters)."""
+
+# Regular expressions over an image URL, in CEL string literals (hence the doubled
+# backslashes). CEL's url() and ip() cost too much for the API server's budget on a 2 KiB
+# field, so the host is matched in the whole URL: scheme, optional user info, host, port, rest.
+_URL_HOST = r"^(?i)https?://([^@/]*@)?"
+_URL_REST = r"(:[0-9]*)?([/?#].*)?$"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+NUMERIC_HOST = _URL_HOST + r"(0x[0-9a-f]*|[0-9]+)(\\.(0x[0-9a-f]*|[0-9]+))*" + _URL_REST
+"""A host of numbers, which resolvers read as an IPv4 address (2852039166, 0x7f.1, 127.1)."""
+CANONICAL_IPV4_HOST = _URL_HOST + rf"({_OCTET}\\.){{3}}{_OCTET}" + _URL_REST
+MAPPED_IPV6_HOST = _URL_HOST + r"\\[[0:]*ffff:[^\\]]*\\]" + _URL_REST
+"""An IPv4-mapped IPv6 literal ([::ffff:169.254.169.254]): an IPv4 address in disguise."""
+NEVER_A_SOURCE_HOST = (
+    _URL_HOST
+    + r"(169\\.254\\.[0-9.]+|0\\.[0-9.]+|(22[4-9]|23[0-9]|24[0-9]|25[0-5])\\.[0-9.]+"
+    + r"|\\[(fe[89ab][0-9a-f]|ff[0-9a-f]{2}):[^\\]]*\\]|\\[[0:]*\\])"
+    + _URL_REST
+)
+"""Link-local (169.254/16 with the metadata service, fe80::/10), unspecified (0/8, ::),
+multicast and reserved/broadcast (224/4, 240/4, ff00::/8) literal hosts. Loopback and private
+addresses are left to the agents' source policy (kubenova_api.imagesource), which an admin may
+widen: a node-local mirror on 127.0.0.1 is legitimate, and the test bed serves from there."""
 
 
 def cel(*rules: tuple[str, str], **extra: Any) -> dict[str, Any]:
@@ -49,9 +73,30 @@ class FlavorSpec(ApiModel):
         le=65536,
         description="Root disk size in GiB; 0 means the size of the image's disk.",
     )
-    extraSpecs: dict[str, str] = Field(
+    extraSpecs: dict[str, Annotated[str, StringConstraints(max_length=255)]] = Field(
         default_factory=dict,
-        description="Nova-style extra specs (hints such as hw:cpu_policy); values are strings.",
+        description="Nova-style extra specs; values are strings of at most 255 characters. "
+        "kubenova acts on hw:cpu_mode (default, host-model, host-passthrough, custom, cluster) "
+        "and hw:cpu_model (a libvirt CPU model, which implies custom); others are kept as hints.",
+        json_schema_extra=cel(
+            (
+                "!('hw:cpu_mode' in self) || self['hw:cpu_mode'] in "
+                "['default', 'host-model', 'host-passthrough', 'custom', 'cluster']",
+                "hw:cpu_mode must be one of default, host-model, host-passthrough, custom, cluster",
+            ),
+            (
+                "!('hw:cpu_model' in self) || "
+                "self['hw:cpu_model'].matches('^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$')",
+                "hw:cpu_model must be a libvirt CPU model name (letters, digits, '_', '.', '+', "
+                "'-'; e.g. Skylake-Client-IBRS or EPYC-v4); whether this host knows it is "
+                "checked when the server is built",
+            ),
+            (
+                "!('hw:cpu_model' in self) || !('hw:cpu_mode' in self) || "
+                "self['hw:cpu_mode'] == 'custom'",
+                "hw:cpu_model needs hw:cpu_mode custom (or no hw:cpu_mode)",
+            ),
+        ),
     )
 
 
@@ -96,7 +141,17 @@ class RemoteFile(ApiModel):
                 "isURL(self) && url(self).getScheme() in ['http', 'https']"
                 " && url(self).getHostname() != ''",
                 "must be an http:// or https:// URL",
-            )
+            ),
+            (
+                f"(!self.matches('{NUMERIC_HOST}') || self.matches('{CANONICAL_IPV4_HOST}'))"
+                f" && !self.matches('{MAPPED_IPV6_HOST}')",
+                "the URL's host must be a DNS name or a canonical IP address",
+            ),
+            (
+                f"!self.matches('{NEVER_A_SOURCE_HOST}')",
+                "link-local (such as the metadata service 169.254.169.254), multicast, "
+                "broadcast and unspecified addresses are never image sources",
+            ),
         ),
     )
     sha256: str = Field(
@@ -120,7 +175,10 @@ class UecSource(ApiModel):
         default=None, description="An optional root disk; without it the guest gets a blank one."
     )
     cmdline: str = Field(
-        default="console=ttyS0", max_length=1024, description="The kernel command line."
+        default="console=ttyS0",
+        max_length=1024,
+        pattern=XML_TEXT,
+        description="The kernel command line (no control characters but tab and newline).",
     )
 
 
@@ -462,6 +520,62 @@ class FlavorSnapshot(StatusModel):
     diskGiB: int = Field(description="Root disk in GiB the server was booted with.")
 
 
+class PinnedFile(StatusModel):
+    url: str = Field(description="Where it was fetched from.")
+    sha256: str = Field(description="Its SHA-256: these bits and no others.")
+
+
+class PinnedImage(StatusModel):
+    """The Image a Server is built from, copied when it was first bound: rebuilding it
+    (evacuation), rescuing it with its own image and every move use these bits, never what the
+    Image of that name says later (it may have been deleted and made again)."""
+
+    name: str = Field(description="The Image's name.")
+    architecture: Architecture = Field(description="CPU architecture.")
+    disk: PinnedFile | None = Field(default=None, description="The disk image, if any.")
+    diskFormat: DiskFormat | None = Field(default=None, description="qcow2 or raw.")
+    kernel: PinnedFile | None = Field(default=None, description="UEC: the kernel.")
+    ramdisk: PinnedFile | None = Field(default=None, description="UEC: the ramdisk.")
+    cmdline: str | None = Field(default=None, description="UEC: the kernel command line.")
+    properties: ImageProperties | None = Field(
+        default=None, description="The image properties that decide the virtual hardware."
+    )
+
+    @classmethod
+    def of(cls, name: str, spec: ImageSpec) -> PinnedImage:
+        src = spec.source
+        disk = src.uec.disk if src.uec is not None else src.disk
+        pin = cls(name=name, architecture=spec.architecture, properties=spec.properties)
+        if disk is not None:
+            pin.disk = PinnedFile(url=disk.url, sha256=disk.sha256)
+            pin.diskFormat = disk.format
+        if src.uec is not None:
+            pin.kernel = PinnedFile(url=src.uec.kernel.url, sha256=src.uec.kernel.sha256)
+            pin.ramdisk = PinnedFile(url=src.uec.ramdisk.url, sha256=src.uec.ramdisk.sha256)
+            pin.cmdline = src.uec.cmdline
+        return pin
+
+    def source(self) -> ImageSource:
+        """The pinned bits as an Image's source."""
+        disk = None
+        if self.disk is not None:
+            disk = DiskSource(
+                url=self.disk.url,
+                sha256=self.disk.sha256,
+                format=self.diskFormat or DiskFormat.qcow2,
+            )
+        if self.kernel is None or self.ramdisk is None:
+            return ImageSource(disk=disk)
+        return ImageSource(
+            uec=UecSource(
+                kernel=RemoteFile(url=self.kernel.url, sha256=self.kernel.sha256),
+                ramdisk=RemoteFile(url=self.ramdisk.url, sha256=self.ramdisk.sha256),
+                disk=disk,
+                cmdline=self.cmdline if self.cmdline is not None else "console=ttyS0",
+            )
+        )
+
+
 class ServerStatus(StatusModel):
     phase: Phase | None = Field(default=None, description="Nova's status: BUILD, ACTIVE, ...")
     nodeName: str | None = Field(
@@ -471,6 +585,10 @@ class ServerStatus(StatusModel):
         default=None, description="The power state the host observes (written by its agent)."
     )
     flavor: FlavorSnapshot | None = Field(default=None, description="The size it runs with.")
+    image: PinnedImage | None = Field(
+        default=None,
+        description="The image bits it is built from (pinned by the controller when first bound).",
+    )
     domainName: str | None = Field(default=None, description="The libvirt domain's name.")
     conditions: list[Condition] = Field(default_factory=list, description="Scheduled, Ready.")
     observedGeneration: int | None = Field(
@@ -488,6 +606,17 @@ class ServerStatus(StatusModel):
     )
     restartCount: int = Field(
         default=0, description="Times the agent started the guest again after it stopped."
+    )
+    evacuatedFrom: str | None = Field(
+        default=None,
+        description="The out-of-service host this Server was taken from to be rebuilt on "
+        "another (written by the controller).",
+    )
+    diskRebuilt: bool | None = Field(
+        default=None,
+        description="After an evacuation: true when the root disk was rebuilt from the image "
+        "(the one on the dead host is lost), false when it was found on shared storage "
+        "(written by the agent that rebuilt the Server).",
     )
 
 
@@ -534,6 +663,31 @@ class ServerGroup(KubeObject):
     status: ServerGroupStatus = Field(default_factory=ServerGroupStatus)
 
 
+# ----------------------------------------------------------------------------- ComputeQuota
+
+
+class ComputeQuotaSpec(ApiModel):
+    """Limits on what the Servers of one namespace (a project) may hold (Nova's quotas:
+    instances, cores, ram). Unset is unlimited; several ComputeQuotas in a namespace all apply.
+    Counted by the controller when it binds, so a burst never overshoots: a Server over a
+    limit waits with ``Scheduled=False``/``QuotaExceeded`` until there is room."""
+
+    servers: int | None = Field(default=None, ge=0, description="Servers bound at once.")
+    vcpus: int | None = Field(default=None, ge=0, description="vCPUs of those Servers.")
+    memoryMiB: int | None = Field(default=None, ge=0, description="Their memory in MiB.")
+
+
+class ComputeQuotaStatus(StatusModel):
+    conditions: list[Condition] = Field(default_factory=list, description="Unused for now.")
+
+
+class ComputeQuota(KubeObject):
+    KIND: ClassVar[str] = "ComputeQuota"
+    PLURAL: ClassVar[str] = constants.COMPUTEQUOTAS
+    spec: ComputeQuotaSpec = Field(default_factory=ComputeQuotaSpec)
+    status: ComputeQuotaStatus = Field(default_factory=ComputeQuotaStatus)
+
+
 # ----------------------------------------------------------------------------- Hypervisor
 
 
@@ -545,6 +699,14 @@ class HypervisorSpec(ApiModel):
         default=False,
         description="Drain the host: live-migrate every server away (a few at a time) and "
         "place no new ones here. Progress is in status.evacuation.",
+    )
+    outOfService: bool = Field(
+        default=False,
+        description="The admin's word that the host is dead and fenced (powered off, cut from "
+        "its storage; Nova's force-down, Kubernetes' out-of-service taint). While its agent is "
+        "not heartbeating, its Servers can be deleted (the controller releases them) and are "
+        "rebuilt on other hosts with the same identity. When the host comes back, its agent "
+        "removes the stale domains before it starts anything. Clear it once the host is healthy.",
     )
     disabledReason: str | None = Field(default=None, max_length=255, description="Why.")
     availabilityZone: str = Field(default="nova", max_length=255, description="The host's zone.")

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--heartbeat-seconds", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--image-permitted-networks", default="")  # the bed's opt-in to loopback
+    p.add_argument("--image-allowed-ports", default="80,443")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             reserved_memory_mib=0,
             kubeconfig=args.kubeconfig,
+            image_permitted_networks=args.image_permitted_networks,
+            image_allowed_ports=args.image_allowed_ports,
         )
         agent = agent_main.Agent(cfg)
         agent.start()

@@ -233,11 +233,12 @@ class Stack:
         self.stop()
 
     def install(self) -> None:
-        """CRDs, RBAC and the agents' admission policies, applied with kubectl as a user
-        would."""
+        """CRDs, RBAC and the admission policies (the agents' per-node ones, and the checks of
+        what users submit), applied with kubectl as a user would."""
         self.kubectl("apply", "-f", str(DEPLOY / "crds"))
         self.kubectl("apply", "-f", str(DEPLOY / "rbac"))
         self.kubectl("apply", "-f", str(DEPLOY / "policies"))
+        self.kubectl("apply", "-f", str(DEPLOY / "admission"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     def agent_kubeconfig(self, host_name: str) -> pathlib.Path:
@@ -300,10 +301,21 @@ class Stack:
         proc.start()
         return proc
 
+    def image_sources(self, cfg: AgentSettings) -> AgentSettings:
+        """``cfg`` with the agents' explicit opt-in to this bed's image server: by default an
+        agent refuses loopback sources and ports other than 80/443 (kubenova_api.imagesource)."""
+        if self.image_server is None:
+            return cfg
+        return dataclasses.replace(
+            cfg,
+            image_permitted_networks="127.0.0.1/32",
+            image_allowed_ports=str(self.image_server.port),
+        )
+
     def agent_settings(self, host_name: str) -> AgentSettings:
         """The settings of the agent of libvirtd host ``host_name`` in this bed."""
         host = self.hosts[host_name]
-        return AgentSettings(
+        cfg = AgentSettings(
             host_name=host_name,
             libvirt_uri="qemu:///system",
             virt_type=self.virt_type,
@@ -314,6 +326,7 @@ class Stack:
             migration_address="127.0.0.1",
             metrics_address=self._metrics_address(f"agent-{host_name}"),
         )
+        return self.image_sources(cfg)
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
         host = self.hosts[host_name]
@@ -335,8 +348,11 @@ class Stack:
         proc.start()
         return proc
 
-    def start_sim_agent(self, name: str, cpus: int = 8, memory_mib: int = 16384) -> Proc:
-        """An agent for a simulated host on libvirt's test driver (no daemon, no guests run)."""
+    def start_sim_agent(
+        self, name: str, cpus: int = 8, memory_mib: int = 16384, extra_args: tuple[str, ...] = ()
+    ) -> Proc:
+        """An agent for a simulated host on libvirt's test driver (no daemon, no guests run);
+        ``extra_args`` are flags given after (and so over) the bed's own."""
         root = self.workdir / name
         uri = simhost.write_host_file(root / "host.xml", cpus=cpus, memory_mib=memory_mib)
         cfg = AgentSettings(
@@ -350,15 +366,28 @@ class Stack:
             resync_seconds=30.0,
             metrics_address=self._metrics_address(f"agent-{name}"),
         )
+        cfg = self.image_sources(cfg)
         proc = Proc(
             f"agent-{name}",
-            [sys.executable, "-m", "kubenova_agent.main", *config.to_args(cfg)],
+            [sys.executable, "-m", "kubenova_agent.main", *config.to_args(cfg), *extra_args],
             self.workdir / f"agent-{name}.log",
             self.env(),
         )
         self.agents[name] = proc
         proc.start()
         return proc
+
+    def fleet_image_flags(self) -> list[str]:
+        """simfleet's flags for the agents' opt-in to this bed's image server."""
+        if self.image_server is None:
+            return []
+        cfg = self.image_sources(AgentSettings())
+        return [
+            "--image-permitted-networks",
+            cfg.image_permitted_networks,
+            "--image-allowed-ports",
+            cfg.image_allowed_ports,
+        ]
 
     def start_sim_fleet(
         self, hosts: int, cpus: int = 8, memory_mib: int = 16384, heartbeat: float = 10.0
@@ -386,6 +415,7 @@ class Stack:
                 str(self.workdir / "fleet"),
                 "--heartbeat-seconds",
                 str(heartbeat),
+                *self.fleet_image_flags(),
             ],
             self.workdir / "simfleet.log",
             self.env(),

@@ -22,13 +22,15 @@ from kubenova_agent import (
     workqueue,
 )
 from kubenova_agent import metrics as agent_metrics
+from kubenova_agent.images import gc
 from kubenova_agent.libvirt import domain_xml, errors
+from kubenova_agent.libvirt.cpucheck import CpuChecker
 from kubenova_agent.libvirt.guest import Guests
 from kubenova_agent.libvirt.host import Host
 from kubenova_agent.libvirt.migration import Migrations
 from kubenova_agent.libvirt.storage import Storage
 from kubenova_api import common, constants, health, kube, metrics
-from kubenova_api.kube import RetryLater
+from kubenova_api.kube import ObjectRef, RetryLater
 from kubenova_api.resources import Flavor, Hypervisor, MigrationEndpoint, Server
 
 log = logging.getLogger("kubenova_agent")
@@ -61,6 +63,8 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._capacity_due = threading.Event()
+        self.swept = threading.Event()
+        """Set once the first sweep of stale domains is done and the workers run."""
         self.deps: reconcile.Deps | None = None
         self.metrics = agent_metrics.AgentMetrics(lambda: len(self.queue), cfg.images_dir)
 
@@ -68,7 +72,7 @@ class Agent:
         cfg = self.settings
         virt_type = resolve_virt_type(cfg.virt_type, self.host)
         self.storage.ensure_pool()
-        image_cache = images.ImageCache(cfg.images_dir)
+        image_cache = images.ImageCache(cfg.images_dir, cfg.image_settings)
         for name in image_cache.clean_partial():
             log.info("removed a partial download left behind: %s", name)
         self.deps = reconcile.Deps(
@@ -85,6 +89,18 @@ class Agent:
                 if virt_type is not domain_xml.VirtType.test
                 else None
             ),
+            cpus=CpuChecker(self.host),
+        )
+        # Unused cached images go, never one that a volume, a domain or an instance file names.
+        self.image_gc = gc.Collector(
+            image_cache,
+            [
+                self.storage.backing_files,
+                self.host.domain_files,
+                gc.backing_files_in(cfg.instances_dir),
+            ],
+            cfg.image_gc_min_unused_seconds,
+            cfg.image_gc_interval_seconds,
         )
         self.migrator = migrations.MigrationAgent(
             self.deps, self.kube, self.migrations, self._requeue_uid
@@ -114,16 +130,43 @@ class Agent:
         for i in range(cfg.migration_workers):
             self._spawn(f"migration-{i}", self._migration_work)
         self._spawn("informer", self.informer.run)
-        for i in range(cfg.workers):
-            self._spawn(f"worker-{i}", self._work)
+        # Nothing is started before the stale domains are gone: a host that comes back after it
+        # was fenced finds guests that now run elsewhere (see kubenova_operator.fencing).
+        self._spawn("startup", self._start_workers)
         self._spawn("heartbeat", self._heartbeat)
-        self._spawn("resync", self._resync)
+        self._spawn("image-gc", lambda: self.image_gc.run(self._stop))
         log.info(
             "agent for host %s started (libvirt %s, virt type %s)",
             cfg.host_name,
             cfg.libvirt_uri,
             virt_type.value,
         )
+
+    def _start_workers(self) -> None:
+        """Sweep the host (retrying until the API server answers), then start the workers."""
+        delay = 0.5
+        while not self._stop.is_set():
+            self.informer.synced.wait(5.0)
+            if not self.informer.synced.is_set():
+                continue
+            try:
+                self.sweep_orphans()
+                break
+            except Exception as exc:
+                log.warning(
+                    "sweeping stale domains failed (%s); no guest is started until it "
+                    "works; again in %.0fs",
+                    exc,
+                    delay,
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        if self._stop.is_set():
+            return
+        self.swept.set()
+        for i in range(self.settings.workers):
+            self._spawn(f"worker-{i}", self._work)
+        self._spawn("resync", self._resync)
 
     def _spawn(self, name: str, target: object) -> None:
         t = threading.Thread(target=target, name=f"{self.settings.host_name}-{name}", daemon=True)  # type: ignore[arg-type]
@@ -203,36 +246,32 @@ class Agent:
         self._capacity_due.set()
 
     def _work(self) -> None:
+        """A worker: a key that fails, however often, costs retries with capped back-off and
+        never the worker (:meth:`workqueue.WorkQueue.process_next` catches everything)."""
+        while self.queue.process_next(self._reconcile_key, self._failed):
+            self._capacity_due.set()
+
+    def _reconcile_key(self, key: informer.Key) -> float | None:
         assert self.deps is not None
-        while True:
-            key = self.queue.get()
-            if key is None:
-                return
-            try:
-                server = self.informer.get(key)
-                if server is not None:
-                    again = reconcile.reconcile_server(self.deps, server)
-                    if again is not None:
-                        self.queue.add(key, again)
-                self.queue.forget(key)
-                self.metrics.reconciles.inc()
-            except Exception as exc:
-                self.metrics.failed(exc)
-                transient = isinstance(exc, RetryLater) or getattr(exc, "transient", True)
-                delay = self.queue.backoff(key)
-                level = logging.WARNING if transient else logging.ERROR
-                log.log(
-                    level,
-                    "reconciling %s/%s failed (%s); again in %.1fs",
-                    key[0],
-                    key[1],
-                    exc,
-                    delay,
-                    exc_info=not transient,
-                )
-            finally:
-                self.queue.done(key)
-                self._capacity_due.set()
+        server = self.informer.get(key)
+        if server is None:
+            return None
+        again = reconcile.reconcile_server(self.deps, server)
+        self.metrics.reconciles.inc()
+        return again
+
+    def _failed(self, key: informer.Key, exc: Exception, delay: float) -> None:
+        self.metrics.failed(exc)
+        transient = isinstance(exc, RetryLater) or getattr(exc, "transient", True)
+        log.log(
+            logging.WARNING if transient else logging.ERROR,
+            "reconciling %s/%s failed (%s); again in %.1fs",
+            key[0],
+            key[1],
+            exc,
+            delay,
+            exc_info=not transient,
+        )
 
     def _heartbeat(self) -> None:
         while not self._stop.is_set():
@@ -247,14 +286,13 @@ class Agent:
 
     def _resync(self) -> None:
         self.informer.synced.wait()
-        while not self._stop.is_set():
+        while not self._stop.wait(self.settings.resync_seconds):
             try:
                 self.sweep_orphans()
             except Exception as exc:
                 log.warning("orphan sweep failed: %s", exc)
             for server in self.informer.items():
                 self.queue.add(server.key)
-            self._stop.wait(self.settings.resync_seconds)
 
     def sweep_orphans(self) -> list[str]:
         """Remove kubenova domains whose Server no longer exists (a deleted or lost object).
@@ -276,11 +314,18 @@ class Agent:
             if self.migrator is not None and self.migrator.incoming(dom.uuid):
                 continue  # arriving: the migration decides its fate
             assert dom.owner is not None
-            elsewhere = self._bound_elsewhere(dom.owner)
-            if elsewhere is None and self.migrator is not None and self.migrator.holds(dom.uuid):
+            server = self._server_of(dom.owner)
+            node = server.status.nodeName if server is not None else None
+            elsewhere = node if node and node != self.settings.host_name else None
+            fenced = server is not None and server.status.evacuatedFrom == self.settings.host_name
+            leaving = self.migrator is not None and self.migrator.holds(dom.uuid)
+            if elsewhere is None and not fenced and leaving:
                 continue  # leaving: the migration decides its fate
             try:
-                if elsewhere is not None:
+                if fenced:
+                    assert server is not None
+                    self._remove_stale(dom.uuid, server)
+                elif elsewhere is not None:
                     # Left behind by a move (an agent that died at the wrong moment): the
                     # Server lives on another host, and its disks may be that host's too
                     # (shared storage), so only this host's definition goes.
@@ -301,13 +346,29 @@ class Agent:
                 log.warning("could not remove orphan %s: %s", dom.name, exc)
         return removed
 
-    def _bound_elsewhere(self, owner: domain_xml.Owner) -> str | None:
-        """The host the domain's Server is bound to, if it exists and is bound elsewhere."""
+    def _server_of(self, owner: domain_xml.Owner) -> Server | None:
+        """The domain's Server, read fresh, if it still exists (the same UID)."""
         server = self.kube.get(Server, owner.name, owner.namespace)
-        if server is None or server.uid != owner.uid:
-            return None
-        node = server.status.nodeName
-        return node if node and node != self.settings.host_name else None
+        return server if server is not None and server.uid == owner.uid else None
+
+    def _remove_stale(self, uid: str, server: Server) -> None:
+        """A guest of this host's Server that was taken away while the host was out of service:
+        never started again. Its disks go too once the Server was rebuilt from its image
+        elsewhere; while that is not known (shared storage, not rebuilt yet), they are kept."""
+        assert self.deps is not None
+        rebuilt = server.status.diskRebuilt is True
+        if rebuilt:
+            reconcile.teardown(self.deps, uid)
+        else:
+            reconcile.forget_domain(self.deps, uid)
+        where = server.status.nodeName or "no host yet"
+        what = "its domain and disks" if rebuilt else "its domain (its disks are kept: shared?)"
+        message = (
+            f"host {self.settings.host_name} came back after it was out of service: removed "
+            f"{what} there before starting anything; the server runs on {where}"
+        )
+        log.warning("%s: %s", server.full_name, message)
+        self.kube.event(ObjectRef.to(server), "StaleDomainRemoved", message, warning=True)
 
 
 def kube_condition(hv: Hypervisor, type_: str) -> common.Condition | None:

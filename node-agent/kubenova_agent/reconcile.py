@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from kubenova_agent import bootwatch, configdrive, driver, images
+from kubenova_agent import bootwatch, configdrive, driver, images, restartbackoff, softstop
 from kubenova_agent.driver import GuestInfo, State, StopReason
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.settings import AgentSettings
@@ -78,7 +78,7 @@ class ImageFiles(Protocol):
     """The host's image cache (:class:`kubenova_agent.images.ImageCache`)."""
 
     def path_of(self, sha256: str) -> pathlib.Path: ...
-    def ensure(self, url: str, sha256: str) -> pathlib.Path: ...
+    def ensure(self, url: str, sha256: str, kind: str) -> pathlib.Path: ...
 
 
 @dataclasses.dataclass
@@ -101,8 +101,36 @@ class Deps:
     """Whether a guest has just migrated away (the target deletes it when asked)."""
     guest_cpu: Callable[[Server], str | None] | None = None
     """The ``<cpu>`` XML a new guest of this Server gets (None: the hypervisor's default)."""
+    cpus: driver.CpuChecks | None = None
+    """Whether this host can run that CPU (None: not asked, as on libvirt's test driver)."""
+    stops: softstop.SoftStops = dataclasses.field(init=False)
+    """Soft stops (``powerState: Stopped``) waiting for the guest, by Server UID."""
+    reboots: softstop.SoftStops = dataclasses.field(init=False)
+    """Soft reboots waiting for the guest to go off before it is started again."""
+    restarts: restartbackoff.RestartBackoff = dataclasses.field(
+        default_factory=restartbackoff.RestartBackoff
+    )
+    """CrashLoopBackOff of guests that keep stopping by themselves."""
+    rebuilt: dict[str, bool] = dataclasses.field(default_factory=dict)
+    """Evacuated Servers rebuilt here: whether from the image (True) or on a shared disk."""
     boots: bootwatch.BootWatch | None = None
     """Boots this agent started, watched for the firmware finding nothing to boot."""
+
+    def __post_init__(self) -> None:
+        limit = self.settings.max_shutdown_timeout_seconds
+        self.stops = softstop.SoftStops(self.guests, limit)
+        self.reboots = softstop.SoftStops(self.guests, limit)
+
+    def forget(self, uid: str) -> None:
+        """Drop what is kept in memory about a Server that is gone from this host."""
+        self.written.pop(uid, None)
+        self.console_served.pop(uid, None)
+        self.stops.cancel(uid)
+        self.reboots.cancel(uid)
+        self.restarts.forget(uid)
+        self.rebuilt.pop(uid, None)
+        if self.boots is not None:
+            self.boots.forget(uid)
 
 
 class Permanent(Exception):
@@ -111,6 +139,31 @@ class Permanent(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class HostFailed(Exception):
+    """A hypervisor call failed (libvirt said no, or is gone): said in the status and an
+    Event, then retried with the work queue's back-off."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Libvirt:
+    """``with _Libvirt("StartFailed", "starting the domain"):`` turns a hypervisor error into
+    :class:`HostFailed` with that reason and what was being done."""
+
+    def __init__(self, reason: str, doing: str) -> None:
+        self.reason = reason
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, errors.HypervisorError):
+            raise HostFailed(self.reason, f"{self.doing} failed: {exc}") from exc
 
 
 def server_ref(server: Server) -> ObjectRef:
@@ -135,6 +188,14 @@ class Converged:
     reboot_seen: dt.datetime | None = None
     rebuild_seen: dt.datetime | None = None
     restarted: int = 0
+    backoff: restartbackoff.Wait | None = None
+    """The guest stopped by itself again and waits for its CrashLoopBackOff to end."""
+    recheck: float | None = None
+    """Look again after this many seconds (a soft stop waiting, a back-off ending)."""
+    rebooting: bool = False
+    """A soft reboot waits for the guest to go off."""
+    stopping: str | None = None
+    """A soft stop waits for the guest to go off (what is said in ``Converged``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +204,7 @@ class Report:
 
     error: tuple[str, str] | None = None
     waiting: tuple[str, str] | None = None
+    """Why the declared state is not reached yet (a transient failure, or a dependency)."""
     converged: Converged | None = None
     migrating: str | None = None
     boot_failed: str | None = None
@@ -150,7 +212,13 @@ class Report:
 
 def reconcile_server(deps: Deps, server: Server) -> float | None:
     """Bring the host in line with ``server``; returns seconds until it should be looked at
-    again (None: only when something changes)."""
+    again (None: only when something changes).
+
+    Whatever stops it is said at once in the Server's status (a condition with a reason and a
+    message) and, when the reason is new, in an Event: a spec that cannot run here is
+    :class:`Permanent` (ERROR until the spec changes), a dependency not there yet is
+    :class:`RetryLater` (looked at again after its delay), and a hypervisor call that failed is
+    raised again after the report, so that the work queue retries it with back-off."""
     meta = server.metadata
     if meta.deleting:
         if deps.moved_away is not None and deps.moved_away(meta.uid):
@@ -162,9 +230,9 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
         return None  # rebound elsewhere meanwhile
     held = deps.hold(meta.uid) if deps.hold is not None else None
     if held is not None:
-        guest = deps.guests.get(meta.uid)
-        if guest is not None and guest.alive:
-            report(deps, server, guest, Report(migrating=held))
+        moving = deps.guests.get(meta.uid)
+        if moving is not None and moving.alive:
+            report(deps, server, moving, Report(migrating=held))
         return None  # the migration owns the guest until it ends
     ready = common.get_condition(status.conditions, "Ready")
     if (
@@ -175,29 +243,30 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
     ):
         return None  # nothing new to try until the spec changes
     server = deps.kube.add_finalizer(server, constants.FINALIZER_DOMAIN)
+    guest: GuestInfo | None = None
     try:
         guest = deps.guests.get(meta.uid)
         if guest is None:
-            deps.guests.define(domain_xml.build_domain_xml(domain_config(deps, server)))
-            log.info("defined the domain of %s", server.full_name)
-            guest = deps.guests.get(meta.uid)
-            if guest is None:
-                raise RetryLater("SpawnFailed", "domain vanished right after it was defined")
+            guest = define(deps, server)
         before = guest.state
         converged = converge(deps, server, guest)
         delay, failed = _watch_boot(deps, server, before, converged)
     except Permanent as exc:
         report(deps, server, None, Report(error=(exc.reason, str(exc))))
-        deps.kube.event(server_ref(server), exc.reason, str(exc), warning=True)
         return None
     except RetryLater as exc:
-        report(deps, server, None, Report(waiting=(exc.reason, str(exc))))
+        report(
+            deps, server, _guest_now(deps, meta.uid, guest), Report(waiting=(exc.reason, str(exc)))
+        )
         return exc.delay
-    except errors.HypervisorError as exc:
-        raise RetryLater("LibvirtError", str(exc)) from exc
+    except (HostFailed, errors.HypervisorError) as exc:
+        reason = exc.reason if isinstance(exc, HostFailed) else "LibvirtError"
+        report(deps, server, _guest_now(deps, meta.uid, guest), Report(waiting=(reason, str(exc))))
+        raise RetryLater(reason, str(exc)) from exc
     report(deps, server, converged.guest, Report(converged=converged, boot_failed=failed))
     serve_console(deps, server)
-    return delay
+    looks = [t for t in (converged.recheck, delay) if t is not None]
+    return min(looks) if looks else None
 
 
 def _watch_boot(
@@ -217,11 +286,77 @@ def _watch_boot(
     return delay, watch.failed.get(uid)
 
 
+def _guest_now(deps: Deps, uid: str, known: GuestInfo | None) -> GuestInfo | None:
+    """The guest as it is after a failure, for the report (as last seen if libvirt is down)."""
+    try:
+        return deps.guests.get(uid)
+    except errors.HypervisorError:
+        return known
+
+
+def define(deps: Deps, server: Server) -> GuestInfo:
+    """Define the Server's domain (images, disks and config drive first)."""
+    found = _disk_found(deps, server)
+    xml = domain_xml_of(domain_config(deps, server))
+    with _Libvirt("DefineFailed", "defining the domain"):
+        deps.guests.define(xml)
+    log.info("defined the domain of %s", server.full_name)
+    guest = deps.guests.get(server.uid)
+    if guest is None:
+        raise RetryLater("SpawnFailed", "domain vanished right after it was defined")
+    if found is not None:
+        _rebuilt(deps, server, found)
+    return guest
+
+
+def _disk_found(deps: Deps, server: Server) -> bool | None:
+    """For a Server evacuated from a dead host and not rebuilt yet: whether its root disk is
+    here already (the instances folder is shared with that host). None otherwise."""
+    status = server.status
+    if status.evacuatedFrom is None or status.diskRebuilt is not None or server.uid in deps.rebuilt:
+        return None
+    return bool(deps.storage.volumes(f"{volume_prefix(server.uid)}root"))
+
+
+def _rebuilt(deps: Deps, server: Server, found: bool) -> None:
+    deps.rebuilt[server.uid] = not found
+    here, dead = deps.settings.host_name, server.status.evacuatedFrom
+    if found:
+        _event(
+            deps,
+            server,
+            "RebuiltFromSharedDisk",
+            f"rebuilt on {here} on its own disk (shared storage) after host {dead} went out "
+            "of service",
+        )
+    else:
+        _event(
+            deps,
+            server,
+            "RebuiltFromImage",
+            f"rebuilt on {here} from image {server.spec.imageRef} after host {dead} went out "
+            f"of service: its disk on {dead} is lost",
+            warn=True,
+        )
+
+
+def domain_xml_of(cfg: domain_xml.DomainConfig) -> str:
+    """The domain XML, or :class:`Permanent` when a value of the spec cannot be XML."""
+    try:
+        return domain_xml.build_domain_xml(cfg)
+    except domain_xml.InvalidText as exc:
+        raise Permanent("InvalidSpec", str(exc)) from exc
+
+
 PERMANENT_REASONS = {
     "ImageChecksumMismatch",
     "ImageFormatInvalid",
     "FlavorDiskTooSmall",
     "ImageFetchFailed",
+    "InvalidSpec",
+    "CPUModelMissing",
+    *images.PERMANENT_REASONS,
+    *(reason.value for reason in driver.CpuReason),
 }
 
 
@@ -235,6 +370,21 @@ def _image(deps: Deps, name: str) -> Image:
     return image
 
 
+def _pinned(deps: Deps, server: Server) -> tuple[ImageSource, str, ImageProperties]:
+    """The source, architecture and properties of the Server's own image: the bits pinned in
+    its status when it was bound (never re-resolved by name), or, for a Server bound before
+    pins existed or rebuilt from another Image since, its Image as it is now."""
+    pin = server.status.image
+    if pin is not None and pin.name == server.spec.imageRef:
+        props = pin.properties
+        if props is None:  # pinned before pins carried properties
+            found = deps.kube.get(Image, server.spec.imageRef)
+            props = found.spec.properties if found is not None else ImageProperties()
+        return pin.source(), pin.architecture.value, props
+    image = _image(deps, server.spec.imageRef)
+    return image.spec.source, image.spec.architecture.value, image.spec.properties
+
+
 def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
     """The domain the Server should have now: fetches images and creates disks and the config
     drive as needed (each step idempotent). In rescue, the rescue image boots with the server's
@@ -243,12 +393,12 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
     if flavor is None:
         raise RetryLater("WaitingForFlavor", "the controller has not recorded the flavor yet", 2.0)
     uid = server.uid
-    image = _image(deps, spec.imageRef)
+    source, arch, props = _pinned(deps, server)
+    cpu_xml = guest_cpu(deps, server, arch)
     # The image that boots decides the hardware (the rescue image's, in rescue).
-    props = image.spec.properties
     bus = props.disk_bus.value
     try:
-        boot, disk_source = _fetch(deps, server, image.spec.source)
+        boot, disk_source = _fetch(deps, server, source)
         root = _root_disk(
             deps,
             f"{volume_prefix(uid)}root.qcow2",
@@ -259,10 +409,12 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         )
         disks = [root]
         if spec.rescue is not None:
-            rescue_image = _image(deps, spec.rescue.imageRef or spec.imageRef)
-            props = rescue_image.spec.properties
-            bus = props.disk_bus.value
-            boot, rescue_source = _fetch(deps, server, rescue_image.spec.source)
+            rescue_with = source
+            if spec.rescue.imageRef and spec.rescue.imageRef != spec.imageRef:
+                rescue_image = _image(deps, spec.rescue.imageRef).spec
+                rescue_with, props = rescue_image.source, rescue_image.properties
+                bus = props.disk_bus.value
+            boot, rescue_source = _fetch(deps, server, rescue_with)
             rescue_root = _root_disk(
                 deps,
                 f"{volume_prefix(uid)}rescue.qcow2",
@@ -277,7 +429,7 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
             ]
     except images.ImageError as exc:
         if exc.transient:
-            raise RetryLater(exc.reason, str(exc), 10.0) from exc
+            raise RetryLater(exc.reason, str(exc), exc.retry_after) from exc
         raise Permanent(exc.reason, str(exc)) from exc
     except errors.HypervisorError as exc:
         raise RetryLater("StorageFailed", f"creating the disk failed: {exc}", 5.0) from exc
@@ -285,10 +437,9 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         f"{volume_prefix(uid)}config.iso",
         lambda path: configdrive.write(path, configdrive.metadata_of(server), spec),
     )
-    on_virtio = sum(1 for d in disks if d.bus == "virtio")
     disks.append(
         domain_xml.Disk(
-            drive, format="raw", target=domain_xml.disk_target("virtio", on_virtio), readonly=True
+            drive, format="raw", target=f"vd{chr(ord('a') + len(disks))}", readonly=True
         )
     )
     pathlib.Path(deps.settings.consoles_dir).mkdir(parents=True, exist_ok=True)
@@ -302,9 +453,9 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         boot=boot,
         flavor_name=spec.flavorRef,
         image_name=spec.imageRef,
-        arch=image.spec.architecture.value,
+        arch=arch,
         rescue=spec.rescue is not None,
-        cpu_xml=deps.guest_cpu(server) if deps.guest_cpu is not None else None,
+        cpu_xml=cpu_xml,
         disk_cache=deps.settings.disk_cache,
         firmware=firmware_of(deps, uid, props),
         machine=props.machine_type,
@@ -333,11 +484,36 @@ def firmware_of(deps: Deps, uid: str, props: ImageProperties) -> domain_xml.Firm
     return domain_xml.Firmware(nvram=nvram, secure_boot=secure)
 
 
-def _cached(deps: Deps, server: Server, url: str, sha256: str) -> pathlib.Path:
-    """The image file from the host's cache; a fresh download is told in an Event."""
+def guest_cpu(deps: Deps, server: Server, arch: str) -> str | None:
+    """The ``<cpu>`` of a new guest of ``server``, checked against what this host's libvirt
+    can give (before anything is fetched: a refusal is said within seconds)."""
+    if deps.guest_cpu is None:
+        return None
+    try:
+        cpu_xml = deps.guest_cpu(server)
+    except domain_xml.InvalidText as exc:
+        raise Permanent("InvalidSpec", str(exc)) from exc
+    except ValueError as exc:
+        raise Permanent(
+            "CPUModelMissing",
+            f"{exc}: the Flavor asks for hw:cpu_mode custom without hw:cpu_model, and this "
+            "host's agent has no --cpu-model",
+        ) from exc
+    if cpu_xml is None or deps.cpus is None or deps.virt_type is domain_xml.VirtType.test:
+        return cpu_xml
+    with _Libvirt("CPUCheckFailed", "asking libvirt which CPUs this host can give"):
+        refusal = deps.cpus.check(cpu_xml, arch, deps.virt_type.value)
+    if refusal is not None:
+        raise Permanent(refusal.reason.value, f"{deps.settings.host_name}: {refusal.message}")
+    return cpu_xml
+
+
+def _cached(deps: Deps, server: Server, url: str, sha256: str, kind: str) -> pathlib.Path:
+    """The image file from the host's cache, inspected as a ``kind`` (qcow2, raw, kernel,
+    ramdisk); a fresh download is told in an Event."""
     fresh = not deps.images.path_of(sha256).exists()
     started = time.monotonic()
-    path = deps.images.ensure(url, sha256)
+    path = deps.images.ensure(url, sha256, kind)
     if fresh:
         size = path.stat().st_size / (1 << 20)
         took = time.monotonic() - started
@@ -358,19 +534,13 @@ def _fetch(
     disk = source.disk
     if source.uec is not None:
         uec = source.uec
-        kernel = _cached(deps, server, uec.kernel.url, uec.kernel.sha256)
-        ramdisk = _cached(deps, server, uec.ramdisk.url, uec.ramdisk.sha256)
+        kernel = _cached(deps, server, uec.kernel.url, uec.kernel.sha256, "kernel")
+        ramdisk = _cached(deps, server, uec.ramdisk.url, uec.ramdisk.sha256, "ramdisk")
         boot = domain_xml.DirectKernelBoot(str(kernel), str(ramdisk), uec.cmdline)
         disk = uec.disk
     if disk is None:
         return boot, None
-    path = _cached(deps, server, disk.url, disk.sha256)
-    if disk.format is DiskFormat.qcow2 and images.has_backing_file(path):
-        raise images.ImageError(
-            "qcow2 images with a backing file are refused",
-            reason="ImageFormatInvalid",
-            transient=False,
-        )
+    path = _cached(deps, server, disk.url, disk.sha256, disk.format.value)
     return boot, (path, disk.format)
 
 
@@ -380,7 +550,6 @@ def _root_disk(
     flavor: FlavorSnapshot,
     disk: tuple[pathlib.Path, DiskFormat] | None,
     target: str,
-    bus: str = "virtio",
 ) -> domain_xml.Disk:
     flavor_bytes = flavor.diskGiB * GIB
     if disk is None:
@@ -401,7 +570,7 @@ def _root_disk(
     path_str = deps.storage.ensure_volume(volume, capacity, backing)
     if deps.storage.grow_volume(volume, capacity):  # resized to a bigger flavor
         log.info("grew %s to %.1f GiB", volume, capacity / GIB)
-    return domain_xml.Disk(path=path_str, format="qcow2", target=target, bus=bus)
+    return domain_xml.Disk(path=path_str, format="qcow2", target=target)
 
 
 # ----------------------------------------------------------------------------- converging
@@ -422,13 +591,14 @@ def converge(deps: Deps, server: Server, guest: GuestInfo) -> Converged:
     if want_rescue:
         if out.guest.state is not State.running:
             deps.guests.discard_saved(server.uid)
-            deps.guests.start(server.uid)
+            _start(deps, server.uid)
             out.guest = _refresh(deps, server.uid)
         if spec.powerState is not PowerState.Running:
             out.refused = "a rescued server stays running; unrescue it first"
         return out
     _reboot_if_asked(deps, server, out)
-    _converge_power(deps, server, out)
+    if not out.rebooting:
+        _converge_power(deps, server, out)
     return out
 
 
@@ -439,21 +609,39 @@ def _refresh(deps: Deps, uid: str) -> GuestInfo:
     return guest
 
 
+def _start(deps: Deps, uid: str) -> None:
+    with _Libvirt("StartFailed", "starting the domain"):
+        deps.guests.start(uid)
+
+
+def _sooner(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
 def switch_rescue(deps: Deps, server: Server, to_rescue: bool) -> GuestInfo:
     """Rescue: stop the guest and boot the rescue image with the guest's disk as the second
     disk. Unrescue: stop the rescue guest, drop its disk and boot the original again."""
     uid = server.uid
+    xml = domain_xml_of(domain_config(deps, server))
     deps.guests.destroy(uid)
     deps.guests.discard_saved(uid)
-    deps.guests.define(domain_xml.build_domain_xml(domain_config(deps, server)))
+    with _Libvirt("DefineFailed", "defining the domain"):
+        deps.guests.define(xml)
     if not to_rescue:
         deps.storage.delete_volumes(f"{volume_prefix(uid)}rescue")
-    deps.guests.start(uid)
+    _start(deps, uid)
     if to_rescue:
         _event(deps, server, "Rescued", "booted the rescue image; the server's disk is /dev/vdb")
     else:
         _event(deps, server, "Unrescued", "booted the server's own disk again")
     return _refresh(deps, uid)
+
+
+def _waiting_note(wait: softstop.Waiting, asked: int) -> str:
+    note = f"forced off after {wait.timeout:.0f}s"
+    if wait.capped:
+        note += f" (the host's maximum; the Server asks for {asked}s)"
+    return note
 
 
 def _rebuild_if_asked(deps: Deps, server: Server, out: Converged) -> None:
@@ -477,12 +665,14 @@ def _rebuild_if_asked(deps: Deps, server: Server, out: Converged) -> None:
     deps.guests.discard_saved(uid)
     deps.guests.undefine(uid)
     deps.storage.delete_volumes(volume_prefix(uid))
-    deps.guests.define(domain_xml.build_domain_xml(domain_config(deps, server)))
+    deps.guests.define(domain_xml_of(domain_config(deps, server)))
     out.guest = _refresh(deps, uid)
     _event(deps, server, "Rebuilt", f"rebuilt from Image {spec.imageRef}")
 
 
 def _reboot_if_asked(deps: Deps, server: Server, out: Converged) -> None:
+    """Act once on a new ``rebootRequestedAt``. A soft reboot presses the power button and
+    comes back (``recheck``) until the guest is off or its time is up; no worker waits."""
     spec, uid = server.spec, server.uid
     asked = spec.rebootRequestedAt
     last = deps.written.get(uid)
@@ -490,24 +680,38 @@ def _reboot_if_asked(deps: Deps, server: Server, out: Converged) -> None:
         last.observedRebootRequestedAt if last is not None else None
     )
     if asked is None or asked == seen:
+        deps.reboots.cancel(uid)
         return
-    out.reboot_seen = asked
+    if spec.powerState is not PowerState.Running and deps.reboots.cancel(uid):
+        out.reboot_seen = asked  # superseded by the power state declared since
+        return
     hard = spec.rebootType is RebootType.Hard
     state = out.guest.state
-    if state is State.running:
-        how = "hard"
-        if not hard:
-            timeout = float(spec.shutdownTimeoutSeconds)
-            how = "soft" if deps.guests.shutdown(uid, timeout) else "soft, then hard: no answer"
-        deps.guests.destroy(uid, force=True)
-        deps.guests.start(uid)
+    if deps.reboots.in_progress(uid) or (state is State.running and not hard):
+        wait = deps.reboots.step(uid, state is State.running, float(spec.shutdownTimeoutSeconds))
+        if isinstance(wait, softstop.Waiting):
+            out.rebooting = True
+            out.recheck = _sooner(out.recheck, wait.recheck)
+            if wait.started:
+                how = _waiting_note(wait, spec.shutdownTimeoutSeconds)
+                _event(deps, server, "Rebooting", f"pressed the power button; {how}")
+            return
+        how = "soft"
+        if isinstance(wait, softstop.Expired):
+            deps.guests.destroy(uid, force=True)
+            how = f"soft, then hard: no answer in {wait.timeout:.0f}s"
+        _start(deps, uid)
         _event(deps, server, "Rebooted", f"rebooted ({how})")
+    elif state is State.running:
+        deps.guests.destroy(uid, force=True)
+        _start(deps, uid)
+        _event(deps, server, "Rebooted", "rebooted (hard)")
     elif hard and spec.powerState is PowerState.Running:
         deps.guests.discard_saved(uid)
         if state is State.paused:
             deps.guests.unpause(uid)
         else:
-            deps.guests.start(uid)
+            _start(deps, uid)
         _event(deps, server, "Rebooted", f"hard reboot of a {state.value.lower()} server")
     else:
         _event(
@@ -517,13 +721,21 @@ def _reboot_if_asked(deps: Deps, server: Server, out: Converged) -> None:
             f"a soft reboot needs a running server; this one is {state.value.lower()}",
             warn=True,
         )
+    out.reboot_seen = asked
     out.guest = _refresh(deps, uid)
 
 
 def _converge_power(deps: Deps, server: Server, out: Converged) -> None:
     """One step toward the declared power state, by the table of what each state allows."""
     want = server.spec.powerState
+    uid = server.uid
+    if want is not PowerState.Stopped and deps.stops.cancel(uid):
+        log.info("%s: the soft stop under way is dropped: declared %s", server.full_name, want)
     state = out.guest.state
+    if deps.stops.in_progress(uid) and state is not State.running:
+        done = deps.stops.step(uid, False, float(server.spec.shutdownTimeoutSeconds))
+        waited = done.waited if not isinstance(done, softstop.Waiting) else 0.0
+        _event(deps, server, "Stopped", f"the guest shut down after {waited:.0f}s")
     step = POWER_STEPS.get((want, state))
     if step is not None:
         step(deps, server, out)
@@ -531,7 +743,7 @@ def _converge_power(deps: Deps, server: Server, out: Converged) -> None:
         out.refused = f"cannot pause a server that is {_PHASES[state].value}"
     elif want is PowerState.Suspended and state is not State.suspended:
         out.refused = f"cannot suspend a server that is {_PHASES[state].value}"
-    out.guest = _refresh(deps, server.uid)
+    out.guest = _refresh(deps, uid)
 
 
 def _unpause(deps: Deps, server: Server, _out: Converged) -> None:
@@ -540,17 +752,18 @@ def _unpause(deps: Deps, server: Server, _out: Converged) -> None:
 
 
 def _resume(deps: Deps, server: Server, _out: Converged) -> None:
-    deps.guests.start(server.uid)
+    _start(deps, server.uid)
     _event(deps, server, "Resumed", "memory restored from the managed-save image")
 
 
 def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     """A stopped guest is started; one that stopped by itself (the spec unchanged since) is
-    started again only as its restart policy says."""
-    guest, status = out.guest, server.status
+    started again only as its restart policy says, and after its CrashLoopBackOff."""
+    guest, status, uid = out.guest, server.status, server.uid
     unchanged_spec = status.observedGeneration == server.metadata.generation
     if guest.stop_reason is None or guest.stop_reason not in BY_GUEST or not unchanged_spec:
-        deps.guests.start(server.uid)
+        deps.restarts.forget(uid)  # a person's wish, not a crash loop
+        _start(deps, uid)
         _event(deps, server, "Started", f"domain {guest.name} started on {deps.settings.host_name}")
         return
     policy = server.spec.restartPolicy
@@ -564,25 +777,45 @@ def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
         policy is RestartPolicy.OnFailure and guest.stop_reason is not StopReason.shutdown
     )
     ready = common.get_condition(status.conditions, "Ready")
-    if ready is None or ready.reason != guest.stop_reason.value:
-        report(deps, server, guest)  # say that it stopped before starting it again
+    last = deps.written.get(uid)
+    told = {ready.reason if ready is not None else None}
+    if last is not None:
+        said = common.get_condition(last.conditions, "Ready")
+        told.add(said.reason if said is not None else None)
+    if not told & {guest.stop_reason.value, restartbackoff.REASON}:
+        # Say that it stopped before starting it again (a back-off said so already).
+        report(deps, server, guest)
     if not restart:
         return
-    deps.guests.start(server.uid)
+    decision = deps.restarts.decide(uid)
+    if isinstance(decision, restartbackoff.Wait):
+        out.backoff = decision
+        out.recheck = _sooner(out.recheck, decision.remaining)
+        return
+    _start(deps, uid)
     out.restarted = 1
-    _event(deps, server, "Restarted", f"started again (restart policy {policy.value})")
+    again = f", {decision.attempt} times in a row" if decision.attempt > 1 else ""
+    _event(deps, server, "Restarted", f"started again (restart policy {policy.value}{again})")
 
 
-def _stop(deps: Deps, server: Server, _out: Converged) -> None:
-    timeout = float(server.spec.shutdownTimeoutSeconds)
-    clean = deps.guests.shutdown(server.uid, timeout)
+def _stop(deps: Deps, server: Server, out: Converged) -> None:
+    """Press the power button and come back (``recheck``) until the guest is off or its
+    time is up, then force it off: a soft stop holds no worker while it waits."""
+    asked = server.spec.shutdownTimeoutSeconds
+    wait = deps.stops.step(server.uid, True, float(asked))
+    if isinstance(wait, softstop.Waiting):
+        out.recheck = _sooner(out.recheck, wait.recheck)
+        out.stopping = f"waiting up to {wait.remaining:.0f}s for the guest to power off"
+        if wait.started:
+            _event(
+                deps, server, "Stopping", f"pressed the power button; {_waiting_note(wait, asked)}"
+            )
+        return
+    if isinstance(wait, softstop.Off):
+        _event(deps, server, "Stopped", "the guest shut down")
+        return
     deps.guests.destroy(server.uid)
-    _event(
-        deps,
-        server,
-        "Stopped",
-        "the guest shut down" if clean else f"forced off after {timeout:.0f}s",
-    )
+    _event(deps, server, "Stopped", f"forced off after {wait.timeout:.0f}s")
 
 
 def _stop_paused(deps: Deps, server: Server, _out: Converged) -> None:
@@ -658,21 +891,25 @@ def observed_status(
     last = deps.written.get(server.uid)
     generation = server.metadata.generation
     host = deps.settings.host_name
+    converged = what.converged
     status = ServerStatus()
     cond: tuple[ConditionStatus, str, str]
     if what.error is not None:
         phase = Phase.ERROR
         cond = ("False", *what.error)
-    elif what.waiting is not None or guest is None:
+    elif guest is None:
         phase = Phase.BUILD
         cond = ("False", *(what.waiting or ("Spawning", "")))
     else:
         phase = _PHASES[guest.state]
+        if guest.stop_reason is StopReason.never_started:
+            phase = Phase.BUILD
         rescued = domain_xml.is_rescue(guest.xml)
         if rescued and guest.state is State.running:
             phase = Phase.RESCUE
         status.powerState = guest.state.value
         status.domainName = guest.name
+        backoff = converged.backoff if converged is not None else None
         if what.migrating is not None:
             phase = Phase.MIGRATING
             cond = ("True", "Migrating", f"{what.migrating}; running on {host} until then")
@@ -680,6 +917,10 @@ def observed_status(
             cond = ("False", "BootFailed", f"{what.boot_failed} (on {host})")
         elif guest.state is State.running:
             cond = ("True", "Rescued" if rescued else "Running", f"running on {host}")
+        elif what.waiting is not None:
+            cond = ("False", *what.waiting)
+        elif backoff is not None:
+            cond = ("False", backoff.reason, f"{backoff.message} (on {host})")
         elif stopped_by_itself(server, guest):
             assert guest.stop_reason is not None
             cond = ("False", guest.stop_reason.value, f"the guest stopped by itself on {host}")
@@ -689,16 +930,9 @@ def observed_status(
     status.observedGeneration = generation
     conditions = [c for c in old.conditions if c.type in AGENT_CONDITIONS]
     conditions = common.set_condition(conditions, "Ready", cond[0], cond[1], cond[2], generation)
-    converged = what.converged
-    if converged is not None:
-        if converged.refused:
-            conditions = common.set_condition(
-                conditions, "Converged", "False", "ActionNotAllowed", converged.refused, generation
-            )
-        else:
-            conditions = common.set_condition(
-                conditions, "Converged", "True", "AsDeclared", "", generation
-            )
+    progress = _convergence(what)
+    if progress is not None:
+        conditions = common.set_condition(conditions, "Converged", *progress, generation)
     status.conditions = conditions
     launched = old.launchedAt or (last.launchedAt if last is not None else None)
     if launched is None and phase is Phase.ACTIVE:
@@ -721,28 +955,74 @@ def observed_status(
         status.observedRebuildRequestedAt = rebuild_seen
     if guest is not None:
         status.imageRef = domain_xml.image_of(guest.xml)
+    rebuilt = deps.rebuilt.get(server.uid)
+    for said in (old, last):
+        if rebuilt is None and said is not None:
+            rebuilt = said.diskRebuilt
+    if rebuilt is not None and old.evacuatedFrom is not None:
+        status.diskRebuilt = rebuilt  # in every write: a field left out would be removed
     restarts = max(old.restartCount, last.restartCount if last is not None else 0)
     status.restartCount = restarts + (converged.restarted if converged else 0)
     return status
 
 
+def _convergence(what: Report) -> tuple[ConditionStatus, str, str] | None:
+    """``Converged``: whether the declared state is reached, and if not, why."""
+    converged = what.converged
+    if what.waiting is not None:
+        return ("False", *what.waiting)
+    if converged is None:
+        return None
+    if converged.refused:
+        return ("False", "ActionNotAllowed", converged.refused)
+    if converged.rebooting:
+        return ("False", "Rebooting", "waiting for the guest to power off")
+    if converged.stopping:
+        return ("False", "Stopping", converged.stopping)
+    if converged.backoff is not None:
+        return ("False", converged.backoff.reason, converged.backoff.message)
+    return ("True", "AsDeclared", "")
+
+
+def _failure(what: Report) -> tuple[str, str] | None:
+    """What went wrong, as a reason and a message, if anything did."""
+    if what.error is not None:
+        return what.error
+    if what.waiting is not None:
+        return what.waiting
+    converged = what.converged
+    if converged is not None and converged.refused:
+        return "ActionNotAllowed", converged.refused
+    if converged is not None and converged.backoff is not None:
+        return converged.backoff.reason, converged.backoff.message
+    return None
+
+
+def _reasons(status: ServerStatus) -> set[str]:
+    return {c.reason for c in status.conditions if c.type in AGENT_CONDITIONS}
+
+
 def report(deps: Deps, server: Server, guest: GuestInfo | None, what: Report = Report()) -> None:
-    """Write the observed state to the Server's status, only when it changed."""
+    """Write the observed state to the Server's status, only when it changed; a failure whose
+    reason the status did not say yet is also told in a (Warning) Event — once, not on every
+    retry."""
     uid = server.uid
     old = server.status
     status = observed_status(deps, server, guest, what)
     last = deps.written.get(uid)
     if says_the_same(old, status) or (last is not None and says_the_same(last, status)):
         return
+    before = _reasons(last if last is not None else old)
     # The host a Server is bound to takes its runtime fields over (from the controller at
     # binding, from the previous host after a move): force is meant here.
     deps.kube.apply_status(server_ref(server), status, force=True)
     deps.written[uid] = status
     ready = common.get_condition(status.conditions, "Ready")
-    old_ready = common.get_condition(old.conditions, "Ready")
     assert ready is not None
-    by_guest = {r.value for r in BY_GUEST}
-    if ready.reason in by_guest and (old_ready is None or old_ready.reason != ready.reason):
+    failure = _failure(what)
+    if failure is not None and failure[0] not in before:
+        _event(deps, server, failure[0], failure[1], warn=True)
+    elif ready.reason in {r.value for r in BY_GUEST} and ready.reason not in before:
         _event(
             deps,
             server,
@@ -750,14 +1030,8 @@ def report(deps: Deps, server: Server, guest: GuestInfo | None, what: Report = R
             f"the guest stopped by itself; restart policy {server.spec.restartPolicy.value}",
             warn=ready.reason != StopReason.shutdown.value,
         )
-    if ready.reason == "BootFailed" and (old_ready is None or old_ready.reason != "BootFailed"):
+    elif ready.reason == "BootFailed" and ready.reason not in before:
         _event(deps, server, "BootFailed", ready.message, warn=True)
-    converged = what.converged
-    if converged is not None and converged.refused:
-        new = common.get_condition(status.conditions, "Converged")
-        assert new is not None
-        if not new.same(common.get_condition(old.conditions, "Converged")):
-            _event(deps, server, "ActionNotAllowed", converged.refused, warn=True)
     if status.phase is Phase.ACTIVE and old.phase is not Phase.ACTIVE:
         log.info("%s is ACTIVE on %s", server.full_name, deps.settings.host_name)
 
@@ -811,11 +1085,8 @@ def delete_server(deps: Deps, server: Server) -> None:
         return
     uid = server.uid
     teardown(deps, uid)
-    if deps.boots is not None:
-        deps.boots.forget(uid)
     deps.kube.remove_finalizer(server_ref(server), constants.FINALIZER_DOMAIN)
-    deps.written.pop(uid, None)
-    deps.console_served.pop(uid, None)
+    deps.forget(uid)
     log.info("deleted %s from %s", server.full_name, deps.settings.host_name)
 
 

@@ -8,12 +8,17 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-from kubenova_api import config
+from kubenova_agent import images
+from kubenova_agent.images import fetch, inspect
+from kubenova_api import config, imagesource
 from kubenova_api.config import option
 
 
 @dataclasses.dataclass(frozen=True)
-class AgentSettings:
+class AgentSettings(imagesource.SourceOptions):
+    """The agent's settings; the image source policy (``--image-allowed-ports`` …) comes from
+    :class:`kubenova_api.imagesource.SourceOptions`, shared with the controller."""
+
     host_name: str = option(
         os.uname().nodename,
         "Name of this host's Hypervisor object; Servers bound to it are this agent's "
@@ -88,6 +93,64 @@ class AgentSettings:
         2,
         "Migration steps handled in parallel (each running migration also has its own thread).",
     )
+
+    image_max_download_bytes: int = option(
+        fetch.FetchLimits.max_bytes, "The largest image download accepted (the file's size)."
+    )
+    image_download_deadline_seconds: float = option(
+        fetch.FetchLimits.deadline_seconds,
+        "How long one image download may take in all (redirects, connecting, every read).",
+    )
+    image_io_timeout_seconds: float = option(
+        fetch.FetchLimits.io_timeout_seconds,
+        "How long one connect or read of an image download may wait for the server.",
+    )
+    image_max_virtual_bytes: int = option(
+        inspect.InspectLimits.max_virtual_bytes,
+        "The largest disk (virtual size) an image may describe.",
+    )
+    image_max_boot_file_bytes: int = option(
+        inspect.InspectLimits.max_boot_file_bytes, "The largest kernel or ramdisk."
+    )
+    image_min_free_bytes: int = option(
+        images.ImageSettings.min_free_bytes,
+        "Room an image download must leave free on the image cache's filesystem.",
+    )
+    image_ca_file: str | None = option(
+        None, "CA certificates for https image servers (the system's when unset)."
+    )
+    image_gc_min_unused_seconds: float = option(
+        images.ImageSettings.gc_min_unused_seconds,
+        "A cached image unused this long that backs no disk is removed (Nova: a day).",
+    )
+    image_gc_interval_seconds: float = option(
+        images.ImageSettings.gc_interval_seconds, "How often unused cached images are looked for."
+    )
+    max_shutdown_timeout_seconds: float = option(
+        600.0,
+        "The longest a soft stop or reboot waits for the guest before forcing it, whatever the "
+        "Server's shutdownTimeoutSeconds says (tenants may ask for up to 3600).",
+    )
+
+    @property
+    def image_settings(self) -> images.ImageSettings:
+        """Everything about images, as the image cache takes it."""
+        return images.ImageSettings(
+            sources=self.source_policy(),
+            download=fetch.FetchLimits(
+                max_bytes=self.image_max_download_bytes,
+                deadline_seconds=self.image_download_deadline_seconds,
+                io_timeout_seconds=self.image_io_timeout_seconds,
+            ),
+            inspection=inspect.InspectLimits(
+                max_virtual_bytes=self.image_max_virtual_bytes,
+                max_boot_file_bytes=self.image_max_boot_file_bytes,
+            ),
+            ca_file=self.image_ca_file,
+            min_free_bytes=self.image_min_free_bytes,
+            gc_min_unused_seconds=self.image_gc_min_unused_seconds,
+            gc_interval_seconds=self.image_gc_interval_seconds,
+        )
 
     @property
     def peer_uri(self) -> str:

@@ -12,16 +12,20 @@ for TokenReview, for reading its users Secret and its token key.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import json
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 
 from kubenova_api import constants, kube
+from kubenova_api.common import KubeObject
+
+K = TypeVar("K", bound=KubeObject)
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -222,6 +226,17 @@ class Kube:
         out = await self.request("GET", path, caller, params=params)
         items: list[dict[str, Any]] = out.get("items") or []
         return items
+
+    async def objects(
+        self,
+        caller: Caller | None,
+        cls: type[K],
+        namespace: str | None = None,
+        *,
+        labels: str | None = None,
+    ) -> builtins.list[K]:
+        """The kubenova objects of kind ``cls``, parsed into its model."""
+        return [cls.parse(i) for i in await self.list(caller, cls.PLURAL, namespace, labels=labels)]
 
     async def get(
         self,

@@ -5,25 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from kubenova_api import constants
+from kubenova_api.resources import Server
 from kubenova_openstack import names
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req
 
 
-async def server(req: Req, server_id: str) -> dict[str, Any]:
+async def server(req: Req, server_id: str) -> Server:
     """The Server whose UID is ``server_id`` in the request's project; 404 otherwise."""
     kube, caller, ns = req.kube, req.context.caller, req.project
     missing = Fault(404, f"Instance {server_id} could not be found.")
     if not names.LABEL_VALUE.match(server_id) or len(server_id) > 63:
         raise missing
-    found = await kube.list(caller, constants.SERVERS, ns, labels=f"{names.SERVER_ID}={server_id}")
+    found = await kube.objects(caller, Server, ns, labels=f"{names.SERVER_ID}={server_id}")
     for item in found:
-        if item["metadata"]["uid"] == server_id:
+        if item.uid == server_id:
             return item
     # Made with kubectl (no id label): look through the namespace.
-    for item in await kube.list(caller, constants.SERVERS, ns):
-        if item["metadata"]["uid"] == server_id:
+    for item in await kube.objects(caller, Server, ns):
+        if item.uid == server_id:
             return item
     raise missing
 

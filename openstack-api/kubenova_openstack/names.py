@@ -16,6 +16,7 @@ import secrets
 from typing import Any, Final
 
 from kubenova_api import constants
+from kubenova_api.common import KubeObject
 
 P: Final = constants.PREFIX
 DISPLAY_NAME: Final = f"{P}/display-name"
@@ -45,16 +46,21 @@ def generated(text: str, fallback: str = "server") -> str:
     return f"{slug(text, fallback)}-{secrets.token_hex(3)}"
 
 
-def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
+def annotations_of(obj: dict[str, Any] | KubeObject) -> dict[str, str]:
+    if isinstance(obj, KubeObject):
+        return obj.metadata.annotations
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
-def labels_of(obj: dict[str, Any]) -> dict[str, str]:
+def labels_of(obj: dict[str, Any] | KubeObject) -> dict[str, str]:
+    if isinstance(obj, KubeObject):
+        return obj.metadata.labels
     return dict((obj.get("metadata") or {}).get("labels") or {})
 
 
-def display_name(obj: dict[str, Any]) -> str:
-    return annotations_of(obj).get(DISPLAY_NAME) or str(obj["metadata"]["name"])
+def display_name(obj: dict[str, Any] | KubeObject) -> str:
+    name = obj.name if isinstance(obj, KubeObject) else str(obj["metadata"]["name"])
+    return annotations_of(obj).get(DISPLAY_NAME) or name
 
 
 def flavor_id(flavor: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from kubenova_api import kube
 from kubenova_api.resources import Server, ServerMigration
-from kubenova_operator import binding, evacuation, liveness, metrics, migrations, resize
+from kubenova_operator import binding, evacuation, fencing, liveness, metrics, migrations, resize
 from kubenova_operator.scheduling import claims
 from kubenova_operator.settings import ControllerSettings
 
@@ -57,6 +57,7 @@ class Binder:
         self.migrations = driver
         self.drains = drains
         self.resizes = resize.Resizes(k)
+        self.fencing = fencing.Fencing(k)
         self.claims = claims.Claims()
         self.last = PassStats()
         self._dirty = asyncio.Event()
@@ -108,6 +109,7 @@ class Binder:
     def _moves(self, snapshot: Snapshot) -> None:
         view = snapshot.view
         states = binding.host_states(view, self.claims, self.cfg)
+        self.fencing.run_pass(view.hypervisors, states, view.cluster)
         if self.migrations is not None:
             self.migrations.run_pass(snapshot.migrations, view, states, self.claims)
         if self.drains is not None:

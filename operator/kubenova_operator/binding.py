@@ -13,12 +13,14 @@ from kubernetes.client.exceptions import ApiException
 from kubenova_api import common, kube
 from kubenova_api.kube import ObjectRef
 from kubenova_api.resources import (
+    ComputeQuotaSpec,
     FirmwareType,
     FlavorSpec,
     GroupPolicy,
     Hypervisor,
     ImageSpec,
     Phase,
+    PinnedImage,
     SecureBoot,
     Server,
     ServerStatus,
@@ -43,6 +45,10 @@ class ClusterView:
     """ServerGroup ``namespace/name`` -> policy."""
     moving: tuple[claims.Claim, ...] = ()
     """What migrations under way hold on their targets."""
+    quotas: Mapping[str, list[tuple[str, ComputeQuotaSpec]]] = dataclasses.field(
+        default_factory=dict
+    )
+    """Namespace -> its ComputeQuotas (name, spec)."""
 
 
 Defer = Callable[[Callable[[], "Outcome"]], None]
@@ -66,6 +72,11 @@ def check_references(server: Server, view: ClusterView) -> tuple[FlavorSpec, Ima
     if flavor is None:
         return Outcome(None, "FlavorNotFound", f"Flavor {spec.flavorRef!r} does not exist; {later}")
     image = view.images.get(spec.imageRef)
+    pin = server.status.image
+    if pin is not None and (image is None or image.source != pin.source()):
+        # Bound before (and taken off a dead host): its pinned bits, whatever the Image of
+        # that name says now or if it is gone.
+        image = ImageSpec(source=pin.source(), architecture=pin.architecture)
     if image is None:
         return Outcome(None, "ImageNotFound", f"Image {spec.imageRef!r} does not exist; {later}")
     if image.minMemoryMiB > flavor.memoryMiB:
@@ -144,6 +155,9 @@ def schedule(
             return _wait(server, Outcome(None, "ServerGroupNotFound", why), k, defer)
         members = group_members(group, view.cluster, assumed)
     size = hosts.Resources(flavor.vcpus, flavor.memoryMiB, flavor.diskGiB)
+    over = quota_exceeded(server, size, view, assumed)
+    if over is not None:
+        return _wait(server, over, k, defer)
     request = placement_request(
         server.spec.availabilityZone, size, image, policy, members, server.spec.hostName
     )
@@ -154,7 +168,39 @@ def schedule(
             message += f" (the image needs {placement.image_needs(request)})"
         return _wait(server, Outcome(None, "Unschedulable", message), k, defer)
     claim_on(states, decision.host, request.resources)
-    return _bind(server, decision.host, request.resources, assumed, k, defer, group)
+    pin = server.status.image or PinnedImage.of(server.spec.imageRef, image)
+    return _bind(server, decision.host, request.resources, assumed, k, defer, group, pin)
+
+
+def quota_exceeded(
+    server: Server, size: hosts.Resources, view: ClusterView, assumed: claims.Claims
+) -> Outcome | None:
+    """Why binding ``server`` would exceed a quota of its namespace, if it would: what is bound
+    there (as the API server reports it) plus the bindings written but not seen back yet.
+    Passes are serial and every binding is assumed before the next decision, so a burst
+    counts each Server it binds."""
+    namespace = server.namespace or ""
+    limits = view.quotas.get(namespace)
+    if not limits:
+        return None
+    count, used = view.cluster.namespace_usage(namespace)
+    for claim in assumed.assumed_claims():
+        if claim.namespace == namespace and view.cluster.bound_to(claim.uid) != claim.host:
+            count, used = count + 1, used + claim.resources
+    for name, quota in sorted(limits, key=lambda q: q[0]):
+        for what, limit, have, needs in (
+            ("servers", quota.servers, count, 1),
+            ("vCPUs", quota.vcpus, used.vcpus, size.vcpus),
+            ("MiB of memory", quota.memoryMiB, used.memory_mib, size.memory_mib),
+        ):
+            if limit is not None and have + needs > limit:
+                return Outcome(
+                    None,
+                    "QuotaExceeded",
+                    f"ComputeQuota {name!r} of namespace {namespace}: {have} of {limit} {what} "
+                    f"in use, this server needs {needs}; it is scheduled when there is room",
+                )
+    return None
 
 
 def placement_request(
@@ -234,6 +280,7 @@ def _bind(
     k: kube.Kube,
     defer: Defer | None = None,
     group: str | None = None,
+    image: PinnedImage | None = None,
 ) -> Outcome:
     message = f"bound to host {host}"
     generation = server.metadata.generation
@@ -245,8 +292,11 @@ def _bind(
             _own_conditions(server), "Scheduled", "True", "Bound", message, generation
         ),
     )
+    if image is not None:
+        status.image = image  # the bits it is built from, wherever it goes later
+    _keep_history(server, status)
     # Assume first: a concurrent pass must see the claim even before the write returns.
-    assumed.assume(claims.Claim(server.uid, host, resources, group))
+    assumed.assume(claims.Claim(server.uid, host, resources, group, server.namespace or ""))
     if defer is not None:
         defer(lambda: _write_binding(server, status, host, message, assumed, k))
         return Outcome(host, "Binding", message)
@@ -281,6 +331,13 @@ def _write_binding(
     return Outcome(host, "Bound", message)
 
 
+def _keep_history(server: Server, status: ServerStatus) -> None:
+    """Carry what the controller wrote when it took the Server off a dead host into this
+    write: server-side apply removes a field its manager applied before and leaves out now."""
+    if server.status.evacuatedFrom is not None:
+        status.evacuatedFrom = server.status.evacuatedFrom
+
+
 def _own_conditions(server: Server) -> list[common.Condition]:
     cond = common.get_condition(server.status.conditions, "Scheduled")
     return [cond] if cond is not None else []
@@ -309,6 +366,9 @@ def _wait(server: Server, outcome: Outcome, k: kube.Kube, defer: Defer | None = 
             generation,
         ),
     )
+    if server.status.image is not None:
+        status.image = server.status.image
+    _keep_history(server, status)
     ref = ObjectRef.to(server)
 
     def write() -> Outcome:

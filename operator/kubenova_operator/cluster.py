@@ -102,6 +102,7 @@ class Cluster:
         self._groups: dict[str, collections.Counter[str]] = {}
         self._on_host: dict[str, set[str]] = {}
         self._resizing: set[str] = set()
+        self._used: dict[str, tuple[int, Resources]] = {}
         self._phases: collections.Counter[str] = collections.Counter()
 
     def phases(self) -> dict[str, int]:
@@ -146,6 +147,11 @@ class Cluster:
         self._phases[server.phase.value if server.phase is not None else "None"] += sign
         claim = server.claim
         if claim is not None:
+            count, used = self._used.get(server.namespace, (0, Resources()))
+            if sign > 0:
+                self._used[server.namespace] = (count + 1, used + claim.resources)
+            else:
+                self._used[server.namespace] = (count - 1, used - claim.resources)
             current = self._claimed.get(claim.host, Resources())
             total = current + claim.resources if sign > 0 else current - claim.resources
             self._claimed[claim.host] = total
@@ -186,6 +192,10 @@ class Cluster:
     def claimed(self) -> dict[str, Resources]:
         """What bound Servers claim on each host (a copy; as many entries as hosts)."""
         return dict(self._claimed)
+
+    def namespace_usage(self, namespace: str) -> tuple[int, Resources]:
+        """How many bound Servers ``namespace`` has, and what they hold."""
+        return self._used.get(namespace, (0, Resources()))
 
     def group_hosts(self, group: str) -> dict[str, int]:
         """Host -> how many bound members of ``group`` it has."""

@@ -533,6 +533,8 @@ class Driver:
         )
         if flavor is not None:
             status.flavor = flavor
+        if current.status.image is not None:
+            status.image = current.status.image  # still the same bits (left out: removed)
         self.kube.apply_status(
             ObjectRef.to(current), status, resource_version=current.metadata.resourceVersion
         )

@@ -345,3 +345,39 @@ def test_restart_policy_never_leaves_a_self_stopped_guest_off(
     # A change of the spec is a person's decision: it runs the declared state again.
     helpers.patch(bed, namespace, "quitter", {"userData": None, "restartPolicy": "OnFailure"})
     eventually(lambda: helpers.boots(g.console()) == 2, 60, what="started again after the edit")
+
+
+def test_a_guest_that_powers_itself_off_in_a_loop_backs_off(
+    bed: stack.Stack, namespace: str
+) -> None:
+    """Issue 13: restartPolicy Always restarted such a guest at once, every time. Like a
+    container in CrashLoopBackOff: the first restart at once, the next after 10 s, said in
+    status (Ready=False/RestartBackOff)."""
+    user_data = "#!/bin/sh\nsleep 1\necho kubenova-userdata: powering off\npoweroff -f\n"
+    bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
+    helpers.apply(bed, helpers.server("looper", namespace, userData=user_data))
+
+    def restarts() -> int:
+        srv = bed.get("server", "looper", namespace) or {}
+        return int((srv.get("status") or {}).get("restartCount", 0))
+
+    eventually(lambda: restarts() >= 1, 120, what="the first restart (at once)")
+    g = Guest(bed, namespace, "looper")
+
+    def backing_off() -> dict | None:
+        srv = g.server()
+        return srv if condition(srv, "Ready").get("reason") == "RestartBackOff" else None
+
+    srv = eventually(backing_off, 90, step=0.2, what="Ready=False/RestartBackOff")
+    seen = time.monotonic()
+    assert srv["status"]["phase"] == "SHUTOFF" and restarts() == 1
+    assert "back-off 10s" in condition(srv, "Ready")["message"]
+    eventually(lambda: restarts() >= 2, 30, step=0.2, what="the second restart")
+    waited = time.monotonic() - seen
+    assert waited > 6, f"restarted {waited:.1f}s after the back-off was reported: not backed off"
+    events = bed.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=looper",
+        "-o", "jsonpath={range .items[*]}{.reason}{' '}{end}",
+    ).stdout.split()  # fmt: skip
+    assert "RestartBackOff" in events
+    bed.kubectl("delete", "server", "looper", "-n", namespace, "--timeout=60s", timeout=90)

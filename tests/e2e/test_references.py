@@ -3,6 +3,8 @@ Flavor makes a Server wait (and boot once it appears); a bad checksum ends in ER
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from kubenova_devenv import stack
@@ -80,3 +82,40 @@ def test_image_checksum_mismatch_ends_in_error_and_never_boots(
     # Deleting a Server in ERROR works and leaves nothing behind.
     bed.kubectl("delete", "server", "bad", "-n", namespace, "--timeout=60s", timeout=90)
     bed.kubectl("delete", "image", image, "--wait=false")
+
+
+def test_an_unknown_cpu_model_is_a_condition_and_an_event_within_ten_seconds(
+    bed: stack.Stack, namespace: str
+) -> None:
+    """Issue 13: a Flavor's hw:cpu_model that libvirt does not know left its Server in BUILD
+    forever, the reason only in the agent's log. The host's check runs before anything is
+    fetched or defined."""
+    flavor = f"bogus-cpu-{namespace}"
+    body = __import__("yaml").safe_load(helpers.flavor(flavor))
+    body["spec"]["extraSpecs"] = {"hw:cpu_mode": "custom", "hw:cpu_model": "Bogus-CPU-9000"}
+    bed.kubectl("apply", "-f", "-", stdin=__import__("yaml").safe_dump(body))
+    helpers.apply(bed, helpers.server("oddcpu", namespace, flavor=flavor))
+
+    def bound() -> bool:
+        srv = bed.get("server", "oddcpu", namespace) or {}
+        return bool(srv.get("status", {}).get("nodeName"))
+
+    eventually(bound, 30, step=0.1, what="the Server bound to a host")
+    started = time.monotonic()
+
+    def errored() -> dict | None:
+        srv = bed.get("server", "oddcpu", namespace)
+        return srv if condition(srv, "Ready").get("reason") == "CPUModelUnknown" else None
+
+    srv = eventually(errored, 10, step=0.2, what="Ready=False/CPUModelUnknown")
+    assert time.monotonic() - started < 10
+    assert srv["status"]["phase"] == "ERROR"
+    assert "Bogus-CPU-9000" in condition(srv, "Ready")["message"]
+    eventually(
+        lambda: "CPUModelUnknown" in events_for(bed, namespace, "oddcpu"),
+        10,
+        what="a Warning Event CPUModelUnknown",
+    )
+    assert helpers.domains_for(bed, namespace, "oddcpu") == [], "nothing was defined"
+    bed.kubectl("delete", "server", "oddcpu", "-n", namespace, "--timeout=60s", timeout=90)
+    bed.kubectl("delete", "flavor", flavor, "--wait=false")

@@ -210,6 +210,67 @@ CASES = [
         id="machine-type-unknown",
     ),
     pytest.param(
+        _flavor("bad-mode", vcpus=1, memoryMiB=128, extraSpecs={"hw:cpu_mode": "host"}),
+        "hw:cpu_mode must be one of default, host-model, host-passthrough, custom, cluster",
+        id="cpu-mode-unknown",
+    ),
+    pytest.param(
+        _flavor("bad-model", vcpus=1, memoryMiB=128, extraSpecs={"hw:cpu_model": "</model>"}),
+        "hw:cpu_model must be a libvirt CPU model name",
+        id="cpu-model-not-a-name",
+    ),
+    pytest.param(
+        _flavor(
+            "mode-and-model",
+            vcpus=1,
+            memoryMiB=128,
+            extraSpecs={"hw:cpu_mode": "host-model", "hw:cpu_model": "EPYC"},
+        ),
+        "hw:cpu_model needs hw:cpu_mode custom (or no hw:cpu_mode)",
+        id="cpu-model-without-custom-mode",
+    ),
+    pytest.param(
+        _flavor("long-spec", vcpus=1, memoryMiB=128, extraSpecs={"note": "x" * 256}),
+        "Too long: may not be more than 255",
+        id="extra-spec-too-long",
+    ),
+    *[
+        pytest.param(
+            _image(f"img-{i}", _uec(url)),
+            "never image sources",
+            id=f"image-url-{why}",
+        )
+        for i, (url, why) in enumerate(
+            [
+                ("http://169.254.169.254/latest/meta-data/", "metadata-service"),
+                ("http://[fe80::1]/k", "ipv6-link-local"),
+                ("http://0.0.0.0/k", "unspecified"),
+                ("http://224.0.0.1/k", "multicast"),
+                ("http://255.255.255.255/k", "broadcast"),
+            ]
+        )
+    ],
+    *[
+        pytest.param(
+            _image(f"num-{i}", _uec(url)),
+            "the URL's host must be a DNS name or a canonical IP address",
+            id=f"image-url-{why}",
+        )
+        for i, (url, why) in enumerate(
+            [
+                ("http://2852039166/k", "decimal-address"),
+                ("http://0xA9.0xFE.0xA9.0xFE/k", "hex-address"),
+                ("http://127.1/k", "short-address"),
+                ("http://[::ffff:169.254.169.254]/k", "ipv4-mapped"),
+            ]
+        )
+    ],
+    pytest.param(
+        _image("nul", {"uec": {**_uec()["uec"], "cmdline": "console=ttyS0\x00 init=/x"}}),
+        "spec.source.uec.cmdline in body should match",
+        id="cmdline-with-a-nul",
+    ),
+    pytest.param(
         _smig("no-server"),
         "spec.serverRef: Required value",
         id="migration-without-server",
@@ -244,6 +305,28 @@ def test_invalid_specs_are_refused_with_a_readable_message(
     if body["kind"] in ("Server", "ServerMigration"):
         args += ["-n", "default"]
     assert "NotFound" in api.kubectl(*args, check=False).stderr  # nothing was stored
+
+
+def test_what_only_a_host_or_a_policy_can_judge_is_admitted(api: stack.Stack) -> None:
+    """Known CPU spellings pass (whether a host knows the model is its agent's call), and
+    loopback or private image URLs pass: refusing them is the agents' source policy, which an
+    admin may widen for a node-local mirror (and the test bed does, for 127.0.0.1)."""
+    for name, specs in [
+        ("cpu-custom", {"hw:cpu_mode": "custom", "hw:cpu_model": "EPYC-v4"}),
+        ("cpu-model-only", {"hw:cpu_model": "Skylake-Client-IBRS", "hw:cpu_policy": "x"}),
+        ("cpu-cluster", {"hw:cpu_mode": "cluster"}),
+    ]:
+        code, stderr = _apply(api, _flavor(name, vcpus=1, memoryMiB=128, extraSpecs=specs))
+        assert code == 0, stderr
+    for name, url in [
+        ("img-loopback", "http://127.0.0.1:8080/vmlinuz"),
+        ("img-private", "https://10.1.2.3/vmlinuz"),
+        ("img-ipv6", "http://[2001:db8::1]/vmlinuz"),
+        ("img-name", "https://images.example/v1/vmlinuz"),
+        ("img-digits-in-name", "http://123.example/vmlinuz"),
+    ]:
+        code, stderr = _apply(api, _image(name, _uec(url)))
+        assert code == 0, (url, stderr)
 
 
 def test_flavors_and_image_sources_are_immutable(api: stack.Stack) -> None:
@@ -312,3 +395,94 @@ def test_rbac_keeps_agents_to_their_job(api: stack.Stack) -> None:
         check=False,
     )
     assert out.returncode != 0 and "forbidden" in out.stderr
+
+
+def test_choosing_the_host_is_for_admins(api: stack.Stack) -> None:
+    """Issue 13: spec.hostName and a migration's spec.targetNode need the permission to place
+    on that Hypervisor (a ValidatingAdmissionPolicy asking the API server's authorizer)."""
+    ns = "tenant-place"
+    api.kubectl("create", "namespace", ns, check=False)
+    rbac = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "member", "namespace": ns},
+            "rules": [
+                {
+                    "apiGroups": ["compute.kubenova.io"],
+                    "resources": ["servers", "servermigrations"],
+                    "verbs": ["get", "list", "create", "update", "patch", "delete"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "alice-member", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "member"},
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+            ],
+        },
+    ]
+    api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+
+    def as_alice(body: dict) -> tuple[int, str]:
+        body["metadata"]["namespace"] = ns
+        out = api.kubectl(
+            "apply", "--as", "alice", "-f", "-", stdin=yaml.safe_dump(body), check=False
+        )
+        return out.returncode, out.stderr
+
+    code, stderr = as_alice(_server("placed", flavorRef="m1.tiny", imageRef="i", hostName="h1"))
+    assert code != 0 and "spec.hostName: choosing the host (h1) is for admins" in stderr, stderr
+    assert as_alice(_server("free", flavorRef="m1.tiny", imageRef="i"))[0] == 0
+    code, stderr = as_alice(_server("free", flavorRef="m1.tiny", imageRef="i", hostName="h1"))
+    assert code != 0 and "is for admins" in stderr, "nor added later"
+    code, stderr = as_alice(_smig("moved", serverRef="free", targetNode="h2"))
+    assert code != 0 and "spec.targetNode: choosing the host (h2)" in stderr, stderr
+    assert as_alice(_smig("moved", serverRef="free"))[0] == 0
+    # An admin places it; the tenant still changes the rest of it.
+    admin = _server("by-admin", flavorRef="m1.tiny", imageRef="i", hostName="h1")
+    admin["metadata"]["namespace"] = ns
+    assert _apply(api, admin)[0] == 0
+    assert as_alice(_server("by-admin", flavorRef="m1.tiny", imageRef="i", hostName="h1",
+                            powerState="Stopped"))[0] == 0  # fmt: skip
+    # The permission, for one host only.
+    grant = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "place-on-h1"},
+            "rules": [
+                {
+                    "apiGroups": ["compute.kubenova.io"],
+                    "resources": ["hypervisors"],
+                    "resourceNames": ["h1"],
+                    "verbs": ["place"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "alice-place-on-h1"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "place-on-h1",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+            ],
+        },
+    ]
+    api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(grant))
+    try:
+        assert as_alice(_server("placed", flavorRef="m1.tiny", imageRef="i", hostName="h1"))[0] == 0
+        code, _ = as_alice(_server("elsewhere", flavorRef="m1.tiny", imageRef="i", hostName="h2"))
+        assert code != 0
+    finally:
+        api.kubectl("delete", "clusterrolebinding", "alice-place-on-h1", check=False)
+        api.kubectl("delete", "clusterrole", "place-on-h1", check=False)
+        api.kubectl("delete", "servers,servermigrations", "--all", "-n", ns, check=False)

@@ -6,6 +6,7 @@ the benchmark, and judge by a fresh LIST rather than by what a watch saw."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
 import subprocess
@@ -81,6 +82,27 @@ def test_bench_scale_fails_naming_the_server_that_never_became_active(
     assert "ImageChecksumMismatch): s00002" in failure, failure
     assert "s00000" not in failure and "s00001" not in failure, failure
     assert "all ACTIVE" not in out.stdout, out.stdout  # no table
+
+
+def test_bench_openstack_detail_at_a_tiny_size_prints_its_table(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """GET /servers/detail through the facade next to the API server's LIST (simulated
+    hosts): every answer checked to list all servers ACTIVE, then the table and the figures."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "bench_openstack.py"), "--only", "detail",
+         "--servers", "12", "--requests", "5", "--hosts", "2"],
+        capture_output=True, text=True, timeout=280, check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("b"))},
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    lines = out.stdout.splitlines()
+    rows = {line[:22].strip(): line[22:].split() for line in lines[1:4]}
+    assert set(rows) == {"facade", "API server LIST", "ratio"}, lines
+    assert all(float(v) > 0 for r in rows.values() for v in r), rows
+    figures = json.loads(lines[-1])["detail"]
+    assert figures["servers"] == 12 and figures["requests"] == 5, figures
+    assert figures["detail_p99_ms"] >= figures["detail_p50_ms"] > 0, figures
 
 
 # ----------------------------------------------------------------------------- benchkit

@@ -40,7 +40,7 @@ def _controller(api: stack.Stack, name: str) -> stack.Proc:
             "5",
         ],
         api.workdir / f"{name}.log",
-        {**api._env(), "POD_NAME": name},
+        {**api.env(), "POD_NAME": name},
     )
     proc.start()
     return proc

@@ -342,3 +342,57 @@ def test_a_secure_boot_image_waits_for_a_host_with_that_firmware(sim: stack.Stac
     assert "ImagePropertiesFilter rejected 3" in message, message
     assert "firmware uefi-secure-boot" in message, message
     sim.kubectl("delete", "srv", "secure", "-n", NS, "--timeout=60s")
+
+
+def test_a_quota_burst_never_overshoots(sim: stack.Stack) -> None:
+    """Issue 13: 9 Servers applied at once into a namespace whose ComputeQuota allows 5 vCPUs
+    (each needs 1): exactly 5 are ever bound, the others wait as QuotaExceeded, and deleting
+    one lets exactly one more in."""
+    _flavor_and_image(sim)
+    ns = "sim-quota"
+    sim.kubectl("create", "namespace", ns, check=False)
+    quota = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "ComputeQuota",
+        "metadata": {"name": "cores", "namespace": ns},
+        "spec": {"vcpus": 5, "servers": 100},
+    }
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(quota))
+    docs = [
+        {
+            "apiVersion": "compute.kubenova.io/v1alpha1",
+            "kind": "Server",
+            "metadata": {"name": f"q{i}", "namespace": ns},
+            "spec": {"flavorRef": "sim.small", "imageRef": "sim-image"},
+        }
+        for i in range(9)
+    ]
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    most = 0
+
+    def items() -> list[dict]:
+        out = yaml.safe_load(sim.kubectl("get", "srv", "-n", ns, "-o", "yaml").stdout)["items"]
+        return list(out)
+
+    def settled() -> list[dict] | None:
+        nonlocal most
+        now = items()
+        bound = [s for s in now if (s.get("status") or {}).get("nodeName")]
+        most = max(most, len(bound))
+        over = [s for s in now if condition(s, "Scheduled").get("reason") == "QuotaExceeded"]
+        return now if len(bound) == 5 and len(over) == len(now) - 5 else None
+
+    now = eventually(settled, 60, step=0.2, what="5 bound and 4 QuotaExceeded")
+    for _ in range(10):  # and it stays so
+        settled()
+        time.sleep(0.3)
+    assert most == 5, f"{most} bound at once: the quota was overshot"
+    waiting = next(s for s in now if not s["status"].get("nodeName"))
+    assert "5 of 5 vCPUs in use" in condition(waiting, "Scheduled")["message"]
+    bound = sorted(s["metadata"]["name"] for s in now if s["status"].get("nodeName"))
+    sim.kubectl("delete", "srv", bound[0], "-n", ns, "--timeout=60s", timeout=90)
+    most = 0
+    eventually(settled, 30, step=0.2, what="one more bound after a delete")
+    assert most <= 5
+    sim.kubectl("delete", "servers", "--all", "-n", ns, "--timeout=60s", timeout=90)
+    sim.kubectl("delete", "cquota", "cores", "-n", ns)

@@ -20,15 +20,19 @@ from kubenova_agent import (
     migration_status,
     migration_target,
     reconcile,
+    restartbackoff,
 )
-from kubenova_agent.driver import JobStats, State, StopReason
-from kubenova_agent.libvirt.domain_xml import VirtType
+from kubenova_agent.driver import CpuReason, CpuRefusal, JobStats, State, StopReason
+from kubenova_agent.libvirt import errors
+from kubenova_agent.libvirt.domain_xml import VirtType, cpu_element
 from kubenova_agent.settings import AgentSettings
 from kubenova_api import common, constants
+from kubenova_api.kube import RetryLater
 from kubenova_api.resources import (
     Hypervisor,
     Image,
     Phase,
+    PinnedImage,
     Server,
     ServerMigration,
     TargetStep,
@@ -206,13 +210,132 @@ def test_restart_policy(bed: Bed, policy: str, how: StopReason, restarted: bool)
         assert ready(server).reason == how.value and server.status.phase is Phase.SHUTOFF
 
 
+class RefusingCpus:
+    """A host whose libvirt knows no CPU model the Flavor may name."""
+
+    def __init__(self) -> None:
+        self.asked: list[str | None] = []
+
+    def check(self, cpu_xml: str | None, arch: str, virt_type: str) -> CpuRefusal | None:
+        self.asked.append(cpu_xml)
+        return CpuRefusal(CpuReason.unknown_model, "libvirt does not know the CPU model Bogus")
+
+
+def test_an_unknown_cpu_model_is_an_error_and_an_event_before_anything_is_fetched(
+    bed: Bed,
+) -> None:
+    cpus = RefusingCpus()
+    bed.deps.guest_cpu = lambda _server: cpu_element("custom", "Bogus")
+    bed.deps.cpus = cpus
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ERROR
+    assert ready(server).reason == "CPUModelUnknown" and "Bogus" in ready(server).message
+    assert bed.kube.reasons() == ["CPUModelUnknown"], "one Warning Event, said once"
+    assert bed.images.fetched == [] and ("define", UID) not in bed.guests.calls
+    assert len(cpus.asked) == 1, "permanent: not asked again while the spec is the same"
+
+
+def test_a_start_that_libvirt_refuses_is_a_condition_and_an_event_then_retried(bed: Bed) -> None:
+    bed.guests.fail["start"] = errors.HypervisorError("internal error: qemu died at start")
+    for _ in range(3):
+        server = bed.server()
+        with pytest.raises(RetryLater):  # the work queue backs the key off
+            reconcile.reconcile_server(bed.deps, server)
+    server = bed.server()
+    assert ready(server).reason == "StartFailed" and "qemu died" in ready(server).message
+    assert server.status.phase is Phase.BUILD
+    assert bed.kube.reasons().count("StartFailed") == 1, "told once, not on every retry"
+    del bed.guests.fail["start"]
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE and ready(server).reason == "Running"
+
+
+def test_a_long_soft_stop_holds_no_worker_and_is_capped_by_the_host(bed: Bed) -> None:
+    bed.reconcile()
+    bed.guests.answers_acpi = False
+    server = bed.server(powerState="Stopped", shutdownTimeoutSeconds=3600)
+    again = reconcile.reconcile_server(bed.deps, server)
+    assert again is not None and 0 < again <= 10, "comes back later instead of sleeping"
+    server = bed.server()
+    converged = common.get_condition(server.status.conditions, "Converged")
+    assert converged is not None and converged.reason == "Stopping"
+    assert bed.kube.reasons()[-1] == "Stopping"
+    assert "the host's maximum" in bed.kube.events[-1][2]  # 3600 s > the default 600 s
+    bed.guests.stops_by_itself(UID, StopReason.shutdown)
+    server = bed.reconcile()
+    assert server.status.phase is Phase.SHUTOFF and bed.kube.reasons()[-1] == "Stopped"
+    assert ("destroy", UID) not in bed.guests.calls, "it went off by itself: never forced"
+
+
+def test_a_guest_that_powers_itself_off_in_a_loop_backs_off(bed: Bed) -> None:
+    now = [1000.0]
+    bed.deps.restarts = restartbackoff.RestartBackoff(clock=lambda: now[0])
+    bed.reconcile(restartPolicy="Always")
+    bed.guests.stops_by_itself(UID, StopReason.shutdown)
+    bed.reconcile()
+    assert bed.guests.domains[UID].state is State.running, "the first restart is at once"
+    now[0] += 1
+    bed.guests.stops_by_itself(UID, StopReason.shutdown)
+    server = bed.server()
+    again = reconcile.reconcile_server(bed.deps, server)
+    server = bed.reconcile()
+    assert bed.guests.domains[UID].state is State.shutoff, "not restarted at once again"
+    assert again is not None and 9 <= again <= 10
+    assert ready(server).reason == "RestartBackOff" and "back-off 10s" in ready(server).message
+    assert "RestartBackOff" in bed.kube.reasons()
+    now[0] += 10
+    server = bed.reconcile()
+    assert bed.guests.domains[UID].state is State.running
+    assert server.status.restartCount == 2
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_server_evacuated_from_a_dead_host_says_how_it_was_rebuilt(
+    bed: Bed, shared: bool
+) -> None:
+    server = bed.server()
+    body = server.model_dump(mode="json")
+    body["status"]["evacuatedFrom"] = "host-dead"
+    bed.kube.put(Server.parse(body))
+    if shared:  # the instances folder is shared with the dead host: its disk is here
+        bed.storage.sizes[f"{UID}-root.qcow2"] = 1 << 30
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE
+    assert server.status.diskRebuilt is (not shared)
+    reason = "RebuiltFromSharedDisk" if shared else "RebuiltFromImage"
+    assert bed.kube.reasons().count(reason) == 1
+    assert "host-dead" in next(m for _, r, m in bed.kube.events if r == reason)
+    bed.reconcile(powerState="Stopped")
+    server = bed.reconcile(powerState="Running")
+    assert server.status.diskRebuilt is (not shared), "kept in every later write"
+    assert bed.kube.reasons().count(reason) == 1
+
+
+def test_a_pinned_server_is_built_from_its_pinned_bits_never_by_name(bed: Bed) -> None:
+    server = bed.server()
+    image = bed.kube.get(Image, "img")
+    assert image is not None
+    body = server.model_dump(mode="json")
+    body["status"]["image"] = PinnedImage.of("img", image.spec).model_dump(mode="json")
+    bed.kube.put(Server.parse(body))
+    # The Image of that name was deleted and made again with other bits.
+    bad = image.model_dump(mode="json")
+    bad["spec"]["source"]["disk"] = {"url": "http://images.test/other.raw", "sha256": "1" * 64}
+    bed.kube.put(Image.parse(bad))
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE
+    assert bed.images.fetched == [DISK_URL]
+    server = bed.reconcile(rescue={"imageRef": None})  # rescue with its own image: the pin
+    assert server.status.phase is Phase.RESCUE and bed.images.fetched == [DISK_URL]
+
+
 def test_a_reboot_request_is_acted_on_once(bed: Bed) -> None:
     bed.reconcile()
     asked = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
     server = bed.reconcile(rebootRequestedAt=asked)
     assert server.status.observedRebootRequestedAt == asked
     assert bed.kube.reasons().count("Rebooted") == 1
-    assert ("shutdown", UID) in bed.guests.calls  # soft: the power button first
+    assert ("request_shutdown", UID) in bed.guests.calls  # soft: the power button first
     bed.reconcile()
     assert bed.kube.reasons().count("Rebooted") == 1
 

@@ -55,7 +55,7 @@ def test_generated_files_are_valid_yaml_with_short_names() -> None:
     for kind in crds.KINDS:
         doc = yaml.safe_load(crds.render(kind))
         shorts.update(doc["spec"]["names"]["shortNames"])
-    assert shorts == {"fl", "img", "srv", "hv", "sg", "smig"}
+    assert shorts == {"fl", "img", "srv", "hv", "sg", "smig", "cquota"}
 
 
 def test_conditions_are_a_map_keyed_by_type() -> None:

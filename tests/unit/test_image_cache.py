@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import pathlib
 import struct
 
 import pytest
 
 from kubenova_agent import images
+from kubenova_api.imagesource import SourcePolicy
 from kubenova_devenv.imageserver import ImageServer
+
+LOOPBACK_OPT_IN = images.ImageSettings(
+    sources=SourcePolicy(
+        allowed_ports=None, permitted_networks=(ipaddress.ip_network("127.0.0.1/32"),)
+    )
+)
+
+
+def cache_at(folder: pathlib.Path, **download: float) -> images.ImageCache:
+    settings = LOOPBACK_OPT_IN
+    if download:
+        settings = images.ImageSettings(
+            sources=LOOPBACK_OPT_IN.sources, download=images.fetch.FetchLimits(**download)
+        )
+    return images.ImageCache(str(folder), settings)
 
 
 @pytest.fixture
@@ -22,23 +39,33 @@ def served(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
     server.stop()
 
 
+def test_the_default_policy_refuses_the_test_beds_server(served, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
+    """Loopback and unusual ports need the admin's explicit opt-in (the devenv's flags)."""
+    root, server = served
+    (root / "k").write_bytes(b"kernel bits")
+    cache = images.ImageCache(str(tmp_path / "cache"))
+    with pytest.raises(images.ImageError) as err:
+        cache.ensure(server.url("k"), hashlib.sha256(b"kernel bits").hexdigest(), "kernel")
+    assert err.value.reason == "ImageSourceRefused"
+
+
 def test_fetches_once_and_verifies(served, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
     root, server = served
     (root / "k").write_bytes(b"kernel bits" * 1000)
     sha = hashlib.sha256((root / "k").read_bytes()).hexdigest()
-    cache = images.ImageCache(str(tmp_path / "cache"))
-    path = cache.ensure(server.url("k"), sha)
+    cache = cache_at(tmp_path / "cache")
+    path = cache.ensure(server.url("k"), sha, "kernel")
     assert path.read_bytes() == (root / "k").read_bytes()
     (root / "k").unlink()  # a second ensure must not fetch again
-    assert cache.ensure(server.url("k"), sha) == path
+    assert cache.ensure(server.url("k"), sha, "kernel") == path
 
 
 def test_mismatch_is_permanent_and_leaves_nothing(served, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
     root, server = served
     (root / "k").write_bytes(b"tampered")
-    cache = images.ImageCache(str(tmp_path / "cache"))
+    cache = cache_at(tmp_path / "cache")
     with pytest.raises(images.ChecksumMismatch) as err:
-        cache.ensure(server.url("k"), "0" * 64)
+        cache.ensure(server.url("k"), "0" * 64, "kernel")
     assert err.value.reason == "ImageChecksumMismatch" and not err.value.transient
     assert hashlib.sha256(b"tampered").hexdigest() in str(err.value)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -46,12 +73,12 @@ def test_mismatch_is_permanent_and_leaves_nothing(served, tmp_path: pathlib.Path
 
 def test_missing_file_and_unreachable_server(served, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
     _, server = served
-    cache = images.ImageCache(str(tmp_path / "cache"), timeout=2)
+    cache = cache_at(tmp_path / "cache", io_timeout_seconds=2)
     with pytest.raises(images.ImageError) as err:
-        cache.ensure(server.url("nope"), "0" * 64)
+        cache.ensure(server.url("nope"), "0" * 64, "qcow2")
     assert "HTTP 404" in str(err.value) and not err.value.transient
     with pytest.raises(images.ImageError) as err:
-        cache.ensure("http://127.0.0.1:9/x", "0" * 64)
+        cache.ensure("http://127.0.0.1:9/x", "0" * 64, "qcow2")
     assert err.value.transient
 
 

@@ -4,11 +4,13 @@ microversion (checked against the key sets of Nova's API reference)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
 import pytest
 
+from kubenova_api.resources import Server
 from kubenova_openstack import auth, microversion
 from kubenova_openstack.compute import state
 from kubenova_openstack.faults import Fault
@@ -50,12 +52,19 @@ def test_issued_tokens_verify_and_forgeries_do_not() -> None:
     assert token.expires > time.time()
 
 
-def server(spec: dict[str, Any], status: dict[str, Any], generation: int = 1) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "s", "namespace": "p", "uid": "u", "generation": generation},
-        "spec": {"flavorRef": "f", "imageRef": "i", **spec},
-        "status": {"nodeName": "host-a", **status},
-    }
+def server(
+    spec: dict[str, Any], status: dict[str, Any], generation: int = 1, observed: int | None = 1
+) -> Server:
+    return Server.parse(
+        {
+            "metadata": {"name": "s", "namespace": "p", "uid": "u", "generation": generation},
+            "spec": {"flavorRef": "f", "imageRef": "i", **spec},
+            "status": {"nodeName": "host-a", "observedGeneration": observed, **status},
+        }
+    )
+
+
+T1 = "2026-11-29T21:00:00.000000Z"
 
 
 @pytest.mark.parametrize(
@@ -72,32 +81,96 @@ def server(spec: dict[str, Any], status: dict[str, Any], generation: int = 1) ->
         ({"rescue": {}}, "ACTIVE", ("ACTIVE", "active", "rescuing")),
         ({"rescue": {}}, "RESCUE", ("RESCUE", "rescued", None)),
         ({}, "RESCUE", ("RESCUE", "rescued", "unrescuing")),
-        ({"rebootRequestedAt": "t1"}, "ACTIVE", ("REBOOT", "active", "rebooting")),
+        ({"rebootRequestedAt": T1}, "ACTIVE", ("REBOOT", "active", "rebooting")),
         (
-            {"rebootRequestedAt": "t1", "rebootType": "Hard"},
+            {"rebootRequestedAt": T1, "rebootType": "Hard"},
             "ACTIVE",
             ("HARD_REBOOT", "active", "rebooting_hard"),
         ),
         ({}, "MIGRATING", ("MIGRATING", "active", "migrating")),
         ({}, "BUILD", ("BUILD", "building", "spawning")),
         ({}, "ERROR", ("ERROR", "error", None)),
+        ({"flavorRef": "bigger"}, "ACTIVE", ("RESIZE", "active", "resize_prep")),
     ],
 )
 def test_task_state_stays_until_the_host_has_done_it(
     spec: dict[str, Any], phase: str, expected: tuple[str, str, str | None]
 ) -> None:
-    nova = state.of(server(spec, {"phase": phase}))
+    status = {"phase": phase, "flavor": {"name": "f", "vcpus": 1, "memoryMiB": 64, "diskGiB": 1}}
+    nova = state.of(server(spec, status))
     assert (nova.status, nova.vm_state, nova.task_state) == expected
 
 
 def test_unbound_and_deleting_servers() -> None:
-    unbound = server({}, {})
-    unbound["status"] = {}
+    unbound = server({}, {"nodeName": None})
     assert state.of(unbound).task_state == "scheduling"
     deleting = server({}, {"phase": "ACTIVE"})
-    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deleting.metadata.deletionTimestamp = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert state.of(deleting).task_state == "deleting"
-    done = server({"rebootRequestedAt": "t1"}, {"phase": "ACTIVE"})
-    done["status"]["observedRebootRequestedAt"] = "t1"
-    assert state.of(done).task_state is None
     assert state.of(server({}, {"phase": "ACTIVE"}), verify_resize=True).status == "VERIFY_RESIZE"
+
+
+def test_a_reboot_is_done_when_the_agent_saw_that_instant_however_spelled() -> None:
+    """The facade writes microseconds; the agent writes back what pydantic prints (no
+    fraction for a whole second): the same instant, so no task left."""
+    done = server({"rebootRequestedAt": T1}, {"phase": "ACTIVE"})
+    done.status.observedRebootRequestedAt = dt.datetime(2026, 11, 29, 21, 0, tzinfo=dt.UTC)
+    assert state.of(done).task_state is None
+    older = server({"rebootRequestedAt": T1}, {"phase": "ACTIVE"})
+    older.status.observedRebootRequestedAt = dt.datetime(2026, 11, 29, 20, 0, tzinfo=dt.UTC)
+    assert state.of(older).task_state == "rebooting"
+
+
+def _cond(type_: str, status: str, reason: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": "",
+        "lastTransitionTime": "2026-11-29T21:00:00Z",
+        "observedGeneration": generation,
+    }
+
+
+def test_what_the_agent_will_not_do_is_no_task() -> None:
+    # Refused for this generation (pause a stopped server): the phase, no task.
+    refused = server(
+        {"powerState": "Paused"},
+        {"phase": "SHUTOFF", "conditions": [_cond("Converged", "False", "ActionNotAllowed", 1)]},
+    )
+    assert (state.of(refused).status, state.of(refused).task_state) == ("SHUTOFF", None)
+    # ... but refused for an older generation says nothing of the new request.
+    refused_before = server(
+        {"powerState": "Paused"},
+        {"phase": "ACTIVE", "conditions": [_cond("Converged", "False", "ActionNotAllowed", 1)]},
+        generation=2,
+    )
+    assert state.of(refused_before).task_state == "pausing"
+    # Off by itself, kept off by its restart policy: SHUTOFF / stopped, no task, and a
+    # start asks for one (os-start then writes a hard reboot request).
+    off = server(
+        {"restartPolicy": "Never"},
+        {
+            "phase": "SHUTOFF",
+            "conditions": [
+                _cond("Converged", "True", "AsDeclared", 1),
+                _cond("Ready", "False", "Shutdown", 1),
+            ],
+        },
+    )
+    assert (state.of(off).status, state.of(off).task_state) == ("SHUTOFF", None)
+    assert state.stays_off(off)
+    # The same, but the agent has not seen the spec that asks for Running: a task.
+    unseen = server(
+        {},
+        {
+            "phase": "SHUTOFF",
+            "conditions": [
+                _cond("Converged", "True", "AsDeclared", 1),
+                _cond("Ready", "False", "Shutdown", 1),
+            ],
+        },
+        generation=2,
+        observed=1,
+    )
+    assert state.of(unseen).task_state == "powering-on" and not state.stays_off(unseen)

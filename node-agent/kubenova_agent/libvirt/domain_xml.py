@@ -94,6 +94,55 @@ class DomainConfig:
         return domain_name(self.owner.uid)
 
 
+class InvalidText(ValueError):
+    """A value that XML 1.0 cannot carry at all (NUL, another control character, U+FFFE/F):
+    the domain cannot be written, so say which field holds it rather than fail in lxml."""
+
+    def __init__(self, field: str, position: int, char: str) -> None:
+        super().__init__(
+            f"{field} holds a character XML cannot carry ({char!r} at position {position})"
+        )
+        self.field = field
+
+
+def _xml_char(c: str) -> bool:
+    n = ord(c)
+    return c in "\t\n\r" or 0x20 <= n <= 0xD7FF or 0xE000 <= n <= 0xFFFD or n >= 0x10000
+
+
+def check_text(field: str, value: str) -> str:
+    """``value`` if XML can carry it, else :class:`InvalidText` naming ``field``."""
+    for i, c in enumerate(value):
+        if not _xml_char(c):
+            raise InvalidText(field, i, c)
+    return value
+
+
+def check_config(cfg: DomainConfig) -> None:
+    """Every text of ``cfg`` that goes into the domain XML, checked (see :class:`InvalidText`)."""
+    fields = {
+        "owner.namespace": cfg.owner.namespace,
+        "owner.name": cfg.owner.name,
+        "owner.uid": cfg.owner.uid,
+        "flavor_name": cfg.flavor_name,
+        "image_name": cfg.image_name,
+        "console_log": cfg.console_log,
+        "arch": cfg.arch,
+        "disk_cache": cfg.disk_cache or "",
+    }
+    if cfg.boot is not None:
+        fields |= {
+            "boot.kernel": cfg.boot.kernel,
+            "boot.initrd": cfg.boot.initrd,
+            "boot.cmdline": cfg.boot.cmdline,
+        }
+    for i, disk in enumerate(cfg.disks):
+        fields |= {f"disks[{i}].{k}": getattr(disk, k) for k in ("path", "format", "target")}
+        fields[f"disks[{i}].device"] = disk.device
+    for field, value in fields.items():
+        check_text(field, value)
+
+
 def domain_name(uid: str) -> str:
     """The libvirt name of a Server's domain: unique per Server and never reused."""
     return f"{NAME_PREFIX}{uid}"
@@ -107,7 +156,8 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
 
 
 def build_domain_xml(cfg: DomainConfig) -> str:
-    """The domain XML of ``cfg``."""
+    """The domain XML of ``cfg``; :class:`InvalidText` when a value cannot be XML."""
+    check_config(cfg)
     dom = etree.Element("domain", type=cfg.virt_type.value)
     _sub(dom, "name", cfg.name)
     _sub(dom, "uuid", cfg.owner.uid)
@@ -237,6 +287,15 @@ def disk_paths(xml: str) -> list[str]:
     return [str(p) for p in found]
 
 
+def host_files(xml: str) -> list[str]:
+    """Every host file the domain XML names: disk sources and their backing chains (as libvirt
+    reports them in a running domain's XML), the kernel and the initrd."""
+    root = etree.fromstring(xml.encode())
+    found = root.xpath("os/kernel/text() | os/initrd/text() | devices/disk//source/@file")
+    assert isinstance(found, list)
+    return sorted({str(p) for p in found})
+
+
 def cpu_element(mode: str, model: str | None = None) -> str:
     """A ``<cpu>`` element: ``host-model``, ``host-passthrough``, or ``custom`` with ``model``
     (``fallback='forbid'``: the guest gets that model or does not start)."""
@@ -244,9 +303,9 @@ def cpu_element(mode: str, model: str | None = None) -> str:
         if not model:
             raise ValueError("a custom CPU needs a model")
         cpu = etree.Element("cpu", mode="custom", match="exact", check="partial")
-        _sub(cpu, "model", model, fallback="forbid")
+        _sub(cpu, "model", check_text("hw:cpu_model", model), fallback="forbid")
     else:
-        cpu = etree.Element("cpu", mode=mode)
+        cpu = etree.Element("cpu", mode=check_text("hw:cpu_mode", mode))
     return etree.tostring(cpu, encoding="unicode")
 
 

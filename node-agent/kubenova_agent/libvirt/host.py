@@ -234,5 +234,23 @@ class Host:
                 )
         return out
 
+    def domain_files(self) -> list[str]:
+        """Every host file a domain names — disks and their backing chains, kernels, initrds —
+        in its running and its persistent definition (what the image cache must keep)."""
+        found: list[str] = []
+        with _conv.translated():
+            for dom in self.conn.listAllDomains():
+                try:
+                    xmls = [dom.XMLDesc(0)]
+                    if dom.isPersistent() and dom.isActive():
+                        xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+                for xml in xmls:
+                    found += domain_xml.host_files(xml)
+        return found
+
 
 __all__ = ["CpuInfo", "DomainSummary", "Host", "HostFacts", "errors"]

@@ -124,6 +124,24 @@ class Storage:
                 if vol.name().startswith(prefix)
             ]
 
+    def backing_files(self) -> list[str]:
+        """The backing file of every volume of the pool (what the image cache must keep)."""
+        found = []
+        with _conv.translated():
+            pool = self._pool()
+            pool.refresh(0)
+            for vol in pool.listAllVolumes(0):
+                try:
+                    xml = vol.XMLDesc(0)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        continue  # deleted while listing
+                    raise
+                paths = etree.fromstring(xml.encode()).xpath("backingStore/path/text()")
+                assert isinstance(paths, list)
+                found += [str(p) for p in paths]
+        return found
+
     def grow_volume(self, name: str, capacity_bytes: int) -> bool:
         """Make volume ``name`` at least ``capacity_bytes`` big (never smaller); True if it
         grew. Only for a volume no running guest uses."""

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
+from kubenova_api.resources import PowerState, RebootType, Server
 from kubenova_openstack import lookup, names
 from kubenova_openstack.compute import state
 from kubenova_openstack.faults import Fault
@@ -40,36 +41,37 @@ VERIFY = f"{constants.PREFIX}/verify-resize"
 CONSOLE_TIMEOUT = 30.0
 
 
-def _conflict(action: str, server: dict[str, Any], nova: state.NovaState) -> Fault:
+def _conflict(action: str, server: Server, nova: state.NovaState) -> Fault:
     return Fault(
         409,
-        f"Cannot '{action}' instance {server['metadata']['uid']} while it is in vm_state "
-        f"{nova.vm_state}",
+        f"Cannot '{action}' instance {server.uid} while it is in vm_state {nova.vm_state}",
     )
 
 
 def _require(
-    action: str, server: dict[str, Any], vm_states: tuple[str, ...], *, idle: bool = True
+    action: str,
+    server: Server,
+    vm_states: tuple[str, ...],
+    *,
+    idle: bool = True,
+    tolerated: tuple[str, ...] = (),
 ) -> state.NovaState:
+    """Nova's check: the vm_state allows ``action`` and (``idle``) no task is under way but
+    those ``tolerated``."""
     nova = state.of(server)
     if nova.vm_state not in vm_states:
         raise _conflict(action, server, nova)
-    if idle and nova.task_state is not None:
+    if idle and nova.task_state is not None and nova.task_state not in tolerated:
         raise Fault(
             409,
-            f"Cannot '{action}' instance {server['metadata']['uid']} while it is in "
-            f"task_state {nova.task_state}",
+            f"Cannot '{action}' instance {server.uid} while it is in task_state {nova.task_state}",
         )
     return nova
 
 
-async def _spec(req: Req, server: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+async def _spec(req: Req, server: Server, spec: dict[str, Any]) -> dict[str, Any]:
     return await req.kube.patch(
-        req.context.caller,
-        constants.SERVERS,
-        server["metadata"]["name"],
-        {"spec": spec},
-        req.project,
+        req.context.caller, constants.SERVERS, server.name, {"spec": spec}, req.project
     )
 
 
@@ -92,39 +94,45 @@ async def action(req: Req) -> web.StreamResponse:
 # ----------------------------------------------------------------------------- power
 
 
-async def start(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def start(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     _require("start", server, ("stopped",))
-    await _spec(req, server, {"powerState": "Running"})
+    if state.stays_off(server):
+        # Declared Running already, off by itself and kept off by its restart policy: a
+        # start request the agent acts on is a (hard) reboot request.
+        await _spec(req, server, {"rebootRequestedAt": _now(), "rebootType": RebootType.Hard.value})
+    else:
+        await _spec(req, server, {"powerState": PowerState.Running.value})
     return _accepted()
 
 
-async def stop(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
-    _require("stop", server, ("active", "error"))
-    await _spec(req, server, {"powerState": "Stopped"})
+async def stop(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
+    # A resize made with kubectl waits for a stop: stopping it is what lets it go on.
+    _require("stop", server, ("active", "error"), tolerated=("resize_prep",))
+    await _spec(req, server, {"powerState": PowerState.Stopped.value})
     return _accepted()
 
 
-async def suspend(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def suspend(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     _require("suspend", server, ("active",))
-    await _spec(req, server, {"powerState": "Suspended"})
+    await _spec(req, server, {"powerState": PowerState.Suspended.value})
     return _accepted()
 
 
-async def resume(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def resume(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     _require("resume", server, ("suspended",))
-    await _spec(req, server, {"powerState": "Running"})
+    await _spec(req, server, {"powerState": PowerState.Running.value})
     return _accepted()
 
 
-async def pause(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def pause(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     _require("pause", server, ("active",))
-    await _spec(req, server, {"powerState": "Paused"})
+    await _spec(req, server, {"powerState": PowerState.Paused.value})
     return _accepted()
 
 
-async def unpause(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def unpause(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     _require("unpause", server, ("paused",))
-    await _spec(req, server, {"powerState": "Running"})
+    await _spec(req, server, {"powerState": PowerState.Running.value})
     return _accepted()
 
 
@@ -134,13 +142,13 @@ def _now() -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}Z"
 
 
-async def reboot(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+async def reboot(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     kind = str(args.get("type", "")).upper()
     if kind not in ("SOFT", "HARD"):
         raise Fault(400, "Invalid input for field/attribute type.")
     if kind == "SOFT":
         _require("reboot", server, ("active",))
-        await _spec(req, server, {"rebootRequestedAt": _now(), "rebootType": "Soft"})
+        await _spec(req, server, {"rebootRequestedAt": _now(), "rebootType": RebootType.Soft.value})
     else:
         _require(
             "reboot", server, ("active", "stopped", "paused", "suspended", "error"), idle=False
@@ -148,28 +156,32 @@ async def reboot(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.
         await _spec(
             req,
             server,
-            {"rebootRequestedAt": _now(), "rebootType": "Hard", "powerState": "Running"},
+            {
+                "rebootRequestedAt": _now(),
+                "rebootType": RebootType.Hard.value,
+                "powerState": PowerState.Running.value,
+            },
         )
     return _accepted()
 
 
-async def rescue(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+async def rescue(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     _require("rescue", server, ("active", "stopped", "error"))
     image_ref = args.get("rescue_image_ref")
     rescue_spec: dict[str, Any] = {}
     if image_ref:
         image = await lookup.image(req, str(image_ref).rstrip("/").rsplit("/", 1)[-1])
         rescue_spec["imageRef"] = image["metadata"]["name"]
-    await _spec(req, server, {"rescue": rescue_spec, "powerState": "Running"})
+    await _spec(req, server, {"rescue": rescue_spec, "powerState": PowerState.Running.value})
     return reply({})
 
 
-async def unrescue(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def unrescue(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     _require("unrescue", server, ("rescued",))
     await req.kube.patch(
         req.context.caller,
         constants.SERVERS,
-        server["metadata"]["name"],
+        server.name,
         [{"op": "remove", "path": "/spec/rescue"}],
         req.project,
         content_type=JSON_PATCH,
@@ -180,7 +192,7 @@ async def unrescue(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.R
 # ----------------------------------------------------------------------------- console
 
 
-async def console_output(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+async def console_output(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     """Ask the guest's agent for the console's tail (the annotation ``kubenova console``
     sets) and wait for its answer in the ConfigMap ``<server>-console``."""
     length = args.get("length")
@@ -194,7 +206,7 @@ async def console_output(req: Req, server: dict[str, Any], args: dict[str, Any])
     nova = state.of(server)
     if nova.vm_state not in ("active", "stopped", "paused", "suspended", "rescued", "resized"):
         raise _conflict("get_console_output", server, nova)
-    name, ns = server["metadata"]["name"], req.project
+    name, ns = server.name, req.project
     nonce = secrets.token_hex(8)
     await req.kube.patch(
         req.context.caller,
@@ -216,7 +228,7 @@ async def console_output(req: Req, server: dict[str, Any], args: dict[str, Any])
         await asyncio.sleep(0.2)
     raise Fault(
         409,
-        f"The console of {server['metadata']['uid']} is not available: no answer "
+        f"The console of {server.uid} is not available: no answer "
         f"from its host's agent within {CONSOLE_TIMEOUT:.0f}s",
     )
 
@@ -224,10 +236,8 @@ async def console_output(req: Req, server: dict[str, Any], args: dict[str, Any])
 # ----------------------------------------------------------------------------- moves
 
 
-async def _migration(
-    req: Req, server: dict[str, Any], target: str | None, prefix: str
-) -> dict[str, Any]:
-    name = server["metadata"]["name"]
+async def _migration(req: Req, server: Server, target: str | None, prefix: str) -> dict[str, Any]:
+    name = server.name
     spec: dict[str, Any] = {"serverRef": name}
     if target:
         spec["targetNode"] = target
@@ -252,7 +262,7 @@ async def _check_host(req: Req, host: str | None) -> None:
         raise Fault(400, f"Compute host {host} could not be found.")
 
 
-async def live_migrate(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+async def live_migrate(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     """Nova's ``os-migrateLive``: ``host`` or the scheduler's choice; ``block_migration``
     ``auto`` (kubenova detects shared storage per migration, so every value means that)."""
     if "host" not in args:
@@ -274,7 +284,7 @@ async def live_migrate(req: Req, server: dict[str, Any], args: dict[str, Any]) -
     return _accepted()
 
 
-async def migrate(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+async def migrate(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     host = args.get("host") if req.at_least("2.56") else None
     if "host" in args and not req.at_least("2.56"):
         raise Fault(400, "Invalid input for field/attribute migrate: 'host' needs 2.56")
@@ -284,52 +294,51 @@ async def migrate(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web
     verify = {
         "kind": "migrate",
         "migration": made["metadata"]["name"],
-        "fromHost": (server.get("status") or {}).get("nodeName"),
+        "fromHost": server.status.nodeName,
         "live": nova.vm_state == "active",
     }
     await _annotate(req, server, {VERIFY: json.dumps(verify)})
     return _accepted()
 
 
-async def resize(req: Req, server: dict[str, Any], args: dict[str, Any]) -> web.Response:
+async def resize(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     ref = args.get("flavorRef")
     if not ref:
         raise Fault(400, "Resize requests require 'flavorRef' attribute.")
     nova = _require("resize", server, ("active", "stopped"))
     flavor = await lookup.flavor(req, str(ref).rstrip("/").rsplit("/", 1)[-1])
     new = flavor["metadata"]["name"]
-    spec = server.get("spec") or {}
-    old = spec.get("flavorRef")
+    old = server.spec.flavorRef
     if new == old:
         raise Fault(400, "When resizing, instances must change flavor!")
-    current = ((server.get("status") or {}).get("flavor") or {}).get("diskGiB", 0)
-    if int((flavor.get("spec") or {}).get("diskGiB", 0)) < int(current):
+    current = server.status.flavor.diskGiB if server.status.flavor is not None else 0
+    if int((flavor.get("spec") or {}).get("diskGiB", 0)) < current:
         raise Fault(400, "Resizing to a smaller disk flavor is not allowed.")
     verify = {
         "kind": "resize",
         "fromFlavor": old,
-        "fromHost": (server.get("status") or {}).get("nodeName"),
+        "fromHost": server.status.nodeName,
         "restart": nova.vm_state == "active",
     }
     await _annotate(req, server, {VERIFY: json.dumps(verify)})
     changes: dict[str, Any] = {"flavorRef": new}
     if nova.vm_state == "active":
-        changes["powerState"] = "Stopped"  # kubenova resizes a stopped server
+        changes["powerState"] = PowerState.Stopped.value  # kubenova resizes a stopped server
     await _spec(req, server, changes)
     return _accepted()
 
 
-async def _annotate(req: Req, server: dict[str, Any], ann: dict[str, str | None]) -> None:
+async def _annotate(req: Req, server: Server, ann: dict[str, str | None]) -> None:
     await req.kube.patch(
         req.context.caller,
         constants.SERVERS,
-        server["metadata"]["name"],
+        server.name,
         {"metadata": {"annotations": ann}},
         req.project,
     )
 
 
-def pending_verify(server: dict[str, Any]) -> dict[str, Any] | None:
+def pending_verify(server: Server) -> dict[str, Any] | None:
     text = names.annotations_of(server).get(VERIFY)
     if not text:
         return None
@@ -340,24 +349,24 @@ def pending_verify(server: dict[str, Any]) -> dict[str, Any] | None:
     return found
 
 
-async def confirm_resize(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def confirm_resize(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     from kubenova_openstack.compute import servers  # noqa: PLC0415
 
     look = await servers.lookups(req, servers=[server])
-    if server["metadata"]["uid"] not in look.verify_resize:
+    if server.uid not in look.verify_resize:
         raise _conflict("confirmResize", server, state.of(server))
     await _annotate(req, server, {VERIFY: None})
     return reply(status=204)
 
 
-async def revert_resize(req: Req, server: dict[str, Any], _: dict[str, Any]) -> web.Response:
+async def revert_resize(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
     """Back to where it was: a migrate moves it back to its old host, a resize restores the
     old flavor (kubenova disks only grow: the disk keeps the larger size)."""
     from kubenova_openstack.compute import servers  # noqa: PLC0415
 
     look = await servers.lookups(req, servers=[server])
     verify = pending_verify(server)
-    if server["metadata"]["uid"] not in look.verify_resize or verify is None:
+    if server.uid not in look.verify_resize or verify is None:
         raise _conflict("revertResize", server, state.of(server))
     await _annotate(req, server, {VERIFY: None})
     if verify.get("kind") == "migrate" and verify.get("fromHost"):

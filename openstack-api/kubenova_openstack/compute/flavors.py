@@ -166,12 +166,73 @@ async def extra_spec(req: Req) -> web.Response:
     return reply({key: specs[key]})
 
 
+async def _extra_specs_body(req: Req) -> dict[str, str]:
+    body = await req.body()
+    specs: Any
+    if req.http.method == "PUT":
+        key = req.params["key"]
+        if not isinstance(body, dict) or list(body) != [key]:
+            raise Fault(400, "Request body and URI mismatch")
+        specs = body
+    else:
+        specs = (body or {}).get("extra_specs") if isinstance(body, dict) else None
+        if not isinstance(specs, dict):
+            raise Fault(400, "Invalid input for field/attribute extra_specs.")
+    for key, value in specs.items():
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise Fault(400, "Invalid input for field/attribute extra_specs.")
+        if not isinstance(value, (str, int, float, bool)) or len(str(value)) > 255:
+            raise Fault(400, f"Invalid input for field/attribute extra_specs.{key}.")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in specs.items()}
+
+
 async def extra_specs_change(req: Req) -> web.Response:
-    """A kubenova Flavor is immutable, extra specs included (a running Server's size and
-    hints must not change under it): make a new flavor instead."""
-    await lookup.flavor(req, req.params["id"])
-    raise Fault(
-        409,
-        "kubenova Flavors are immutable, extra specs included: create a new flavor with "
-        "the extra specs (kubectl: spec.extraSpecs) instead",
-    )
+    """A kubenova Flavor is immutable (a running Server's size and hints must not change
+    under it). A flavor no Server uses yet — ``openstack flavor create --property`` sets its
+    extra specs right after creating it — is made again with them, under the same name and
+    id; one in use is refused (409): make a new flavor instead."""
+    flavor = await lookup.flavor(req, req.params["id"])
+    name = flavor["metadata"]["name"]
+    specs = dict((flavor.get("spec") or {}).get("extraSpecs") or {})
+    if req.http.method == "DELETE":
+        key = req.params["key"]
+        if key not in specs:
+            raise Fault(404, f"Flavor {req.params['id']} has no extra specs with key {key}.")
+        del specs[key]
+        changes: dict[str, str] = {}
+    else:
+        changes = await _extra_specs_body(req)
+        specs.update(changes)
+    try:
+        servers = await req.kube.list(req.context.caller, constants.SERVERS)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        raise Fault(403, "Policy doesn't allow changing a flavor's extra specs") from exc
+    users = [s for s in servers if (s.get("spec") or {}).get("flavorRef") == name]
+    if users:
+        raise Fault(
+            409,
+            f"kubenova Flavors are immutable and {len(users)} server(s) use this one: create "
+            "a new flavor with the extra specs (kubectl: spec.extraSpecs) instead",
+        )
+    meta = flavor["metadata"]
+    again = {
+        "apiVersion": constants.API_VERSION,
+        "kind": "Flavor",
+        "metadata": {
+            "name": name,
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {
+                k: v
+                for k, v in (meta.get("annotations") or {}).items()
+                if k != "kubectl.kubernetes.io/last-applied-configuration"
+            },
+        },
+        "spec": {**(flavor.get("spec") or {}), "extraSpecs": specs},
+    }
+    await req.kube.delete(req.context.caller, constants.FLAVORS, name)
+    await req.kube.create(req.context.caller, constants.FLAVORS, again)
+    if req.http.method == "DELETE":
+        return reply(status=200)
+    return reply(changes if req.http.method == "PUT" else {"extra_specs": changes})

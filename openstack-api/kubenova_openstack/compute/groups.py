@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
+from kubenova_api.resources import Server
 from kubenova_openstack import names
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.web import Req, reply
@@ -16,12 +17,10 @@ from kubenova_openstack.web import Req, reply
 POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 
 
-def _view(req: Req, group: dict[str, Any], servers: list[dict[str, Any]]) -> dict[str, Any]:
+def _view(req: Req, group: dict[str, Any], servers: list[Server]) -> dict[str, Any]:
     name = group["metadata"]["name"]
     policy = str((group.get("spec") or {}).get("policy"))
-    members = [
-        s["metadata"]["uid"] for s in servers if (s.get("spec") or {}).get("serverGroupRef") == name
-    ]
+    members = [s.uid for s in servers if s.spec.serverGroupRef == name]
     out: dict[str, Any] = {
         "id": group["metadata"]["uid"],
         "name": names.display_name(group),
@@ -40,10 +39,10 @@ def _view(req: Req, group: dict[str, Any], servers: list[dict[str, Any]]) -> dic
     return out
 
 
-async def _all(req: Req) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def _all(req: Req) -> tuple[list[dict[str, Any]], list[Server]]:
     kube, caller, ns = req.kube, req.context.caller, req.project
     groups = await kube.list(caller, constants.SERVERGROUPS, ns)
-    servers = await kube.list(caller, constants.SERVERS, ns)
+    servers = await kube.objects(caller, Server, ns)
     return groups, servers
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
+from kubenova_api.resources import Server
 from kubenova_openstack import lookup, names
 from kubenova_openstack.compute import views
 from kubenova_openstack.faults import Fault
@@ -58,8 +59,8 @@ def _when(event: dict[str, Any]) -> str | None:
     )
 
 
-async def _actions(req: Req, server: dict[str, Any]) -> list[dict[str, Any]]:
-    uid = server["metadata"]["uid"]
+async def _actions(req: Req, server: Server) -> list[dict[str, Any]]:
+    uid = server.uid
     events = await req.kube.list(
         req.context.caller, "events", req.project, core=True, fields=f"involvedObject.uid={uid}"
     )
@@ -84,13 +85,13 @@ async def _actions(req: Req, server: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _action_view(req: Req, server: dict[str, Any], act: dict[str, Any]) -> dict[str, Any]:
+def _action_view(req: Req, server: Server, act: dict[str, Any]) -> dict[str, Any]:
     ann = names.annotations_of(server)
     out: dict[str, Any] = {
         "action": act["action"],
-        "instance_uuid": server["metadata"]["uid"],
+        "instance_uuid": server.uid,
         "message": "Error" if act["failed"] else None,
-        "project_id": server["metadata"]["namespace"],
+        "project_id": server.namespace,
         "request_id": act["request_id"],
         "start_time": act["start_time"],
         "user_id": ann.get(names.USER_ID, ""),
@@ -117,7 +118,7 @@ async def action_show(req: Req) -> web.Response:
             continue
         out = _action_view(req, server, act)
         if admin or req.at_least("2.51"):
-            node = (server.get("status") or {}).get("nodeName")
+            node = server.status.nodeName
             event: dict[str, Any] = {
                 "event": f"compute_{act['action'].replace('-', '_')}_instance",
                 "finish_time": act["start_time"],
@@ -127,7 +128,7 @@ async def action_show(req: Req) -> web.Response:
             if admin:
                 event["traceback"] = None
             if req.at_least("2.62"):
-                event["hostId"] = views.host_id(server["metadata"]["namespace"], node)
+                event["hostId"] = views.host_id(server.namespace or "", node)
                 if admin:
                     event["host"] = node
             if req.at_least("2.84") and admin:
@@ -154,7 +155,7 @@ STATUS = {
 }
 
 
-def _migration_type(m: dict[str, Any], server: dict[str, Any] | None) -> str:
+def _migration_type(m: dict[str, Any], server: Server | None) -> str:
     status = m.get("status") or {}
     if status.get("live") or (status.get("live") is None and not m["spec"].get("flavorRef")):
         return "live-migration"
@@ -261,9 +262,9 @@ async def server_migrations(req: Req) -> web.Response:
     items = await req.kube.list(req.context.caller, constants.SERVERMIGRATIONS, req.project)
     out = []
     for m in items:
-        if m["spec"].get("serverRef") != server["metadata"]["name"]:
+        if m["spec"].get("serverRef") != server.name:
             continue
-        view = _migration_view(req, m, server["metadata"]["uid"], detail=True)
+        view = _migration_view(req, m, server.uid, detail=True)
         if (
             view["status"] in ("queued", "preparing", "running")
             and _migration_type(m, server) == "live-migration"
@@ -277,7 +278,7 @@ async def abort_migration(req: Req) -> web.Response:
     server = await lookup.server(req, req.params["id"])
     items = await req.kube.list(req.context.caller, constants.SERVERMIGRATIONS, req.project)
     for m in items:
-        if m["spec"].get("serverRef") != server["metadata"]["name"]:
+        if m["spec"].get("serverRef") != server.name:
             continue
         if str(_migration_view(req, m, None)["id"]) == req.params["mid"]:
             await req.kube.delete(

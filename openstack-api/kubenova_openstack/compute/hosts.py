@@ -9,6 +9,7 @@ service).
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 import zlib
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
+from kubenova_api.resources import Server
 from kubenova_openstack.compute import views
 from kubenova_openstack.faults import Fault
+from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
 
 
@@ -52,6 +55,15 @@ def _ids(req: Req, hv: dict[str, Any]) -> tuple[Any, Any]:
     return _int_id(uid), _int_id(_service_uuid(uid))
 
 
+def _ip(address: str | None) -> str:
+    """Nova's ``host_ip`` is an IP address: the host's migration address when it is one,
+    else the loopback address (kubenova knows no other address of the host)."""
+    try:
+        return str(ipaddress.ip_address(address or ""))
+    except ValueError:
+        return "127.0.0.1"
+
+
 def _basic(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
     hid, _ = _ids(req, hv)
     spec = hv.get("spec") or {}
@@ -67,7 +79,7 @@ def _detail(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
     out = _basic(req, hv)
     spec, status = hv.get("spec") or {}, hv.get("status") or {}
     _, sid = _ids(req, hv)
-    out["host_ip"] = ((status.get("migration") or {}).get("address")) or "127.0.0.1"
+    out["host_ip"] = _ip((status.get("migration") or {}).get("address"))
     out["hypervisor_type"] = status.get("hypervisorType") or "QEMU"
     out["hypervisor_version"] = _version(status.get("hypervisorVersion"))
     out["service"] = {
@@ -115,17 +127,12 @@ def _detail(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _servers_by_host(req: Req) -> dict[str, list[dict[str, str]]]:
-    items = await req.kube.list(req.context.caller, constants.SERVERS)
+    items = await req.kube.objects(req.context.caller, Server)
     out: dict[str, list[dict[str, str]]] = {}
     for s in items:
-        node = (s.get("status") or {}).get("nodeName")
+        node = s.status.nodeName
         if node:
-            out.setdefault(node, []).append(
-                {
-                    "name": (s.get("status") or {}).get("domainName") or "",
-                    "uuid": s["metadata"]["uid"],
-                }
-            )
+            out.setdefault(node, []).append({"name": s.status.domainName or "", "uuid": s.uid})
     return out
 
 
@@ -269,17 +276,41 @@ async def zones_detail(req: Req) -> web.Response:
 # ----------------------------------------------------------------------------- limits
 
 
+#: ResourceQuota ``hard`` keys read as Nova's absolute limits.
+QUOTA_LIMITS = {
+    f"count/{constants.SERVERS}.{constants.GROUP}": "maxTotalInstances",
+    f"count/{constants.SERVERGROUPS}.{constants.GROUP}": "maxServerGroups",
+}
+
+
+async def _quota_limits(req: Req) -> dict[str, int]:
+    """Nova limits from the project's ResourceQuotas (object counts: servers, server groups),
+    the smallest where several say; none readable (no quota, or no right to read them) says
+    nothing."""
+    try:
+        quotas = await req.kube.list(req.context.caller, "resourcequotas", req.project, core=True)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        return {}
+    out: dict[str, int] = {}
+    for quota in quotas:
+        for key, value in ((quota.get("spec") or {}).get("hard") or {}).items():
+            limit = QUOTA_LIMITS.get(key)
+            if limit is not None and str(value).isdigit():
+                out[limit] = min(int(value), out.get(limit, int(value)))
+    return out
+
+
 async def limits(req: Req) -> web.Response:
-    """Nova's absolute limits. kubenova has no quotas of its own yet (a ResourceQuota on
-    the namespace counts objects, not vCPUs): limits are -1 (unlimited) and the used
-    figures are what the project's Servers take."""
-    servers = await req.kube.list(req.context.caller, constants.SERVERS, req.project)
+    """Nova's absolute limits: from the project's ResourceQuotas where they count servers or
+    server groups, -1 (unlimited) otherwise (kubenova has no vCPU or RAM quotas of its own);
+    the used figures are what the project's Servers take."""
+    servers = await req.kube.objects(req.context.caller, Server, req.project)
     groups = await req.kube.list(req.context.caller, constants.SERVERGROUPS, req.project)
-    cores = ram = 0
-    for s in servers:
-        flavor = (s.get("status") or {}).get("flavor") or {}
-        cores += int(flavor.get("vcpus", 0))
-        ram += int(flavor.get("memoryMiB", 0))
+    quota = await _quota_limits(req)
+    cores = sum(s.status.flavor.vcpus for s in servers if s.status.flavor is not None)
+    ram = sum(s.status.flavor.memoryMiB for s in servers if s.status.flavor is not None)
     absolute: dict[str, Any] = {
         "maxImageMeta": 128,
         "maxPersonality": 5,
@@ -301,6 +332,7 @@ async def limits(req: Req) -> web.Response:
         "totalFloatingIpsUsed": 0,
         "totalServerGroupsUsed": len(groups),
     }
+    absolute.update(quota)
     if req.at_least("2.36"):
         for key in (
             "maxSecurityGroupRules",

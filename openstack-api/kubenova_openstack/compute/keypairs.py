@@ -3,8 +3,9 @@
 Server's ``sshKeys`` (the config drive's ``public_keys``).
 
 Nova keeps key pairs per user; here a project shares them, which RBAC on Secrets governs.
-The facade does not generate key pairs (the ``openstack`` CLI makes them itself and imports
-the public key, as Nova requires from 2.92 on).
+Before 2.92 a key pair asked for without a public key is generated here, as Nova does (an
+RSA 2048 key, its private half returned once and kept nowhere); from 2.92 the public key is
+required, as in Nova.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import zlib
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kubenova_openstack import names
 from kubenova_openstack.faults import Fault
@@ -45,6 +48,22 @@ def fingerprint(public_key: str) -> str:
         raise Fault(400, "Keypair data is invalid: failed to parse the public key") from exc
     digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
     return ":".join(digest[i : i + 2] for i in range(0, 32, 2))
+
+
+def generate() -> tuple[str, str]:
+    """A new SSH key pair as Nova makes one: (private key in PEM, public key in OpenSSH)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return private, f"{public} Generated-by-Nova"
 
 
 def _decoded(secret: dict[str, Any]) -> dict[str, Any]:
@@ -130,15 +149,16 @@ async def create(req: Req) -> web.Response:
     if not isinstance(name, str) or not pattern.match(name) or len(name) > 255:
         raise Fault(400, "Keypair data is invalid: Keypair name contains unsafe characters")
     public_key = spec.get("public_key")
-    if not public_key:
-        raise Fault(
-            400,
-            "kubenova does not generate key pairs: pass public_key (the openstack CLI "
-            "generates one for you)",
-        )
     kind = str(spec.get("type", "ssh")) if req.at_least("2.2") else "ssh"
     if kind not in ("ssh", "x509"):
         raise Fault(400, "Invalid input for field/attribute type.")
+    private_key = None
+    if not public_key:
+        if req.at_least("2.92"):
+            raise Fault(400, "Invalid input for field/attribute keypair: public_key is required")
+        if kind != "ssh":
+            raise Fault(400, "kubenova generates ssh key pairs only: pass public_key")
+        private_key, public_key = generate()
     user = str(spec.get("user_id")) if req.at_least("2.10") and spec.get("user_id") else None
     pair = {
         "public_key": str(public_key).strip(),
@@ -165,6 +185,8 @@ async def create(req: Req) -> web.Response:
             raise Fault(409, f"Key pair '{name}' already exists.") from exc
         raise
     out = {"name": name, **{k: pair[k] for k in ("public_key", "fingerprint", "user_id")}}
+    if private_key is not None:
+        out["private_key"] = private_key
     if req.at_least("2.2"):
         out["type"] = kind
     return reply({"keypair": out}, status=201 if req.at_least("2.2") else 200)

@@ -21,8 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
+from kubenova_api.resources import MigrationPhase, PowerState, Server, ServerMigration
 from kubenova_openstack import lookup, names
-from kubenova_openstack.compute import actions, state, views
+from kubenova_openstack.compute import actions, views
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
@@ -30,70 +31,66 @@ from kubenova_openstack.web import Req, reply
 log = logging.getLogger(__name__)
 
 
-def move_task(server: dict[str, Any], migrations: list[dict[str, Any]]) -> str | None:
+def move_task(server: Server, migrations: list[ServerMigration]) -> str | None:
     """Where a move of ``server`` stands: Nova's task state while a ServerMigration moves it
     (``migrating`` live, ``resize_migrating`` cold), ``resize_finish`` while a resized server
     starts again, ``verify`` when a move or resize made through the facade waits for
     confirmation (VERIFY_RESIZE), None otherwise."""
-    meta, spec = server["metadata"], server.get("spec") or {}
-    status = server.get("status") or {}
+    status = server.status
     mine = [
         m
         for m in migrations
-        if m["spec"].get("serverRef") == meta["name"]
-        and (m.get("status") or {}).get("serverUID") in (None, meta["uid"])
+        if m.spec.serverRef == server.name and m.status.serverUID in (None, server.uid)
     ]
     for m in mine:
-        if (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-            live = (m.get("status") or {}).get("live")
-            return "migrating" if live in (True, None) else "resize_migrating"
+        if m.active:
+            return "migrating" if m.status.live in (True, None) else "resize_migrating"
     verify = actions.pending_verify(server)
     if verify is None:
         return None
     if verify.get("kind") == "migrate":
-        named = [m for m in mine if m["metadata"]["name"] == verify.get("migration")]
-        if named and (named[0].get("status") or {}).get("phase") == "Succeeded":
+        named = [m for m in mine if m.name == verify.get("migration")]
+        if named and named[0].phase is MigrationPhase.Succeeded:
             return "verify"
         return None
-    resized = (status.get("flavor") or {}).get("name") == spec.get("flavorRef")
+    resized = status.flavor is not None and status.flavor.name == server.spec.flavorRef
     if not resized:
         return "resize_migrating"
-    if verify.get("restart") and status.get("phase") != "ACTIVE":
+    if verify.get("restart") and status.phase != "ACTIVE":
         return "resize_finish"
     return "verify"
 
 
-async def finish_resizes(req: Req, servers: list[dict[str, Any]], look: views.Lookups) -> None:
+async def finish_resizes(req: Req, servers: list[Server], look: views.Lookups) -> None:
     """A running server resized through the facade was stopped for it: start it again once
     the resize is done (Nova's finish_resize powers it on). Done by whichever request sees it
     first; repeating it changes nothing."""
     for server in servers:
         verify = actions.pending_verify(server)
-        spec = server.get("spec") or {}
         if (
             verify is None
             or verify.get("kind") != "resize"
             or not verify.get("restart")
-            or look.migrating.get(server["metadata"]["uid"]) != "resize_finish"
-            or spec.get("powerState") == "Running"
+            or look.migrating.get(server.uid) != "resize_finish"
+            or server.spec.powerState is PowerState.Running
         ):
             continue
-        log.info("resize of %s done: starting it again", server["metadata"]["uid"])
+        log.info("resize of %s done: starting it again", server.uid)
         try:
             await req.kube.patch(
                 req.context.caller,
                 constants.SERVERS,
-                server["metadata"]["name"],
-                {"spec": {"powerState": "Running"}},
-                server["metadata"]["namespace"],
+                server.name,
+                {"spec": {"powerState": PowerState.Running.value}},
+                server.namespace,
             )
         except KubeError as exc:
             if exc.status not in (403, 404, 409):
                 raise
-            log.warning("could not start %s again: %s", server["metadata"]["uid"], exc)
+            log.warning("could not start %s again: %s", server.uid, exc)
 
 
-async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> views.Lookups:
+async def lookups(req: Req, *, servers: list[Server] | None = None) -> views.Lookups:
     """Flavors, images, hosts, groups and migrations for the views, read concurrently."""
     kube, caller, ns = req.kube, req.context.caller, req.project
 
@@ -114,7 +111,7 @@ async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> v
                 return []
             raise
 
-    flavors, images, hvs, admin, groups, migrations = await asyncio.gather(
+    flavors, images, hvs, admin, groups, moves = await asyncio.gather(
         optional(constants.FLAVORS, None),
         optional(constants.IMAGES, None),
         hosts(),
@@ -122,6 +119,7 @@ async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> v
         optional(constants.SERVERGROUPS, ns),
         optional(constants.SERVERMIGRATIONS, ns),
     )
+    migrations = [ServerMigration.parse(m) for m in moves]
     look = views.Lookups(
         flavors={f["metadata"]["name"]: f for f in flavors},
         images={i["metadata"]["name"]: i for i in images},
@@ -132,9 +130,9 @@ async def lookups(req: Req, *, servers: list[dict[str, Any]] | None = None) -> v
     for server in servers or []:
         task = move_task(server, migrations)
         if task == "verify":
-            look.verify_resize.add(server["metadata"]["uid"])
+            look.verify_resize.add(server.uid)
         elif task is not None:
-            look.migrating[server["metadata"]["uid"]] = task
+            look.migrating[server.uid] = task
     return look
 
 
@@ -227,7 +225,7 @@ async def create(req: Req) -> web.Response:
         made.append(await _create_one(req, display, index, spec, annotations))
     if server.get("return_reservation_id"):
         return reply({"reservation_id": reservation}, status=202)
-    uid = made[0]["metadata"]["uid"]
+    uid = made[0].uid
     out = {
         "server": {
             "id": uid,
@@ -241,7 +239,7 @@ async def create(req: Req) -> web.Response:
 
 async def _create_one(
     req: Req, display: str, index: int, spec: dict[str, Any], annotations: dict[str, str]
-) -> dict[str, Any]:
+) -> Server:
     """One Server; its id label is added right after (the UID is known only then). A Server
     whose label write is lost is still found, by a list."""
     body = {
@@ -259,12 +257,11 @@ async def _create_one(
         "spec": spec,
     }
     kube, caller = req.kube, req.context.caller
-    made = await kube.create(caller, constants.SERVERS, body, req.project)
-    uid = made["metadata"]["uid"]
-    patch = {"metadata": {"labels": {names.SERVER_ID: uid}}}
+    made = Server.parse(await kube.create(caller, constants.SERVERS, body, req.project))
+    patch = {"metadata": {"labels": {names.SERVER_ID: made.uid}}}
     try:
-        made = await kube.patch(
-            caller, constants.SERVERS, made["metadata"]["name"], patch, req.project
+        made = Server.parse(
+            await kube.patch(caller, constants.SERVERS, made.name, patch, req.project)
         )
     except KubeError as exc:
         if exc.status not in (403, 404, 409):
@@ -314,15 +311,15 @@ STATUSES = {
 }
 
 
-async def _listed(req: Req) -> list[dict[str, Any]]:
+async def _listed(req: Req) -> list[Server]:
     all_tenants = req.query("all_tenants") not in (None, "0", "false", "False")
     namespace = None if all_tenants else req.project
     if all_tenants and (req.query("project_id") or req.query("tenant_id")):
         namespace = req.query("project_id") or req.query("tenant_id")
-    return await req.kube.list(req.context.caller, constants.SERVERS, namespace)
+    return await req.kube.objects(req.context.caller, Server, namespace)
 
 
-def _filter(req: Req, servers: list[dict[str, Any]], look: views.Lookups) -> list[dict[str, Any]]:
+def _filter(req: Req, servers: list[Server], look: views.Lookups) -> list[Server]:
     out = servers
     name = req.query("name")
     if name:
@@ -337,23 +334,19 @@ def _filter(req: Req, servers: list[dict[str, Any]], look: views.Lookups) -> lis
         unknown = wanted - STATUSES
         if unknown and req.at_least("2.38"):
             raise Fault(400, f"Invalid status value: {', '.join(sorted(unknown))}")
-        out = [
-            s
-            for s in out
-            if state.of(s, s["metadata"]["uid"] in look.verify_resize).status in wanted
-        ]
+        out = [s for s in out if views.nova_state(s, look).status in wanted]
     image = req.query("image")
     if image:
         by_uid = {i["metadata"]["uid"]: n for n, i in look.images.items()}
-        out = [s for s in out if s["spec"].get("imageRef") == by_uid.get(image, image)]
+        out = [s for s in out if s.spec.imageRef == by_uid.get(image, image)]
     flavor = req.query("flavor")
     if flavor:
         named = [n for n, f in look.flavors.items() if names.flavor_id(f) == flavor]
-        out = [s for s in out if s["spec"].get("flavorRef") in (named or [flavor])]
+        out = [s for s in out if s.spec.flavorRef in (named or [flavor])]
     for key in ("host", "node"):
         value = req.query(key)
         if value and look.admin:
-            out = [s for s in out if (s.get("status") or {}).get("nodeName") == value]
+            out = [s for s in out if s.status.nodeName == value]
     reservation = req.query("reservation_id")
     if reservation:
         out = [s for s in out if names.annotations_of(s).get(names.RESERVATION) == reservation]
@@ -379,23 +372,21 @@ def _iso(value: str) -> str:
     return text
 
 
-def _updated(server: dict[str, Any]) -> str:
-    status = server.get("status") or {}
-    times = [str(c.get("lastTransitionTime")) for c in status.get("conditions") or []]
-    return views.nova_time(max([*times, str(server["metadata"].get("creationTimestamp"))])) or ""
+def _updated(server: Server) -> str:
+    return views.nova_time(views.updated(server)) or ""
 
 
-def _page(req: Req, servers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+def _page(req: Req, servers: list[Server]) -> tuple[list[Server], str | None]:
     """Newest first (Nova's default sort), then ``marker`` and ``limit``."""
     reverse = (req.query("sort_dir") or "desc") == "desc"
     servers = sorted(
         servers,
-        key=lambda s: (s["metadata"].get("creationTimestamp", ""), s["metadata"]["uid"]),
+        key=lambda s: (views.created(s), s.uid),
         reverse=reverse,
     )
     marker = req.query("marker")
     if marker:
-        ids = [s["metadata"]["uid"] for s in servers]
+        ids = [s.uid for s in servers]
         if marker not in ids:
             raise Fault(400, f"marker [{marker}] not found")
         servers = servers[ids.index(marker) + 1 :]
@@ -411,7 +402,7 @@ def _page(req: Req, servers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     if len(servers) <= count:
         return servers, None
     page = servers[:count]
-    return page, page[-1]["metadata"]["uid"] if page else None
+    return page, page[-1].uid if page else None
 
 
 def _with_links(
@@ -478,12 +469,14 @@ async def update(req: Req) -> web.Response:
     if "description" in changes:
         ann[names.DESCRIPTION] = changes["description"]
     if ann:
-        server = await req.kube.patch(
-            req.context.caller,
-            constants.SERVERS,
-            server["metadata"]["name"],
-            {"metadata": {"annotations": ann}},
-            req.project,
+        server = Server.parse(
+            await req.kube.patch(
+                req.context.caller,
+                constants.SERVERS,
+                server.name,
+                {"metadata": {"annotations": ann}},
+                req.project,
+            )
         )
     look = await lookups(req, servers=[server])
     if req.at_least("2.75"):
@@ -494,7 +487,7 @@ async def update(req: Req) -> web.Response:
     for key in ("key_name", "config_drive", "host_status"):
         shown.pop(key, None)
     if req.at_least("2.71"):
-        group = (server.get("spec") or {}).get("serverGroupRef")
+        group = server.spec.serverGroupRef
         found = look.groups.get(str(group)) if group else None
         shown["server_groups"] = [found["metadata"]["uid"]] if found else []
     return reply({"server": shown})
@@ -502,20 +495,18 @@ async def update(req: Req) -> web.Response:
 
 async def delete(req: Req) -> web.Response:
     server = await lookup.server(req, req.params["id"])
-    await req.kube.delete(
-        req.context.caller, constants.SERVERS, server["metadata"]["name"], req.project
-    )
+    await req.kube.delete(req.context.caller, constants.SERVERS, server.name, req.project)
     return reply(status=204)
 
 
 # ----------------------------------------------------------------------------- metadata
 
 
-def _metadata(server: dict[str, Any]) -> dict[str, str]:
+def _metadata(server: Server) -> dict[str, str]:
     return dict(json.loads(names.annotations_of(server).get(names.METADATA) or "{}"))
 
 
-async def _write_metadata(req: Req, server: dict[str, Any], meta: dict[str, str]) -> None:
+async def _write_metadata(req: Req, server: Server, meta: dict[str, str]) -> None:
     if len(meta) > 128:
         raise Fault(403, "Quota exceeded for metadata_items: at most 128 items")
     for key, value in meta.items():
@@ -524,7 +515,7 @@ async def _write_metadata(req: Req, server: dict[str, Any], meta: dict[str, str]
     await req.kube.patch(
         req.context.caller,
         constants.SERVERS,
-        server["metadata"]["name"],
+        server.name,
         {"metadata": {"annotations": {names.METADATA: json.dumps(meta)}}},
         req.project,
     )

@@ -1,16 +1,26 @@
 """A Server's Nova status, vm_state, task_state and power_state, from what it declares (spec)
 and what its host reports (status).
 
-The task state stays set until the Server has really converged: the agent has seen the
-current generation, the phase is the one the spec asks for, a reboot asked for has been done,
-a move has ended. So ``openstack server stop`` followed by ``server show`` says ACTIVE /
-powering-off until the guest is off, then SHUTOFF / None — never SHUTOFF while it still runs.
+The task state stays set until the Server has really converged: the host's agent has acted
+on the current generation of the spec (``status.observedGeneration`` and its ``Converged``
+condition), the phase is the one the spec asks for, a reboot asked for has been done, a
+rescue switched, a resize or move ended. So ``openstack server stop`` followed by ``server
+show`` says ACTIVE / powering-off until the guest is off, then SHUTOFF / None — never SHUTOFF
+while it still runs, and never None while the agent has not yet seen the request.
+
+What the agent will not do is no task: an action it refused (``Converged`` False,
+``ActionNotAllowed``, for this generation) and a guest that stopped by itself and stays off
+by its restart policy (``Converged`` True for this generation, ``Ready`` False with the
+guest's own reason) show the phase there is, with no task, as Nova shows an instance its
+power sync found off.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+
+from kubenova_api.common import Condition, get_condition
+from kubenova_api.resources import Phase, PowerState, RebootType, Server
 
 #: Nova's power_state numbers.
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
@@ -34,11 +44,13 @@ VM_STATES = {
     "VERIFY_RESIZE": "resized",
 }
 WANTED_PHASE = {
-    "Running": "ACTIVE",
-    "Stopped": "SHUTOFF",
-    "Suspended": "SUSPENDED",
-    "Paused": "PAUSED",
+    PowerState.Running: Phase.ACTIVE,
+    PowerState.Stopped: Phase.SHUTOFF,
+    PowerState.Suspended: Phase.SUSPENDED,
+    PowerState.Paused: Phase.PAUSED,
 }
+#: ``Ready`` reasons of a guest that went off by itself (the agent's StopReason values).
+BY_GUEST = ("Shutdown", "Crashed", "Failed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,92 +61,123 @@ class NovaState:
     power_state: int
 
 
-def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return {}
-
-
-def of(server: dict[str, Any], verify_resize: bool = False) -> NovaState:
+def of(server: Server, verify_resize: bool = False) -> NovaState:
     """The Nova state of ``server``; ``verify_resize`` when a finished resize or cold
     migration waits for its confirmation."""
-    meta = server["metadata"]
-    status = server.get("status") or {}
-    phase = str(status.get("phase") or "BUILD")
-    power = POWER.get(str(status.get("powerState") or ""), NOSTATE)
-    if meta.get("deletionTimestamp"):
+    status = server.status
+    phase = status.phase or Phase.BUILD
+    power = POWER.get(status.powerState or "", NOSTATE)
+    if server.metadata.deleting:
         return NovaState(_shown(phase), VM_STATES.get(phase, "active"), "deleting", power)
-    if phase == "ERROR":
+    if phase is Phase.ERROR:
         return NovaState("ERROR", "error", None, power)
-    if not status.get("nodeName"):
+    if not status.nodeName:
         # Not bound yet. Where Nova gives up (NoValidHost → ERROR), kubenova keeps trying
         # (room may appear, a missing Flavor may be made): BUILD / scheduling, the reason in
         # the Server's Scheduled condition.
         return NovaState("BUILD", "building", "scheduling", NOSTATE)
-    if phase == "BUILD":
+    if phase is Phase.BUILD:
         return NovaState("BUILD", "building", "spawning", power)
-    if phase == "MIGRATING":
+    if phase is Phase.MIGRATING:
         return NovaState("MIGRATING", "active", "migrating", power)
     if verify_resize:
         return NovaState("VERIFY_RESIZE", "resized", None, power)
-    task = _pending_task(server, phase)
+    task = pending_task(server)
     shown = _shown(phase)
     if task == "rebooting":
         shown = "REBOOT"
     elif task == "rebooting_hard":
         shown = "HARD_REBOOT"
+    elif task == "resize_prep":
+        shown = "RESIZE"
     return NovaState(shown, VM_STATES.get(phase, "active"), task, power)
 
 
-def _shown(phase: str) -> str:
-    return "ACTIVE" if phase in ("DELETING",) else phase
+def _shown(phase: Phase) -> str:
+    return "ACTIVE" if phase is Phase.DELETING else phase.value
 
 
-def _pending_task(server: dict[str, Any], phase: str) -> str | None:
-    """The Nova task under way: what the spec asks for that the host has not done yet."""
-    meta, spec = server["metadata"], server.get("spec") or {}
-    status = server.get("status") or {}
-    converged = _condition(status, "Converged")
-    refused = converged.get("reason") == "ActionNotAllowed" and converged.get(
-        "observedGeneration"
-    ) == meta.get("generation")
-    if refused:
+def _for_this_generation(cond: Condition | None, server: Server) -> bool:
+    return cond is not None and cond.observedGeneration == server.metadata.generation
+
+
+def pending_task(server: Server) -> str | None:
+    """The Nova task under way for a bound Server: what the spec asks for that its host has
+    not done yet (None when there is nothing, or nothing the host will do)."""
+    spec, status = server.spec, server.status
+    phase = status.phase or Phase.BUILD
+    converged = get_condition(status.conditions, "Converged")
+    if (
+        _for_this_generation(converged, server)
+        and converged is not None
+        and converged.status == "False"
+        and converged.reason == "ActionNotAllowed"
+    ):
         return None  # the agent will not try; the phase is what there is
-    asked = spec.get("rebootRequestedAt")
-    if asked and asked != status.get("observedRebootRequestedAt"):
-        return "rebooting_hard" if spec.get("rebootType") == "Hard" else "rebooting"
-    rescue = spec.get("rescue") is not None
-    if rescue and phase != "RESCUE":
+    asked = spec.rebootRequestedAt
+    if asked is not None and asked != status.observedRebootRequestedAt:
+        return "rebooting_hard" if spec.rebootType is RebootType.Hard else "rebooting"
+    rescue = spec.rescue is not None
+    if rescue and phase is not Phase.RESCUE:
         return "rescuing"
-    if not rescue and phase == "RESCUE":
+    if not rescue and phase is Phase.RESCUE:
         return "unrescuing"
+    if status.flavor is not None and status.flavor.name not in (None, spec.flavorRef):
+        # A new flavorRef: the controller resizes it once stopped (the facade stops it).
+        return "resize_prep"
     if rescue:
         return None
-    want = WANTED_PHASE.get(str(spec.get("powerState") or "Running"), "ACTIVE")
-    if want == phase:
+    want = WANTED_PHASE[spec.powerState]
+    seen = (status.observedGeneration or 0) >= server.metadata.generation
+    if want is phase:
         return None
-    if want == "SHUTOFF":
+    if (
+        want is Phase.ACTIVE
+        and phase is Phase.SHUTOFF
+        and seen
+        and _for_this_generation(converged, server)
+        and _ready_reason(server) in BY_GUEST
+    ):
+        return None  # off by itself, and its restart policy keeps it off
+    if want is Phase.SHUTOFF:
         return "powering-off"
-    if want == "SUSPENDED":
+    if want is Phase.SUSPENDED:
         return "suspending"
-    if want == "PAUSED":
+    if want is Phase.PAUSED:
         return "pausing"
     # want ACTIVE
-    return {"SHUTOFF": "powering-on", "SUSPENDED": "resuming", "PAUSED": "unpausing"}.get(
-        phase, "powering-on"
+    return {
+        Phase.SHUTOFF: "powering-on",
+        Phase.SUSPENDED: "resuming",
+        Phase.PAUSED: "unpausing",
+    }.get(phase, "powering-on")
+
+
+def _ready_reason(server: Server) -> str | None:
+    ready = get_condition(server.status.conditions, "Ready")
+    return ready.reason if ready is not None else None
+
+
+def stays_off(server: Server) -> bool:
+    """A guest that went off by itself while declared Running, and stays off (its restart
+    policy): ``os-start`` must ask the agent for a start, as a hard reboot does."""
+    return (
+        server.spec.powerState is PowerState.Running
+        and server.status.phase is Phase.SHUTOFF
+        and pending_task(server) is None
     )
 
 
-def fault(server: dict[str, Any]) -> tuple[str, str, str | None] | None:
+def fault(server: Server) -> tuple[str, str, str | None] | None:
     """(message, details, when) of a Server in ERROR: the condition that says why."""
-    status = server.get("status") or {}
+    status = server.status
     for type_ in ("Ready", "Scheduled"):
-        cond = _condition(status, type_)
-        if cond.get("status") == "False" and status.get("phase") == "ERROR":
+        cond = get_condition(status.conditions, type_)
+        if cond is not None and cond.status == "False" and status.phase is Phase.ERROR:
+            when = cond.lastTransitionTime
             return (
-                f"{cond.get('reason')}: {cond.get('message')}",
-                str(cond.get("message") or ""),
-                cond.get("lastTransitionTime"),
+                f"{cond.reason}: {cond.message}",
+                str(cond.message or ""),
+                when.isoformat() if when is not None else None,
             )
     return None

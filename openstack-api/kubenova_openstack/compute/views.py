@@ -17,6 +17,7 @@ import hashlib
 import json
 from typing import Any
 
+from kubenova_api.resources import Server
 from kubenova_openstack import names
 from kubenova_openstack.compute import state
 from kubenova_openstack.web import Req
@@ -127,16 +128,30 @@ def host_id(project: str, host: str | None) -> str:
     return hashlib.sha224((project + host).encode()).hexdigest()
 
 
-def _zone(server: dict[str, Any], look: Lookups) -> str:
-    spec, status = server.get("spec") or {}, server.get("status") or {}
-    node = status.get("nodeName")
+def _iso(when: dt.datetime | None) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else ""
+
+
+def created(server: Server) -> str:
+    """When the Server was made, as RFC 3339 (sorts as text)."""
+    return _iso(server.metadata.creationTimestamp)
+
+
+def updated(server: Server) -> str:
+    """The last change Nova would show: the newest condition transition, else creation."""
+    times = [c.lastTransitionTime for c in server.status.conditions if c.lastTransitionTime]
+    return max([_iso(t) for t in times] + [created(server)])
+
+
+def _zone(server: Server, look: Lookups) -> str:
+    node = server.status.nodeName
     if node and look.hypervisors is not None and node in look.hypervisors:
         return str((look.hypervisors[node].get("spec") or {}).get("availabilityZone") or "nova")
-    return str(spec.get("availabilityZone") or ("nova" if node else ""))
+    return str(server.spec.availabilityZone or ("nova" if node else ""))
 
 
-def _host_status(server: dict[str, Any], look: Lookups) -> str:
-    node = (server.get("status") or {}).get("nodeName")
+def _host_status(server: Server, look: Lookups) -> str:
+    node = server.status.nodeName
     if not node or look.hypervisors is None or node not in look.hypervisors:
         return ""
     hv = look.hypervisors[node]
@@ -148,21 +163,16 @@ def _host_status(server: dict[str, Any], look: Lookups) -> str:
     return "UP"
 
 
-def _embedded_flavor(req: Req, server: dict[str, Any], look: Lookups) -> dict[str, Any]:
-    spec, status = server.get("spec") or {}, server.get("status") or {}
-    snapshot = status.get("flavor") or {}
-    name = str(snapshot.get("name") or spec.get("flavorRef"))
+def _embedded_flavor(req: Req, server: Server, look: Lookups) -> dict[str, Any]:
+    snapshot = server.status.flavor
+    name = (snapshot.name if snapshot is not None else None) or server.spec.flavorRef
     flavor = look.flavors.get(name)
     if not req.at_least("2.47"):
         fid = names.flavor_id(flavor) if flavor else name
         return {"id": fid, "links": bookmark(req, "flavors", fid)}
     res = flavor_resources(flavor) if flavor else {"vcpus": 0, "ram": 0, "disk": 0}
-    if snapshot:
-        res = {
-            "vcpus": int(snapshot.get("vcpus", 0)),
-            "ram": int(snapshot.get("memoryMiB", 0)),
-            "disk": int(snapshot.get("diskGiB", 0)),
-        }
+    if snapshot is not None:
+        res = {"vcpus": snapshot.vcpus, "ram": snapshot.memoryMiB, "disk": snapshot.diskGiB}
     return {
         "vcpus": res["vcpus"],
         "ram": res["ram"],
@@ -174,36 +184,38 @@ def _embedded_flavor(req: Req, server: dict[str, Any], look: Lookups) -> dict[st
     }
 
 
-def server_basic(req: Req, server: dict[str, Any]) -> dict[str, Any]:
-    uid = server["metadata"]["uid"]
+def server_basic(req: Req, server: Server) -> dict[str, Any]:
+    uid = server.uid
     return {"id": uid, "name": names.display_name(server), "links": links(req, "servers", uid)}
 
 
-def server_detail(
-    req: Req, server: dict[str, Any], look: Lookups, *, show_groups: bool = False
-) -> dict[str, Any]:
-    """Nova's detailed server: ``GET /servers/{id}`` (``show_groups``), ``/servers/detail``."""
-    meta, spec = server["metadata"], server.get("spec") or {}
-    status = server.get("status") or {}
-    uid, project = meta["uid"], meta["namespace"]
-    ann = names.annotations_of(server)
-    node = status.get("nodeName")
-    image = look.images.get(str(spec.get("imageRef")))
-    image_id = image["metadata"]["uid"] if image else str(spec.get("imageRef"))
+def nova_state(server: Server, look: Lookups) -> state.NovaState:
+    """The server's Nova state, with what the project's ServerMigrations say of it."""
+    uid = server.uid
     nova = state.of(server, uid in look.verify_resize)
-    if uid in look.migrating and nova.status not in ("ERROR",) and nova.task_state != "deleting":
+    if uid in look.migrating and nova.status != "ERROR" and nova.task_state != "deleting":
         task = look.migrating[uid]
         shown = "MIGRATING" if task == "migrating" else "RESIZE"
         nova = state.NovaState(shown, nova.vm_state, task, nova.power_state)
-    updated = max(
-        [str(c.get("lastTransitionTime")) for c in status.get("conditions") or []]
-        + [str(meta.get("creationTimestamp"))]
-    )
+    return nova
+
+
+def server_detail(
+    req: Req, server: Server, look: Lookups, *, show_groups: bool = False
+) -> dict[str, Any]:
+    """Nova's detailed server: ``GET /servers/{id}`` (``show_groups``), ``/servers/detail``."""
+    meta, spec, status = server.metadata, server.spec, server.status
+    uid, project = meta.uid, meta.namespace or ""
+    ann = meta.annotations
+    node = status.nodeName
+    image = look.images.get(spec.imageRef)
+    image_id = image["metadata"]["uid"] if image else spec.imageRef
+    nova = nova_state(server, look)
     out: dict[str, Any] = {
         "accessIPv4": "",
         "accessIPv6": "",
         "addresses": {},
-        "created": nova_time(meta.get("creationTimestamp")),
+        "created": nova_time(created(server)),
         "flavor": _embedded_flavor(req, server, look),
         "hostId": host_id(project, node),
         "id": uid,
@@ -214,7 +226,7 @@ def server_detail(
         "status": nova.status,
         "tenant_id": project,
         "user_id": ann.get(names.USER_ID, ""),
-        "updated": nova_time(updated),
+        "updated": nova_time(updated(server)),
         "OS-DCF:diskConfig": "MANUAL",
     }
     if nova.status in ("ERROR", "DELETED"):
@@ -234,15 +246,17 @@ def server_detail(
     out["OS-EXT-AZ:availability_zone"] = _zone(server, look)
     out["config_drive"] = "True"
     out["key_name"] = ann.get(names.KEY_NAME)
-    out["OS-SRV-USG:launched_at"] = usage_time(status.get("launchedAt"))
+    out["OS-SRV-USG:launched_at"] = usage_time(
+        status.launchedAt.isoformat() if status.launchedAt else None
+    )
     out["OS-SRV-USG:terminated_at"] = None
     if look.admin:
         out["OS-EXT-SRV-ATTR:host"] = node
-        out["OS-EXT-SRV-ATTR:instance_name"] = status.get("domainName") or ""
+        out["OS-EXT-SRV-ATTR:instance_name"] = status.domainName or ""
         out["OS-EXT-SRV-ATTR:hypervisor_hostname"] = node
         if req.at_least("2.3"):
-            user_data = spec.get("userData")
-            out["OS-EXT-SRV-ATTR:hostname"] = meta["name"]
+            user_data = spec.userData
+            out["OS-EXT-SRV-ATTR:hostname"] = meta.name
             out["OS-EXT-SRV-ATTR:kernel_id"] = ""
             out["OS-EXT-SRV-ATTR:launch_index"] = int(ann.get(names.LAUNCH_INDEX, "0"))
             out["OS-EXT-SRV-ATTR:ramdisk_id"] = ""
@@ -266,8 +280,8 @@ def server_detail(
     if req.at_least("2.63"):
         out["trusted_image_certificates"] = None
     if show_groups and req.at_least("2.71"):
-        group = spec.get("serverGroupRef")
-        found = look.groups.get(str(group)) if group else None
+        group = spec.serverGroupRef
+        found = look.groups.get(group) if group else None
         out["server_groups"] = [found["metadata"]["uid"]] if found else []
     if req.at_least("2.73"):
         out["locked_reason"] = None

@@ -18,6 +18,8 @@ import pydantic
 from kubenova_api import constants, kube
 from kubenova_api.common import KubeObject
 from kubenova_api.resources import (
+    ComputeQuota,
+    ComputeQuotaSpec,
     Flavor,
     FlavorSpec,
     GroupPolicy,
@@ -137,6 +139,14 @@ def server_migrations(uid: str, body: kopf.Body, **_: Any) -> dict[str, ServerMi
     return {uid: smig} if smig is not None else None
 
 
+@kopf.index(G, V, constants.COMPUTEQUOTAS)
+def quotas(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[str, tuple[str, ComputeQuotaSpec]] | None:
+    quota = _parse(ComputeQuota, body)
+    return {namespace or "": (name, quota.spec)} if quota is not None else None
+
+
 INDEXES = (
     "flavor_specs",
     "image_specs",
@@ -145,6 +155,7 @@ INDEXES = (
     "servers",
     "pending_servers",
     "server_migrations",
+    "quotas",
 )
 
 
@@ -166,6 +177,7 @@ def snapshot(
         cluster=known,
         groups=_latest(indexes["group_policies"]),
         moving=migrations.target_claims(smigs, known.get),
+        quotas={ns: list(store) for ns, store in indexes["quotas"].items() if len(store)},
     )
     pending = list(_latest(indexes["pending_servers"]).values())
     return binder.Snapshot(view=view, pending=pending, migrations=smigs)
@@ -207,6 +219,11 @@ def server_group_event(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.event(G, V, constants.HYPERVISORS)
 def hypervisor_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, kwargs)
+
+
+@kopf.on.event(G, V, constants.COMPUTEQUOTAS)
+def quota_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 

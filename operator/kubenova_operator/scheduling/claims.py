@@ -18,6 +18,8 @@ class Claim:
     resources: Resources
     group: str | None = None
     """``namespace/name`` of the Server's ServerGroup, if it has one."""
+    namespace: str = ""
+    """The Server's namespace (its project: what its quota counts)."""
 
 
 class Claims:

@@ -113,7 +113,7 @@ def host_state(
         name=hv.name,
         up=up,
         down_reason=why,
-        disabled=spec.disabled or spec.evacuate,
+        disabled=spec.disabled or spec.evacuate or spec.outOfService,
         zone=spec.availabilityZone or "nova",
         total=Resources.of(status.total),
         reserved=Resources.of(status.reserved),
