@@ -437,9 +437,10 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         f"{volume_prefix(uid)}config.iso",
         lambda path: configdrive.write(path, configdrive.metadata_of(server), spec),
     )
+    on_virtio = sum(1 for d in disks if d.bus == "virtio")
     disks.append(
         domain_xml.Disk(
-            drive, format="raw", target=f"vd{chr(ord('a') + len(disks))}", readonly=True
+            drive, format="raw", target=domain_xml.disk_target("virtio", on_virtio), readonly=True
         )
     )
     pathlib.Path(deps.settings.consoles_dir).mkdir(parents=True, exist_ok=True)
@@ -550,6 +551,7 @@ def _root_disk(
     flavor: FlavorSnapshot,
     disk: tuple[pathlib.Path, DiskFormat] | None,
     target: str,
+    bus: str = "virtio",
 ) -> domain_xml.Disk:
     flavor_bytes = flavor.diskGiB * GIB
     if disk is None:
@@ -570,7 +572,7 @@ def _root_disk(
     path_str = deps.storage.ensure_volume(volume, capacity, backing)
     if deps.storage.grow_volume(volume, capacity):  # resized to a bigger flavor
         log.info("grew %s to %.1f GiB", volume, capacity / GIB)
-    return domain_xml.Disk(path=path_str, format="qcow2", target=target)
+    return domain_xml.Disk(path=path_str, format="qcow2", target=target, bus=bus)
 
 
 # ----------------------------------------------------------------------------- converging
