@@ -42,11 +42,13 @@ IMAGES = {"uec": "kubenova-guest", "bios": "kubenova-guest-bios", "uefi": "kuben
 
 
 def server_doc(name: str, image: str = "kubenova-guest") -> dict[str, Any]:
+    # UEFI (OVMF + GRUB loading a 14 MiB kernel) needs more than m1.tiny's 128 MiB.
+    flavor = "m1.small" if image.endswith("-uefi") else "m1.tiny"
     return {
         "apiVersion": benchkit.API_VERSION,
         "kind": "Server",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"flavorRef": "m1.tiny", "imageRef": image},
+        "spec": {"flavorRef": flavor, "imageRef": image},
     }
 
 
@@ -146,6 +148,13 @@ def main() -> int:
     rows: list[tuple[str, float, float, float, float]] = []
     with bed:
         bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
+        small = {
+            "apiVersion": benchkit.API_VERSION,
+            "kind": "Flavor",
+            "metadata": {"name": "m1.small"},
+            "spec": {"vcpus": 1, "memoryMiB": 256, "diskGiB": 1},
+        }
+        bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(small))
         images = [bed.image_manifest()]
         images += [bed.boot_disk_manifest("bios"), bed.boot_disk_manifest("uefi")]
         bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(images))

@@ -506,7 +506,9 @@ class Stack:
                         "format": "qcow2",
                     }
                 },
-                "minMemoryMiB": 64,
+                # OVMF and GRUB need room to load the 14 MiB kernel: GRUB runs out of memory
+                # in 128 MiB.
+                "minMemoryMiB": 256 if firmware == "uefi" else 64,
                 "properties": {"hw_firmware_type": firmware, **properties},
             },
         }

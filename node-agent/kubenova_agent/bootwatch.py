@@ -26,6 +26,10 @@ FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
         "the UEFI firmware found no bootable option or device",
     ),
     (
+        re.compile(r"error: you need to load the kernel first"),
+        "the boot loader could not load the kernel (GRUB: out of memory or file not found)",
+    ),
+    (
         re.compile(r"Access Denied"),
         "the UEFI firmware refused the boot loader (secure boot: not signed by an enrolled key)",
     ),
