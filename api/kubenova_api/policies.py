@@ -50,6 +50,7 @@ SERVER_AGENT_FIELDS = frozenset(
         "observedRebuildRequestedAt",
         "imageRef",
         "restartCount",
+        "diskRebuilt",  # after an evacuation: the new host says whether it rebuilt the disk
     }
 )
 #: Condition types of a Server its agent sets; the others (Scheduled, ...) are the controller's.

@@ -167,7 +167,7 @@ def test_a_killed_out_of_service_host_strands_nothing(bed: stack.Stack) -> None:
             libvirt_uri=uri,
             virt_type="test",
             state_dir=str(root / "state"),
-            kubeconfig=str(bed.cp.kubeconfig("kubenova:agent")),
+            kubeconfig=str(bed.agent_kubeconfig(DEAD)),  # the same node identity
             heartbeat_seconds=bed.heartbeat_seconds,
             reserved_memory_mib=0,
             resync_seconds=30.0,
