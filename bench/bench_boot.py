@@ -1,10 +1,13 @@
 """Apply -> ACTIVE through kubenova, against the same domain started with plain virsh on the
 same host in the same run (define + start of the same XML over an identical overlay).
 
-    python bench/bench_boot.py [--runs N]
+    python bench/bench_boot.py [--runs N] [--images uec,bios,uefi]
 
 Prints each figure and the ratio kubenova / virsh. The first kubenova boot on a host also
 fetches the image ("cold"); the others find it cached ("warm"), as the virsh baseline does.
+``--images`` picks the test guest's forms: ``uec`` (kernel + initrd booted directly), ``bios``
+(a disk with SYSLINUX, SeaBIOS) and ``uefi`` (a disk with GRUB, OVMF; the baseline gets a
+variable store of its own from the same template).
 
 Every run is checked before it counts, by fresh reads: the Server ACTIVE and Ready on the host
 the watch saw it bound to (and only that one), its domain running in that host's libvirt, the
@@ -35,12 +38,17 @@ from kubenova_devenv import guestimage, stack
 NS = "default"
 
 
-def server_doc(name: str) -> dict[str, Any]:
+IMAGES = {"uec": "kubenova-guest", "bios": "kubenova-guest-bios", "uefi": "kubenova-guest-uefi"}
+
+
+def server_doc(name: str, image: str = "kubenova-guest") -> dict[str, Any]:
+    # UEFI (OVMF + GRUB loading a 14 MiB kernel) needs more than m1.tiny's 128 MiB.
+    flavor = "m1.small" if image.endswith("-uefi") else "m1.tiny"
     return {
         "apiVersion": benchkit.API_VERSION,
         "kind": "Server",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"flavorRef": "m1.tiny", "imageRef": "kubenova-guest"},
+        "spec": {"flavorRef": flavor, "imageRef": image},
     }
 
 
@@ -95,6 +103,10 @@ def virsh_baseline(bed: stack.Stack, host_name: str, template_xml: str) -> tuple
     disk_src.set("file", overlay_inside)
     console_inside = f"/var/lib/kubenova/consoles/baseline-{new_uuid}.log"
     root.find("devices/serial/source").set("path", console_inside)  # type: ignore[union-attr]
+    nvram = root.find("os/nvram")
+    nvram_inside = f"/var/lib/kubenova/instances/baseline-{new_uuid}-nvram.fd"
+    if nvram is not None:  # UEFI: a store of its own, from the same template, on first start
+        nvram.text = nvram_inside
     with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
         f.write(etree.tostring(root, encoding="unicode"))
     console = host.outside(console_inside)
@@ -110,8 +122,10 @@ def virsh_baseline(bed: stack.Stack, host_name: str, template_xml: str) -> tuple
     )
     state = benchkit.domain_state(host, new_uuid)
     host.virsh("destroy", new_uuid)
-    host.virsh("undefine", new_uuid)
-    subprocess.run([*host.nsenter(), "rm", "-f", overlay_inside, console_inside], check=True)
+    host.virsh("undefine", new_uuid, *(["--nvram"] if nvram is not None else []))
+    subprocess.run(
+        [*host.nsenter(), "rm", "-f", overlay_inside, console_inside, nvram_inside], check=True
+    )
     pathlib.Path(f.name).unlink()
     if state != "running":
         raise benchkit.BenchFailure(f"the virsh baseline's domain was {state}, not running", [])
@@ -121,14 +135,29 @@ def virsh_baseline(bed: stack.Stack, host_name: str, template_xml: str) -> tuple
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=int, default=5, help="warm runs (after one cold run)")
+    p.add_argument(
+        "--images", default="uec", help="comma-separated forms of the guest: uec, bios, uefi"
+    )
     args = p.parse_args()
+    kinds = [k.strip() for k in args.images.split(",") if k.strip()]
+    if not kinds or any(k not in IMAGES for k in kinds):
+        p.error(f"--images: choose from {', '.join(IMAGES)}")
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-"))
     print(f"logs: {work}", file=sys.stderr, flush=True)
     bed = stack.Stack(work, host_count=1)
     rows: list[tuple[str, float, float, float, float]] = []
     with bed:
         bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
-        bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(bed.image_manifest()))
+        small = {
+            "apiVersion": benchkit.API_VERSION,
+            "kind": "Flavor",
+            "metadata": {"name": "m1.small"},
+            "spec": {"vcpus": 1, "memoryMiB": 256, "diskGiB": 1},
+        }
+        bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(small))
+        images = [bed.image_manifest()]
+        images += [bed.boot_disk_manifest("bios"), bed.boot_disk_manifest("uefi")]
+        bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(images))
         api = benchkit.api_client(bed)
         # The host's first heartbeat (libvirt probing QEMU) is not what we time.
         benchkit.wait_hosts_ready(bed, api, list(bed.hosts))
@@ -136,12 +165,13 @@ def main() -> int:
         tracker = benchkit.server_tracker()
         servers = benchkit.lister(api, "servers", NS)
         with benchkit.watch(f"Servers in {NS}", servers, tracker) as watcher:
-            for i in range(args.runs + 1):
-                name = f"bench-{i}"
-                label = "cold" if i == 0 else "warm"
+            plan = [(kind, i) for kind in kinds for i in range(args.runs + 1)]
+            for kind, i in plan:
+                name = f"bench-{kind}-{i}"
+                label = ("cold" if i == 0 else "warm") + ("" if kind == "uec" else f"-{kind}")
                 t0 = time.monotonic()
                 custom.create_namespaced_custom_object(
-                    benchkit.GROUP, benchkit.VERSION, NS, "servers", server_doc(name)
+                    benchkit.GROUP, benchkit.VERSION, NS, "servers", server_doc(name, IMAGES[kind])
                 )
 
                 def active(name: str = name) -> bool:
@@ -179,7 +209,14 @@ def main() -> int:
             f"{label:6} {active_s:14.3f} {vstart:19.3f} {active_s / vstart:7.2f} "
             f"{console:15.3f} {vconsole:15.3f} {console / vconsole:7.2f}"
         )
-    warm = rows[1:]
+    for kind in kinds:
+        suffix = "" if kind == "uec" else f"-{kind}"
+        _median(kind, [r for r in rows if r[0] == f"warm{suffix}"])
+    return 0
+
+
+def _median(kind: str, warm: list[tuple[str, float, float, float, float]]) -> None:
+    label = "median" if kind == "uec" else f"median-{kind}"
     if warm:
         med = [
             statistics.median(column)
@@ -191,10 +228,9 @@ def main() -> int:
             )
         ]
         print(
-            f"{'median':6} {med[0]:14.3f} {med[1]:19.3f} {med[0] / med[1]:7.2f} "
+            f"{label:6} {med[0]:14.3f} {med[1]:19.3f} {med[0] / med[1]:7.2f} "
             f"{med[2]:15.3f} {med[3]:15.3f} {med[2] / med[3]:7.2f}  (warm runs: {len(warm)})"
         )
-    return 0
 
 
 if __name__ == "__main__":

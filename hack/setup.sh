@@ -34,9 +34,12 @@ say() { printf 'setup: %s\n' "$*"; }
 elapsed() { printf '%ss' "$((SECONDS - $1))"; }
 
 # --- Debian packages -----------------------------------------------------------------------
+# syslinux .. ovmf: the test guest as BIOS- and UEFI-bootable disk images (built as plain files,
+# no mounts or loop devices) and the UEFI firmware (OVMF) the host offers guests.
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
           qemu-system-x86 qemu-utils busybox-static cpio iproute2 openssl gcc
-          dnsmasq-base nftables)
+          dnsmasq-base nftables
+          syslinux syslinux-common mtools dosfstools fdisk grub-efi-amd64-bin ovmf)
 if [[ "$PROFILE" == test ]]; then
     # The real node (containerd + runc, the CNI bridge, iptables for kube-proxy) and the
     # Dockerfile built with no Docker engine: buildah, and mmdebstrap for the FROM's stand-in.

@@ -47,6 +47,8 @@ SERVER_AGENT_FIELDS = frozenset(
         "observedGeneration",
         "launchedAt",
         "observedRebootRequestedAt",
+        "observedRebuildRequestedAt",
+        "imageRef",
         "restartCount",
         "diskRebuilt",  # after an evacuation: the new host says whether it rebuilt the disk
     }

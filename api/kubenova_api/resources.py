@@ -196,8 +196,131 @@ class ImageSource(ApiModel):
     uec: UecSource | None = Field(default=None, description="A kernel + ramdisk (UEC) image.")
 
 
+class FirmwareType(enum.StrEnum):
+    """Nova's ``hw_firmware_type``."""
+
+    bios = "bios"
+    uefi = "uefi"
+
+
+class SecureBoot(enum.StrEnum):
+    """Nova's ``os_secure_boot``."""
+
+    required = "required"
+    disabled = "disabled"
+    optional = "optional"
+
+
+class DiskBus(enum.StrEnum):
+    """Nova's ``hw_disk_bus`` (for the root disk; the config drive stays on virtio)."""
+
+    virtio = "virtio"
+    scsi = "scsi"
+    sata = "sata"
+    ide = "ide"
+
+
+class RngModel(enum.StrEnum):
+    """Nova's ``hw_rng_model``."""
+
+    virtio = "virtio"
+
+
+class VideoModel(enum.StrEnum):
+    """Nova's ``hw_video_model``; ``none`` gives the guest no video device."""
+
+    none = "none"
+    vga = "vga"
+    virtio = "virtio"
+    bochs = "bochs"
+    cirrus = "cirrus"
+
+
+MACHINE_TYPE = r"^(pc|q35|pc-(i440fx|q35)-[0-9]+(\.[0-9]+)+)$"
+Q35 = "self.hw_machine_type.contains('q35')"
+
+
+class ImageProperties(ApiModel):
+    """Glance image properties that decide the guest's virtual hardware, with Nova's names
+    and meanings. Unset means the host's default (BIOS on an i440fx machine, virtio disk, no
+    RNG, no video device)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "!has(self.os_secure_boot) || self.os_secure_boot != 'required' || "
+                "(has(self.hw_firmware_type) && self.hw_firmware_type == 'uefi')",
+                "os_secure_boot: required needs hw_firmware_type: uefi",
+            ),
+            (
+                "!has(self.os_secure_boot) || self.os_secure_boot != 'required' || "
+                f"!has(self.hw_machine_type) || {Q35}",
+                "os_secure_boot: required needs a q35 machine type (i440fx has no SMM for it)",
+            ),
+            (
+                "!has(self.hw_disk_bus) || self.hw_disk_bus != 'ide' || "
+                f"(has(self.hw_machine_type) ? !({Q35}) : "
+                "!(has(self.hw_firmware_type) && self.hw_firmware_type == 'uefi'))",
+                "hw_disk_bus ide needs an i440fx machine type (q35, the UEFI default, has no "
+                "IDE controller)",
+            ),
+        )
+    }
+
+    hw_firmware_type: FirmwareType | None = Field(
+        default=None, description="bios (SeaBIOS) or uefi (OVMF); bios when unset."
+    )
+    os_secure_boot: SecureBoot | None = Field(
+        default=None,
+        description="UEFI secure boot with the enrolled-keys firmware: required (only hosts "
+        "that have it), optional (where available) or disabled (the default).",
+    )
+    hw_machine_type: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=MACHINE_TYPE,
+        description="QEMU machine type: pc, q35 or a versioned one (pc-q35-7.2); pc for BIOS "
+        "and q35 for UEFI when unset.",
+    )
+    hw_disk_bus: DiskBus | None = Field(
+        default=None, description="Bus of the root disk: virtio (default), scsi, sata or ide."
+    )
+    hw_rng_model: RngModel | None = Field(
+        default=None, description="virtio gives the guest a virtio RNG fed by /dev/urandom."
+    )
+    hw_video_model: VideoModel | None = Field(
+        default=None, description="The video device: none (default), vga, virtio, bochs, cirrus."
+    )
+
+    @property
+    def firmware(self) -> FirmwareType:
+        return self.hw_firmware_type or FirmwareType.bios
+
+    @property
+    def disk_bus(self) -> DiskBus:
+        return self.hw_disk_bus or DiskBus.virtio
+
+    @property
+    def machine_type(self) -> str | None:
+        """The machine type the guest gets: set, else q35 for UEFI, else the host's default."""
+        if self.hw_machine_type:
+            return self.hw_machine_type
+        return "q35" if self.firmware is FirmwareType.uefi else None
+
+
 class ImageSpec(ApiModel):
     """A Glance-like image. Its source is immutable: an image's bits never change by name."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "!has(self.properties) || !has(self.properties.os_secure_boot) || "
+                "self.properties.os_secure_boot != 'required' || has(self.source.disk)",
+                "os_secure_boot: required needs a disk image (a UEC kernel is booted directly, "
+                "past the firmware's signature checks)",
+            )
+        )
+    }
 
     source: ImageSource = Field(
         description="Where the image's bits come from (immutable).",
@@ -211,6 +334,12 @@ class ImageSpec(ApiModel):
     virtType: VirtType | None = Field(
         default=None,
         description="Only hosts that run guests this way (kvm or qemu emulation); any if unset.",
+    )
+    properties: ImageProperties = Field(
+        default_factory=ImageProperties,
+        description="Glance image properties that decide the virtual hardware (Nova's names: "
+        "hw_firmware_type, os_secure_boot, hw_machine_type, hw_disk_bus, hw_rng_model, "
+        "hw_video_model); unknown ones are refused.",
     )
 
 
@@ -296,6 +425,17 @@ class Rescue(ApiModel):
 class ServerSpec(ApiModel):
     """What the user wants of a server; everything observed is in status."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.imageRef == oldSelf.imageRef || (has(self.rebuildRequestedAt) && "
+                "(!has(oldSelf.rebuildRequestedAt) || "
+                "self.rebuildRequestedAt != oldSelf.rebuildRequestedAt))",
+                "imageRef changes only by a rebuild: set a new rebuildRequestedAt with it",
+            )
+        )
+    }
+
     flavorRef: str = Field(
         min_length=1,
         max_length=253,
@@ -306,8 +446,8 @@ class ServerSpec(ApiModel):
         min_length=1,
         max_length=253,
         pattern=DNS_SUBDOMAIN,
-        description="Name of the Image (cluster-scoped) to boot (immutable).",
-        json_schema_extra=cel(("self == oldSelf", "imageRef is immutable")),
+        description="Name of the Image (cluster-scoped) to boot; changed only together with "
+        "a new rebuildRequestedAt (a rebuild).",
     )
     powerState: PowerState = Field(
         default=PowerState.Running, description="Running, Stopped, Suspended or Paused."
@@ -352,6 +492,11 @@ class ServerSpec(ApiModel):
     rebootRequestedAt: dt.datetime | None = Field(
         default=None,
         description="A new value asks for one reboot (as `kubectl rollout restart` does).",
+    )
+    rebuildRequestedAt: dt.datetime | None = Field(
+        default=None,
+        description="A new value asks for one rebuild (Nova's rebuild): the root disk is made "
+        "anew from imageRef and the config drive rewritten; same UID, name, host and flavor.",
     )
     rebootType: RebootType = Field(
         default=RebootType.Soft,
@@ -400,12 +545,15 @@ class PinnedImage(StatusModel):
     kernel: PinnedFile | None = Field(default=None, description="UEC: the kernel.")
     ramdisk: PinnedFile | None = Field(default=None, description="UEC: the ramdisk.")
     cmdline: str | None = Field(default=None, description="UEC: the kernel command line.")
+    properties: ImageProperties | None = Field(
+        default=None, description="The image properties that decide the virtual hardware."
+    )
 
     @classmethod
     def of(cls, name: str, spec: ImageSpec) -> PinnedImage:
         src = spec.source
         disk = src.uec.disk if src.uec is not None else src.disk
-        pin = cls(name=name, architecture=spec.architecture)
+        pin = cls(name=name, architecture=spec.architecture, properties=spec.properties)
         if disk is not None:
             pin.disk = PinnedFile(url=disk.url, sha256=disk.sha256)
             pin.diskFormat = disk.format
@@ -457,6 +605,12 @@ class ServerStatus(StatusModel):
     launchedAt: dt.datetime | None = Field(default=None, description="When it first ran.")
     observedRebootRequestedAt: dt.datetime | None = Field(
         default=None, description="The last reboot request acted on."
+    )
+    observedRebuildRequestedAt: dt.datetime | None = Field(
+        default=None, description="The last rebuild request acted on."
+    )
+    imageRef: str | None = Field(
+        default=None, description="The Image the server runs now (written by its agent)."
     )
     restartCount: int = Field(
         default=0, description="Times the agent started the guest again after it stopped."
@@ -630,6 +784,16 @@ class HypervisorStatus(StatusModel):
     evacuation: Evacuation | None = Field(default=None, description="Drain progress.")
     guestArchitectures: list[str] = Field(
         default_factory=list, description="Guest CPU architectures the host can run."
+    )
+    firmwares: list[str] = Field(
+        default_factory=list,
+        description="Guest firmwares the host has: bios, uefi, uefi-secure-boot (OVMF with "
+        "secure boot and enrolled keys).",
+    )
+    machineTypes: list[str] = Field(
+        default_factory=list,
+        description="QEMU machine types the host runs for its own architecture (aliases such "
+        "as pc and q35 and the versioned names).",
     )
     total: Resources | None = Field(default=None, description="Physical capacity.")
     reserved: Resources | None = Field(default=None, description="Kept for the host itself.")

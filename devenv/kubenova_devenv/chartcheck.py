@@ -78,7 +78,14 @@ def _strict(node: Any) -> Any:
         return [_strict(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _strict(v) for k, v in node.items()}
+    # The value of ``properties`` maps field names to schemas: never read as a schema itself
+    # (a field may be named ``properties``, as an Image's is).
+    out = {
+        k: {name: _strict(s) for name, s in v.items()}
+        if k == "properties" and isinstance(v, dict)
+        else _strict(v)
+        for k, v in node.items()
+    }
     if (
         "properties" in out
         and "additionalProperties" not in out

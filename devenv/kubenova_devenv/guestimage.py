@@ -3,8 +3,9 @@
 * kernel: ``vmlinuz`` of Debian's cloud kernel package (``apt-get download``, ``dpkg-deb -x``);
 * ramdisk: a busybox initramfs whose ``/init`` loads the virtio (disk and network), ISO 9660
   and ACPI button modules, prints :data:`MARKER` on the serial console, reports what it finds
-  on ``/dev/vda``, reads the config drive, configures each NIC from ``network_data.json`` when
-  it has an ``ipv4`` network for the NIC's MAC, else by DHCP (busybox udhcpc), printing
+  on each virtio disk (its first bytes and its size in bytes, as the guest sees it), reads the
+  config drive, configures each NIC from ``network_data.json`` when it has an ``ipv4`` network
+  for the NIC's MAC, else by DHCP (busybox udhcpc), printing
   ``kubenova-net <nic> <ip>/<prefix> ... source=config-drive|dhcp uptime=<s>``, serves HTTP on
   port 80 (``kubenova-www <hostname>``), runs its user data if it is a script (say, a ping of a
   peer), handles the ACPI power button, then prints an uptime counter every second;
@@ -97,6 +98,7 @@ sleep 1
 for d in /dev/vd?; do
     [ -b "$d" ] || continue
     echo "disk $d: $(head -c 64 "$d" | tr -cd 'A-Za-z0-9-' | head -c 40)"
+    echo "disk-size $d: $(( $(cat /sys/block/${d#/dev/}/size) * 512 ))"
 done
 # The config drive (label config-2): inject its files, keep its network data and user data.
 for d in /dev/vd?; do

@@ -22,6 +22,7 @@ import yaml
 from kubenova_agent.settings import AgentSettings
 from kubenova_api import config
 from kubenova_devenv import (
+    bootdisk,
     controlplane,
     guestimage,
     imageserver,
@@ -144,6 +145,7 @@ class Stack:
     controller: Proc | None = None
     image_server: imageserver.ImageServer | None = None
     guest: guestimage.GuestImage | None = None
+    boot_disks: bootdisk.BootDisks | None = None
     extra: list[Proc] = dataclasses.field(default_factory=list)
     """Other processes started on this stack (the OpenStack API facade), stopped with it and
     watched like the components."""
@@ -163,8 +165,13 @@ class Stack:
         self.guest = guestimage.build_cached()
         served = self.workdir / "images"
         served.mkdir(exist_ok=True)
+        self.boot_disks = bootdisk.build_cached(self.guest)
         for path in (self.guest.kernel, self.guest.ramdisk, self.guest.disk):
             target = served / path.name
+            if not target.exists():
+                shutil.copyfile(path, target)
+        for path in (self.boot_disks.bios, self.boot_disks.uefi):
+            target = served / f"boot-{path.name}"
             if not target.exists():
                 shutil.copyfile(path, target)
         self.image_server = imageserver.ImageServer(served)
@@ -558,6 +565,32 @@ class Stack:
             "kind": "Image",
             "metadata": {"name": name},
             "spec": {"source": {"uec": uec}, "minMemoryMiB": 64, "architecture": architecture},
+        }
+
+    def boot_disk_manifest(
+        self, firmware: str, name: str | None = None, **properties: str
+    ) -> dict[str, Any]:
+        """An Image of the test guest as a disk with its own boot loader: ``bios`` (SYSLINUX)
+        or ``uefi`` (GRUB), with that ``hw_firmware_type`` and any other ``properties``."""
+        assert self.boot_disks is not None and self.image_server is not None
+        path = self.boot_disks.bios if firmware == "bios" else self.boot_disks.uefi
+        return {
+            "apiVersion": "compute.kubenova.io/v1alpha1",
+            "kind": "Image",
+            "metadata": {"name": name or f"kubenova-guest-{firmware}"},
+            "spec": {
+                "source": {
+                    "disk": {
+                        "url": self.image_server.url(f"boot-{path.name}"),
+                        "sha256": guestimage.sha256_of(path),
+                        "format": "qcow2",
+                    }
+                },
+                # OVMF and GRUB need room to load the 14 MiB kernel: GRUB runs out of memory
+                # in 128 MiB.
+                "minMemoryMiB": 256 if firmware == "uefi" else 64,
+                "properties": {"hw_firmware_type": firmware, **properties},
+            },
         }
 
     def disk_variant(self, tag: str) -> tuple[str, str]:

@@ -149,6 +149,8 @@ class CapacityPublisher:
             threads=facts.cpu.threads,
         )
         status.guestArchitectures = list(facts.guest_archs)
+        status.firmwares = list(facts.firmwares)
+        status.machineTypes = list(facts.machine_types)
         status.total = total
         status.free = Resources(
             vcpus=max(0, total.vcpus - reserved.vcpus - status.used.vcpus),

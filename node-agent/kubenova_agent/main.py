@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from kubenova_agent import (
+    bootwatch,
     capacity,
     images,
     informer,
@@ -87,6 +88,12 @@ class Agent:
             guest_cpu=self._guest_cpu,
             nics=self.networks.nics,
             release_nics=self.networks.forget,
+            # The test driver's guests have no console (and boot nothing) to watch.
+            boots=(
+                bootwatch.BootWatch(cfg.boot_timeout_seconds)
+                if virt_type is not domain_xml.VirtType.test
+                else None
+            ),
             cpus=CpuChecker(self.host),
         )
         # Unused cached images go, never one that a volume, a domain or an instance file names.

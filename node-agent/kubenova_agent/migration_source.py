@@ -339,6 +339,8 @@ class Source:
     def _run_live(self, job: Job, smig: ServerMigration, own: Own) -> None:
         failure: list[errors.HypervisorError] = []
         done = threading.Event()
+        if job.opts.block:
+            self._copy_nvram(job)
 
         def go() -> None:
             try:
@@ -431,6 +433,20 @@ class Source:
             message += f", downtime {downtime} ms"
         self._succeed(smig, own, message)
         log.info("migrated %s to %s in %.1fs", job.server_uid, job.target, elapsed)
+
+    def _copy_nvram(self, job: Job) -> None:
+        """A live block migration copies the guest's disks, not its UEFI variable store (a
+        file only libvirt knows): copy it first, so that the Server keeps its variables."""
+        name = reconcile.nvram_name(job.server_uid)
+        try:
+            if any(vol == name for vol, _ in self.deps.storage.volumes(name)):
+                pool = self.deps.storage.pool_name
+                copied = self.moves.copy_volume(pool, name, job.opts.dest_uri)
+                log.info("copied the UEFI variable store of %s (%d bytes)", job.server_uid, copied)
+        except errors.HypervisorError as exc:
+            # The guest runs on with its variables in memory; the target's store starts from
+            # the firmware's template, and a later cold boot would miss what was set since.
+            log.warning("could not copy the UEFI variable store of %s: %s", job.server_uid, exc)
 
     def _clean_source(self, server_uid: str, block: bool) -> None:
         """After a successful move: the inactive definition, the console log, and the disks

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from kubenova_agent import configdrive, driver, images, restartbackoff, softstop
+from kubenova_agent import bootwatch, configdrive, driver, images, restartbackoff, softstop
 from kubenova_agent.driver import GuestInfo, State, StopReason
 from kubenova_agent.libvirt import domain_xml, errors
 from kubenova_agent.network import guestdata
@@ -27,13 +27,16 @@ from kubenova_api.common import ConditionStatus
 from kubenova_api.kube import ObjectRef, RetryLater
 from kubenova_api.resources import (
     DiskFormat,
+    FirmwareType,
     FlavorSnapshot,
     Image,
+    ImageProperties,
     ImageSource,
     Phase,
     PowerState,
     RebootType,
     RestartPolicy,
+    SecureBoot,
     Server,
     ServerStatus,
 )
@@ -117,6 +120,8 @@ class Deps:
     """CrashLoopBackOff of guests that keep stopping by themselves."""
     rebuilt: dict[str, bool] = dataclasses.field(default_factory=dict)
     """Evacuated Servers rebuilt here: whether from the image (True) or on a shared disk."""
+    boots: bootwatch.BootWatch | None = None
+    """Boots this agent started, watched for the firmware finding nothing to boot."""
 
     def __post_init__(self) -> None:
         limit = self.settings.max_shutdown_timeout_seconds
@@ -131,6 +136,8 @@ class Deps:
         self.reboots.cancel(uid)
         self.restarts.forget(uid)
         self.rebuilt.pop(uid, None)
+        if self.boots is not None:
+            self.boots.forget(uid)
 
 
 class Permanent(Exception):
@@ -186,6 +193,7 @@ class Converged:
     refused: str | None = None
     """Why the declared state cannot be reached from the current one (nothing was tried)."""
     reboot_seen: dt.datetime | None = None
+    rebuild_seen: dt.datetime | None = None
     restarted: int = 0
     backoff: restartbackoff.Wait | None = None
     """The guest stopped by itself again and waits for its CrashLoopBackOff to end."""
@@ -206,6 +214,7 @@ class Report:
     """Why the declared state is not reached yet (a transient failure, or a dependency)."""
     converged: Converged | None = None
     migrating: str | None = None
+    boot_failed: str | None = None
 
 
 def reconcile_server(deps: Deps, server: Server) -> float | None:
@@ -246,7 +255,9 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
         guest = deps.guests.get(meta.uid)
         if guest is None:
             guest = define(deps, server)
+        before = guest.state
         converged = converge(deps, server, guest)
+        delay, failed = _watch_boot(deps, server, before, converged)
     except Permanent as exc:
         report(deps, server, None, Report(error=(exc.reason, str(exc))))
         return None
@@ -259,9 +270,27 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
         reason = exc.reason if isinstance(exc, HostFailed) else "LibvirtError"
         report(deps, server, _guest_now(deps, meta.uid, guest), Report(waiting=(reason, str(exc))))
         raise RetryLater(reason, str(exc)) from exc
-    report(deps, server, converged.guest, Report(converged=converged))
+    report(deps, server, converged.guest, Report(converged=converged, boot_failed=failed))
     serve_console(deps, server)
-    return converged.recheck
+    looks = [t for t in (converged.recheck, delay) if t is not None]
+    return min(looks) if looks else None
+
+
+def _watch_boot(
+    deps: Deps, server: Server, before: State, out: Converged
+) -> tuple[float | None, str | None]:
+    """Watch a boot this pass started; (seconds until the next look, why it did not boot)."""
+    watch, uid = deps.boots, server.uid
+    if watch is None or out.guest.state is not State.running:
+        return None, None
+    console = console_path(deps.settings, uid)
+    booted_now = before in (State.shutoff, State.crashed) or (
+        out.reboot_seen is not None or out.rebuild_seen is not None or out.restarted > 0
+    )
+    if booted_now:
+        watch.started(uid, console)
+    delay = watch.check(uid, console)
+    return delay, watch.failed.get(uid)
 
 
 def _guest_now(deps: Deps, uid: str, known: GuestInfo | None) -> GuestInfo | None:
@@ -348,15 +377,19 @@ def _image(deps: Deps, name: str) -> Image:
     return image
 
 
-def _pinned(deps: Deps, server: Server) -> tuple[ImageSource, str]:
-    """The source and architecture of the Server's own image: the bits pinned in its status
-    when it was bound (never re-resolved by name), or, for a Server bound before pins
-    existed, its Image as it is now."""
+def _pinned(deps: Deps, server: Server) -> tuple[ImageSource, str, ImageProperties]:
+    """The source, architecture and properties of the Server's own image: the bits pinned in
+    its status when it was bound (never re-resolved by name), or, for a Server bound before
+    pins existed or rebuilt from another Image since, its Image as it is now."""
     pin = server.status.image
-    if pin is not None:
-        return pin.source(), pin.architecture.value
+    if pin is not None and pin.name == server.spec.imageRef:
+        props = pin.properties
+        if props is None:  # pinned before pins carried properties
+            found = deps.kube.get(Image, server.spec.imageRef)
+            props = found.spec.properties if found is not None else ImageProperties()
+        return pin.source(), pin.architecture.value, props
     image = _image(deps, server.spec.imageRef)
-    return image.spec.source, image.spec.architecture.value
+    return image.spec.source, image.spec.architecture.value, image.spec.properties
 
 
 def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
@@ -367,21 +400,40 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
     if flavor is None:
         raise RetryLater("WaitingForFlavor", "the controller has not recorded the flavor yet", 2.0)
     uid = server.uid
-    source, arch = _pinned(deps, server)
+    source, arch, props = _pinned(deps, server)
     cpu_xml = guest_cpu(deps, server, arch)
+    # The image that boots decides the hardware (the rescue image's, in rescue).
+    bus = props.disk_bus.value
     try:
         boot, disk_source = _fetch(deps, server, source)
-        root = _root_disk(deps, f"{volume_prefix(uid)}root.qcow2", flavor, disk_source, "vda")
+        root = _root_disk(
+            deps,
+            f"{volume_prefix(uid)}root.qcow2",
+            flavor,
+            disk_source,
+            domain_xml.disk_target(bus, 0),
+            bus,
+        )
         disks = [root]
         if spec.rescue is not None:
             rescue_with = source
             if spec.rescue.imageRef and spec.rescue.imageRef != spec.imageRef:
-                rescue_with = _image(deps, spec.rescue.imageRef).spec.source
+                rescue_image = _image(deps, spec.rescue.imageRef).spec
+                rescue_with, props = rescue_image.source, rescue_image.properties
+                bus = props.disk_bus.value
             boot, rescue_source = _fetch(deps, server, rescue_with)
             rescue_root = _root_disk(
-                deps, f"{volume_prefix(uid)}rescue.qcow2", flavor, rescue_source, "vda"
+                deps,
+                f"{volume_prefix(uid)}rescue.qcow2",
+                flavor,
+                rescue_source,
+                domain_xml.disk_target(bus, 0),
+                bus,
             )
-            disks = [rescue_root, dataclasses.replace(root, target="vdb")]
+            disks = [
+                rescue_root,
+                dataclasses.replace(root, target=domain_xml.disk_target(bus, 1), bus=bus),
+            ]
     except images.ImageError as exc:
         if exc.transient:
             raise RetryLater(exc.reason, str(exc), exc.retry_after) from exc
@@ -396,9 +448,10 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
             path, configdrive.metadata_of(server), spec, network_data=network_data
         ),
     )
+    on_virtio = sum(1 for d in disks if d.bus == "virtio")
     disks.append(
         domain_xml.Disk(
-            drive, format="raw", target=f"vd{chr(ord('a') + len(disks))}", readonly=True
+            drive, format="raw", target=domain_xml.disk_target("virtio", on_virtio), readonly=True
         )
     )
     pathlib.Path(deps.settings.consoles_dir).mkdir(parents=True, exist_ok=True)
@@ -417,7 +470,31 @@ def domain_config(deps: Deps, server: Server) -> domain_xml.DomainConfig:
         cpu_xml=cpu_xml,
         disk_cache=deps.settings.disk_cache,
         interfaces=tuple(interface for interface, _ in nics),
+        firmware=firmware_of(deps, uid, props),
+        machine=props.machine_type,
+        rng=props.hw_rng_model is not None,
+        video=props.hw_video_model.value if props.hw_video_model is not None else None,
     )
+
+
+def nvram_name(uid: str) -> str:
+    """The Server's UEFI variable store: a file of its storage pool, so that it goes with the
+    Server's disks (copied on a move, deleted with the Server)."""
+    return f"{volume_prefix(uid)}nvram.fd"
+
+
+def firmware_of(deps: Deps, uid: str, props: ImageProperties) -> domain_xml.Firmware | None:
+    """UEFI as the image's properties ask for it; None is BIOS."""
+    if props.firmware is not FirmwareType.uefi:
+        return None
+    secure = {
+        None: False,
+        SecureBoot.disabled: False,
+        SecureBoot.required: True,
+        SecureBoot.optional: None,
+    }[props.os_secure_boot]
+    nvram = os.path.join(deps.settings.instances_dir, nvram_name(uid))
+    return domain_xml.Firmware(nvram=nvram, secure_boot=secure)
 
 
 def guest_cpu(deps: Deps, server: Server, arch: str) -> str | None:
@@ -486,6 +563,7 @@ def _root_disk(
     flavor: FlavorSnapshot,
     disk: tuple[pathlib.Path, DiskFormat] | None,
     target: str,
+    bus: str = "virtio",
 ) -> domain_xml.Disk:
     flavor_bytes = flavor.diskGiB * GIB
     if disk is None:
@@ -506,7 +584,7 @@ def _root_disk(
     path_str = deps.storage.ensure_volume(volume, capacity, backing)
     if deps.storage.grow_volume(volume, capacity):  # resized to a bigger flavor
         log.info("grew %s to %.1f GiB", volume, capacity / GIB)
-    return domain_xml.Disk(path=path_str, format="qcow2", target=target)
+    return domain_xml.Disk(path=path_str, format="qcow2", target=target, bus=bus)
 
 
 # ----------------------------------------------------------------------------- converging
@@ -521,7 +599,8 @@ def converge(deps: Deps, server: Server, guest: GuestInfo) -> Converged:
     spec = server.spec
     out = Converged(guest)
     want_rescue = spec.rescue is not None
-    if want_rescue != domain_xml.is_rescue(guest.xml):
+    _rebuild_if_asked(deps, server, out)
+    if want_rescue != domain_xml.is_rescue(out.guest.xml):
         out.guest = switch_rescue(deps, server, want_rescue)
     if want_rescue:
         if out.guest.state is not State.running:
@@ -577,6 +656,32 @@ def _waiting_note(wait: softstop.Waiting, asked: int) -> str:
     if wait.capped:
         note += f" (the host's maximum; the Server asks for {asked}s)"
     return note
+
+
+def _rebuild_if_asked(deps: Deps, server: Server, out: Converged) -> None:
+    """Nova's rebuild, once per request: the guest goes, its root disk, config drive and UEFI
+    variables are made anew from ``imageRef``, and it is defined again (same UID, name, host
+    and flavor); the power step that follows starts it if it is to run. Safe to repeat when
+    interrupted: the request counts as done only once the status says so."""
+    spec, uid = server.spec, server.uid
+    asked = spec.rebuildRequestedAt
+    last = deps.written.get(uid)
+    seen = server.status.observedRebuildRequestedAt or (
+        last.observedRebuildRequestedAt if last is not None else None
+    )
+    if asked is None or asked == seen:
+        return
+    out.rebuild_seen = asked
+    if spec.rescue is not None:
+        _event(deps, server, "RebuildRefused", "a rescued server is not rebuilt", warn=True)
+        return
+    deps.guests.destroy(uid, force=True)
+    deps.guests.discard_saved(uid)
+    deps.guests.undefine(uid)
+    deps.storage.delete_volumes(volume_prefix(uid))
+    deps.guests.define(domain_xml_of(domain_config(deps, server)))
+    out.guest = _refresh(deps, uid)
+    _event(deps, server, "Rebuilt", f"rebuilt from Image {spec.imageRef}")
 
 
 def _reboot_if_asked(deps: Deps, server: Server, out: Converged) -> None:
@@ -822,6 +927,8 @@ def observed_status(
         if what.migrating is not None:
             phase = Phase.MIGRATING
             cond = ("True", "Migrating", f"{what.migrating}; running on {host} until then")
+        elif guest.state is State.running and what.boot_failed is not None:
+            cond = ("False", "BootFailed", f"{what.boot_failed} (on {host})")
         elif guest.state is State.running:
             cond = ("True", "Rescued" if rescued else "Running", f"running on {host}")
         elif what.waiting is not None:
@@ -853,6 +960,15 @@ def observed_status(
     )
     if reboot_seen is not None:
         status.observedRebootRequestedAt = reboot_seen
+    rebuild_seen = (
+        (converged.rebuild_seen if converged else None)
+        or old.observedRebuildRequestedAt
+        or (last.observedRebuildRequestedAt if last is not None else None)
+    )
+    if rebuild_seen is not None:
+        status.observedRebuildRequestedAt = rebuild_seen
+    if guest is not None:
+        status.imageRef = domain_xml.image_of(guest.xml)
     rebuilt = deps.rebuilt.get(server.uid)
     for said in (old, last):
         if rebuilt is None and said is not None:
@@ -928,6 +1044,8 @@ def report(deps: Deps, server: Server, guest: GuestInfo | None, what: Report = R
             f"the guest stopped by itself; restart policy {server.spec.restartPolicy.value}",
             warn=ready.reason != StopReason.shutdown.value,
         )
+    elif ready.reason == "BootFailed" and ready.reason not in before:
+        _event(deps, server, "BootFailed", ready.message, warn=True)
     if status.phase is Phase.ACTIVE and old.phase is not Phase.ACTIVE:
         log.info("%s is ACTIVE on %s", server.full_name, deps.settings.host_name)
 

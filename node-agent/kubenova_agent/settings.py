@@ -76,6 +76,11 @@ class AgentSettings(imagesource.SourceOptions):
         "(NFS, CephFS), as libvirt needs for a safe live migration.",
         choices=("none", "writethrough", "writeback", "directsync", "unsafe"),
     )
+    boot_timeout_seconds: float = option(
+        120.0,
+        "How long after starting a guest the agent watches its console for the firmware "
+        "giving up (no bootable device); such a Server's Ready condition says so.",
+    )
     health_address: str | None = option(
         None,
         "Serve /healthz and /readyz for the kubelet's probes at host:port (e.g. :8082); "

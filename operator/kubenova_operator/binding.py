@@ -18,12 +18,14 @@ from kubenova_api.kube import ObjectRef
 from kubenova_api.networks import Network, ProviderNetwork, ServerAddress
 from kubenova_api.resources import (
     ComputeQuotaSpec,
+    FirmwareType,
     FlavorSpec,
     GroupPolicy,
     Hypervisor,
     ImageSpec,
     Phase,
     PinnedImage,
+    SecureBoot,
     Server,
     ServerStatus,
 )
@@ -188,7 +190,10 @@ def schedule(
     )
     decision = placement.pick_host(request, list(states.values()), weights(cfg))
     if isinstance(decision, placement.NoValidHost):
-        message = decision.message + network_hint(decision, nics)
+        message = decision.message
+        if any(name == "ImagePropertiesFilter" for name, _ in decision.rejections):
+            message += f" (the image needs {placement.image_needs(request)})"
+        message += network_hint(decision, nics)
         return _wait(server, Outcome(None, "Unschedulable", message), k, defer)
     claim_on(states, decision.host, request.resources)
     addresses = networks.addresses_of(leases)
@@ -262,10 +267,21 @@ def placement_request(
         host_name=host_name,
         arch=image.architecture.value,
         virt_type=image.virtType.value if image.virtType is not None else None,
+        firmware=required_firmware(image),
+        machine_type=image.properties.hw_machine_type,
         group_policy=policy.value if policy is not None else None,
         group_hosts=members,
         ignore_hosts=ignore_hosts,
     )
+
+
+def required_firmware(image: ImageSpec) -> str | None:
+    """The firmware a host must have for the image: uefi, uefi-secure-boot, or None (BIOS,
+    which every host has)."""
+    props = image.properties
+    if props.firmware is not FirmwareType.uefi:
+        return None
+    return "uefi-secure-boot" if props.os_secure_boot is SecureBoot.required else "uefi"
 
 
 def claim_on(states: dict[str, hosts.HostState], host: str, resources: hosts.Resources) -> None:

@@ -63,6 +63,8 @@ def _uec(kernel_url: str = "http://images.example/vmlinuz") -> dict:
     }
 
 
+DISK = {"disk": {"url": "http://images.example/disk.qcow2", "sha256": SHA}}
+
 CASES = [
     pytest.param(
         _flavor("zero-cpu", vcpus=0, memoryMiB=128),
@@ -161,6 +163,51 @@ CASES = [
     ),
     pytest.param(
         _image("neither", {}), "exactly one of source.disk or source.uec is set", id="no-source"
+    ),
+    pytest.param(
+        _image("colour", DISK, properties={"hw_colour": "red"}),
+        'unknown field "spec.properties.hw_colour"',
+        id="image-property-unknown",
+    ),
+    pytest.param(
+        _image("fw", DISK, properties={"hw_firmware_type": "coreboot"}),
+        'spec.properties.hw_firmware_type: Unsupported value: "coreboot"',
+        id="image-firmware-unknown",
+    ),
+    pytest.param(
+        _image("sb-bios", DISK, properties={"os_secure_boot": "required"}),
+        "os_secure_boot: required needs hw_firmware_type: uefi",
+        id="secure-boot-without-uefi",
+    ),
+    pytest.param(
+        _image(
+            "sb-pc",
+            DISK,
+            properties={
+                "hw_firmware_type": "uefi",
+                "os_secure_boot": "required",
+                "hw_machine_type": "pc-i440fx-7.2",
+            },
+        ),
+        "os_secure_boot: required needs a q35 machine type",
+        id="secure-boot-on-i440fx",
+    ),
+    pytest.param(
+        _image(
+            "sb-uec", _uec(), properties={"hw_firmware_type": "uefi", "os_secure_boot": "required"}
+        ),
+        "os_secure_boot: required needs a disk image",
+        id="secure-boot-uec",
+    ),
+    pytest.param(
+        _image("ide-q35", DISK, properties={"hw_firmware_type": "uefi", "hw_disk_bus": "ide"}),
+        "hw_disk_bus ide needs an i440fx machine type",
+        id="ide-on-q35",
+    ),
+    pytest.param(
+        _image("machine", DISK, properties={"hw_machine_type": "virt"}),
+        "spec.properties.hw_machine_type in body should match",
+        id="machine-type-unknown",
     ),
     pytest.param(
         _flavor("bad-mode", vcpus=1, memoryMiB=128, extraSpecs={"hw:cpu_mode": "host"}),
@@ -293,10 +340,26 @@ def test_flavors_and_image_sources_are_immutable(api: stack.Stack) -> None:
     assert _apply(api, _image("fixed-img", _uec(), minMemoryMiB=64))[0] == 0
 
 
-def test_server_image_ref_is_immutable(api: stack.Stack) -> None:
+def test_consistent_image_properties_are_accepted_and_may_change(api: stack.Stack) -> None:
+    uefi = {"hw_firmware_type": "uefi", "os_secure_boot": "required", "hw_machine_type": "q35"}
+    assert _apply(api, _image("props", DISK, properties=uefi))[0] == 0
+    bios = {"hw_firmware_type": "bios", "hw_disk_bus": "ide", "hw_machine_type": "pc"}
+    assert _apply(api, _image("props", DISK, properties=bios))[0] == 0
+    extra = {"hw_rng_model": "virtio", "hw_video_model": "none", "hw_disk_bus": "scsi"}
+    assert _apply(api, _image("props", DISK, properties=extra))[0] == 0
+    api.kubectl("delete", "image", "props")
+
+
+def test_server_image_ref_changes_only_by_a_rebuild(api: stack.Stack) -> None:
     assert _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="one"))[0] == 0
     code, stderr = _apply(api, _server("pinned", flavorRef="m1.tiny", imageRef="two"))
-    assert code != 0 and "imageRef is immutable" in stderr
+    assert code != 0 and "imageRef changes only by a rebuild" in stderr
+    at = "2026-11-29T22:00:00Z"
+    rebuilt = _server("pinned", flavorRef="m1.tiny", imageRef="two", rebuildRequestedAt=at)
+    assert _apply(api, rebuilt)[0] == 0
+    again = _server("pinned", flavorRef="m1.tiny", imageRef="three", rebuildRequestedAt=at)
+    code, stderr = _apply(api, again)  # the same request cannot change it a second time
+    assert code != 0 and "imageRef changes only by a rebuild" in stderr
     api.kubectl("delete", "server", "pinned", "-n", "default")
 
 

@@ -309,6 +309,41 @@ def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Sta
     sim.kubectl("wait", "--for=condition=Ready", "srv/to-c", "-n", NS, "--timeout=60s")
 
 
+def test_a_secure_boot_image_waits_for_a_host_with_that_firmware(sim: stack.Stack) -> None:
+    """The simulated hosts publish BIOS only (libvirt's test driver has no OVMF): a Server of
+    a secure-boot image is Unschedulable, and the message says what the image needs."""
+    _flavor_and_image(sim)
+    hv = yaml.safe_load(sim.kubectl("get", "hv", "sim-a", "-o", "yaml").stdout)
+    assert hv["status"]["firmwares"] == ["bios"]
+    image = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Image",
+        "metadata": {"name": "sim-secure"},
+        "spec": {
+            "source": {"disk": {"url": "http://images.example/sb.qcow2", "sha256": "a" * 64}},
+            "architecture": "i686",
+            "properties": {"hw_firmware_type": "uefi", "os_secure_boot": "required"},
+        },
+    }
+    server = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Server",
+        "metadata": {"name": "secure", "namespace": NS},
+        "spec": {"flavorRef": "sim.small", "imageRef": "sim-secure"},
+    }
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([image, server]))
+
+    def refused() -> dict:
+        srv = yaml.safe_load(sim.kubectl("get", "srv", "secure", "-n", NS, "-o", "yaml").stdout)
+        cond = condition(srv, "Scheduled")
+        return cond if cond.get("reason") == "Unschedulable" else {}
+
+    message = eventually(refused, 30)["message"]
+    assert "ImagePropertiesFilter rejected 3" in message, message
+    assert "firmware uefi-secure-boot" in message, message
+    sim.kubectl("delete", "srv", "secure", "-n", NS, "--timeout=60s")
+
+
 def test_a_quota_burst_never_overshoots(sim: stack.Stack) -> None:
     """Issue 13: 9 Servers applied at once into a namespace whose ComputeQuota allows 5 vCPUs
     (each needs 1): exactly 5 are ever bound, the others wait as QuotaExceeded, and deleting

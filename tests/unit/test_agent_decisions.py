@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lxml import etree
 
 from kubenova_agent import (
+    bootwatch,
     migration_source,
     migration_status,
     migration_target,
@@ -364,6 +366,88 @@ def test_rescue_and_unrescue(bed: Bed) -> None:
     server = bed.reconcile(rescue=None)
     assert server.status.phase is Phase.ACTIVE
     assert bed.kube.reasons()[-2:] == ["Rescued", "Unrescued"]
+
+
+def _image_with(bed: Bed, name: str, **properties: str) -> None:
+    image = bed.kube.get(Image, "img")
+    assert image is not None
+    body = image.model_dump(mode="json", exclude_none=True)
+    body["metadata"]["name"] = name
+    body["spec"]["properties"] = properties
+    bed.kube.put(Image.parse(body))
+
+
+def test_image_properties_decide_firmware_machine_bus_rng_and_video(bed: Bed) -> None:
+    """A UEFI image gets OVMF with a variable store of the Server's own in the storage pool; a
+    BIOS rescue image of it boots without one, and unrescue brings the same store back."""
+    _image_with(bed, "img", hw_firmware_type="uefi", hw_disk_bus="scsi", hw_rng_model="virtio")
+    _image_with(bed, "bios-rescue", hw_firmware_type="bios", hw_video_model="vga")
+    bed.reconcile()
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    nvram = str(pathlib.Path(bed.settings.instances_dir) / f"{UID}-nvram.fd")
+    assert xml.find("os").get("firmware") == "efi"
+    assert xml.findtext("os/nvram") == nvram
+    assert xml.find("os/type").get("machine") == "q35"  # UEFI's default machine
+    assert [f.get("enabled") for f in xml.findall("os/firmware/feature")] == ["no"]
+    targets = [(t.get("dev"), t.get("bus")) for t in xml.findall("devices/disk/target")]
+    assert targets == [("sda", "scsi"), ("vda", "virtio")]  # the config drive stays on virtio
+    assert xml.find("devices/rng") is not None
+    bed.reconcile(rescue={"imageRef": "bios-rescue"})
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    assert xml.find("os").get("firmware") is None and xml.find("os/nvram") is None
+    targets = [(t.get("dev"), t.get("bus")) for t in xml.findall("devices/disk/target")]
+    assert targets == [("vda", "virtio"), ("vdb", "virtio"), ("vdc", "virtio")]
+    assert xml.find("devices/video/model").get("type") == "vga"
+    bed.reconcile(rescue=None)
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    assert xml.findtext("os/nvram") == nvram
+
+
+def test_a_rebuild_request_recreates_disks_once_and_reports_the_new_image(bed: Bed) -> None:
+    first = bed.reconcile()
+    assert first.status.imageRef == "img" and first.status.phase is Phase.ACTIVE
+    _image_with(bed, "img2", hw_firmware_type="uefi")
+    drive = pathlib.Path(bed.storage.folder) / f"{UID}-config.iso"
+    drive.write_bytes(b"old")  # rewritten by the rebuild, not kept
+    asked = dt.datetime(2026, 11, 29, 22, 0, tzinfo=dt.UTC)
+    server = bed.reconcile(imageRef="img2", rebuildRequestedAt=asked)
+    assert server.status.imageRef == "img2" and server.status.phase is Phase.ACTIVE
+    assert server.status.observedRebuildRequestedAt == asked
+    assert server.metadata.uid == UID and server.status.nodeName == "host-a"
+    assert drive.read_bytes() != b"old"
+    xml = etree.fromstring(bed.guests.domains[UID].xml.encode())
+    assert xml.find("os").get("firmware") == "efi"  # the new image's hardware
+    assert bed.guests.domains[UID].state is State.running
+    bed.reconcile()
+    assert bed.kube.reasons().count("Rebuilt") == 1  # once per request
+
+
+def test_a_guest_whose_firmware_finds_nothing_to_boot_is_not_ready(bed: Bed) -> None:
+    bed.deps.boots = bootwatch.BootWatch(timeout=60)
+    console = pathlib.Path(reconcile.console_path(bed.settings, UID))
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("No bootable device.\n")  # an earlier boot's: not this one's
+    server = bed.reconcile()
+    assert server.status.phase is Phase.ACTIVE and ready(server).reason == "Running"
+    with console.open("a") as f:
+        f.write("SeaBIOS\nBooting from Hard Disk...\nBoot failed: not a bootable disk\n")
+    server = bed.reconcile()
+    assert ready(server).status == "False" and ready(server).reason == "BootFailed"
+    assert "no boot loader on the disk" in ready(server).message
+    assert bed.kube.reasons().count("BootFailed") == 1
+    # A reboot is a new boot: watched afresh, the old failure forgotten.
+    server = bed.reconcile(
+        rebootRequestedAt=dt.datetime(2026, 11, 29, 23, 0, tzinfo=dt.UTC), rebootType="Hard"
+    )
+    assert ready(server).reason == "Running"
+
+
+def test_boot_failures_read_from_the_console() -> None:
+    assert bootwatch.failure_in("BdsDxe: No bootable option or device was found.\r\n") == (
+        "the UEFI firmware found no bootable option or device"
+    )
+    assert "secure boot" in (bootwatch.failure_in("... Access Denied ...") or "")
+    assert bootwatch.failure_in("KUBENOVA-GUEST-UP\nkubenova-uptime 3.2\n") is None
 
 
 def test_a_checksum_mismatch_is_permanent_until_the_spec_changes(tmp_path: pathlib.Path) -> None:

@@ -87,3 +87,60 @@ def test_libvirt_test_driver_defines_it_with_our_uuid(boot: bool) -> None:
         dom.undefine()
     finally:
         conn.close()
+
+
+NVRAM = f"/var/lib/kubenova/instances/{UID}-nvram.fd"
+
+
+@pytest.mark.parametrize(
+    ("secure", "features"),
+    [
+        (False, [("secure-boot", "no")]),
+        (True, [("secure-boot", "yes"), ("enrolled-keys", "yes")]),
+        (None, []),
+    ],
+)
+def test_uefi_asks_libvirt_for_the_firmware_with_the_servers_own_nvram(
+    secure: bool | None, features: list[tuple[str, str]]
+) -> None:
+    fw = domain_xml.Firmware(nvram=NVRAM, secure_boot=secure)
+    xml = domain_xml.build_domain_xml(_config(boot=None, firmware=fw, machine="q35"))
+    root = etree.fromstring(xml.encode())
+    assert root.find("os").get("firmware") == "efi"
+    assert root.find("os/type").get("machine") == "q35"
+    assert [(f.get("name"), f.get("enabled")) for f in root.findall("os/firmware/feature")] == (
+        features
+    )
+    assert domain_xml.nvram_of(xml) == NVRAM
+    assert root.find("os/boot").get("dev") == "hd"
+
+
+def test_bios_has_no_firmware_element_and_the_host_default_machine() -> None:
+    xml = domain_xml.build_domain_xml(_config(boot=None))
+    root = etree.fromstring(xml.encode())
+    assert root.find("os").get("firmware") is None and root.find("os/nvram") is None
+    assert root.find("os/type").get("machine") is None
+    assert domain_xml.nvram_of(xml) is None
+    assert root.find("devices/rng") is None and root.find("devices/video") is None
+
+
+def test_disk_bus_rng_and_video() -> None:
+    disks = (
+        domain_xml.Disk("/r.qcow2", target=domain_xml.disk_target("scsi", 0), bus="scsi"),
+        domain_xml.Disk("/c.iso", format="raw", target=domain_xml.disk_target("virtio", 0)),
+    )
+    xml = domain_xml.build_domain_xml(_config(disks=disks, rng=True, video="virtio"))
+    root = etree.fromstring(xml.encode())
+    targets = [(t.get("dev"), t.get("bus")) for t in root.findall("devices/disk/target")]
+    assert targets == [("sda", "scsi"), ("vda", "virtio")]
+    assert root.find("devices/controller").get("model") == "virtio-scsi"
+    assert root.find("devices/rng").get("model") == "virtio"
+    assert root.findtext("devices/rng/backend") == "/dev/urandom"
+    assert root.find("devices/video/model").get("type") == "virtio"
+    none = etree.fromstring(domain_xml.build_domain_xml(_config(video="none")).encode())
+    assert none.find("devices/video") is None
+    assert [domain_xml.disk_target(b, 1) for b in ("virtio", "sata", "ide")] == [
+        "vdb",
+        "sdb",
+        "hdb",
+    ]

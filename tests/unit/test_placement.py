@@ -14,7 +14,9 @@ SMALL = hosts.Resources(1, 512, 1)
 NOTHING = hosts.Resources()
 
 
-def _status(beat_age: float = 1, ready: str = "True", mem: int = 4096, cpus: int = 2) -> dict:
+def _status(
+    beat_age: float = 1, ready: str = "True", mem: int = 4096, cpus: int = 2, **extra: object
+) -> dict:
     return {
         "lastHeartbeatTime": (NOW - dt.timedelta(seconds=beat_age)).isoformat(),
         "conditions": [{"type": "Ready", "status": ready, "message": "libvirt down"}],
@@ -22,6 +24,7 @@ def _status(beat_age: float = 1, ready: str = "True", mem: int = 4096, cpus: int
         "reserved": {"vcpus": 0, "memoryMiB": 0, "diskGiB": 0},
         "guestArchitectures": ["x86_64"],
         "virtType": "qemu",
+        **extra,
     }
 
 
@@ -183,3 +186,35 @@ def test_image_virt_type_requirement() -> None:
     out = placement.pick_host(placement.Request(SMALL, virt_type="kvm"), hs)
     assert isinstance(out, placement.NoValidHost)
     assert dict(out.rejections) == {"ImagePropertiesFilter": 2}
+
+
+def test_image_firmware_and_machine_type_requirements() -> None:
+    from kubenova_api.resources import ImageSpec  # noqa: PLC0415
+    from kubenova_operator import binding  # noqa: PLC0415
+
+    def image(**props: str) -> ImageSpec:
+        disk = {"url": "http://x.example/d", "sha256": "a" * 64}
+        return ImageSpec.model_validate({"source": {"disk": disk}, "properties": props})
+
+    old = _host("old")  # an agent that publishes no firmwares: BIOS only
+    ovmf = _host("ovmf", firmwares=["bios", "uefi"], machineTypes=["pc", "q35", "pc-q35-7.2"])
+    secure = _host("secure", firmwares=["bios", "uefi", "uefi-secure-boot"])
+    fleet = [old, ovmf, secure]
+
+    def pick(img: ImageSpec) -> placement.Decision | placement.NoValidHost:
+        req = binding.placement_request(None, SMALL, img, None, {}, None)
+        return placement.pick_host(req, fleet, placement.Weights())
+
+    assert binding.required_firmware(image()) is None
+    assert isinstance(pick(image(hw_firmware_type="bios")), placement.Decision)
+    uefi = image(hw_firmware_type="uefi", hw_machine_type="pc-q35-7.2")
+    assert pick(uefi) == placement.Decision("ovmf")
+    sb = image(hw_firmware_type="uefi", os_secure_boot="required")
+    assert binding.required_firmware(sb) == "uefi-secure-boot"
+    assert pick(sb) == placement.Decision("secure")
+    fleet = [old, ovmf]
+    refused = pick(sb)
+    assert isinstance(refused, placement.NoValidHost)
+    assert refused.rejections == (("ImagePropertiesFilter", 2),)
+    req = binding.placement_request(None, SMALL, sb, None, {}, None)
+    assert placement.image_needs(req) == "x86_64, firmware uefi-secure-boot"

@@ -37,6 +37,7 @@ class Disk:
     target: str = "vda"
     readonly: bool = False
     device: str = "disk"
+    bus: str = "virtio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,18 @@ class DirectKernelBoot:
     kernel: str
     initrd: str
     cmdline: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Firmware:
+    """UEFI (OVMF, chosen by libvirt from the host's firmware descriptors) with a variable
+    store of the Server's own: libvirt copies it from the firmware's template on first start
+    and keeps it after that (stop/start, redefinition)."""
+
+    nvram: str
+    secure_boot: bool | None = False
+    """True: the secure-boot firmware with enrolled keys; False: a firmware without secure
+    boot; None: whichever the host prefers (Nova's ``os_secure_boot: optional``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +93,14 @@ class DomainConfig:
     hypervisor's default model."""
     interfaces: tuple[Interface, ...] = ()
     """NICs in the guest's order (the first is the guest's eth0)."""
+    firmware: Firmware | None = None
+    """UEFI; None is BIOS (SeaBIOS)."""
+    machine: str | None = None
+    """QEMU machine type (``pc``, ``q35``, ``pc-q35-7.2``); None is the host's default."""
+    rng: bool = False
+    """A virtio RNG fed by the host's /dev/urandom."""
+    video: str | None = None
+    """A video device model (``vga``, ``virtio``, ...); None or ``none``: no video device."""
 
     @property
     def name(self) -> str:
@@ -166,13 +187,30 @@ def build_domain_xml(cfg: DomainConfig) -> str:
     _sub(dom, "memory", str(cfg.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(cfg.vcpus))
     os_el = _sub(dom, "os")
-    _sub(os_el, "type", "hvm", arch=cfg.arch)
+    type_el = _sub(os_el, "type", "hvm", arch=cfg.arch)
+    if cfg.machine is not None:
+        type_el.set("machine", cfg.machine)
+    if cfg.firmware is not None:
+        os_el.set("firmware", "efi")
+        if cfg.firmware.secure_boot is not None:
+            # Without this libvirt picks the secure-boot firmware on q35, which refuses
+            # unsigned boot loaders; with it on, the firmware must also have enrolled keys.
+            fw = etree.Element("firmware")
+            os_el.insert(1, fw)  # after <type>
+            on = "yes" if cfg.firmware.secure_boot else "no"
+            _sub(fw, "feature", enabled=on, name="secure-boot")
+            if cfg.firmware.secure_boot:
+                _sub(fw, "feature", enabled="yes", name="enrolled-keys")
+        _sub(os_el, "nvram", cfg.firmware.nvram)
     if cfg.boot is not None:
         _sub(os_el, "kernel", cfg.boot.kernel)
         _sub(os_el, "initrd", cfg.boot.initrd)
         _sub(os_el, "cmdline", cfg.boot.cmdline)
     else:
         _sub(os_el, "boot", dev="hd")
+        if cfg.firmware is None:
+            # SeaBIOS on the serial console too: "No bootable device" is seen there.
+            _sub(os_el, "bios", useserial="yes")
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
@@ -185,13 +223,15 @@ def build_domain_xml(cfg: DomainConfig) -> str:
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
     devices = _sub(dom, "devices")
+    if any(disk.bus == "scsi" for disk in cfg.disks):
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for disk in cfg.disks:
         d = _sub(devices, "disk", type="file", device=disk.device)
         driver = _sub(d, "driver", name="qemu", type=disk.format)
         if cfg.disk_cache is not None and not disk.readonly:
             driver.set("cache", cfg.disk_cache)
         _sub(d, "source", file=disk.path)
-        _sub(d, "target", dev=disk.target, bus="virtio")
+        _sub(d, "target", dev=disk.target, bus=disk.bus)
         if disk.readonly:
             _sub(d, "readonly")
     for nic in cfg.interfaces:
@@ -199,6 +239,12 @@ def build_domain_xml(cfg: DomainConfig) -> str:
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=cfg.console_log, append="on")
     _sub(serial, "target", port="0")
+    if cfg.rng:
+        rng = _sub(devices, "rng", model="virtio")
+        _sub(rng, "backend", "/dev/urandom", model="random")
+    if cfg.video is not None and cfg.video != "none":
+        video = _sub(devices, "video")
+        _sub(video, "model", type=cfg.video)
     _sub(devices, "memballoon", model="none")
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
 
@@ -247,6 +293,12 @@ def owner_of(xml: str) -> Owner | None:
     )
 
 
+def image_of(xml: str) -> str | None:
+    """The name of the Image the domain was built from."""
+    root = etree.fromstring(xml.encode())
+    return root.findtext("metadata/k:server/k:image", namespaces={"k": NS}) or None
+
+
 def is_rescue(xml: str) -> bool:
     """Whether the domain is the rescue form of its Server."""
     root = etree.fromstring(xml.encode())
@@ -258,6 +310,18 @@ def console_log_of(xml: str) -> str | None:
     root = etree.fromstring(xml.encode())
     path = root.xpath("string(devices/serial[@type='file']/source/@path)")
     return str(path) or None
+
+
+def nvram_of(xml: str) -> str | None:
+    """The domain's UEFI variable store, if it has one."""
+    root = etree.fromstring(xml.encode())
+    return root.findtext("os/nvram") or None
+
+
+def disk_target(bus: str, index: int) -> str:
+    """The device name of the ``index``-th disk (from 0) on ``bus``: vda, sdb, hdc, ..."""
+    prefix = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}[bus]
+    return f"{prefix}{chr(ord('a') + index)}"
 
 
 def disk_paths(xml: str) -> list[str]:

@@ -163,7 +163,10 @@ class Guests:
                 dom.managedSaveRemove(0)
 
     def undefine(self, uuid: str) -> None:
-        """Remove the domain's definition with its managed-save image, snapshots and NVRAM."""
+        """Remove the domain's definition with its managed-save image and snapshots. A UEFI
+        variable store is kept: it is a file of the storage pool, shared with another host
+        after a move on shared storage; :meth:`Storage.delete_volumes` deletes it with the
+        Server's disks."""
         with _conv.translated():
             dom = self._lookup(uuid)
             if dom is None:
@@ -177,7 +180,7 @@ class Guests:
             attempts = (
                 base
                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-                | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+                | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM,
                 base | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA,
                 base,
             )

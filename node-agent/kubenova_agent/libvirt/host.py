@@ -75,6 +75,9 @@ class HostFacts:
     hypervisor_version: str
     kvm_available: bool
     guest_archs: tuple[str, ...] = ()
+    firmwares: tuple[str, ...] = ()
+    """bios, uefi, uefi-secure-boot: what guests of the host's own architecture can boot."""
+    machine_types: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,16 @@ class DomainSummary:
     name: str
     active: bool
     owner: domain_xml.Owner | None
+
+
+def _machine_types(caps: etree._Element, arch: str) -> tuple[str, ...]:
+    names: set[str] = set()
+    for guest_arch in caps.findall("guest/arch"):
+        if guest_arch.get("name") != arch:
+            continue
+        for machine in guest_arch.findall("machine"):
+            names.update(n for n in (machine.text, machine.get("canonical")) if n)
+    return tuple(sorted(names))
 
 
 def _version(number: int) -> str:
@@ -160,6 +173,7 @@ class Host:
             sorted(str(f.get("name")) for f in (cpu.findall("feature") if cpu is not None else []))
         )
         kvm = bool(caps.xpath("guest/arch/domain[@type='kvm']"))
+        arch = cpu.findtext("arch", default="") if cpu is not None else ""
         return HostFacts(
             uuid=caps.findtext("host/uuid", default=""),
             cpu=CpuInfo(
@@ -178,7 +192,30 @@ class Host:
             hypervisor_version=_version(hv_version),
             kvm_available=kvm,
             guest_archs=tuple(sorted({str(a) for a in caps.xpath("guest/arch/@name")})),  # type: ignore[union-attr]
+            firmwares=self._firmwares(arch, kvm),
+            machine_types=_machine_types(caps, arch),
         )
+
+    def _firmwares(self, arch: str, kvm: bool) -> tuple[str, ...]:
+        """The firmwares libvirt offers guests of ``arch`` (from its domain capabilities and
+        the host's firmware descriptors): SeaBIOS always, OVMF when installed."""
+        found = ["bios"]
+        try:
+            with _conv.translated():
+                xml = self.conn.getDomainCapabilities(None, arch, "q35", "kvm" if kvm else "qemu")
+        except errors.HypervisorError as exc:
+            log.info("no domain capabilities for %s (%s): BIOS only", arch, exc)
+            return tuple(found)
+        os_el = etree.fromstring(xml.encode()).find("os")
+        if os_el is None or os_el.get("supported") != "yes":
+            return tuple(found)
+        firmwares = {v.text for v in os_el.findall("enum[@name='firmware']/value")}
+        secure = {v.text for v in os_el.findall("loader/enum[@name='secure']/value")}
+        if "efi" in firmwares:
+            found.append("uefi")
+            if "yes" in secure:
+                found.append("uefi-secure-boot")
+        return tuple(found)
 
     def domains(self) -> list[DomainSummary]:
         """Every domain defined or running on the host, with its kubenova owner if any."""

@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 4 << 20
 
 
+def _raw_volume_xml(name: str, capacity_bytes: int) -> str:
+    vol = etree.Element("volume")
+    etree.SubElement(vol, "name").text = name
+    etree.SubElement(vol, "capacity", unit="bytes").text = str(capacity_bytes)
+    etree.SubElement(etree.SubElement(vol, "target"), "format", type="raw")
+    return etree.tostring(vol, encoding="unicode")
+
+
 class CpuIncompatible(errors.HypervisorError):
     """This host cannot run the guest's CPU."""
 
@@ -132,7 +140,9 @@ class Migrations:
     ) -> int:
         """Copy volume ``name`` byte for byte into the volume of the same name in the pool of
         the same name on the libvirtd at ``dest_uri`` (libvirt's volume download and upload
-        streams: a cold migration's disk copy). Returns the bytes copied."""
+        streams: a cold migration's disk copy), made there as a raw volume of the same size if
+        the target has none (a UEFI variable store, which only libvirt creates). Returns the
+        bytes copied."""
         copied = 0
         with _conv.translated():
             src = self._host.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
@@ -140,7 +150,12 @@ class Migrations:
             try:
                 dest_pool = dest_conn.storagePoolLookupByName(pool_name)
                 dest_pool.refresh(0)
-                dest = dest_pool.storageVolLookupByName(name)
+                try:
+                    dest = dest_pool.storageVolLookupByName(name)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
+                    dest = dest_pool.createXML(_raw_volume_xml(name, int(src.info()[1])), 0)
                 down = self._host.conn.newStream(0)
                 up = dest_conn.newStream(0)
                 src.download(down, 0, 0, 0)

@@ -70,6 +70,8 @@ class HostState:
     """Physical networks the host maps (provider networks it can carry)."""
     tunnel: bool = False
     """It has a tunnel endpoint (it can carry tenant networks)."""
+    firmwares: tuple[str, ...] = ("bios",)
+    machine_types: tuple[str, ...] = ()
 
     # Computed once per state (a state is immutable; a binding makes a new one): every filter
     # and weigher reads them for every host of every decision.
@@ -129,4 +131,6 @@ def host_state(
         virt_type=status.virtType or "",
         physnets=frozenset(status.network.physicalNetworks) if status.network else frozenset(),
         tunnel=bool(status.network and status.network.tunnelAddress),
+        firmwares=tuple(status.firmwares) or ("bios",),  # an agent that says nothing: BIOS
+        machine_types=tuple(status.machineTypes),
     )

@@ -19,6 +19,10 @@ class Request:
     host_name: str | None = None
     arch: str = "x86_64"
     virt_type: str | None = None
+    firmware: str | None = None
+    """uefi or uefi-secure-boot when the image needs it (BIOS: any host)."""
+    machine_type: str | None = None
+    """The image's hw_machine_type, when it names one."""
     group_policy: str | None = None
     group_hosts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """How many members of the Server's group each host already has."""
@@ -81,8 +85,26 @@ def host_name_filter(host: HostState, req: Request) -> bool:
 
 
 def image_properties_filter(host: HostState, req: Request) -> bool:
-    """The host runs guests of the image's architecture, the way the image requires."""
-    return req.arch in host.archs and req.virt_type in (None, host.virt_type)
+    """The host runs guests of the image's architecture, the way the image requires, with the
+    firmware and machine type its properties ask for."""
+    return (
+        req.arch in host.archs
+        and req.virt_type in (None, host.virt_type)
+        and (req.firmware is None or req.firmware in host.firmwares)
+        and (req.machine_type is None or req.machine_type in host.machine_types)
+    )
+
+
+def image_needs(req: Request) -> str:
+    """What the image properties filter looks for, in words (for a refusal's message)."""
+    needs = [req.arch]
+    if req.virt_type is not None:
+        needs.append(f"virt type {req.virt_type}")
+    if req.firmware is not None:
+        needs.append(f"firmware {req.firmware}")
+    if req.machine_type is not None:
+        needs.append(f"machine type {req.machine_type}")
+    return ", ".join(needs)
 
 
 def network_filter(host: HostState, req: Request) -> bool:
