@@ -29,6 +29,9 @@ NS = "kubenova-system"
 RELEASE = "kn"
 CHART = str(stack.DEPLOY / "helm" / "kubenova")
 HYPERVISOR_LABEL = "kubenova.io/hypervisor"
+# The test guest is served on the node's loopback at a port chosen when it is served: the
+# agent opts in to that explicitly (by default it refuses loopback and ports but 80 and 443).
+IMAGE_SOURCE_ARGS = ("--image-permitted-networks=127.0.0.1/32", "--image-allowed-ports=*")
 
 
 def _values(bed: ChartBed) -> list[str]:
@@ -38,6 +41,8 @@ def _values(bed: ChartBed) -> list[str]:
         f"image.repository={repository},image.tag={tag},image.pullPolicy=Never",
         "--set",
         "agent.virtType=qemu",  # no nested KVM here
+        "--set",
+        f"agent.extraArgs={{{','.join(IMAGE_SOURCE_ARGS)}}}",
     ]
 
 
@@ -180,7 +185,7 @@ def test_helm_upgrade_rolls_the_agent_while_the_guest_keeps_running(installed: C
         "--set-string",
         "agent.podAnnotations.kubenova\\.io/rollout=2",
         "--set",
-        "agent.extraArgs={--heartbeat-seconds=5}",
+        f"agent.extraArgs={{--heartbeat-seconds=5,{','.join(IMAGE_SOURCE_ARGS)}}}",
     )
     after_pods = eventually(
         lambda: (p := _running_ready(_pods(n, "agent"))) and set(p).isdisjoint(before_pods) and p,
