@@ -59,7 +59,8 @@ def test_agent_killed_mid_spawn_leaves_exactly_one_domain(
     if moment == "downloading":
         # The slow disk download is under way: a partial file exists in the image cache.
         eventually(
-            lambda: any(p.name.startswith(".") for p in images.iterdir()),
+            # (the cache folder itself appears with the first download)
+            lambda: images.is_dir() and any(p.name.startswith(".") for p in images.iterdir()),
             30,
             step=0.05,
             what="a download in progress",
