@@ -86,12 +86,7 @@ class HostState:
 
     @functools.cached_property
     def free(self) -> Resources:
-        cap = self.capacity
-        return Resources(
-            cap.vcpus - self.claimed.vcpus,
-            cap.memory_mib - self.claimed.memory_mib,
-            cap.disk_gib - self.claimed.disk_gib,
-        )
+        return self.capacity - self.claimed
 
 
 def host_state(
