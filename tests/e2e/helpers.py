@@ -101,3 +101,24 @@ def patch(bed: stack.Stack, namespace: str, name: str, spec: dict[str, Any]) -> 
         "-p",
         json.dumps({"spec": spec}),
     )
+
+
+# Guest and client snippets of the network e2e tests: fetch a URL from a client namespace, and
+# a user-data script whose reach NAME IP TRIES pings a peer until it answers.
+FETCH = (
+    "import sys, urllib.request; "
+    "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+)
+
+REACH = """#!/bin/sh
+reach() {
+    n=0
+    while [ $n -lt "$3" ]; do
+        if ping -c 1 -W 1 "$2" >/dev/null 2>&1; then
+            echo "kubenova-reach $1 ok after $n"; return 0
+        fi
+        n=$((n+1)); sleep 1
+    done
+    echo "kubenova-reach $1 fail after $n"; return 1
+}
+"""

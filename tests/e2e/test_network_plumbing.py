@@ -31,6 +31,7 @@ import pytest
 from kubenova_agent.libvirt import domain_xml
 from kubenova_agent.network import guestdata, types
 from kubenova_devenv import netlab
+from tests.e2e.helpers import FETCH, REACH
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.timeout(600)]
 
@@ -43,23 +44,6 @@ IP = {
 }
 MAC = {"g1": "fa:16:3e:00:01:11", "g2": "fa:16:3e:00:01:12", "g3": "fa:16:3e:00:02:13",
        "g4": "fa:16:3e:00:03:14"}  # fmt: skip
-
-FETCH = (
-    "import sys, urllib.request; "
-    "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
-)
-REACH = """#!/bin/sh
-reach() {
-    n=0
-    while [ $n -lt "$3" ]; do
-        if ping -c 1 -W 1 "$2" >/dev/null 2>&1; then
-            echo "kubenova-reach $1 ok after $n"; return 0
-        fi
-        n=$((n+1)); sleep 1
-    done
-    echo "kubenova-reach $1 fail after $n"; return 1
-}
-"""
 
 
 def subnet(

@@ -42,6 +42,7 @@ from kubenova_agent.network import guestdata
 from kubenova_api.resources import ServerSpec
 from kubenova_devenv import netutil, stack
 from tests.e2e import helpers
+from tests.e2e.helpers import FETCH, REACH
 
 from .test_migration import migrate, wait_phase
 
@@ -53,22 +54,6 @@ CIDR = ipaddress.IPv4Network("192.168.100.0/24")
 GATEWAY = CIDR.network_address + 1
 IP = {g: str(CIDR.network_address + n) for g, n in (("g1", 11), ("g2", 12), ("g3", 13),
                                                    ("g5", 15))}  # fmt: skip
-FETCH = (
-    "import sys, urllib.request; "
-    "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
-)
-REACH = """#!/bin/sh
-reach() {
-    n=0
-    while [ $n -lt "$3" ]; do
-        if ping -c 1 -W 1 "$2" >/dev/null 2>&1; then
-            echo "kubenova-reach $1 ok after $n"; return 0
-        fi
-        n=$((n+1)); sleep 1
-    done
-    echo "kubenova-reach $1 fail after $n"; return 1
-}
-"""
 
 
 def _apply(bed: stack.Stack, *docs: dict[str, Any]) -> None:
