@@ -225,8 +225,8 @@ def check(
     if missing:
         raise Failure(f"{len(missing)} pending Servers were not bound exactly once: {missing[:5]}")
     per_host = collections.Counter(h for hs in rec.bindings.values() for h in hs)
-    for name in names:
-        already = bound // hosts + (1 if names.index(name) < bound % hosts else 0)
+    for i, name in enumerate(names):
+        already = bound // hosts + (1 if i < bound % hosts else 0)
         total = already + per_host[name]
         if total * FLAVOR.vcpus > HOST_VCPUS * 4 or total * FLAVOR.memoryMiB > HOST_MIB:
             raise Failure(f"host {name} was given more than it holds ({total} Servers)")
