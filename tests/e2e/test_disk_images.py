@@ -244,10 +244,16 @@ def test_bios_and_uefi_disk_images_boot_rescue_move_rebuild_and_go(
         )
     for g in (bios, uefi):
         console = _this_boot(g.booted(1))
+        # What it runs (the agent's imageRef) and the bits it is built from (the controller's
+        # pin, used by every later rescue, move or evacuation) both name the new Image.
         rebuilt = eventually(
-            lambda g=g: (s := g.server())["status"].get("imageRef") == swap[g.name] and s,
+            lambda g=g: (
+                (s := g.server())["status"].get("imageRef") == swap[g.name]
+                and s["status"]["image"]["name"] == swap[g.name]
+                and s
+            ),
             60,
-            what=f"status.imageRef of {g.name} after the rebuild",
+            what=f"status.imageRef and status.image of {g.name} after the rebuild",
         )
         assert rebuilt["metadata"]["uid"] == g.uid
         assert rebuilt["status"]["nodeName"] == g.host_name
