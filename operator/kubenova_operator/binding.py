@@ -390,6 +390,21 @@ def _write_binding(
     return Outcome(host, "Bound", message)
 
 
+def controller_status(server: Server) -> ServerStatus:
+    """Every status field the controller owns on a bound Server, as they are: the base of a
+    later apply that changes one of them (server-side apply removes a field its manager
+    applied before and leaves out now)."""
+    status = ServerStatus(
+        nodeName=server.status.nodeName,
+        flavor=server.status.flavor,
+        conditions=_own_conditions(server),
+        addresses=server.status.addresses,
+        image=server.status.image,
+    )
+    _keep_history(server, status)
+    return status
+
+
 def _keep_history(server: Server, status: ServerStatus) -> None:
     """Carry what the controller wrote when it took the Server off a dead host into this
     write: server-side apply removes a field its manager applied before and leaves out now."""
