@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from kubenova_devenv import stack
+from kubenova_devenv import kstatus, stack
 from tests.conftest import condition, eventually
 
 pytestmark = pytest.mark.timeout(240)
@@ -283,6 +283,9 @@ def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Sta
         "jsonpath={range .items[*]}{.reason}{' '}{end}",
     ).stdout.split()
     assert "HostDown" in events
+    # What GitOps tools (kstatus) say of a dead host: Failed, with why.
+    down = kstatus.compute(sim.get("hv", "sim-c") or {})
+    assert down["status"] == kstatus.FAILED and "sim-c" in down["message"], down
     # No new Server lands there, even asked for by name.
     sim.kubectl(
         "apply",
@@ -304,10 +307,13 @@ def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Sta
         return cond if cond.get("reason") == "Unschedulable" else {}
 
     assert "ComputeFilter rejected 1" in eventually(refused, 30)["message"]
+    assert kstatus.status(sim.get("srv", "to-c", NS)) == kstatus.FAILED
     # The agent comes back: the host is up again and the waiting Server runs there.
     sim.start_sim_agent("sim-c", cpus=2, memory_mib=1024)
     eventually(lambda: up_c() == "True", 60, step=0.5, what="sim-c up again")
     sim.kubectl("wait", "--for=condition=Ready", "srv/to-c", "-n", NS, "--timeout=60s")
+    assert kstatus.status(sim.get("hv", "sim-c")) == kstatus.CURRENT
+    assert kstatus.status(sim.get("srv", "to-c", NS)) == kstatus.CURRENT
 
 
 def test_a_secure_boot_image_waits_for_a_host_with_that_firmware(sim: stack.Stack) -> None:
