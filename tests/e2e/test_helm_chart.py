@@ -279,7 +279,9 @@ def test_networking_through_the_chart_gives_guests_dhcp_and_their_gateway(
         120,
         "the Hypervisor publishing the node's InternalIP as its tunnel address",
     )
-    (agent,) = _running_ready(_pods(n, "agent"))
+    (agent,) = eventually(
+        lambda: _running_ready(_pods(n, "agent")), 60, what="the new agent pod Running and Ready"
+    )
     assert _get(n, "pod", agent, NS)["spec"]["containers"][0]["securityContext"]["privileged"]
     cidr = "192.168.77.0/24"
     network = {
