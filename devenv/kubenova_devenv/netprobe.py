@@ -202,8 +202,7 @@ class Probe:
             if line.strip() != "answering":
                 raise RuntimeError(f"{address} does not answer pings: {line!r}")
             yield run
-            run.proc.stdin.close()
-            out, err = run.proc.communicate(timeout=30)
+            out, err = run.proc.communicate(timeout=30)  # closes stdin: the probe stops
         finally:
             if run.proc.poll() is None:
                 run.proc.kill()
