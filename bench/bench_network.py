@@ -109,6 +109,8 @@ class Bench:
         """Servers checked when they answered, then deleted (the boots before the last)."""
         self.moves: list[tuple[str, str, str]] = []  # (ServerMigration, source, target)
         self.raw_serial = 0
+        self.backing: dict[str, tuple[str, str]] = {}
+        """The template's root disk -> (its backing image, virtual size)."""
 
     def give_up(self) -> str | None:
         return benchkit.exited(self.bed)
@@ -251,15 +253,17 @@ class Bench:
                 )
                 source.set("file", inside)
             else:
-                info = json.loads(subprocess.run(
-                    ["qemu-img", "info", "-U", "--output=json", str(src.outside(path))],
-                    capture_output=True, text=True, check=True,
-                ).stdout)  # fmt: skip
+                if path not in self.backing:  # read once: the template's Server may be gone
+                    info = json.loads(subprocess.run(
+                        ["qemu-img", "info", "-U", "--output=json", str(src.outside(path))],
+                        capture_output=True, text=True, check=True,
+                    ).stdout)  # fmt: skip
+                    self.backing[path] = (info["backing-filename"], str(info["virtual-size"]))
+                backing, size = self.backing[path]
                 inside = f"{folder}/{name}.qcow2"
                 subprocess.run(
                     ["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b",
-                     info["backing-filename"], str(src.outside(inside)),
-                     str(info["virtual-size"])],
+                     backing, str(src.outside(inside)), size],
                     check=True,
                 )  # fmt: skip
                 source.set("file", inside)
