@@ -40,10 +40,14 @@ RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
  && /opt/kubenova/bin/python -c 'import kubenova_operator.main, kubenova_agent.main, libvirt'
 
 FROM debian:bookworm-slim
-# libvirt0: the client library libvirt-python links against (the agent's only host tool).
+# libvirt0: the client library libvirt-python links against. The rest are the host programs
+# the agent runs (kubenova_agent.hosttools.REQUIRED; a unit test keeps the two together, and
+# the agent refuses to start without them): qemu-utils (qemu-img inspects images and makes
+# disks), util-linux (prlimit, nsenter), iproute2, nftables, procps (sysctl), dnsmasq-base.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libvirt0 python3 \
+      qemu-utils util-linux iproute2 nftables procps dnsmasq-base \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \

@@ -15,6 +15,7 @@ from types import FrameType
 from kubenova_agent import (
     bootwatch,
     capacity,
+    hosttools,
     images,
     informer,
     migrations,
@@ -397,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
     cfg = settings.from_args(argv)
+    lacking = hosttools.missing(
+        networking=cfg.network_plumbing and networking.host_networking(cfg) is not None
+    )
+    if lacking:
+        log.error("cannot start: missing host programs: %s", hosttools.describe(lacking))
+        return 2
     agent = Agent(cfg)
     # Ready once this host's Servers are listed (its guests are then looked after).
     health.serve(cfg.health_address, alive=lambda: True, ready=agent.informer.synced.is_set)

@@ -74,6 +74,26 @@ def _lease_holder(n: node.Node) -> str:
     return str((lease.get("spec") or {}).get("holderIdentity") or "")
 
 
+def _diagnosis(n: node.Node) -> str:
+    """What a person needs to see when a Server does not get Ready on the node: the Server,
+    the Events, and the last lines of every kubenova pod's log."""
+    parts = []
+    for args in (
+        ("get", "server", "-A", "-o", "yaml"),
+        ("get", "hypervisor", "-o", "yaml"),
+        ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+        ("get", "pods", "-A", "-o", "wide"),
+    ):
+        out = n.kubectl(*args, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{out.stdout[-6000:]}{out.stderr[-2000:]}")
+    for component in ("controller", "agent"):
+        for pod in _pods(n, component):
+            name = pod["metadata"]["name"]
+            out = n.kubectl("logs", "-n", NS, name, "--tail=60", check=False)
+            parts.append(f"$ kubectl logs {name}\n{out.stdout}{out.stderr}")
+    return "\n".join(parts)
+
+
 def _server(name: str, **spec: Any) -> str:
     return helpers.server(name, "default", **spec)
 
@@ -145,7 +165,11 @@ def test_the_example_server_boots_through_the_agent_pod(installed: ChartBed) -> 
     started = time.monotonic()
     n.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
     n.kubectl("apply", "-f", str(stack.EXAMPLES / "server.yaml"))
-    n.kubectl("wait", "--for=condition=Ready", "server/web-1", "--timeout=180s", timeout=200)
+    waited = n.kubectl(
+        "wait", "--for=condition=Ready", "server/web-1", "--timeout=180s", timeout=200, check=False
+    )
+    if waited.returncode != 0:
+        pytest.fail(f"web-1 not Ready through the agent pod in 180 s:\n{_diagnosis(n)}")
     print(f"apply -> Ready through the agent pod: {time.monotonic() - started:.1f}s")
     srv = _get(n, "server", "web-1", "default")
     assert srv["status"]["phase"] == "ACTIVE"

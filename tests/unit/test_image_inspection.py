@@ -190,3 +190,18 @@ def test_header_checks_without_qemu_img() -> None:
 def test_qemu_img_json_is_judged(info: dict[str, object], why: str) -> None:
     with pytest.raises(images.errors.ImageInvalid, match=why):
         inspect.check_info(json.loads(json.dumps(info)), inspect.Kind.qcow2, LIMITS)
+
+
+def test_a_host_without_qemu_img_is_a_host_fault_not_an_invalid_image(
+    tmp_path: pathlib.Path,
+) -> None:
+    """prlimit cannot run the missing program: the image is not to blame, so the error is
+    transient (retried, nothing marked invalid) and says what is missing."""
+    disk = tmp_path / "plain.qcow2"
+    qemu_img("create", "-f", "qcow2", str(disk), "1M")
+    limits = inspect.InspectLimits(qemu_img=str(tmp_path / "no-such-qemu-img"))
+    with pytest.raises(images.ImageError) as err:
+        inspect.inspect(disk, inspect.Kind.qcow2, limits)
+    assert err.value.transient
+    assert "cannot run qemu-img" in str(err.value)
+    assert "no-such-qemu-img" in str(err.value)

@@ -177,6 +177,13 @@ def qemu_img_info(path: pathlib.Path, kind: Kind, limits: InspectLimits) -> dict
         raise errors.ImageError(
             f"cannot run qemu-img: {exc}", reason=errors.Reason.invalid, transient=True
         ) from exc
+    if out.returncode in (126, 127) and "failed to execute" in out.stderr:
+        # prlimit could not run qemu-img: the host is broken, not the image.
+        raise errors.ImageError(
+            f"cannot run qemu-img: {out.stderr.strip()[-300:]}",
+            reason=errors.Reason.invalid,
+            transient=True,
+        )
     if out.returncode != 0:
         message = out.stderr.strip().replace(str(path), path.name)[-300:]
         raise errors.ImageInvalid(f"not a valid {kind.value} image: {message}")
