@@ -11,7 +11,8 @@
 #   pyproject.toml changes. pip's own cache (~/.cache/pip) keeps built wheels between runs.
 # * Go: pinned etcd and Kubernetes binaries built from the Go module proxy into a cache outside
 #   the checkout ($KUBENOVA_CACHE, default ~/.cache/kubenova), one `go build` per tools module.
-#   `up` builds what the quickstart runs (etcd, kube-apiserver, kubectl); `test` everything.
+#   `up` builds what the quickstart runs (etcd, kube-apiserver, kubectl); `test` everything,
+#   kstatus included (hack/tools/kstatus: what GitOps tools say of an object, for the tests).
 # * `test` only: the real node of the end-to-end test bed (kubelet, kube-controller-manager,
 #   kube-scheduler, kube-proxy, containerd + runc, CNI plugins, the pause program), the
 #   daemonless image builder (buildah, mmdebstrap), and helm + kubeconform for `make lint`.
@@ -25,6 +26,7 @@ K8S_VERSION="1.37.2"
 ETCD_VERSION="3.7.3"
 HELM_VERSION="3.22.0"
 KUBECONFORM_VERSION="0.8.0"
+CLI_UTILS_VERSION="0.37.2"  # sigs.k8s.io/cli-utils: kstatus, what Flux and Argo CD judge health with
 PAUSE_VERSION="3.10.2"   # build/pause's TAG in the Kubernetes module
 CACHE="${KUBENOVA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubenova}"
 BIN="$CACHE/bin"
@@ -155,6 +157,8 @@ if [[ "$PROFILE" == test ]]; then
     build helm "$HELM_VERSION-r1" "$helm_ldflags" helm=helm.sh/helm/v3/cmd/helm
     build kubeconform "$KUBECONFORM_VERSION-r1" "-s -w -X main.version=v$KUBECONFORM_VERSION" \
         kubeconform=github.com/yannh/kubeconform/cmd/kubeconform
+    # kstatus: an object on stdin -> what sigs.k8s.io/cli-utils/pkg/kstatus computes of it.
+    build kstatus "$CLI_UTILS_VERSION-r1" "-s -w" kstatus=.
     # The pod sandbox ("pause") image's program, from the Kubernetes module's own source, as
     # its build/pause Makefile compiles it: no image can be pulled here.
     if [[ "$(cat "$BIN/.pause.version" 2>/dev/null)" != "$PAUSE_VERSION-r1" ]]; then

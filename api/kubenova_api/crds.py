@@ -289,12 +289,25 @@ def _is_conditions(schema: dict[str, Any]) -> bool:
     return {"type", "status", "reason"} <= set(props)
 
 
+def _unobserved_until_written(status: dict[str, Any]) -> None:
+    """A kind kubenova converges reads ``status.observedGeneration: 0`` until kubenova wrote
+    one: the API server fills it in (a structural default, also for a status not written yet),
+    so an object just created is not taken for one that is done. kstatus (what Flux and Argo
+    CD judge health with) skips the generation check when the field is absent, and calls an
+    object without status or conditions Current; with 0 it says InProgress until kubenova has
+    acted on the generation at hand."""
+    status["default"] = {}
+    status["properties"]["observedGeneration"]["default"] = 0
+
+
 def crd(kind: Kind) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     spec_schema = structural(kind.spec)
     spec_schema.setdefault("description", kind.spec.__doc__ or "")
     status_schema = structural(kind.status)
     status_schema["description"] = "Observed state, written by kubenova (never by users)."
+    if "observedGeneration" in kind.status.model_fields:
+        _unobserved_until_written(status_schema)
     root: dict[str, Any] = {
         "type": "object",
         "description": kind.description,

@@ -193,6 +193,9 @@ class NetworkHost(StatusModel):
 
 
 class ProviderNetworkStatus(StatusModel):
+    observedGeneration: int | None = Field(
+        default=None, description="The .metadata.generation the controller last acted on."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Ready, or InUse.")
     hosts: list[NetworkHost] = Field(
         default_factory=list,
@@ -233,7 +236,12 @@ class NetworkStatus(StatusModel):
         description="Hosts that run its Servers (or receive one by a migration) with their "
         "tunnel addresses: each host floods the overlay to exactly the others (l2population).",
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, or InUse.")
+    observedGeneration: int | None = Field(
+        default=None, description="The .metadata.generation the controller last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, or InUse; Stalled when no VNI is left."
+    )
 
 
 class Network(KubeObject):

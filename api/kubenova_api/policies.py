@@ -54,7 +54,7 @@ SERVER_AGENT_FIELDS = frozenset(
     }
 )
 #: Condition types of a Server its agent sets; the others (Scheduled, ...) are the controller's.
-SERVER_AGENT_CONDITIONS = ("Ready", "Converged")
+SERVER_AGENT_CONDITIONS = ("Ready", "Converged", "Reconciling", "Stalled")
 #: Fields of a ServerMigration's status each side writes.
 MIGRATION_SOURCE_FIELDS = frozenset({"source", "progress"})
 MIGRATION_TARGET_FIELDS = frozenset({"target"})
@@ -153,7 +153,7 @@ def documents() -> list[dict[str, Any]]:
             ),
             _validation(
                 "variables.subresource != 'status' || " + _conditions_kept(SERVER_AGENT_CONDITIONS),
-                "only the Ready and Converged conditions are the agent's",
+                "only the Ready, Converged, Reconciling and Stalled conditions are the agent's",
             ),
             _validation(
                 "variables.subresource == 'status' || (object.spec == oldObject.spec && "

@@ -598,9 +598,17 @@ class ServerStatus(StatusModel):
         description="The image bits it is built from (pinned by the controller when first bound).",
     )
     domainName: str | None = Field(default=None, description="The libvirt domain's name.")
-    conditions: list[Condition] = Field(default_factory=list, description="Scheduled, Ready.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Scheduled (the controller), Ready (True when the server is what its spec "
+        "declares: running, stopped, paused, ...), Converged, Reconciling (True while "
+        "kubenova works towards the spec) and Stalled (True when it refuses or cannot do "
+        "what the spec declares).",
+    )
     observedGeneration: int | None = Field(
-        default=None, description="The .metadata.generation the agent last acted on."
+        default=None,
+        description="The .metadata.generation the agent last acted on (before binding: the "
+        "one the controller decided from; 0 until either has).",
     )
     launchedAt: dt.datetime | None = Field(default=None, description="When it first ran.")
     observedRebootRequestedAt: dt.datetime | None = Field(
@@ -806,7 +814,15 @@ class HypervisorStatus(StatusModel):
         default=None, description="Tunnel address and physical networks of this host."
     )
     lastHeartbeatTime: dt.datetime | None = Field(default=None, description="Last heartbeat.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready.")
+    observedGeneration: int | None = Field(
+        default=None,
+        description="The .metadata.generation the controller last acted on (written with Up).",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready (the agent: libvirt reachable), Up (the controller: heartbeating), "
+        "Stalled (the controller: True while the host is down).",
+    )
 
 
 class Hypervisor(KubeObject):
@@ -1054,7 +1070,14 @@ class ServerMigrationStatus(StatusModel):
     )
     source: MigrationSourceReport | None = Field(default=None, description="Source agent.")
     target: MigrationTargetReport | None = Field(default=None, description="Target agent.")
-    conditions: list[Condition] = Field(default_factory=list, description="Succeeded.")
+    observedGeneration: int | None = Field(
+        default=None, description="The .metadata.generation the controller last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Reconciling (True while it runs), Stalled (True when it failed), "
+        "Succeeded (once it ended).",
+    )
 
 
 class ServerMigration(KubeObject):

@@ -91,8 +91,16 @@ ip addr add "$2/24" dev kn0
 ip link set kn0 up
 ip link set kn1 up
 ip route add default via "$3" dev kn0
+# What the machine has mounted under /run/netns (other beds' namespaces) is not the node's, and
+# would shadow the node's own /run/netns for containerd's mount lookup (it takes the first).
+umount --recursive --lazy /run/netns 2>/dev/null || true
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/netns /run/containerd /run/lock
+# /run/netns shared, as on a systemd host (whose mounts are all shared): network namespaces
+# made in a pod that mounts it with Bidirectional propagation (the agent's, with
+# agent.networking.enabled) then appear on the node and outlive the pod.
+mount --bind /run/netns /run/netns
+mount --make-shared /run/netns
 mount --bind "$W/var/lib" /var/lib
 mount --bind "$W/var/log" /var/log
 for f in vm/overcommit_memory kernel/panic kernel/panic_on_oops; do

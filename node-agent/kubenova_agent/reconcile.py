@@ -787,9 +787,7 @@ def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
         guest.stop_reason.value,
         policy.value,
     )
-    restart = policy is RestartPolicy.Always or (
-        policy is RestartPolicy.OnFailure and guest.stop_reason is not StopReason.shutdown
-    )
+    restart = will_restart(policy, guest.stop_reason)
     ready = common.get_condition(status.conditions, "Ready")
     last = deps.written.get(uid)
     told = {ready.reason if ready is not None else None}
@@ -894,7 +892,109 @@ _PHASES = {
 
 # ----------------------------------------------------------------------------- reporting
 
-AGENT_CONDITIONS = ("Ready", "Converged")
+AGENT_CONDITIONS = ("Ready", "Converged", "Reconciling", "Stalled")
+"""The Server's conditions its agent writes. Ready, Reconciling and Stalled follow kstatus
+(what Flux and Argo CD judge health with): Ready is True when the server is what its spec
+declares — running, stopped, paused, suspended, rescued — not only when it runs; Reconciling
+(True while the agent works towards the spec) and Stalled (True when it refuses or cannot do
+what is declared) are "abnormal-true": False when all is well."""
+
+Said = tuple[ConditionStatus, str, str]
+"""A condition's status, reason and message."""
+
+DECLARED_STATES: dict[PowerState, tuple[State, ...]] = {
+    PowerState.Running: (State.running,),
+    PowerState.Stopped: (State.shutoff, State.crashed),
+    PowerState.Paused: (State.paused,),
+    PowerState.Suspended: (State.suspended,),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    """The Server's Ready, Reconciling and Stalled conditions as the agent sees them."""
+
+    ready: Said
+    reconciling: Said | None = None
+    """(reason, message) of the work under way, or None."""
+    stalled: Said | None = None
+
+    def conditions(self) -> list[tuple[str, Said]]:
+        calm = "AsDeclared" if self.ready[0] == "True" else "Waiting"
+        idle: Said = ("False", "Stalled" if self.stalled else calm, "")
+        return [
+            ("Ready", self.ready),
+            ("Reconciling", self.reconciling or idle),
+            ("Stalled", self.stalled or ("False", calm, "")),
+        ]
+
+
+def _working(reason: str, message: str) -> Said:
+    """A True abnormal-true condition (Reconciling, Stalled) with its reason and message."""
+    return ("True", reason, message)
+
+
+def health(server: Server, guest: GuestInfo | None, what: Report, host: str) -> Health:
+    """Ready, Reconciling and Stalled for what the agent sees and did."""
+    if what.error is not None:
+        return Health(("False", *what.error), stalled=("True", *what.error))
+    if guest is None:
+        waiting = what.waiting or ("Spawning", f"defining the domain on {host}")
+        return Health(("False", *waiting), reconciling=_working(*waiting))
+    state = guest.state
+    rescued = domain_xml.is_rescue(guest.xml)
+    converged = what.converged
+    if what.migrating is not None:
+        return Health(("True", "Migrating", f"{what.migrating}; running on {host} until then"))
+    if state is State.running and what.boot_failed is not None:
+        failed = ("BootFailed", f"{what.boot_failed} (on {host})")
+        return Health(("False", *failed), stalled=("True", *failed))
+    is_now: Said = ("False", state.value, f"domain is {state.value.lower()} on {host}")
+    if state is State.running:
+        is_now = ("False", "Rescued" if rescued else "Running", f"running on {host}")
+    if what.waiting is not None:
+        return Health(("False", *what.waiting), reconciling=_working(*what.waiting))
+    if converged is not None and converged.refused:
+        return Health(is_now, stalled=("True", "ActionNotAllowed", converged.refused))
+    backoff = converged.backoff if converged is not None else None
+    if backoff is not None:
+        said = (backoff.reason, f"{backoff.message} (on {host})")
+        return Health(("False", *said), stalled=("True", *said))
+    if stopped_by_itself(server, guest):
+        assert guest.stop_reason is not None
+        reason = guest.stop_reason.value
+        policy = server.spec.restartPolicy
+        off: Said = ("False", reason, f"the guest stopped by itself on {host}")
+        if will_restart(policy, guest.stop_reason):
+            restarting = f"restarting it (restart policy {policy})"
+            return Health(off, reconciling=_working(reason, restarting))
+        why = (
+            f"the guest stopped by itself on {host} and its restart policy {policy} keeps it "
+            f"off; set powerState Stopped, or start it again (a new rebootRequestedAt with "
+            f"rebootType Hard)"
+        )
+        return Health(off, stalled=("True", reason, why))
+    want_rescue = server.spec.rescue is not None
+    busy = converged is not None and (converged.stopping or converged.rebooting)
+    if (
+        state in DECLARED_STATES[server.spec.powerState]
+        and (rescued == want_rescue or state is not State.running)
+        and not busy
+    ):
+        declared = "rescued" if want_rescue else server.spec.powerState.value.lower()
+        return Health(("True", is_now[1], f"{is_now[2]}, as declared ({declared})"))
+    doing = _convergence(what)
+    if doing is not None and doing[0] == "False":
+        return Health(is_now, reconciling=("True", doing[1], doing[2]))
+    declared = "rescue" if want_rescue else f"powerState {server.spec.powerState}"
+    return Health(is_now, reconciling=_working("Converging", f"{declared} declared; {is_now[2]}"))
+
+
+def will_restart(policy: RestartPolicy, reason: StopReason) -> bool:
+    """Whether a guest that stopped by itself for ``reason`` is started again."""
+    return policy is RestartPolicy.Always or (
+        policy is RestartPolicy.OnFailure and reason is not StopReason.shutdown
+    )
 
 
 def observed_status(
@@ -907,43 +1007,25 @@ def observed_status(
     host = deps.settings.host_name
     converged = what.converged
     status = ServerStatus()
-    cond: tuple[ConditionStatus, str, str]
     if what.error is not None:
         phase = Phase.ERROR
-        cond = ("False", *what.error)
     elif guest is None:
         phase = Phase.BUILD
-        cond = ("False", *(what.waiting or ("Spawning", "")))
     else:
         phase = _PHASES[guest.state]
         if guest.stop_reason is StopReason.never_started:
             phase = Phase.BUILD
-        rescued = domain_xml.is_rescue(guest.xml)
-        if rescued and guest.state is State.running:
+        if domain_xml.is_rescue(guest.xml) and guest.state is State.running:
             phase = Phase.RESCUE
         status.powerState = guest.state.value
         status.domainName = guest.name
-        backoff = converged.backoff if converged is not None else None
         if what.migrating is not None:
             phase = Phase.MIGRATING
-            cond = ("True", "Migrating", f"{what.migrating}; running on {host} until then")
-        elif guest.state is State.running and what.boot_failed is not None:
-            cond = ("False", "BootFailed", f"{what.boot_failed} (on {host})")
-        elif guest.state is State.running:
-            cond = ("True", "Rescued" if rescued else "Running", f"running on {host}")
-        elif what.waiting is not None:
-            cond = ("False", *what.waiting)
-        elif backoff is not None:
-            cond = ("False", backoff.reason, f"{backoff.message} (on {host})")
-        elif stopped_by_itself(server, guest):
-            assert guest.stop_reason is not None
-            cond = ("False", guest.stop_reason.value, f"the guest stopped by itself on {host}")
-        else:
-            cond = ("False", guest.state.value, f"domain is {guest.state.value.lower()} on {host}")
     status.phase = phase
     status.observedGeneration = generation
     conditions = [c for c in old.conditions if c.type in AGENT_CONDITIONS]
-    conditions = common.set_condition(conditions, "Ready", cond[0], cond[1], cond[2], generation)
+    for type_, value in health(server, guest, what, host).conditions():
+        conditions = common.set_condition(conditions, type_, *value, generation)
     progress = _convergence(what)
     if progress is not None:
         conditions = common.set_condition(conditions, "Converged", *progress, generation)

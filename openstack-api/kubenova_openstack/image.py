@@ -1,6 +1,9 @@
 """Image v2 (Glance), the part the CLI and Nova clients use: list (filters ``name``,
-``id=in:…``, ``status``, ``visibility``, ``disk_format``; ``limit``/``marker`` paging), show and
-delete, over kubenova's cluster-scoped Images. An image's id is the Image's UID.
+``id=in:…``, ``status``, ``visibility``, ``disk_format``, and any image property;
+``limit``/``marker`` paging), show and delete, over kubenova's cluster-scoped Images. An
+image's id is the Image's UID; the Image's ``properties`` (Nova's names: ``hw_firmware_type``,
+``hw_machine_type``, …) are the image's additional properties, top-level keys of its
+document as Glance shows them.
 
 Images are public (cluster-scoped, readable by whoever RBAC lets read them); their bits are
 fetched by the agents from the Image's URLs, so there is no upload here.
@@ -13,11 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
+from kubenova_api.resources import ImageProperties
 from kubenova_openstack import lookup, names
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.web import Req, Router, reply
 
 SCHEMA = "/v2/schemas/image"
+PROPERTIES = tuple(ImageProperties.model_fields)
+"""The image properties kubenova knows (Nova's names); the API server refuses any other."""
 
 
 def versions(base: str) -> web.Response:
@@ -80,12 +86,19 @@ def view(image: dict[str, Any]) -> dict[str, Any]:
     }
     if spec.get("virtType"):
         out["hypervisor_type"] = spec["virtType"]
+    out.update(properties(spec))
     return out
+
+
+def properties(spec: dict[str, Any]) -> dict[str, str]:
+    """The Image's properties as Glance keeps them: strings, only those set."""
+    found = spec.get("properties") or {}
+    return {key: str(found[key]) for key in PROPERTIES if found.get(key) is not None}
 
 
 def _matches(req: Req, image: dict[str, Any]) -> bool:
     shown = view(image)
-    for key in ("name", "status", "visibility", "disk_format", "container_format"):
+    for key in ("name", "status", "visibility", "disk_format", "container_format", *PROPERTIES):
         wanted = req.query(key)
         if wanted is None:
             continue

@@ -1,6 +1,6 @@
-"""The controller's loop: one pass at a time — host liveness, migrations, drains and resizes,
-networks (VNIs, the hosts of each network, deletion), then every pending Server in creation
-order.
+"""The controller's loop: one pass at a time — host liveness, migrations, drains, resizes and
+the images of rebuilds, networks (VNIs, the hosts of each network, deletion), then every
+pending Server in creation order.
 
 Passes are serial, so two Servers never race for the same room; a pass runs when anything it
 depends on changes (an event) and at least every ``resync_seconds``. The snapshot a pass reads
@@ -27,6 +27,7 @@ from kubenova_operator import (
     metrics,
     migrations,
     networks,
+    rebuild,
     resize,
 )
 from kubenova_operator.scheduling import claims
@@ -67,6 +68,7 @@ class Binder:
         self.migrations = driver
         self.drains = drains
         self.resizes = resize.Resizes(k)
+        self.repins = rebuild.Repins(k)
         self.networks = networks.NetworkPass(k)
         self.fencing = fencing.Fencing(k)
         self.claims = claims.Claims()
@@ -127,6 +129,7 @@ class Binder:
         if self.drains is not None:
             self.drains.run_pass(view, snapshot.migrations)
         self.resizes.run_pass(view.cluster, snapshot.migrations)
+        self.repins.run_pass(view.cluster, view.images)
 
     def _networks(self, snapshot: Snapshot) -> None:
         view = snapshot.view

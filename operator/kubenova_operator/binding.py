@@ -390,6 +390,21 @@ def _write_binding(
     return Outcome(host, "Bound", message)
 
 
+def controller_status(server: Server) -> ServerStatus:
+    """Every status field the controller owns on a bound Server, as they are: the base of a
+    later apply that changes one of them (server-side apply removes a field its manager
+    applied before and leaves out now)."""
+    status = ServerStatus(
+        nodeName=server.status.nodeName,
+        flavor=server.status.flavor,
+        conditions=_own_conditions(server),
+        addresses=server.status.addresses,
+        image=server.status.image,
+    )
+    _keep_history(server, status)
+    return status
+
+
 def _keep_history(server: Server, status: ServerStatus) -> None:
     """Carry what the controller wrote when it took the Server off a dead host into this
     write: server-side apply removes a field its manager applied before and leaves out now."""
@@ -397,33 +412,60 @@ def _keep_history(server: Server, status: ServerStatus) -> None:
         status.evacuatedFrom = server.status.evacuatedFrom
 
 
-def _own_conditions(server: Server) -> list[common.Condition]:
-    cond = common.get_condition(server.status.conditions, "Scheduled")
-    return [cond] if cond is not None else []
+def _own_conditions(
+    server: Server, types: tuple[str, ...] = ("Scheduled",)
+) -> list[common.Condition]:
+    return [c for c in server.status.conditions if c.type in types]
+
+
+TRANSIENT = frozenset({"NetworkNotReady", "NetworkDeleting"})
+"""Reasons to wait that the controller itself ends soon (Reconciling); every other reason
+waits for something a person or the cluster must change — a Flavor or Image made, room on a
+host, quota freed — and is Stalled (kstatus: Failed) meanwhile."""
+
+
+def waiting_conditions(server: Server, outcome: Outcome, generation: int) -> list[common.Condition]:
+    """The controller's conditions of an unbound Server that waits: ``Scheduled=False`` with
+    the reason, and kstatus's Reconciling and Stalled (what Flux and Argo CD read). The binding
+    write leaves Reconciling and Stalled out, which removes them (server-side apply); the
+    agent writes its own from then on."""
+    stalled = outcome.reason not in TRANSIENT
+    abnormal: common.ConditionStatus = "True"
+    conditions = common.set_condition(
+        _own_conditions(server, ("Scheduled", "Reconciling", "Stalled")),
+        "Scheduled",
+        "False",
+        outcome.reason,
+        outcome.message,
+        generation,
+    )
+    for type_, on in (("Reconciling", not stalled), ("Stalled", stalled)):
+        said = (abnormal, outcome.reason, outcome.message) if on else ("False", "Waiting", "")
+        conditions = common.set_condition(conditions, type_, *said, generation)
+    return conditions
 
 
 def _wait(server: Server, outcome: Outcome, k: kube.Kube, defer: Defer | None = None) -> Outcome:
-    """Say why the Server waits (condition + Event), unless it already says exactly that."""
+    """Say why the Server waits (condition + Event), unless it already says exactly that for
+    the Server's current generation."""
     current = common.get_condition(server.status.conditions, "Scheduled")
+    generation = server.metadata.generation
     if (
         current is not None
         and current.status == "False"
         and current.reason == outcome.reason
         and current.message == outcome.message
         and server.status.phase is Phase.BUILD
+        and server.status.observedGeneration == generation
     ):
         return outcome
-    generation = server.metadata.generation
+    # observedGeneration is the controller's until the binding (which leaves it out, so the
+    # API server's default 0 stands until the agent writes its own): a Server that cannot be
+    # bound is judged on this generation (kstatus: Failed), not "not observed yet".
     status = ServerStatus(
         phase=Phase.BUILD,
-        conditions=common.set_condition(
-            _own_conditions(server),
-            "Scheduled",
-            "False",
-            outcome.reason,
-            outcome.message,
-            generation,
-        ),
+        observedGeneration=generation,
+        conditions=waiting_conditions(server, outcome, generation),
     )
     if server.status.image is not None:
         status.image = server.status.image

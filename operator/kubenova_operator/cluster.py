@@ -4,9 +4,10 @@ kopf's index holds a compact :class:`ServerSummary` per Server (complete before 
 runs, so a restarted controller knows every claim before it binds anything). Each event marks
 its Server dirty; before a pass, :meth:`Cluster.sync` folds only the dirty Servers into the
 aggregates the passes read — claims per host, members of each server group per host, the
-Servers on each host, the Servers waiting for a resize, and per network the addresses and
-MACs held, the hosts that run its Servers and the Servers that use it. A pass therefore costs
-what changed since the last one, never the number of Servers already bound."""
+Servers on each host, the Servers waiting for a resize or for a new image to be pinned (a
+rebuild), and per network the addresses and MACs held, the hosts that run its Servers and the
+Servers that use it. A pass therefore costs what changed since the last one, never the number
+of Servers already bound."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class ServerSummary:
     deleting: bool
     addresses: tuple[Address, ...] = ()
     """Its NICs' addresses, in order (given at binding, kept for its life)."""
+    pinned_image: str | None = None
+    """The name of the Image whose bits are pinned in ``status.image`` (None: none pinned)."""
 
     @classmethod
     def of(cls, server: Server) -> ServerSummary:
@@ -84,6 +87,7 @@ class ServerSummary:
                 )
                 for a in status.addresses
             ),
+            pinned_image=status.image.name if status.image is not None else None,
         )
 
     @property
@@ -120,6 +124,17 @@ class ServerSummary:
             and self.flavor_ref != self.flavor_name
         )
 
+    @property
+    def wants_repin(self) -> bool:
+        """Bound, and its imageRef names another Image than the one pinned in its status: it
+        is asked to be rebuilt from that Image (admission lets imageRef change only so)."""
+        return bool(
+            self.node
+            and not self.deleting
+            and self.pinned_image
+            and self.image_ref != self.pinned_image
+        )
+
 
 class Cluster:
     """Aggregates over every Server, changed one Server at a time."""
@@ -134,6 +149,7 @@ class Cluster:
         self._groups: dict[str, collections.Counter[str]] = {}
         self._on_host: dict[str, set[str]] = {}
         self._resizing: set[str] = set()
+        self._repinning: set[str] = set()
         self._held: dict[str, dict[ipaddress.IPv4Address, str]] = {}
         self._macs: dict[str, collections.Counter[str]] = {}
         self._net_hosts: dict[str, collections.Counter[str]] = {}
@@ -206,6 +222,10 @@ class Cluster:
             self._resizing.add(server.uid)
         else:
             self._resizing.discard(server.uid)
+        if server.wants_repin and sign > 0:
+            self._repinning.add(server.uid)
+        else:
+            self._repinning.discard(server.uid)
         self._count_addresses(server, sign)
 
     def _count_addresses(self, server: ServerSummary, sign: int) -> None:
@@ -290,6 +310,10 @@ class Cluster:
     def resizing(self) -> list[ServerSummary]:
         """Bound Servers whose flavorRef names another flavor than the one they run with."""
         return [self._by_uid[uid] for uid in self._resizing if uid in self._by_uid]
+
+    def repinning(self) -> list[ServerSummary]:
+        """Bound Servers whose imageRef names another Image than the one pinned (rebuilds)."""
+        return [self._by_uid[uid] for uid in self._repinning if uid in self._by_uid]
 
 
 def _latest(store: Iterable[ServerSummary]) -> ServerSummary | None:

@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 def check_hosts(
     hypervisors: Mapping[str, Hypervisor], cfg: ControllerSettings, k: kube.Kube
 ) -> list[tuple[str, bool]]:
-    """Write ``Up`` where it changed; returns the (host, up) pairs written."""
+    """Write ``Up`` where it changed, with kstatus's ``Stalled`` (True while the host is down:
+    what Flux and Argo CD show as Failed) and ``observedGeneration`` (an admin's edit of the
+    spec is acted on in the controller's next pass, which records it here); returns the
+    (host, up) pairs whose ``Up`` changed."""
     now = dt.datetime.now(dt.UTC)
     grace = dt.timedelta(seconds=cfg.heartbeat_grace_seconds)
     changed = []
@@ -31,17 +34,26 @@ def check_hosts(
         state = hosts.host_state(hv, hosts.Resources(), hosts.Ratios(), grace, now)
         current = common.get_condition(hv.status.conditions, "Up")
         want: ConditionStatus = "True" if state.up else "False"
-        if current is not None and current.status == want:
+        generation = hv.metadata.generation
+        flipped = current is None or current.status != want
+        if not flipped and hv.status.observedGeneration == generation:
             continue
         if not state.up and current is None and hv.status.lastHeartbeatTime is None:
             continue  # a host that never reported is not "down", only not there yet
         reason = "HeartbeatFresh" if state.up else "HostDown"
         message = "the agent is heartbeating" if state.up else state.down_reason
+        if not flipped and current is not None:
+            reason, message = current.reason, current.message
         ref = ObjectRef.to(hv)
-        conditions = common.set_condition(
-            [current] if current is not None else [], "Up", want, reason, message
+        own = [c for c in hv.status.conditions if c.type in ("Up", "Stalled")]
+        conditions = common.set_condition(own, "Up", want, reason, message, generation)
+        stalled: tuple[ConditionStatus, str, str] = (
+            ("False", reason, "") if state.up else ("True", reason, f"host {name}: {message}")
         )
-        k.apply_status(ref, HypervisorStatus(conditions=conditions))
+        conditions = common.set_condition(conditions, "Stalled", *stalled, generation)
+        k.apply_status(ref, HypervisorStatus(conditions=conditions, observedGeneration=generation))
+        if not flipped:
+            continue
         k.event(
             ref,
             "HostUp" if state.up else "HostDown",

@@ -28,8 +28,10 @@ from collections.abc import Callable
 from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import common, constants, kube
+from kubenova_api.common import Condition
 from kubenova_api.kube import ObjectRef
 from kubenova_api.resources import (
+    TERMINAL_PHASES,
     FlavorSnapshot,
     MigrationPhase,
     MigrationSourceReport,
@@ -392,6 +394,7 @@ CONTROLLER_FIELDS = (
     "startedAt",
     "completedAt",
     "conditions",
+    "observedGeneration",
 )
 """The fields of a ServerMigration's status the controller owns."""
 
@@ -470,6 +473,8 @@ class Driver:
                 setattr(status, name, value)
         for name in changes.model_fields_set:
             setattr(status, name, getattr(changes, name))
+        status.observedGeneration = smig.metadata.generation
+        status.conditions = progress_conditions(status, smig.metadata.generation)
         self.kube.apply_status(
             ObjectRef.to(smig), status, resource_version=smig.metadata.resourceVersion
         )
@@ -554,6 +559,33 @@ class Driver:
         self, smig: ServerMigration, reason: str, message: str, warning: bool = False
     ) -> None:
         self.kube.event(ObjectRef.to(smig), reason, message, warning=warning)
+
+
+def progress_conditions(status: ServerMigrationStatus, generation: int) -> list[Condition]:
+    """kstatus's conditions (what Flux and Argo CD read) for the phase ``status`` records:
+    Reconciling while the migration runs, Stalled once it failed (the reason and message of
+    the failure), neither once it succeeded — the object is then Current, and its Succeeded
+    condition says how it ended."""
+    phase = status.phase or MigrationPhase.Pending
+    failed = phase is MigrationPhase.Failed
+    running = phase not in TERMINAL_PHASES
+    conditions = status.conditions
+    reason, message = status.reason or phase.value, status.message or ""
+    if running:
+        reason = "Aborting" if status.abortRequested is not None else phase.value
+        message = str(status.abortRequested) if status.abortRequested else _running(status)
+    for type_, on in (("Reconciling", running), ("Stalled", failed)):
+        said: tuple[common.ConditionStatus, str, str] = (
+            ("True", reason, message) if on else ("False", phase.value, "")
+        )
+        conditions = common.set_condition(conditions, type_, *said, generation)
+    return conditions
+
+
+def _running(status: ServerMigrationStatus) -> str:
+    where = f" from {status.sourceNode}" if status.sourceNode else ""
+    where += f" to {status.targetNode}" if status.targetNode else ""
+    return f"moving the server{where}"
 
 
 def _creation_order(smig: ServerMigration) -> tuple[str, str, str]:

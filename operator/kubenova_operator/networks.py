@@ -432,11 +432,13 @@ class NetworkPass:
             hosts=self._host_entries(hosts, inputs.hypervisors, {}),
             conditions=self._conditions(net, status.conditions, key, inputs, f"VNI {vni}"),
         )
-        if (status.vni, status.mtu, status.gateway, status.hosts) == (
+        want.observedGeneration = net.metadata.generation
+        if (status.vni, status.mtu, status.gateway, status.hosts, status.observedGeneration) == (
             want.vni,
             want.mtu,
             want.gateway,
             want.hosts,
+            want.observedGeneration,
         ) and _same_conditions(status.conditions, want.conditions):
             return
         self.kube.apply_status(
@@ -465,7 +467,12 @@ class NetworkPass:
                 f"physical network {pnet.spec.physicalNetwork}",
             ),
         )
-        if status.hosts == want.hosts and _same_conditions(status.conditions, want.conditions):
+        want.observedGeneration = pnet.metadata.generation
+        if (
+            status.hosts == want.hosts
+            and status.observedGeneration == want.observedGeneration
+            and _same_conditions(status.conditions, want.conditions)
+        ):
             return
         self.kube.apply_status(
             ObjectRef.to(pnet), want, resource_version=pnet.metadata.resourceVersion
@@ -510,6 +517,7 @@ class NetworkPass:
         what: str,
     ) -> list[common.Condition]:
         gen = obj.metadata.generation
+        current = [c for c in current if c.type != "Stalled"]  # only while no VNI is left
         if obj.metadata.deleting:
             message = self._told.get(obj.uid, "deletion waits until no Server uses it")
             return common.set_condition(current, "Ready", "False", "InUse", message, gen)
@@ -523,14 +531,16 @@ class NetworkPass:
         reason: str,
         message: str,
     ) -> None:
-        conditions = common.set_condition(
-            status.conditions, "Ready", value, reason, message, net.metadata.generation
-        )
-        if _same_conditions(status.conditions, conditions):
+        gen = net.metadata.generation
+        conditions = common.set_condition(status.conditions, "Ready", value, reason, message, gen)
+        if value == "False":
+            # kstatus's Stalled (Flux and Argo CD show Failed): kubenova cannot do it as it is.
+            conditions = common.set_condition(conditions, "Stalled", "True", reason, message, gen)
+        if _same_conditions(status.conditions, conditions) and status.observedGeneration == gen:
             return
         self.kube.apply_status(
             ObjectRef.to(net),
-            NetworkStatus(conditions=conditions),
+            NetworkStatus(conditions=conditions, observedGeneration=gen),
             resource_version=net.metadata.resourceVersion,
         )
         self.kube.event(ObjectRef.to(net), reason, message, warning=value != "True")

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from kubenova_devenv import stack
+from kubenova_devenv import netutil, stack
 
 
 def server(
@@ -101,6 +101,31 @@ def patch(bed: stack.Stack, namespace: str, name: str, spec: dict[str, Any]) -> 
         "-p",
         json.dumps({"spec": spec}),
     )
+
+
+def migrate(bed: stack.Stack, namespace: str, name: str, server_name: str, **spec: Any) -> None:
+    """Ask for a ServerMigration of ``server_name`` (``targetNode=…``, …)."""
+    body = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "ServerMigration",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"serverRef": server_name, **spec},
+    }
+    apply(bed, yaml.safe_dump(body))
+
+
+def migration_done(
+    bed: stack.Stack, namespace: str, name: str, timeout: float = 180
+) -> dict[str, Any]:
+    """The ServerMigration once it has ended (Succeeded or Failed)."""
+    found: dict[str, Any] = {}
+
+    def ended() -> bool:
+        found.update(bed.get("servermigration", name, namespace) or {})
+        return (found.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+    netutil.wait_until(ended, timeout, f"ServerMigration {name} to end")
+    return found
 
 
 # Guest and client snippets of the network e2e tests: fetch a URL from a client namespace, and

@@ -1,6 +1,8 @@
 """Disk images with their own boot loader boot on real libvirtd + QEMU: the test guest as a
 BIOS (SYSLINUX) and a UEFI (OVMF + GRUB) disk, each booted once and taken through stop/start,
-reboot and deletion. The guest itself says what it sees: its marker, its disk's size."""
+suspend/resume, reboot, rescue, a live migration to the other host, a rebuild from the other
+image and deletion (one pair of Servers for all of it: each boot costs seconds). The guest
+itself says what it sees: its marker, what its disks start with, their sizes."""
 
 from __future__ import annotations
 
@@ -30,8 +32,13 @@ class Booted:
         assert srv is not None
         self.bed, self.namespace, self.name = bed, namespace, name
         self.uid: str = srv["metadata"]["uid"]
-        self.host_name: str = srv["status"]["nodeName"]
-        self.host = bed.hosts[self.host_name]
+        self.flavor: str = srv["spec"]["flavorRef"]
+        self.moved()
+
+    def moved(self) -> None:
+        """Where it runs now (after a migration)."""
+        self.host_name: str = self.server()["status"]["nodeName"]
+        self.host = self.bed.hosts[self.host_name]
 
     def server(self) -> dict[str, Any]:
         srv = self.bed.get("server", self.name, self.namespace)
@@ -59,15 +66,20 @@ class Booted:
 
         return eventually(done, timeout, what=f"{self.name}: boot {times}")  # type: ignore[no-any-return]
 
+    @property
+    def nvram_path(self) -> pathlib.PurePath:
+        """Its UEFI variable store, as its host sees it."""
+        return pathlib.PurePath(f"/var/lib/kubenova/instances/{self.uid}-nvram.fd")
+
     def nvram(self) -> pathlib.Path:
-        return self.host.outside(f"/var/lib/kubenova/instances/{self.uid}-nvram.fd")
+        return self.host.outside(str(self.nvram_path))
 
 
 def _sha(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
+def test_bios_and_uefi_disk_images_boot_rescue_move_rebuild_and_go(
     bed: stack.Stack, namespace: str
 ) -> None:
     images = [
@@ -76,7 +88,8 @@ def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
     ]
     helpers.apply(bed, yaml.safe_dump_all(images))
     # Nova grows the root disk to the flavor's size; diskGiB 0 keeps the image's own size.
-    helpers.apply(bed, helpers.flavor("disk.grown", memory=128, disk=2))
+    # 256 MiB: the BIOS Server is rebuilt from the UEFI image at the end (GRUB needs them).
+    helpers.apply(bed, helpers.flavor("disk.grown", memory=256, disk=2))
     helpers.apply(bed, helpers.flavor("disk.as-image", memory=256, disk=0))
     started = time.monotonic()
     helpers.apply(
@@ -152,32 +165,134 @@ def test_bios_and_uefi_disk_images_boot_grow_stop_start_reboot_and_go(
     assert f"disk-size /dev/vda: {image_bytes}" in console
     assert nvram.stat().st_ino == inode and _sha(nvram) != _sha(template)
 
-    # Rebuild the UEFI Server from the BIOS image: same UID, host and flavor; a new root disk
-    # and config drive; no variable store any more (BIOS).
+    # What each guest reads at the start of its own disk (SYSLINUX's MBR; GPT's empty one).
+    own = {g.name: _disk_line(_this_boot(g.console()), "/dev/vda") for g in (bios, uefi)}
+    assert own["bios"] != own["uefi"] and own["uefi"] == ""
+
+    # Rescue: each boots a rescue image with its own disk attached second. The UEFI Server is
+    # rescued with the BIOS image (SeaBIOS: its variable store is left alone meanwhile), the
+    # BIOS Server with the UEC test image.
+    kept = _sha(nvram)
+    helpers.patch(bed, namespace, "uefi", {"rescue": {"imageRef": "kubenova-guest-bios"}})
+    helpers.patch(bed, namespace, "bios", {"rescue": {"imageRef": "kubenova-guest"}})
+    for g in (bios, uefi):
+        g.phase("RESCUE")
+    rescued = {g.name: _this_boot(g.booted(4)) for g in (bios, uefi)}
+    assert _disk_line(rescued["uefi"], "/dev/vda") == own["bios"]  # booted the BIOS image
+    assert _disk_line(rescued["uefi"], "/dev/vdb") == own["uefi"]  # its own disk, second
+    assert f"disk-size /dev/vdb: {image_bytes}" in rescued["uefi"]
+    assert _disk_line(rescued["bios"], "/dev/vda") == guestimage.DISK_MARKER
+    assert _disk_line(rescued["bios"], "/dev/vdb") == own["bios"]
+    assert f"disk-size /dev/vdb: {2 * GIB}" in rescued["bios"]
+    assert "firmware='efi'" not in uefi.host.virsh("dumpxml", uefi.uid)
+    assert nvram.stat().st_ino == inode and _sha(nvram) == kept
+
+    # Unrescue: each boots its own disk again, through its own firmware; the UEFI one with the
+    # variable store it had.
+    for g in (bios, uefi):
+        bed.kubectl(
+            "patch", "server", g.name, "-n", namespace, "--type", "json",
+            "-p", '[{"op": "remove", "path": "/spec/rescue"}]',
+        )  # fmt: skip
+    for g in (bios, uefi):
+        back = _this_boot(g.booted(5))
+        g.phase("ACTIVE")
+        assert _disk_line(back, "/dev/vda") == own[g.name]
+        assert "rescue" not in " ".join(v for _, v in helpers.volumes_for(bed, g.uid))
+    assert "OVMF" in uefi.host.virsh("dumpxml", uefi.uid)
+    assert nvram.stat().st_ino == inode
+
+    # Live migration of both to the other host (no shared storage: a block migration). The
+    # guests run on without a boot; the UEFI variable store goes with its Server: on the target
+    # as it was, gone from the source.
+    uptimes = {g.name: _uptime_started(g) for g in (bios, uefi)}
+    kept = _sha(nvram)
+    sources = {g.name: g.host_name for g in (bios, uefi)}
+    for g in (bios, uefi):
+        helpers.migrate(bed, namespace, f"move-{g.name}", g.name, targetNode=_other(bed, g))
+    for g in (bios, uefi):
+        status = helpers.migration_done(bed, namespace, f"move-{g.name}", 300)["status"]
+        assert status["phase"] == "Succeeded", status
+        assert status["blockMigration"] is True
+        g.moved()
+        assert g.host_name == status["targetNode"] != sources[g.name]
+        g.phase("ACTIVE")
+        eventually(
+            lambda g=g: helpers.last_uptime(g.console()) > uptimes[g.name] + 1,
+            60,
+            what=f"{g.name}'s uptime going on on {g.host_name}",
+        )
+        assert helpers.boots(g.console()) == 0, "booted again on the target"
+        assert helpers.domains_for(bed, namespace, g.name) == [(g.host_name, g.uid)]
+    moved_nvram = uefi.nvram()
+    assert moved_nvram.exists() and _sha(moved_nvram) == kept
+    assert not bed.hosts[sources["uefi"]].outside(str(uefi.nvram_path)).exists()
+    assert str(uefi.nvram_path) in uefi.host.virsh("dumpxml", uefi.uid)
+
+    # Rebuild each from the other image: same UID, host and flavor; a new root disk and config
+    # drive. The UEFI Server becomes BIOS (no variable store any more), the BIOS one UEFI (a
+    # new store from the template).
     drive = uefi.host.outside(f"/var/lib/kubenova/instances/{uefi.uid}-config.iso")
     drive_inode = drive.stat().st_ino
-    helpers.patch(
-        bed,
-        namespace,
-        "uefi",
-        {"imageRef": "kubenova-guest-bios", "rebuildRequestedAt": "2026-11-29T22:30:00Z"},
-    )
-    console = uefi.booted(4)
-    rebuilt = eventually(
-        lambda: (s := uefi.server())["status"].get("imageRef") == "kubenova-guest-bios" and s,
-        60,
-        what="status.imageRef after the rebuild",
-    )
-    assert rebuilt["metadata"]["uid"] == uefi.uid
-    assert rebuilt["status"]["nodeName"] == uefi.host_name
-    assert rebuilt["status"]["flavor"]["name"] == "disk.as-image"
-    assert f"disk-size /dev/vda: {image_bytes}" in console[console.rfind(guestimage.MARKER) :]
+    swap = {"uefi": "kubenova-guest-bios", "bios": "kubenova-guest-uefi"}
+    for g in (bios, uefi):
+        helpers.patch(
+            bed,
+            namespace,
+            g.name,
+            {"imageRef": swap[g.name], "rebuildRequestedAt": "2026-11-29T22:30:00Z"},
+        )
+    for g in (bios, uefi):
+        console = _this_boot(g.booted(1))
+        # What it runs (the agent's imageRef) and the bits it is built from (the controller's
+        # pin, used by every later rescue, move or evacuation) both name the new Image.
+        rebuilt = eventually(
+            lambda g=g: (
+                (s := g.server())["status"].get("imageRef") == swap[g.name]
+                and s["status"]["image"]["name"] == swap[g.name]
+                and s
+            ),
+            60,
+            what=f"status.imageRef and status.image of {g.name} after the rebuild",
+        )
+        assert rebuilt["metadata"]["uid"] == g.uid
+        assert rebuilt["status"]["nodeName"] == g.host_name
+        assert rebuilt["status"]["flavor"]["name"] == g.flavor
+        size = image_bytes if g is uefi else 2 * GIB
+        assert f"disk-size /dev/vda: {size}" in console
     assert "firmware='efi'" not in uefi.host.virsh("dumpxml", uefi.uid)
-    assert not nvram.exists() and drive.stat().st_ino != drive_inode
+    assert not moved_nvram.exists() and drive.stat().st_ino != drive_inode
+    assert "OVMF" in bios.host.virsh("dumpxml", bios.uid) and bios.nvram().exists()
 
-    # Deleting the Servers removes their disks (and a variable store) with them.
+    # Deleting the Servers removes their disks and variable stores, on every host.
     bed.kubectl("delete", "server", "uefi", "bios", "-n", namespace, "--timeout=120s")
-    assert helpers.volumes_for(bed, uefi.uid) == [] and helpers.volumes_for(bed, bios.uid) == []
+    for g in (bios, uefi):
+        assert helpers.volumes_for(bed, g.uid) == []
+        for host in bed.hosts.values():
+            assert not host.outside(str(g.nvram_path)).exists()
+
+
+def _this_boot(console: str) -> str:
+    """The console since the guest's last boot."""
+    return console[console.rfind(MARK) :]
+
+
+def _disk_line(console: str, device: str) -> str:
+    """What the guest read at the start of ``device`` (its last ``disk`` line of it)."""
+    prefix = f"disk {device}: "
+    lines = [ln for ln in console.splitlines() if ln.startswith(prefix)]
+    assert lines, f"no {prefix!r} line in {console[-2000:]}"
+    return lines[-1][len(prefix) :].strip()
+
+
+def _uptime_started(g: Booted) -> float:
+    """The guest's uptime, once this boot's counter has started."""
+    eventually(lambda: "kubenova-uptime" in _this_boot(g.console()), 60, what=f"{g.name} counting")
+    return helpers.last_uptime(g.console())
+
+
+def _other(bed: stack.Stack, g: Booted) -> str:
+    return next(name for name in bed.hosts if name != g.host_name)
 
 
 def test_a_disk_without_a_boot_loader_is_not_ready_with_the_reason(

@@ -9,6 +9,7 @@ The tests run in this order and build on each other (one installation, as on a c
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -92,6 +93,17 @@ def _diagnosis(n: node.Node) -> str:
             out = n.kubectl("logs", "-n", NS, name, "--tail=60", check=False)
             parts.append(f"$ kubectl logs {name}\n{out.stdout}{out.stderr}")
     return "\n".join(parts)
+
+
+def _eventually_or_diagnose(
+    n: node.Node, check: Any, timeout: float, what: str, console_of: str = ""
+) -> Any:
+    """:func:`eventually`, and on a timeout the node's state (and a guest's console) with it."""
+    try:
+        return eventually(check, timeout, what=what)
+    except pytest.fail.Exception as exc:
+        console = n.console(console_of)[-3000:] if console_of else ""
+        pytest.fail(f"{exc}\n{console}\n{_diagnosis(n)}")
 
 
 def _server(name: str, **spec: Any) -> str:
@@ -234,6 +246,78 @@ def test_helm_upgrade_rolls_the_agent_while_the_guest_keeps_running(installed: C
     assert condition(srv, "Ready")["status"] == "True"
     logs = n.kubectl("logs", "-n", NS, after_pods[0]).stdout
     assert f"agent for host {node.NAME} started" in logs
+
+
+def test_networking_through_the_chart_gives_guests_dhcp_and_their_gateway(
+    installed: ChartBed,
+) -> None:
+    """``agent.networking.enabled``: the agent's pod plumbs the node (tunnel address from the
+    node's InternalIP, a bridge, a DHCP server and a gateway in namespaces kept on the host);
+    a guest on a tenant network gets its address by DHCP and reaches its gateway."""
+    n = installed.node
+    n.helm(
+        "upgrade",
+        RELEASE,
+        CHART,
+        "-n",
+        NS,
+        "--reuse-values",
+        "--wait",
+        "--timeout",
+        "240s",
+        "--set",
+        "agent.networking.enabled=true",
+    )
+    _eventually_or_diagnose(
+        n,
+        lambda: (
+            ((_get(n, "hypervisor", node.NAME).get("status") or {}).get("network") or {}).get(
+                "tunnelAddress"
+            )
+            == node.NODE_IP
+        ),
+        120,
+        "the Hypervisor publishing the node's InternalIP as its tunnel address",
+    )
+    (agent,) = _running_ready(_pods(n, "agent"))
+    assert _get(n, "pod", agent, NS)["spec"]["containers"][0]["securityContext"]["privileged"]
+    cidr = "192.168.77.0/24"
+    network = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Network",
+        "metadata": {"name": "chart-net", "namespace": "default"},
+        "spec": {"cidr": cidr},
+    }
+    n.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(network))
+    script = helpers.REACH + "reach gateway 192.168.77.1 90\n"
+    n.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=_server("net-1", networks=[{"networkRef": "chart-net"}], userData=script),
+    )
+    n.kubectl("wait", "--for=condition=Ready", "server/net-1", "--timeout=180s", timeout=200)
+    srv = _get(n, "server", "net-1", "default")
+    (address,) = srv["status"]["addresses"]
+    uid = srv["metadata"]["uid"]
+    pattern = re.compile(r"kubenova-net eth0 (\S+) mac=(\S+) gw=\S* mtu=\S* source=(\S+)")
+    line = _eventually_or_diagnose(
+        n,
+        lambda: pattern.search(n.console(uid)),
+        150,
+        "net-1's network line on its console",
+        uid,
+    )
+    assert line.group(1).split("/")[0] == address["ip"], line.group(0)
+    assert (line.group(2), line.group(3)) == (address["mac"], "dhcp"), line.group(0)
+    reached = eventually(
+        lambda: re.search(r"kubenova-reach gateway (ok|fail)", n.console(uid)),
+        150,
+        what="net-1 trying its gateway",
+    )
+    assert reached.group(1) == "ok", n.console(uid)[-2000:]
+    n.kubectl("delete", "server", "net-1", "--timeout=120s", timeout=150)
+    n.kubectl("delete", "network", "chart-net", "--timeout=60s", timeout=90)
 
 
 def test_deleting_the_leader_pod_lets_the_standby_bind_the_next_server(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubenova_devenv import netutil, stack
+from kubenova_devenv import kstatus, netutil, stack
 from tests.e2e import helpers
 
 from .conftest import unique_namespace
@@ -104,10 +104,15 @@ def wait_phase(bed: stack.Stack, ns: str, name: str, *phases: str, timeout: floa
 
 def wait_running_with_data(bed: stack.Stack, ns: str, name: str) -> None:
     def moving() -> bool:
-        status = smig(bed, ns, name).get("status") or {}
+        obj = smig(bed, ns, name)
+        status = obj.get("status") or {}
         progress = status.get("progress") or {}
         assert status.get("phase") not in ("Failed", "Succeeded"), status
-        return status.get("phase") == "Running" and progress.get("dataProcessedBytes", 0) > 0
+        if status.get("phase") != "Running" or progress.get("dataProcessedBytes", 0) == 0:
+            return False
+        # What GitOps tools (kstatus itself) say of a migration under way.
+        assert kstatus.status(obj) == kstatus.IN_PROGRESS, kstatus.compute(obj)
+        return True
 
     netutil.wait_until(moving, 120, f"{name} to be moving data")
 
@@ -171,6 +176,8 @@ def test_live_migration_keeps_the_guest_running(
     assert progress["downtimeMs"] >= 0 and progress["dataProcessedBytes"] > 1 << 20
     assert progress["percent"] == 100
     assert any(r == "Succeeded" for r, _ in events(mbed, ns, "ServerMigration", "move"))
+    # What GitOps tools (kstatus itself) say of a migration that is done.
+    assert kstatus.status(done) == kstatus.CURRENT, kstatus.compute(done)
 
     body = mbed.get("server", "web", ns)
     assert body is not None and body["status"]["nodeName"] == target
@@ -181,6 +188,7 @@ def test_live_migration_keeps_the_guest_running(
     )
     assert domains_for(mbed, ns, "web") == [(target, uid)]
     assert not mbed.hosts["host-a"].has_domain(uid)
+    assert kstatus.status(mbed.get("server", "web", ns)) == kstatus.CURRENT
     # The guest's own clock continues on the target: no boot, no reset, still counting.
     netutil.wait_until(
         lambda: last_uptime(mbed, target, uid) > before + 2.0, 60, "uptime on the target"
@@ -234,6 +242,8 @@ def test_timeout_aborts_and_the_target_is_cleaned(mbed: stack.Stack, ns: str) ->
     assert done["status"]["phase"] == "Failed"
     assert done["status"]["reason"] == "Timeout", done["status"]
     assert "keeps running on host-a" in done["status"]["message"]
+    failed = kstatus.compute(done)
+    assert failed["status"] == kstatus.FAILED and "host-a" in failed["message"], failed
     netutil.wait_until(
         lambda: (smig(mbed, ns, "late")["status"].get("target") or {}).get("cleanedUp"),
         60,

@@ -406,6 +406,21 @@ def test_cli_server_lifecycle(cloud: Cloud, project: str) -> None:
     step(["unrescue"], "ACTIVE", "running")
     eventually(lambda: guest.boots() == 6, 90, what="the unrescued boot")
 
+    # Rebuild from a disk image with its own boot loader: its properties are in the image
+    # document; the guest boots from its new disk (SeaBIOS, SYSLINUX), same id and host.
+    bios = cloud.bed.boot_disk_manifest("bios", hw_rng_model="virtio")  # as test_disk_images
+    helpers.apply(cloud.bed, json.dumps(bios))
+    props = js("image", "show", "kubenova-guest-bios")["properties"]
+    assert props["hw_firmware_type"] == "bios" and props["hw_rng_model"] == "virtio", props
+    host = guest.host()
+    run("server", "rebuild", "--image", "kubenova-guest-bios", "--wait", uid)
+    wait_status(cloud, mode, project, uid, "ACTIVE")
+    eventually(lambda: guest.boots() == 7, 90, what="the rebuilt boot")
+    assert "SYSLINUX" in guest.console()[guest.console().rfind("SeaBIOS") :]
+    rebuilt = js("server", "show", uid)
+    assert rebuilt["image"].startswith("kubenova-guest-bios"), rebuilt["image"]
+    assert guest.host() == host and guest.body()["status"]["image"]["name"] == "kubenova-guest-bios"
+
     # Console and history.
     log = eventually(
         lambda: "kubenova-uptime" in (t := run("console", "log", "show", uid).stdout) and t,
@@ -414,7 +429,7 @@ def test_cli_server_lifecycle(cloud: Cloud, project: str) -> None:
     assert guestimage.MARKER in log
     events = {e["Action"] for e in js("server", "event", "list", uid)}
     assert {"create", "stop", "start", "suspend", "resume", "pause", "unpause", "reboot",
-            "rescue", "unrescue"} <= events  # fmt: skip
+            "rescue", "unrescue", "rebuild"} <= events  # fmt: skip
 
     # Delete --wait: the domain and its disks are gone.
     host = guest.host()

@@ -112,7 +112,7 @@ def test_an_agent_writes_the_status_of_its_own_servers_only(bed: stack.Stack) ->
             {"conditions": [{"type": "Scheduled", "status": "False", "reason": "Forged",
                              "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
         ),
-        "only the Ready and Converged conditions are the agent's",
+        "only the Ready, Converged, Reconciling and Stalled conditions are the agent's",
     )  # fmt: skip
     server = bed.get("server", "on-a", NS)
     assert server is not None and server["status"]["nodeName"] == A

@@ -10,6 +10,7 @@ acts as its caller (Kubernetes RBAC decides, a project is a namespace).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -280,6 +281,47 @@ def test_flavors_and_actions_answer_as_nova_does(cloud: Cloud, admin: Clients) -
         with pytest.raises(tempest_exc.Conflict):
             admin.servers.start_server(uid)
         admin.servers.delete_server(uid)
+
+
+def test_rebuild_answers_as_nova_does_and_the_host_does_it(cloud: Cloud, admin: Clients) -> None:
+    """``rebuild`` at each microversion that changes its answer: 202 with the server (Nova's
+    schema) in REBUILD, then ACTIVE from the new image once the host's agent has rebuilt it,
+    the status naming that image (what runs and the pinned bits); a paused server is 409."""
+    other = cloud.bed.image_manifest("os-sim-image-2", architecture="i686", with_disk=False)
+    cloud.bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(other))
+    made = cloud.bed.get("image", "os-sim-image-2")
+    assert made is not None
+    first, second = image_id(cloud), str(made["metadata"]["uid"])
+    uid = boot(cloud, admin, "rebuild me")
+    data = base64.b64encode(b"#!/bin/sh\necho rebuilt\n").decode()
+    steps = (
+        ("2.1", second, {}), ("2.19", first, {"description": "again"}),
+        ("2.54", second, {}), ("2.57", first, {"user_data": data}), ("2.63", second, {}),
+        ("2.71", first, {}), ("2.75", second, {"user_data": None}), ("2.88", first, {}),
+    )  # fmt: skip
+    for version, image, extra in steps:
+        with microversion(version):
+            answer = admin.servers.rebuild_server(
+                uid, image, name=f"rebuilt at {version}", metadata={"at": version}, **extra
+            )["server"]
+        assert (answer["status"], answer["image"]["id"]) == ("REBUILD", image), answer
+        assert answer["name"] == f"rebuilt at {version}"
+        if "user_data" in extra:
+            assert answer["user_data"] == extra["user_data"]
+        shown = wait_server(admin, uid, "ACTIVE")
+        assert shown["image"]["id"] == image and shown["metadata"] == {"at": version}
+        name = "os-sim-image" if image == first else "os-sim-image-2"
+        status = k8s_server(cloud, uid)["status"]
+        assert status["imageRef"] == name and status["image"]["name"] == name, status
+    # Not in a state that allows it: 409 at once; an unknown image: 400.
+    with pytest.raises(tempest_exc.BadRequest):
+        admin.servers.rebuild_server(uid, "no-such-image")
+    admin.servers.pause_server(uid)
+    wait_server(admin, uid, "PAUSED")
+    with pytest.raises(tempest_exc.Conflict):
+        admin.servers.rebuild_server(uid, first)
+    admin.servers.delete_server(uid)
+    cloud.bed.kubectl("delete", "image", "os-sim-image-2", "--timeout=60s", check=False)
 
 
 def test_task_state_stays_until_the_host_has_done_it(cloud: Cloud, admin: Clients) -> None:

@@ -5,13 +5,14 @@ refused them, and get scheduled as soon as room appears."""
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
 import yaml
 
-from kubenova_devenv import stack
+from kubenova_devenv import kstatus, stack
 from tests.conftest import condition, eventually
 
 pytestmark = pytest.mark.timeout(240)
@@ -282,6 +283,9 @@ def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Sta
         "jsonpath={range .items[*]}{.reason}{' '}{end}",
     ).stdout.split()
     assert "HostDown" in events
+    # What GitOps tools (kstatus) say of a dead host: Failed, with why.
+    down = kstatus.compute(sim.get("hv", "sim-c") or {})
+    assert down["status"] == kstatus.FAILED and "sim-c" in down["message"], down
     # No new Server lands there, even asked for by name.
     sim.kubectl(
         "apply",
@@ -303,10 +307,13 @@ def test_a_host_whose_agent_stops_is_marked_down_and_gets_nothing(sim: stack.Sta
         return cond if cond.get("reason") == "Unschedulable" else {}
 
     assert "ComputeFilter rejected 1" in eventually(refused, 30)["message"]
+    assert kstatus.status(sim.get("srv", "to-c", NS)) == kstatus.FAILED
     # The agent comes back: the host is up again and the waiting Server runs there.
     sim.start_sim_agent("sim-c", cpus=2, memory_mib=1024)
     eventually(lambda: up_c() == "True", 60, step=0.5, what="sim-c up again")
     sim.kubectl("wait", "--for=condition=Ready", "srv/to-c", "-n", NS, "--timeout=60s")
+    assert kstatus.status(sim.get("hv", "sim-c")) == kstatus.CURRENT
+    assert kstatus.status(sim.get("srv", "to-c", NS)) == kstatus.CURRENT
 
 
 def test_a_secure_boot_image_waits_for_a_host_with_that_firmware(sim: stack.Stack) -> None:
@@ -396,3 +403,57 @@ def test_a_quota_burst_never_overshoots(sim: stack.Stack) -> None:
     assert most <= 5
     sim.kubectl("delete", "servers", "--all", "-n", ns, "--timeout=60s", timeout=90)
     sim.kubectl("delete", "cquota", "cores", "-n", ns)
+
+
+def test_a_rebuild_pins_the_new_image_in_the_status(sim: stack.Stack) -> None:
+    """Issue 15: after a rebuild from another Image, the Server's status names it both as
+    what runs (``imageRef``, the agent's) and as the bits it is built from (``image``, pinned
+    by the controller): a later rescue, move or evacuation uses the new Image's bits."""
+    _flavor_and_image(sim)
+    # Another Image with other bits: a UEC kernel and ramdisk without a disk.
+    other = sim.image_manifest("sim-image-nodisk", architecture="i686", with_disk=False)
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(other))
+    server = {
+        "apiVersion": "compute.kubenova.io/v1alpha1",
+        "kind": "Server",
+        "metadata": {"name": "rebuilt", "namespace": NS},
+        "spec": {"flavorRef": "sim.small", "imageRef": "sim-image"},
+    }
+    sim.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(server))
+    sim.kubectl("wait", "--for=condition=Ready", "srv/rebuilt", "-n", NS, "--timeout=60s")
+
+    def get() -> dict:
+        return dict(
+            yaml.safe_load(sim.kubectl("get", "srv", "rebuilt", "-n", NS, "-o", "yaml").stdout)
+        )
+
+    before = get()
+    assert before["status"]["image"]["name"] == "sim-image"
+    assert before["status"]["image"]["disk"] is not None
+    patch = {"spec": {"imageRef": "sim-image-nodisk", "rebuildRequestedAt": "2026-11-30T01:00:00Z"}}
+    sim.kubectl("patch", "srv", "rebuilt", "-n", NS, "--type", "merge", "-p", json.dumps(patch))
+
+    def rebuilt() -> dict | None:
+        status = get()["status"]
+        done = (
+            status.get("imageRef") == "sim-image-nodisk"
+            and status.get("image", {}).get("name") == "sim-image-nodisk"
+            and str(status.get("observedRebuildRequestedAt")).startswith("2026-11-30T01:00:00")
+            and condition({"status": status}, "Ready").get("status") == "True"
+        )
+        return status if done else None
+
+    status = eventually(rebuilt, 60, what="the rebuild done and the new image pinned")
+    assert status["image"].get("disk") is None  # the new Image's bits, not the old ones renamed
+    assert status["image"]["kernel"] == other["spec"]["source"]["uec"]["kernel"]
+    after = get()
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert status["nodeName"] == before["status"]["nodeName"]
+    assert status["flavor"] == before["status"]["flavor"]
+    assert condition(after, "Scheduled") == condition(before, "Scheduled")  # kept as it was
+    reasons = sim.kubectl(
+        "get", "events", "-n", NS, "--field-selector", "involvedObject.name=rebuilt",
+        "-o", "jsonpath={.items[*].reason}",
+    ).stdout.split()  # fmt: skip
+    assert "ImagePinned" in reasons, reasons
+    sim.kubectl("delete", "srv", "rebuilt", "-n", NS, "--timeout=60s")

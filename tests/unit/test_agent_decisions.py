@@ -126,6 +126,21 @@ def ready(server: Server) -> common.Condition:
     return cond
 
 
+def kstatus_says(server: Server) -> tuple[str, str]:
+    """The agent's conditions read as kstatus reads them — observedGeneration, then the
+    abnormal-true Reconciling and Stalled, then Ready — as (what it concludes, the reason).
+    The rules are checked against the library itself in tests/integration/test_gitops_status.py.
+    """
+    if server.status.observedGeneration != server.metadata.generation:
+        return "InProgress", "LatestGenerationNotObserved"
+    for type_, verdict in (("Reconciling", "InProgress"), ("Stalled", "Failed")):
+        cond = common.get_condition(server.status.conditions, type_)
+        assert cond is not None, f"{type_} is written in every report"
+        if cond.status == "True":
+            return verdict, cond.reason
+    return ("Current" if ready(server).status == "True" else "InProgress"), ready(server).reason
+
+
 @pytest.fixture
 def bed(tmp_path: pathlib.Path) -> Iterator[Bed]:
     b = Bed(tmp_path)
@@ -154,6 +169,7 @@ def test_a_new_server_is_built_started_and_reported_once(bed: Bed) -> None:
     assert bed.guests.domains[UID].state is State.running
     assert server.status.phase is Phase.ACTIVE
     assert ready(server).reason == "Running" and ready(server).status == "True"
+    assert kstatus_says(server) == ("Current", "Running")
     assert constants.FINALIZER_DOMAIN in server.metadata.finalizers
     assert bed.kube.reasons() == ["ImageFetched", "Started"]
     assert len(bed.kube.writes) == 1 and bed.kube.writes[0].force  # the host takes phase over
@@ -186,6 +202,9 @@ def test_each_declared_power_state_is_reached(
     assert bed.kube.reasons()[-1] == event
     converged = common.get_condition(server.status.conditions, "Converged")
     assert converged is not None and converged.status == "True"
+    # What it declares, it is: Ready (a stopped, paused or suspended server too).
+    assert ready(server).status == "True" and "as declared" in ready(server).message
+    assert kstatus_says(server)[0] == "Current"
 
 
 @pytest.mark.parametrize("declared", ["Paused", "Suspended"])
@@ -196,6 +215,8 @@ def test_a_stopped_server_cannot_be_paused_or_suspended(bed: Bed, declared: str)
     converged = common.get_condition(server.status.conditions, "Converged")
     assert converged is not None and converged.reason == "ActionNotAllowed"
     assert "cannot" in converged.message and "SHUTOFF" in converged.message
+    assert kstatus_says(server) == ("Failed", "ActionNotAllowed")
+    assert ready(server).status == "False"
     assert bed.kube.reasons().count("ActionNotAllowed") == 1
     bed.reconcile()
     assert bed.kube.reasons().count("ActionNotAllowed") == 1, "said once, not on every pass"
@@ -227,6 +248,10 @@ def test_restart_policy(bed: Bed, policy: str, how: StopReason, restarted: bool)
     assert how.value in bed.kube.reasons(), "the stop is told before anything else"
     if not restarted:
         assert ready(server).reason == how.value and server.status.phase is Phase.SHUTOFF
+        # Declared Running, off, and kept off by its policy: kubenova will not do it.
+        assert kstatus_says(server) == ("Failed", how.value)
+    else:
+        assert kstatus_says(server) == ("Current", "Running")
 
 
 class RefusingCpus:
@@ -278,11 +303,15 @@ def test_a_long_soft_stop_holds_no_worker_and_is_capped_by_the_host(bed: Bed) ->
     server = bed.server()
     converged = common.get_condition(server.status.conditions, "Converged")
     assert converged is not None and converged.reason == "Stopping"
+    # Still running while declared Stopped: not Ready, Reconciling.
+    assert ready(server).status == "False" and ready(server).reason == "Running"
+    assert kstatus_says(server) == ("InProgress", "Stopping")
     assert bed.kube.reasons()[-1] == "Stopping"
     assert "the host's maximum" in bed.kube.events[-1][2]  # 3600 s > the default 600 s
     bed.guests.stops_by_itself(UID, StopReason.shutdown)
     server = bed.reconcile()
     assert server.status.phase is Phase.SHUTOFF and bed.kube.reasons()[-1] == "Stopped"
+    assert kstatus_says(server) == ("Current", "Shutoff")
     assert ("destroy", UID) not in bed.guests.calls, "it went off by itself: never forced"
 
 
@@ -301,6 +330,7 @@ def test_a_guest_that_powers_itself_off_in_a_loop_backs_off(bed: Bed) -> None:
     assert bed.guests.domains[UID].state is State.shutoff, "not restarted at once again"
     assert again is not None and 9 <= again <= 10
     assert ready(server).reason == "RestartBackOff" and "back-off 10s" in ready(server).message
+    assert kstatus_says(server) == ("Failed", "RestartBackOff")
     assert "RestartBackOff" in bed.kube.reasons()
     now[0] += 10
     server = bed.reconcile()
@@ -433,6 +463,7 @@ def test_a_guest_whose_firmware_finds_nothing_to_boot_is_not_ready(bed: Bed) -> 
         f.write("SeaBIOS\nBooting from Hard Disk...\nBoot failed: not a bootable disk\n")
     server = bed.reconcile()
     assert ready(server).status == "False" and ready(server).reason == "BootFailed"
+    assert kstatus_says(server) == ("Failed", "BootFailed")
     assert "no boot loader on the disk" in ready(server).message
     assert bed.kube.reasons().count("BootFailed") == 1
     # A reboot is a new boot: watched afresh, the old failure forgotten.
@@ -455,6 +486,7 @@ def test_a_checksum_mismatch_is_permanent_until_the_spec_changes(tmp_path: pathl
     server = bed.reconcile()
     assert server.status.phase is Phase.ERROR
     assert ready(server).reason == "ImageChecksumMismatch"
+    assert kstatus_says(server) == ("Failed", "ImageChecksumMismatch")
     assert UID not in bed.guests.domains
     writes = len(bed.kube.writes)
     bed.reconcile()

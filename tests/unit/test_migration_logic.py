@@ -8,10 +8,21 @@ from typing import Any
 
 from kubenova_agent.driver import JobStats
 from kubenova_agent.migration_status import progress_of
-from kubenova_api.resources import Hypervisor, ImageSpec, Phase, ServerMigration
-from kubenova_operator import binding, cluster, migrations
+from kubenova_api.resources import (
+    Hypervisor,
+    ImageSpec,
+    MigrationPhase,
+    Outcome,
+    Phase,
+    Server,
+    ServerMigration,
+    ServerMigrationStatus,
+    ServerStatus,
+)
+from kubenova_operator import binding, cluster, liveness, migrations
 from kubenova_operator.scheduling import claims, hosts
 from kubenova_operator.settings import ControllerSettings
+from tests.fakes import FakeKube
 
 FLAVOR = hosts.Resources(1, 512, 1)
 IMAGE = ImageSpec.model_validate(
@@ -147,3 +158,81 @@ def test_progress_figures() -> None:
     assert out["memoryIterations"] == 2 and "downtimeMs" not in out
     done = progress_of(JobStats(data_total=10, data_processed=10, downtime_ms=120)).to_apply()
     assert done["percent"] == 100 and done["downtimeMs"] == 120
+
+
+def _kstatus(status: Any, generation: int = 1) -> str:
+    """The verdict kstatus draws from observedGeneration and the abnormal-true conditions
+    (checked against the library itself in tests/integration/test_gitops_status.py)."""
+    if status.observedGeneration != generation:
+        return "InProgress"
+    for cond in status.conditions:
+        if cond.status == "True" and cond.type in ("Reconciling", "Stalled"):
+            return "InProgress" if cond.type == "Reconciling" else "Failed"
+    return "Current"
+
+
+def test_a_migration_is_in_progress_while_it_runs_then_current_or_failed() -> None:
+    for phase in ("Pending", "PreChecking", "Preparing", "Running"):
+        status = ServerMigrationStatus(phase=MigrationPhase(phase), observedGeneration=1)
+        status.conditions = migrations.progress_conditions(status, 1)
+        assert _kstatus(status) == "InProgress", phase
+    aborting = ServerMigrationStatus(
+        phase=MigrationPhase.Running,
+        observedGeneration=1,
+        abortRequested=Outcome(reason="Cancelled", message="deleted"),
+    )
+    aborting.conditions = migrations.progress_conditions(aborting, 1)
+    assert [c.reason for c in aborting.conditions if c.type == "Reconciling"] == ["Aborting"]
+    done = ServerMigrationStatus(phase=MigrationPhase.Succeeded, observedGeneration=1)
+    done.conditions = migrations.progress_conditions(done, 1)
+    assert _kstatus(done) == "Current"
+    failed = ServerMigrationStatus(
+        phase=MigrationPhase.Failed,
+        observedGeneration=1,
+        reason="MigrationUnsupported",
+        message="the target refused",
+    )
+    failed.conditions = migrations.progress_conditions(failed, 1)
+    assert _kstatus(failed) == "Failed"
+    stalled = next(c for c in failed.conditions if c.type == "Stalled")
+    assert (stalled.reason, stalled.message) == ("MigrationUnsupported", "the target refused")
+
+
+def test_a_server_that_cannot_be_bound_is_stalled_one_that_waits_briefly_reconciling() -> None:
+    server = Server.parse(
+        {"metadata": {"name": "s", "generation": 3}, "spec": {"flavorRef": "f", "imageRef": "i"}}
+    )
+    for reason, verdict in (
+        ("Unschedulable", "Failed"),
+        ("FlavorNotFound", "Failed"),
+        ("QuotaExceeded", "Failed"),
+        ("NetworkNotReady", "InProgress"),
+    ):
+        out = binding.Outcome(None, reason, "why")
+        status = ServerStatus(
+            observedGeneration=3, conditions=binding.waiting_conditions(server, out, 3)
+        )
+        assert _kstatus(status, 3) == verdict, reason
+
+
+def test_a_host_down_is_stalled_and_an_edited_host_is_observed() -> None:
+    k = FakeKube()
+    hv = _hv("a")
+    hv.metadata.generation = 2
+    k.put(hv)
+    cfg = ControllerSettings()
+    assert liveness.check_hosts({"a": hv}, cfg, k) == [("a", True)]
+    written = k.get(Hypervisor, "a")
+    assert written is not None and _kstatus(written.status, 2) == "Current"
+    assert liveness.check_hosts({"a": written}, cfg, k) == [], "nothing new: no write"
+    writes = len(k.writes)
+    written.metadata.generation = 3  # an admin's edit: recorded, with no Event
+    assert liveness.check_hosts({"a": written}, cfg, k) == []
+    assert len(k.writes) == writes + 1
+    edited = k.get(Hypervisor, "a")
+    assert edited is not None and edited.status.observedGeneration == 3
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    edited.status.lastHeartbeatTime = old
+    assert liveness.check_hosts({"a": edited}, cfg, k) == [("a", False)]
+    down = k.get(Hypervisor, "a")
+    assert down is not None and _kstatus(down.status, 3) == "Failed"

@@ -12,6 +12,7 @@ import pytest
 
 from kubenova_api.resources import Server, ServerStatus
 from kubenova_openstack import auth, microversion
+from kubenova_openstack import image as glance
 from kubenova_openstack.compute import state, views
 from kubenova_openstack.faults import Fault
 
@@ -86,6 +87,16 @@ T1 = "2026-11-29T21:00:00.000000Z"
             {"rebootRequestedAt": T1, "rebootType": "Hard"},
             "ACTIVE",
             ("HARD_REBOOT", "active", "rebooting_hard"),
+        ),
+        (
+            {"rebuildRequestedAt": T1, "imageRef": "j"},
+            "ACTIVE",
+            ("REBUILD", "active", "rebuilding"),
+        ),
+        (
+            {"rebuildRequestedAt": T1, "powerState": "Stopped"},
+            "SHUTOFF",
+            ("REBUILD", "stopped", "rebuilding"),
         ),
         ({}, "MIGRATING", ("MIGRATING", "active", "migrating")),
         ({}, "BUILD", ("BUILD", "building", "spawning")),
@@ -188,3 +199,27 @@ def test_what_the_agent_will_not_do_is_no_task() -> None:
         observed=1,
     )
     assert state.of(unseen).task_state == "powering-on" and not state.stays_off(unseen)
+
+
+def test_a_rebuild_is_done_when_the_agent_saw_that_request() -> None:
+    done = server({"rebuildRequestedAt": T1, "imageRef": "j"}, {"phase": "ACTIVE"})
+    done.status.observedRebuildRequestedAt = dt.datetime(2026, 11, 29, 21, 0, tzinfo=dt.UTC)
+    assert (state.of(done).status, state.of(done).task_state) == ("ACTIVE", None)
+
+
+def test_image_properties_are_top_level_keys_of_the_glance_image() -> None:
+    """Glance shows an image's additional properties beside its core fields; Nova's image
+    proxy shows them in ``metadata``."""
+    body = {
+        "metadata": {"name": "debian-uefi", "uid": "9b1c"},
+        "spec": {
+            "source": {"disk": {"url": "http://i.example/d.qcow2", "sha256": "a" * 64}},
+            "properties": {"hw_firmware_type": "uefi", "hw_machine_type": "q35",
+                           "os_secure_boot": "required"},
+        },
+    }  # fmt: skip
+    shown = glance.view(body)
+    assert shown["hw_firmware_type"] == "uefi" and shown["hw_machine_type"] == "q35"
+    assert shown["os_secure_boot"] == "required" and "hw_disk_bus" not in shown
+    assert shown["id"] == "9b1c" and shown["disk_format"] == "qcow2"
+    assert glance.properties({"source": {}}) == {}

@@ -1,5 +1,6 @@
 """``POST /servers/{id}/action``: each Nova action becomes a change of what the Server
-declares (its power state, a reboot request, its rescue, its flavor) or a ServerMigration.
+declares (its power state, a reboot or rebuild request, its rescue, its flavor) or a
+ServerMigration.
 
 As Nova does, an action the server's state does not allow is refused at once with 409
 (``Cannot 'pause' instance … while it is in vm_state stopped``), so a refused action never
@@ -17,6 +18,7 @@ annotation on the Server (:data:`VERIFY`), never in the facade.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import secrets
@@ -187,6 +189,102 @@ async def unrescue(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
         content_type=JSON_PATCH,
     )
     return _accepted()
+
+
+# ----------------------------------------------------------------------------- rebuild
+
+#: What a ``rebuild`` may carry (Nova's request schema), and from which microversion.
+REBUILD_KEYS = {
+    "imageRef": "2.1",
+    "name": "2.1",
+    "metadata": "2.1",
+    "adminPass": "2.1",
+    "accessIPv4": "2.1",
+    "accessIPv6": "2.1",
+    "OS-DCF:diskConfig": "2.1",
+    "preserve_ephemeral": "2.1",
+    "personality": "2.1",
+    "description": "2.19",
+    "key_name": "2.54",
+    "user_data": "2.57",
+    "trusted_image_certificates": "2.63",
+}
+
+
+async def rebuild(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
+    """Nova's ``rebuild``: a new ``rebuildRequestedAt`` with the new ``imageRef`` (the agent
+    makes the root disk, config drive and UEFI variables anew; same UID, host, flavor and
+    addresses), and what else the request changes: name, metadata (replaced), description,
+    key pair (2.54), user data (2.57), injected files (before 2.57). 202 with the server, in
+    REBUILD until its host has done it. kubenova sets no guest password (``adminPass`` is
+    accepted and ignored, as Nova with ``enable_instance_password = False``) and has no
+    ephemeral disk to preserve."""
+    from kubenova_openstack.compute import servers  # noqa: PLC0415
+
+    unknown = [k for k, since in REBUILD_KEYS.items() if k in args and not req.at_least(since)]
+    unknown += [k for k in args if k not in REBUILD_KEYS]
+    if "personality" in args and req.at_least("2.57"):
+        unknown.append("personality")
+    if unknown:
+        raise Fault(
+            400, f"Additional properties are not allowed ({', '.join(sorted(unknown))} unexpected)"
+        )
+    image_ref = args.get("imageRef")
+    if not image_ref or not isinstance(image_ref, str):
+        raise Fault(400, "Invalid input for field/attribute imageRef.")
+    _require("rebuild", server, ("active", "stopped", "error"))
+    image_id = image_ref.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        image = await lookup.image(req, image_id)
+    except Fault as exc:
+        if exc.status == 404:
+            raise Fault(400, f"Image {image_id} could not be found.") from exc
+        raise
+    spec: dict[str, Any] = {"imageRef": image["metadata"]["name"], "rebuildRequestedAt": _now()}
+    ann: dict[str, str | None] = {}
+    if "name" in args:
+        name = args["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise Fault(400, "Invalid input for field/attribute name.")
+        ann[names.DISPLAY_NAME] = name
+    if "metadata" in args:
+        meta = args["metadata"]
+        if not isinstance(meta, dict) or any(
+            not isinstance(v, str) or not k or len(k) > 255 or len(v) > 255 for k, v in meta.items()
+        ):
+            raise Fault(400, "Invalid input for field/attribute metadata.")
+        ann[names.METADATA] = json.dumps(meta)
+    if "description" in args:
+        ann[names.DESCRIPTION] = args["description"]
+    if "key_name" in args:
+        if args["key_name"] is None:
+            spec["sshKeys"], ann[names.KEY_NAME] = [], None
+        else:
+            pair = await servers.keypair(req, str(args["key_name"]))
+            spec["sshKeys"], ann[names.KEY_NAME] = [pair["public_key"]], str(args["key_name"])
+    if "user_data" in args:
+        data = args["user_data"]
+        spec["userData"] = servers.b64_text(data, "user_data") if data else None
+    if "personality" in args:
+        spec["files"] = [
+            {"path": str(f["path"]), "content": servers.b64_text(f.get("contents", ""), "path")}
+            for f in args["personality"] or []
+        ]
+    body: dict[str, Any] = {"spec": spec}
+    if ann:
+        body["metadata"] = {"annotations": ann}
+    rebuilt = Server.parse(
+        await req.kube.patch(req.context.caller, constants.SERVERS, server.name, body, req.project)
+    )
+    look = await servers.lookups(req, servers=[rebuilt])
+    shown = servers.changed_view(req, rebuilt, look)
+    shown.pop("OS-EXT-SRV-ATTR:user_data", None)  # 2.75+: user_data instead, to anyone
+    if req.at_least("2.54"):
+        shown["key_name"] = names.annotations_of(rebuilt).get(names.KEY_NAME)
+    if req.at_least("2.57"):
+        data = rebuilt.spec.userData
+        shown["user_data"] = base64.b64encode(data.encode()).decode() if data else None
+    return reply({"server": shown}, status=202)
 
 
 # ----------------------------------------------------------------------------- console
@@ -387,6 +485,7 @@ ACTIONS = {
     "reboot": reboot,
     "rescue": rescue,
     "unrescue": unrescue,
+    "rebuild": rebuild,
     "os-getConsoleOutput": console_output,
     "os-migrateLive": live_migrate,
     "migrate": migrate,

@@ -33,6 +33,8 @@ ACTIONS = {
     "RebootRefused": "reboot",
     "Rescued": "rescue",
     "Unrescued": "unrescue",
+    "Rebuilt": "rebuild",
+    "RebuildRefused": "rebuild",
     "Resizing": "resize",
     "MigrationFailed": "migrate",
 }

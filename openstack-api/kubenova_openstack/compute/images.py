@@ -22,7 +22,7 @@ def _check(req: Req) -> None:
 
 def _view(req: Req, image: dict[str, Any]) -> dict[str, Any]:
     g = glance.view(image)
-    meta = {"architecture": g["architecture"]}
+    meta = {"architecture": g["architecture"], **glance.properties(image.get("spec") or {})}
     return {
         "id": g["id"],
         "name": g["name"],

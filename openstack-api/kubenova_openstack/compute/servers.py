@@ -139,7 +139,7 @@ async def lookups(req: Req, *, servers: list[Server] | None = None) -> views.Loo
 # ----------------------------------------------------------------------------- create
 
 
-def _b64_text(value: Any, what: str) -> str:
+def b64_text(value: Any, what: str) -> str:
     try:
         return base64.b64decode(str(value), validate=True).decode()
     except (binascii.Error, ValueError) as exc:
@@ -185,12 +185,12 @@ async def create(req: Req) -> web.Response:
     }
     annotations: dict[str, str] = {names.USER_ID: req.context.user_id}
     if server.get("user_data"):
-        spec["userData"] = _b64_text(server["user_data"], "user_data")
+        spec["userData"] = b64_text(server["user_data"], "user_data")
     if "personality" in server:
         if req.at_least("2.57"):
             raise Fault(400, "Additional properties are not allowed ('personality' was unexpected)")
         spec["files"] = [
-            {"path": str(f["path"]), "content": _b64_text(f.get("contents", ""), "personality")}
+            {"path": str(f["path"]), "content": b64_text(f.get("contents", ""), "personality")}
             for f in server["personality"] or []
         ]
     if server.get("availability_zone"):
@@ -202,7 +202,7 @@ async def create(req: Req) -> web.Response:
     if req.at_least("2.74") and (server.get("host") or server.get("hypervisor_hostname")):
         spec["hostName"] = str(server.get("host") or server.get("hypervisor_hostname"))
     if server.get("key_name"):
-        pair = await _keypair(req, str(server["key_name"]))
+        pair = await keypair(req, str(server["key_name"]))
         spec["sshKeys"] = [pair["public_key"]]
         annotations[names.KEY_NAME] = str(server["key_name"])
     metadata = server.get("metadata") or {}
@@ -269,7 +269,7 @@ async def _create_one(
     return made
 
 
-async def _keypair(req: Req, name: str) -> dict[str, Any]:
+async def keypair(req: Req, name: str) -> dict[str, Any]:
     from kubenova_openstack.compute import keypairs  # noqa: PLC0415
 
     pair = await keypairs.find(req, name)
@@ -479,8 +479,14 @@ async def update(req: Req) -> web.Response:
             )
         )
     look = await lookups(req, servers=[server])
+    return reply({"server": changed_view(req, server, look)})
+
+
+def changed_view(req: Req, server: Server, look: views.Lookups) -> dict[str, Any]:
+    """A server as ``PUT /servers/{id}`` (and, with a few more keys, ``rebuild``) answers:
+    the show view without the extended attributes before 2.75, all of it since."""
     if req.at_least("2.75"):
-        return reply({"server": views.server_detail(req, server, look, show_groups=True)})
+        return views.server_detail(req, server, look, show_groups=True)
     shown = views.server_detail(req, server, look)
     for key in [k for k in shown if k.startswith(("OS-EXT-", "OS-SRV-USG", "os-extended"))]:
         shown.pop(key)
@@ -490,7 +496,7 @@ async def update(req: Req) -> web.Response:
         group = server.spec.serverGroupRef
         found = look.groups.get(str(group)) if group else None
         shown["server_groups"] = [found["metadata"]["uid"]] if found else []
-    return reply({"server": shown})
+    return shown
 
 
 async def delete(req: Req) -> web.Response:

@@ -3,8 +3,8 @@ and what its host reports (status).
 
 The task state stays set until the Server has really converged: the host's agent has acted
 on the current generation of the spec (``status.observedGeneration`` and its ``Converged``
-condition), the phase is the one the spec asks for, a reboot asked for has been done, a
-rescue switched, a resize or move ended. So ``openstack server stop`` followed by ``server
+condition), the phase is the one the spec asks for, a rebuild or reboot asked for has been
+done, a rescue switched, a resize or move ended. So ``openstack server stop`` followed by ``server
 show`` says ACTIVE / powering-off until the guest is off, then SHUTOFF / None — never SHUTOFF
 while it still runs, and never None while the agent has not yet seen the request.
 
@@ -84,7 +84,9 @@ def of(server: Server, verify_resize: bool = False) -> NovaState:
         return NovaState("VERIFY_RESIZE", "resized", None, power)
     task = pending_task(server)
     shown = _shown(phase)
-    if task == "rebooting":
+    if task == "rebuilding":
+        shown = "REBUILD"
+    elif task == "rebooting":
         shown = "REBOOT"
     elif task == "rebooting_hard":
         shown = "HARD_REBOOT"
@@ -114,6 +116,9 @@ def pending_task(server: Server) -> str | None:
         and converged.reason == "ActionNotAllowed"
     ):
         return None  # the agent will not try; the phase is what there is
+    rebuild = spec.rebuildRequestedAt
+    if rebuild is not None and rebuild != status.observedRebuildRequestedAt:
+        return "rebuilding"
     asked = spec.rebootRequestedAt
     if asked is not None and asked != status.observedRebootRequestedAt:
         return "rebooting_hard" if spec.rebootType is RebootType.Hard else "rebooting"
