@@ -174,6 +174,32 @@ class NetBed:
         self.hosts[name] = host
         return host
 
+    def add_remote_outside(self, name: str = "ext") -> tuple[str, ipaddress.IPv4Address]:
+        """An "outside" on a subnet of its own, which the hosts' egress may reach (an agent
+        denies egress to its underlay's subnet, where :attr:`outside` sits): a namespace
+        ``knv<token>-<name>`` with ``eth0`` on the underlay bridge (one L2 segment, two
+        subnets), reached by an on-link route this adds in every host's namespace (checked:
+        ``ip route get`` names the host's underlay link, no gateway) and in the root namespace
+        (onto the underlay bridge, so the machine's default route never carries it). It
+        answers the hosts' underlay addresses by an on-link route to the underlay, and has no
+        route to any guest network: only SNAT to a host's address reaches it.
+
+        (namespace, its address). Call after the hosts are added."""
+        assert self.underlay is not None, "start() first"
+        subnet = free_subnet([self.underlay, *([self.lan] if self.lan else [])])
+        netns = f"knv{self.token}-{name}"
+        address = subnet.network_address + PEER_OFFSET
+        self._peer(netns, self.underlay_bridge, name[:1], address, subnet)
+        _ip("route", "add", str(self.underlay), "dev", "eth0", netns=netns)
+        _ip("route", "add", str(subnet), "dev", self.underlay_bridge)
+        self.check_route(address)
+        for host in self.hosts.values():
+            _ip("route", "add", str(subnet), "dev", host.underlay_device, netns=host.netns)
+            route = json.loads(_ip("-j", "route", "get", str(address), netns=host.netns))[0]
+            if route.get("dev") != host.underlay_device or route.get("gateway"):
+                raise RuntimeError(f"{host.name}'s route to {address} is {route}")
+        return netns, address
+
     def check_route(self, address: ipaddress.IPv4Address) -> None:
         """Raise unless the root namespace's route to ``address`` is one of this bed's bridges
         (so traffic to it can never leave the machine)."""

@@ -17,14 +17,14 @@ pytestmark = [pytest.mark.timeout(360), pytest.mark.libvirtd]
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 
 
-def run_bench(tmp: pathlib.Path, script: str, *args: str) -> list[str]:
+def run_bench(tmp: pathlib.Path, script: str, *args: str, timeout: float = 330) -> list[str]:
     """Run a benchmark as a person does, its work folder (every component's log) in ``tmp``
     (short: a libvirtd socket path must stay under 108 characters); the lines it printed."""
     out = subprocess.run(
         [sys.executable, str(BENCH / script), *args],
         capture_output=True,
         text=True,
-        timeout=330,
+        timeout=timeout,
         check=False,
         env={**os.environ, "TMPDIR": str(tmp)},
     )
@@ -59,3 +59,15 @@ def test_bench_migration(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert figures["kubenova_total_s"] > 0 and figures["virsh_total_s"] > 0, figures
     assert figures["kubenova_downtime_ms"] >= 0 and figures["virsh_downtime_ms"] >= 0, figures
     assert any(line.startswith("total (s)") for line in lines), lines
+
+
+@pytest.mark.timeout(600)
+def test_bench_network(tmp_path_factory: pytest.TempPathFactory) -> None:
+    lines = run_bench(tmp_path_factory.mktemp("b"), "bench_network.py", "--runs", "1", timeout=570)
+    figures = json.loads(lines[-1])
+    assert figures["runs"] == 1, figures
+    assert figures["kubenova_first_reply_s"] > 0 and figures["virsh_first_reply_s"] > 0, figures
+    assert figures["kubenova_migration_s"] > 0 and figures["virsh_migration_s"] > 0, figures
+    for side in ("kubenova", "virsh"):
+        assert figures[f"{side}_lost"] >= 0 and figures[f"{side}_longest_gap_ms"] > 0, figures
+    assert any(line.startswith("boot -> first TCP reply") for line in lines), lines

@@ -233,6 +233,87 @@ def test_provider_network_guest_answers_the_lan(nbed: Bed) -> None:
     assert _fetch_from_client(nbed, str(ip)) == "kubenova-www g4"
 
 
+#: An HTTP server for the "outside": answers every GET with the address it saw the request
+#: come from, and prints that address.
+SEEN_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        peer = self.client_address[0]
+        print("peer", peer, flush=True)
+        body = f"kubenova-seen {peer}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+#: Guest user data: fetch URL $1 up to $2 times, printing what the outside saw, or "fail" and
+#: wget's last error (busybox's wget has no timeout of its own: busybox timeout gives one).
+EGRESS = """
+fetch() {
+    n=0
+    while [ $n -lt "$2" ]; do
+        seen=$(timeout 5 wget -q -O - "$1" 2>&1) && {
+            echo "kubenova-egress $seen after $n"; return 0; }
+        n=$((n+1)); sleep 1
+    done
+    echo "kubenova-egress fail after $n: $seen"
+}
+"""
+
+
+def test_egress_reaches_the_outside_through_snat_and_without_it_does_not(nbed: Bed) -> None:
+    """ge on Network te (egress) reaches an HTTP server in an "outside" namespace on a subnet
+    of its own (not the underlay, to which agents deny egress), which sees host-a's underlay
+    address, never the guest's; gn on Network tn (no egress) does not reach it. The hosts'
+    route to the outside is made here (on-link by their underlay link, checked with ``ip route
+    get``); no namespace has a default route, and the outside has none to any guest network."""
+    net = nbed.s.net
+    assert net is not None
+    outside, address = net.add_remote_outside()
+    port = 8080
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", outside, sys.executable, "-u", "-c", SEEN_SERVER,
+         str(address), str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://{address}:{port}/"
+    try:
+        _apply(
+            nbed.s,
+            {"apiVersion": G, "kind": "Network", "metadata": {"name": "te", "namespace": NS},
+             "spec": {"cidr": "192.168.120.0/24", "egress": True}},
+            {"apiVersion": G, "kind": "Network", "metadata": {"name": "tn", "namespace": NS},
+             "spec": {"cidr": "192.168.121.0/24"}},
+        )  # fmt: skip
+        for name, host, network, tries in (("ge", "host-a", "te", 120),
+                                           ("gn", "host-b", "tn", 20)):  # fmt: skip
+            body = _server(name, host, [{"networkRef": network}])
+            body["spec"]["userData"] = REACH + EGRESS + f"fetch {url} {tries}\n"
+            _apply(nbed.s, body)
+        seen = nbed.wait_console("ge", r"kubenova-egress (kubenova-seen (\S+)|fail)", 240)
+        (ge_address,) = nbed.server("ge")["status"]["addresses"]
+        host_a = str(net.hosts["host-a"].underlay_address)
+        console = nbed.console("ge")[-2500:]
+        assert seen.group(2) == host_a, (seen.group(0), host_a, ge_address["ip"], console)
+        assert nbed.wait_console("gn", r"kubenova-egress (\S+)", 240).group(1) == "fail"
+    finally:
+        server.terminate()
+        log, _ = server.communicate(timeout=30)
+        nbed.s.kubectl("delete", "server", "ge", "gn", "-n", NS, "--ignore-not-found",
+                       "--timeout=120s", timeout=150)  # fmt: skip
+        nbed.s.kubectl("delete", "network", "te", "tn", "-n", NS, "--ignore-not-found",
+                       "--timeout=120s", timeout=150)  # fmt: skip
+    peers = set(re.findall(r"^peer (\S+)$", log, re.MULTILINE))
+    print(f"egress: the outside {address} saw requests from {sorted(peers)} (host-a's underlay "
+          f"address {host_a}; ge is {ge_address['ip']})")  # fmt: skip
+    assert peers == {host_a}, log
+
+
 def test_apply_to_first_tcp_reply_against_virsh_on_the_same_bridge(nbed: Bed) -> None:
     """The same guest image defined and started with virsh on host-c, on the bridge g4 uses,
     configured from network_data.json (an address outside the pool): the baseline for
