@@ -58,6 +58,7 @@ PROC_HOST = "proc-host"
 def wait_phase(api: client.CustomObjectsApi, name: str, rv: str, phase: str = "ACTIVE") -> float:
     """The moment the Server's status says ``phase`` (from a watch: no polling delay)."""
     w = watch.Watch()
+    last: dict[str, Any] = {}
     for event in w.stream(
         api.list_namespaced_custom_object,
         constants.GROUP,
@@ -68,10 +69,16 @@ def wait_phase(api: client.CustomObjectsApi, name: str, rv: str, phase: str = "A
         resource_version=rv,
         timeout_seconds=180,
     ):
-        if (event["object"].get("status") or {}).get("phase") == phase:
+        last = event["object"].get("status") or {}
+        if last.get("phase") == phase:
             w.stop()
             return time.monotonic()
-    raise TimeoutError(f"{name} did not reach {phase}")
+    raise TimeoutError(f"{name} did not reach {phase}; its status: {last}")
+
+
+# The test guest is served on loopback at a port chosen when it is served: both agents opt in
+# to that (by default an agent refuses loopback and ports but 80 and 443).
+IMAGE_SOURCE_ARGS = ("--image-permitted-networks=127.0.0.1/32", "--image-allowed-ports=*")
 
 
 def server(name: str, host: str) -> dict[str, Any]:
@@ -193,6 +200,7 @@ def main() -> int:
             "--create-namespace", "--wait", "--timeout", "240s",
             "--set", f"image.repository={repository},image.tag={tag},image.pullPolicy=Never",
             "--set", "agent.virtType=qemu",
+            "--set", f"agent.extraArgs={{{','.join(IMAGE_SOURCE_ARGS)}}}",
         )  # fmt: skip
         figures.append(("helm install --wait", f"{time.monotonic() - t0:.1f}s"))
         ready = n.kubectl("get", "pods", "-n", NS, "-o", "json").stdout
@@ -213,7 +221,7 @@ def main() -> int:
             [
                 *proc_host.nsenter(), sys.executable, "-m", "kubenova_agent.main",
                 "--host-name", PROC_HOST, "--libvirt-uri", "qemu:///system",
-                "--virt-type", "qemu", "--kubeconfig", str(n.kubeconfig),
+                "--virt-type", "qemu", "--kubeconfig", str(n.kubeconfig), *IMAGE_SOURCE_ARGS,
             ],
             work / "agent-process.log",
             {**os.environ, "PYTHONUNBUFFERED": "1"},
