@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
@@ -385,11 +386,26 @@ class Stack:
         }
         path = self.workdir / f"network-teardown-{host_name}.json"
         path.write_text(json.dumps(desired))
-        subprocess.run(
-            [*host.nsenter(), sys.executable, "-m", "kubenova_agent.network", "teardown",
-             str(path)],
-            check=True, capture_output=True, text=True, timeout=120, env=self.env(),
-        )  # fmt: skip
+        # Converging is retried, as the agent's own loop does (a dnsmasq that is still exiting
+        # can hold a namespace a moment); a failure that stays is raised with what it said.
+        for attempt in range(3):
+            out = subprocess.run(
+                [*host.nsenter(), sys.executable, "-m", "kubenova_agent.network", "teardown",
+                 str(path)],
+                check=False, capture_output=True, text=True, timeout=120, env=self.env(),
+            )  # fmt: skip
+            if out.returncode == 0:
+                return
+            print(
+                f"tearing down {host_name}'s networks, try {attempt + 1}: exit {out.returncode}: "
+                f"{out.stderr.strip()[-2000:]}",
+                file=sys.stderr,
+            )
+            time.sleep(1 + attempt)
+        raise RuntimeError(
+            f"tearing down {host_name}'s networks failed (exit {out.returncode}): "
+            f"{(out.stderr or out.stdout).strip()[-3000:]}"
+        )
 
     def start_agent(self, host_name: str, extra_args: tuple[str, ...] = ()) -> Proc:
         host = self.hosts[host_name]
