@@ -22,7 +22,7 @@ from kubenova_agent import configdrive
 from kubenova_agent.libvirt import domain_xml
 from kubenova_agent.network import guestdata, types
 from kubenova_api.resources import ServerSpec
-from kubenova_devenv import guestimage, libvirthost, netbed, netutil
+from kubenova_devenv import guestimage, libvirthost, netbed, netutil, scoped
 
 #: The agent's network state folder inside a host (bind-mounted from the host's folder).
 STATE_DIR = pathlib.Path("/var/lib/kubenova/network")
@@ -52,7 +52,7 @@ class Guest:
 
 
 @dataclasses.dataclass
-class NetLab:
+class NetLab(scoped.Scoped):
     workdir: pathlib.Path
     host_names: tuple[str, ...] = ("host-a", "host-b", "host-c")
     bed: netbed.NetBed = dataclasses.field(default_factory=netbed.NetBed)
@@ -91,17 +91,6 @@ class NetLab:
         self.bed.stop()
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> NetLab:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ networks
     def host_config(self, name: str) -> types.HostConfig:

@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from kubenova_devenv import scoped
+
 
 def _ip(*args: str, check: bool = True) -> str:
     out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
@@ -91,7 +93,7 @@ class _Running:
 
 
 @dataclasses.dataclass
-class Probe:
+class Probe(scoped.Scoped):
     host_netns: str
     """The (root-visible) network namespace of the bed's host whose bridge the probe joins."""
     bridge: str
@@ -132,17 +134,6 @@ class Probe:
             _ip("-n", self.host_netns, "link", "del", self.host_end, check=False)
             _ip("netns", "del", self.netns, check=False)
             self.started = False
-
-    def __enter__(self) -> Probe:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def check_route(self, address: ipaddress.IPv4Address) -> None:
         """Raise unless the probe's route to ``address`` is its own link, on-link (no

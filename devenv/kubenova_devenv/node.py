@@ -53,6 +53,7 @@ from kubenova_devenv import (
     netutil,
     nsutil,
     paths,
+    scoped,
 )
 
 NAME = "kubenova-node"
@@ -110,7 +111,7 @@ done
 
 
 @dataclasses.dataclass
-class Node:
+class Node(scoped.Scoped):
     """A single-node cluster in ``workdir``; ``start()`` returns once the node is Ready and
     pods can be admitted; ``stop()`` leaves nothing running and nothing outside ``workdir``."""
 
@@ -218,17 +219,6 @@ class Node:
             log.close()
         self._logs.clear()
         self._remove_cgroups()
-
-    def __enter__(self) -> Node:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ namespaces, cgroups
     def _enter_namespaces(self) -> None:

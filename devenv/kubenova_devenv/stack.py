@@ -31,6 +31,7 @@ from kubenova_devenv import (
     netbed,
     netutil,
     paths,
+    scoped,
     simhost,
 )
 from kubenova_operator.settings import ControllerSettings
@@ -122,7 +123,7 @@ class Exited:
 
 
 @dataclasses.dataclass
-class Stack:
+class Stack(scoped.Scoped):
     workdir: pathlib.Path
     host_count: int = 1
     virt_type: str = "qemu"
@@ -246,17 +247,6 @@ class Stack:
             if proc.popen is not None and proc.popen.poll() is not None:
                 return Exited(proc.name, proc.popen.returncode, proc.log_path)
         return None
-
-    def __enter__(self) -> Stack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def install(self) -> None:
         """CRDs, RBAC and the admission policies (the agents' per-node ones, and the checks of
