@@ -149,6 +149,13 @@ def check_qcow2_header(head: bytes, size: int) -> None:
     raise errors.ImageInvalid("the qcow2 header extensions are longer than 64 KiB")
 
 
+def _cannot_run(detail: str) -> errors.ImageError:
+    """qemu-img (or prlimit) could not be run: the host is broken, not the image (retried)."""
+    return errors.ImageError(
+        f"cannot run qemu-img: {detail}", reason=errors.Reason.invalid, transient=True
+    )
+
+
 def qemu_img_info(path: pathlib.Path, kind: Kind, limits: InspectLimits) -> dict[str, Any]:
     """``qemu-img info`` of ``path`` with the format forced, under resource limits."""
     argv = [
@@ -173,17 +180,10 @@ def qemu_img_info(path: pathlib.Path, kind: Kind, limits: InspectLimits) -> dict
         raise errors.ImageInvalid(
             f"qemu-img info did not finish within {limits.timeout_seconds:.0f}s"
         ) from exc
-    except OSError as exc:  # qemu-img or prlimit missing: the host is broken, not the image
-        raise errors.ImageError(
-            f"cannot run qemu-img: {exc}", reason=errors.Reason.invalid, transient=True
-        ) from exc
-    if out.returncode in (126, 127) and "failed to execute" in out.stderr:
-        # prlimit could not run qemu-img: the host is broken, not the image.
-        raise errors.ImageError(
-            f"cannot run qemu-img: {out.stderr.strip()[-300:]}",
-            reason=errors.Reason.invalid,
-            transient=True,
-        )
+    except OSError as exc:  # prlimit missing
+        raise _cannot_run(str(exc)) from exc
+    if out.returncode in (126, 127) and "failed to execute" in out.stderr:  # qemu-img missing
+        raise _cannot_run(out.stderr.strip()[-300:])
     if out.returncode != 0:
         message = out.stderr.strip().replace(str(path), path.name)[-300:]
         raise errors.ImageInvalid(f"not a valid {kind.value} image: {message}")
