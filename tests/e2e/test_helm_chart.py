@@ -95,6 +95,14 @@ def _diagnosis(n: node.Node) -> str:
     return "\n".join(parts)
 
 
+def _upgrade(n: node.Node, *values: str) -> None:
+    """``helm upgrade --reuse-values --wait`` of the release with ``values`` changed."""
+    n.helm(
+        "upgrade", RELEASE, CHART, "-n", NS, "--reuse-values", "--wait", "--timeout", "240s",
+        *values,
+    )  # fmt: skip
+
+
 def _eventually_or_diagnose(
     n: node.Node, check: Any, timeout: float, what: str, console_of: str = ""
 ) -> Any:
@@ -208,16 +216,8 @@ def test_helm_upgrade_rolls_the_agent_while_the_guest_keeps_running(installed: C
     before_pods = _running_ready(_pods(n, "agent"))
     before_uptime = helpers.last_uptime(n.console(uid))
     assert before_uptime > 0
-    n.helm(
-        "upgrade",
-        RELEASE,
-        CHART,
-        "-n",
-        NS,
-        "--reuse-values",
-        "--wait",
-        "--timeout",
-        "240s",
+    _upgrade(
+        n,
         "--set-string",
         "agent.podAnnotations.kubenova\\.io/rollout=2",
         "--set",
@@ -255,19 +255,7 @@ def test_networking_through_the_chart_gives_guests_dhcp_and_their_gateway(
     node's InternalIP, a bridge, a DHCP server and a gateway in namespaces kept on the host);
     a guest on a tenant network gets its address by DHCP and reaches its gateway."""
     n = installed.node
-    n.helm(
-        "upgrade",
-        RELEASE,
-        CHART,
-        "-n",
-        NS,
-        "--reuse-values",
-        "--wait",
-        "--timeout",
-        "240s",
-        "--set",
-        "agent.networking.enabled=true",
-    )
+    _upgrade(n, "--set", "agent.networking.enabled=true")
     _eventually_or_diagnose(
         n,
         lambda: (
