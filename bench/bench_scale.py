@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import os
 import pathlib
+import re
 import sys
 import tempfile
 import time
@@ -206,6 +207,7 @@ def run(
     )
     created: dict[str, float] = {}
     before = benchkit.api_writes(api)
+    passes_before = controller_passes(bed)
     pids = benchkit.cpu_pids(bed)
     cpu_before = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
     cpu_before["bench"] = sum(os.times()[:2])
@@ -229,6 +231,7 @@ def run(
 
     with watcher, concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(create, names))  # an error in a create is raised here
+        creates_s = time.monotonic() - started
         timeout = args.timeout if args.timeout is not None else 300 + 0.5 * n
         done = watcher.wait_for(
             lambda: len(settled) == n, timeout, give_up=lambda: benchkit.exited(bed)
@@ -248,6 +251,9 @@ def run(
                 "controller_peak_rss_mib": ctl_peak,
                 "fleet_rss_mib": fleet_rss,
                 "per_agent_rss_mib": round(sum(fleet_rss) / len(hosts), 2),
+                "controller_passes": {
+                    k: round(v - passes_before[k], 2) for k, v in controller_passes(bed).items()
+                },
                 "cpu_until_all_active": benchkit.cpu_use(cpu_before, cpu_after, waited),
             }
         watch_stats = watcher.stats()
@@ -279,6 +285,8 @@ def run(
     active = first("phase", lambda v: v == "ACTIVE")
     bound = first("nodeName", bool)
     latency = [active[k] - created[k] for k in names]
+    to_bound = [bound[k] - created[k] for k in names]
+    to_active = [active[k] - bound[k] for k in names]
     binds = sorted(bound.values())
     span = binds[-1] - binds[0]
     late = tracker.late()
@@ -293,6 +301,13 @@ def run(
         "p95_s": round(benchkit.percentile(latency, 95), 3),
         "p99_s": round(benchkit.percentile(latency, 99), 3),
         "binds_per_s": round(n / span, 1) if n > 1 and span > 0 else None,
+        # Where the time goes: all creates answered after creates_s; a Server waits for the
+        # controller (create -> bound), then for its host's agent (bound -> ACTIVE).
+        "creates_s": round(creates_s, 3),
+        "create_to_bound_p50_p99_s": [round(benchkit.percentile(to_bound, q), 3) for q in (50, 99)],
+        "bound_to_active_p50_p99_s": [
+            round(benchkit.percentile(to_active, q), 3) for q in (50, 99)
+        ],
         **measured,
         "watch": {**watch_stats, "servers_seen_late_by_a_relist": len(late)},
     }
@@ -336,6 +351,13 @@ def verify_addresses(api: client.ApiClient, namespace: str, names: list[str]) ->
             problems.append(f"{ip} is held by both {holders[ip]} and {name}")
         holders[ip] = name
     return problems
+
+
+def controller_passes(bed: stack.Stack) -> dict[str, float]:
+    """How many passes the controller has run and the seconds they took, from its metrics."""
+    text = bed.metrics("controller")
+    found = dict(re.findall(r"^kubenova_pass_seconds_(count|sum) (\S+)$", text, re.M))
+    return {"passes": float(found.get("count", 0)), "seconds": float(found.get("sum", 0))}
 
 
 def proc_pid(proc: stack.Proc) -> int:
