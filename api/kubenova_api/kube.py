@@ -13,6 +13,8 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +33,8 @@ Obj = TypeVar("Obj", bound=KubeObject)
 
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
+WRITES_KEPT = 4096
+"""Objects whose last write :attr:`Kube.last_written` remembers."""
 TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every request that is not a watch."""
 
@@ -49,6 +53,9 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     else:
         config.load_incluster_config(client_configuration=cfg)
     cfg.retries = 3
+    # Enough kept connections for the controller's binding writers, the Event recorder and
+    # the other threads (the default, 5 per CPU, opens and drops connections under a burst).
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, 64)
     return client.ApiClient(cfg)
 
 
@@ -132,6 +139,63 @@ class ObjectRef:
         return cls(kind.KIND, kind.PLURAL, name, namespace, uid or None)
 
 
+class EventRecorder:
+    """Posts Events from a queue, in order, on a thread of its own started at the first Event.
+
+    Events are best effort: one the API server refuses is logged and dropped, and when
+    ``capacity`` Events are already waiting (an API server that is down or far behind) a new
+    one is dropped and counted rather than kept without bound."""
+
+    def __init__(self, core: client.CoreV1Api, capacity: int = 1000) -> None:
+        self._core = core
+        self._queue: queue.Queue[tuple[str, client.CoreV1Event] | threading.Event] = queue.Queue(
+            capacity
+        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def record(self, namespace: str, body: client.CoreV1Event) -> None:
+        self._start()
+        try:
+            self._queue.put_nowait((namespace, body))
+        except queue.Full:
+            self.dropped += 1
+            log.warning(
+                "Event %s dropped: %d Events wait already", body.reason, self._queue.qsize()
+            )
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every Event queued so far is posted or given up; False on timeout."""
+        if self._thread is None:
+            return True
+        reached = threading.Event()  # a marker: the thread reaches it after all before it
+        try:
+            self._queue.put(reached, timeout=timeout)
+        except queue.Full:
+            return False
+        return reached.wait(timeout)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._post, name="events", daemon=True)
+                self._thread.start()
+
+    def _post(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            namespace, body = item
+            try:
+                self._core.create_namespaced_event(namespace, body, _request_timeout=TIMEOUT)
+            except Exception as exc:
+                name = body.involved_object.name
+                log.warning("could not record event %s on %s: %s", body.reason, name, exc)
+
+
 class Kube:
     """The calls kubenova makes, under one field manager."""
 
@@ -142,6 +206,12 @@ class Kube:
         self.field_manager = field_manager
         self.component = component
         self.host = os.uname().nodename
+        self.events = EventRecorder(self.core)
+        self.last_written: dict[str, str] = {}
+        """uid -> resourceVersion of the object after this component's last write to it (the
+        most recent ``WRITES_KEPT``): lets a controller tell a cached copy that predates its
+        own write from a current one."""
+        self._written_lock = threading.Lock()
 
     # -- raw calls (the edge: plain JSON in and out)
     def _on(
@@ -252,35 +322,52 @@ class Kube:
             body["metadata"]["resourceVersion"] = resource_version
         if ref.namespace:
             body["metadata"]["namespace"] = ref.namespace
-        return self._on(
-            ref,
-            self.custom.patch_namespaced_custom_object_status,
-            self.custom.patch_cluster_custom_object_status,
-            body,
-            field_manager=self.field_manager,
-            force=force,
-            _content_type=APPLY,
+        return self._wrote(
+            self._on(
+                ref,
+                self.custom.patch_namespaced_custom_object_status,
+                self.custom.patch_cluster_custom_object_status,
+                body,
+                field_manager=self.field_manager,
+                force=force,
+                _content_type=APPLY,
+            )
         )
 
     def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._on(
-            ref,
-            self.custom.patch_namespaced_custom_object,
-            self.custom.patch_cluster_custom_object,
-            ops,
-            _content_type=JSON_PATCH,
+        return self._wrote(
+            self._on(
+                ref,
+                self.custom.patch_namespaced_custom_object,
+                self.custom.patch_cluster_custom_object,
+                ops,
+                _content_type=JSON_PATCH,
+            )
         )
+
+    def _wrote(self, out: dict[str, Any]) -> dict[str, Any]:
+        meta = out.get("metadata") or {}
+        uid, version = meta.get("uid"), meta.get("resourceVersion")
+        if uid and version:
+            with self._written_lock:
+                self.last_written.pop(uid, None)  # re-inserted last: oldest first
+                self.last_written[uid] = version
+                if len(self.last_written) > WRITES_KEPT:
+                    self.last_written.pop(next(iter(self.last_written)), None)
+        return out
 
     def json_patch_status(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
         """A JSON patch of the status subresource (``remove`` ops drop fields whatever manager
         owns them; a ``test`` of ``/metadata/resourceVersion`` makes it conditional)."""
-        return self._on(
-            ref,
-            self.custom.patch_namespaced_custom_object_status,
-            self.custom.patch_cluster_custom_object_status,
-            ops,
-            field_manager=self.field_manager,
-            _content_type=JSON_PATCH,
+        return self._wrote(
+            self._on(
+                ref,
+                self.custom.patch_namespaced_custom_object_status,
+                self.custom.patch_cluster_custom_object_status,
+                ops,
+                field_manager=self.field_manager,
+                _content_type=JSON_PATCH,
+            )
         )
 
     def merge_patch(self, ref: ObjectRef, patch: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +463,9 @@ class Kube:
             self.core.create_namespaced_config_map(namespace, body, _request_timeout=TIMEOUT)
 
     def event(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
-        """Record an Event about ``ref`` (best effort: a failed Event never fails the work)."""
+        """Record an Event about ``ref``: best effort, and off the caller's path (as client-go's
+        recorder): the Event is queued and posted by the recorder's thread, in order, so a
+        busy API server never holds up the binding or the reconcile that reports it."""
         now = dt.datetime.now(dt.UTC)
         namespace = ref.namespace or "default"
         body = client.CoreV1Event(
@@ -400,7 +489,8 @@ class Kube:
             reporting_component=self.component,
             reporting_instance=self.host,
         )
-        try:
-            self.core.create_namespaced_event(namespace, body, _request_timeout=TIMEOUT)
-        except Exception as exc:
-            log.warning("could not record event %s on %s: %s", reason, ref.name, exc)
+        self.events.record(namespace, body)
+
+    def flush_events(self, timeout: float = 5.0) -> bool:
+        """Wait until the Events recorded so far are posted (or dropped); False on timeout."""
+        return self.events.flush(timeout)
