@@ -183,6 +183,8 @@ def one_size(hosts: int, bound: int, pending: int, ipam: bool = False) -> dict[s
     gc.collect()
     t, cpu = time.perf_counter(), time.process_time()
     b.run_pass(binder.Snapshot(view=view, pending=servers))
+    if not b.wait_for_writes(timeout=600):
+        raise SystemExit("the pass's bindings were not all written in 600 s")
     # CPU time of this process (the pass and its write threads): the machine's other load
     # stretches the wall time, not this.
     pass_s, pass_cpu_s = time.perf_counter() - t, time.process_time() - cpu

@@ -35,8 +35,10 @@ from kubenova_operator.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 
-WRITERS = 8
-"""API writes of one pass in flight at once."""
+WRITERS = 48
+"""Bindings in flight at once (the API client's connection pool is sized for them)."""
+PASS_SPACING = 0.2
+"""Seconds from the start of one pass to the start of the next, at the least."""
 
 
 @dataclasses.dataclass
@@ -74,7 +76,12 @@ class Binder:
         self.claims = claims.Claims()
         self.last = PassStats()
         self._dirty = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._source: Callable[[], Snapshot] | None = None  # set once by the handlers
+        # Bindings are written here, across passes: a pass decides and hands its writes over,
+        # and the next pass does not wait for them (their claims are assumed until seen).
+        self._writers = concurrent.futures.ThreadPoolExecutor(WRITERS, "bind")
+        self._in_flight: set[concurrent.futures.Future[binding.Outcome]] = set()
 
     @property
     def attached(self) -> bool:
@@ -86,12 +93,32 @@ class Binder:
     def kick(self) -> None:
         self._dirty.set()
 
+    def kick_threadsafe(self) -> None:
+        """:meth:`kick` from a thread other than the event loop's."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._dirty.set)
+
+    def close(self) -> None:
+        """Let the bindings handed over finish (each is a single write with a timeout)."""
+        self._writers.shutdown(wait=True)
+
+    def wait_for_writes(self, timeout: float | None = None) -> bool:
+        """Wait until the bindings handed over so far are written (or failed); False if some
+        are still in flight after ``timeout``."""
+        _, not_done = concurrent.futures.wait(list(self._in_flight), timeout)
+        return not not_done
+
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        started = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._dirty.wait(), timeout=self.cfg.resync_seconds)
             except TimeoutError:
                 pass
+            # What arrives within PASS_SPACING of the last pass's start (a burst of creates,
+            # bindings seen back, heartbeats) waits for one pass instead of a pass each.
+            await asyncio.sleep(max(0.0, started + PASS_SPACING - time.monotonic()))
             self._dirty.clear()
             if self._source is None:
                 continue
@@ -115,7 +142,7 @@ class Binder:
         except Exception:
             log.exception("%s failed; retrying", what)
             await asyncio.sleep(1.0)
-            self._dirty.set()
+            self.kick()
 
     def _liveness(self, snapshot: Snapshot) -> None:
         liveness.check_hosts(snapshot.view.hypervisors, self.cfg, self.kube)
@@ -146,47 +173,54 @@ class Binder:
 
     def run_pass(self, snapshot: Snapshot) -> None:
         """Decide for every pending Server in turn (each decision sees the claims of the ones
-        before it), and write the decisions concurrently: a write no longer holds up the next
-        decision, so a burst binds at the API server's pace rather than one round trip each."""
+        before it) and hand the bindings to the writers: a write holds up neither the next
+        decision nor the next pass, so a burst binds at the API server's pace rather than one
+        round trip each. A Server whose binding is in flight is assumed, and skipped here."""
         view = dataclasses.replace(
             snapshot.view, dhcp_reserved=self.networks.dhcp_reserved(snapshot.view.providers)
         )
         pending = {server.uid for server in snapshot.pending}
         self.claims.settle(view.cluster.bound_to, lambda uid: uid in view.cluster or uid in pending)
         states = binding.host_states(view, self.claims, self.cfg)
-        writes: list[tuple[str, concurrent.futures.Future[binding.Outcome]]] = []
 
         def defer(name: str) -> binding.Defer:
-            return lambda fn: writes.append((name, pool.submit(fn)))
+            def write(fn: Callable[[], binding.Outcome]) -> None:
+                future = self._writers.submit(fn)
+                self._in_flight.add(future)
+                future.add_done_callback(lambda f: self._written(name, f))
 
-        with concurrent.futures.ThreadPoolExecutor(WRITERS, "bind") as pool:
-            for server in sorted(snapshot.pending, key=_creation_order):
-                if view.cluster.bound_to(server.uid) or self.claims.is_assumed(server.uid):
-                    continue  # bound already; this copy of it is older than the binding
-                try:
-                    binding.schedule(
-                        server,
-                        view,
-                        self.claims,
-                        states,
-                        self.cfg,
-                        self.kube,
-                        defer=defer(server.full_name),
-                    )
-                except Exception as exc:
-                    log.warning("scheduling %s failed: %s", server.full_name, exc)
-                    self._dirty.set()
-        for name, future in writes:
+            return write
+
+        for server in sorted(snapshot.pending, key=_creation_order):
+            if view.cluster.bound_to(server.uid) or self.claims.is_assumed(server.uid):
+                continue  # bound already, or its binding is in flight
             try:
-                outcome = future.result()
+                binding.schedule(
+                    server,
+                    view,
+                    self.claims,
+                    states,
+                    self.cfg,
+                    self.kube,
+                    defer=defer(server.full_name),
+                )
             except Exception as exc:
-                log.warning("recording the scheduling of %s failed: %s", name, exc)
-                self._dirty.set()
-                continue
-            log.debug("%s: %s", name, outcome)
-            metrics.SCHEDULING_OUTCOMES.labels(outcome.reason).inc()
-            if outcome.reason == "Stale":
-                self._dirty.set()
+                log.warning("scheduling %s failed: %s", server.full_name, exc)
+                self.kick_threadsafe()
+
+    def _written(self, name: str, future: concurrent.futures.Future[binding.Outcome]) -> None:
+        """A binding's write is done (on the writer's thread)."""
+        self._in_flight.discard(future)
+        try:
+            outcome = future.result()
+        except Exception as exc:
+            log.warning("recording the scheduling of %s failed: %s", name, exc)
+            self.kick_threadsafe()  # its claim was forgotten: the next pass decides again
+            return
+        log.debug("%s: %s", name, outcome)
+        metrics.SCHEDULING_OUTCOMES.labels(outcome.reason).inc()
+        if outcome.reason == "Stale":
+            self.kick_threadsafe()
 
 
 def _creation_order(server: Server) -> tuple[str, str, str]:

@@ -51,6 +51,19 @@ def _settings() -> ControllerSettings:
     return cfg if isinstance(cfg, ControllerSettings) else ControllerSettings()
 
 
+class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf deep-copies every object it sees into an "essence" to diff it for change handlers
+    (on.create, on.update, on.field). The controller has none: it folds every event into its
+    indexes and kicks the pass. So no essence is built, which was a deep copy of each object
+    on each event. Adding a change handler means going back to the storage kopf ships."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # kubenova writes its own, meaningful Events
@@ -58,7 +71,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.persistence.finalizer = f"{constants.PREFIX}/controller"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = _NoDiffBase(
         prefix=constants.PREFIX, key="last-handled-configuration"
     )
     cfg = _settings()
@@ -84,6 +97,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("binder_task")
     if task is not None:
         task.cancel()
+    b: binder.Binder | None = memo.get("binder")
+    if b is not None:
+        await asyncio.to_thread(b.close)
 
 
 def _parse(kind: type[Obj], body: kopf.Body) -> Obj | None:
@@ -128,6 +144,10 @@ def servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, cluster.ServerSumm
 
 @kopf.index(G, V, constants.SERVERS)
 def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | None:
+    # Most events are of bound Servers: those are told apart on the raw body (the edge),
+    # so only a pending Server is parsed a second time (``servers`` parses every one).
+    if body.status.get("nodeName") or body.metadata.get("deletionTimestamp"):
+        return None
     server = _parse(Server, body)
     if server is None or server.status.nodeName or server.metadata.deleting:
         return None
