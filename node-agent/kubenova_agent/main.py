@@ -38,6 +38,11 @@ from kubenova_api.resources import Flavor, Hypervisor, MigrationEndpoint, Server
 
 log = logging.getLogger("kubenova_agent")
 
+ECHO_WAIT_SECONDS = 5.0
+"""How long a reconcile waits for the watch to bring back its own last write to a Server
+before it acts on the copy it has (a watch that lags that much is relisting anyway)."""
+ECHO_RECHECK_SECONDS = 0.1
+
 
 def resolve_virt_type(wanted: str, host: Host) -> domain_xml.VirtType:
     if wanted != "auto":
@@ -67,6 +72,8 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._capacity_due = threading.Event()
+        self._echoes: dict[str, tuple[str, float]] = {}
+        """uid -> (resourceVersion a reconcile that wrote to the Server started from, when)."""
         self.swept = threading.Event()
         """Set once the first sweep of stale domains is done and the workers run."""
         self.deps: reconcile.Deps | None = None
@@ -252,6 +259,7 @@ class Agent:
         self._capacity_due.set()
         for t in self._threads:
             t.join(timeout=10)
+        self.kube.flush_events(timeout=2.0)  # what it reported last is not lost
         self.host.close()
 
     def _on_domain_event(self, uuid: str, event: str) -> None:
@@ -272,9 +280,32 @@ class Agent:
         server = self.informer.get(key)
         if server is None:
             return None
-        again = reconcile.reconcile_server(self.deps, server)
+        uid, seen = server.metadata.uid, server.metadata.resourceVersion
+        echo = self._echoes.get(uid)
+        if echo is not None:
+            version, since = echo
+            if version == seen and time.monotonic() - since < ECHO_WAIT_SECONDS:
+                # The cached copy is the one the last reconcile started from: its own write
+                # has not come back through the watch yet. Acting on it would repeat what
+                # was done (a finalizer added again is a refused PATCH and a re-read).
+                return ECHO_RECHECK_SECONDS
+            self._echoes.pop(uid, None)
+        before = self.kube.last_written.get(uid)
+        try:
+            again = reconcile.reconcile_server(self.deps, server)
+        finally:  # a reconcile that wrote and then failed must not be retried from this copy
+            if self.kube.last_written.get(uid) != before:
+                self._expect_echo(uid, seen)
         self.metrics.reconciles.inc()
         return again
+
+    def _expect_echo(self, uid: str, version: str) -> None:
+        now = time.monotonic()
+        if len(self._echoes) > 256:  # those of deleted Servers, never cleared by a read
+            for old, (_, t) in list(self._echoes.items()):  # one step under the GIL
+                if now - t > ECHO_WAIT_SECONDS:
+                    self._echoes.pop(old, None)
+        self._echoes[uid] = (version, now)
 
     def _failed(self, key: informer.Key, exc: Exception, delay: float) -> None:
         self.metrics.failed(exc)
@@ -290,15 +321,23 @@ class Agent:
         )
 
     def _heartbeat(self) -> None:
+        """Publish the Hypervisor status every heartbeat, and sooner when guests change, but
+        never more often than every half heartbeat (at least 2 s apart): a burst of guest
+        changes on a busy host is one write, not one per guest. The scheduler never reads
+        these figures (it counts the Servers bound to each host); they are for people and
+        for the liveness check, so a few seconds' lag costs nothing and saves the API
+        server a large status apply per guest."""
+        beat = self.settings.heartbeat_seconds
+        spacing = min(beat, max(2.0, beat / 2))
         while not self._stop.is_set():
+            written = time.monotonic()
             try:
                 self.publisher.publish()
             except Exception as exc:
                 log.warning("publishing capacity failed: %s", exc)
-            self._capacity_due.wait(self.settings.heartbeat_seconds)
+            self._capacity_due.wait(beat)
             self._capacity_due.clear()
-            # Coalesce bursts of guest changes into one write.
-            self._stop.wait(min(2.0, self.settings.heartbeat_seconds))
+            self._stop.wait(max(0.0, written + spacing - time.monotonic()))
 
     def _resync(self) -> None:
         self.informer.synced.wait()
