@@ -4,12 +4,14 @@ selected server-side, so the agent's traffic grows with its own guests only — 
 object of a small kind (Networks, ProviderNetworks).
 
 Objects are parsed into their model as they arrive; the cache hands out models. A watch that
-ends is resumed from the last resourceVersion seen; only a 410 Gone (or an error) makes it
-list again, and a relist tells the handler about every object that changed or disappeared."""
+ends or fails is resumed from the last resourceVersion seen; only a 410 Gone (or watches that
+keep failing) makes it list again, and a relist tells the handler about every object that
+changed or disappeared."""
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -28,6 +30,8 @@ Key = tuple[str, str]
 OnChange = Callable[[Key], None]
 Obj = TypeVar("Obj", bound=KubeObject)
 
+RELIST_AFTER_FAILED_WATCHES = 5
+"""Watches in a row that fail (other than 410 Gone) before the cache lists again anyway."""
 WATCH_SECONDS = 240
 """How long the API server keeps one watch open before ending it (then it is resumed)."""
 WATCH_READ_TIMEOUT = 300.0
@@ -54,6 +58,8 @@ class Informer(Generic[Obj]):
         self._lock = threading.Lock()
         self.synced = threading.Event()
         self._stop = threading.Event()
+        self._rv: str | None = None
+        """The last resourceVersion the cache holds everything up to (None: list first)."""
         self._watch: watch.Watch | None = None
 
     def get(self, key: Key) -> Obj | None:
@@ -77,25 +83,35 @@ class Informer(Generic[Obj]):
             self._watch.stop()
 
     def run(self) -> None:
-        delay = 0.5
-        rv: str | None = None
+        delay, failed_watches = 0.5, 0
+        self._rv = None
         while not self._stop.is_set():
             try:
-                if rv is None:
-                    rv = self._list()
-                rv = self._watch_from(rv)
-                delay = 0.5
+                if self._rv is None:
+                    self._rv = self._list()
+                self._watch_from(self._rv)
+                delay, failed_watches = 0.5, 0
                 continue
             except ApiException as exc:
                 if exc.status == 410:
                     log.info("%s watch expired; listing again", self._kind.PLURAL)
-                    rv = None
+                    self._rv = None
                     continue
-                log.warning("%s watch failed: %s; retrying in %.1fs", self._kind.PLURAL, exc, delay)
+                error: Exception = exc
             except Exception as exc:
-                log.warning("%s watch failed: %s; retrying in %.1fs", self._kind.PLURAL, exc, delay)
-            rv = None  # after an error, list again: events may have been missed
-            self._stop.wait(delay)
+                error = exc
+            # A watch that failed (refused, cut, timed out) is resumed from the last
+            # resourceVersion seen, as client-go's reflector does: the API server replays
+            # what came after it, or answers 410 and then the cache lists again. Relisting
+            # after every error made a thousand agents re-read every Server at once when an
+            # overloaded API server refused their watches, which kept it overloaded.
+            if self._rv is not None:
+                failed_watches += 1
+                if failed_watches >= RELIST_AFTER_FAILED_WATCHES:
+                    self._rv, failed_watches = None, 0
+            log.warning("%s watch failed: %s; retrying in %.1fs", self._kind.PLURAL, error, delay)
+            # Jittered, so that hosts refused together do not come back together.
+            self._stop.wait(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 30.0)
 
     def _parse(self, body: dict[str, Any]) -> Obj | None:
@@ -158,6 +174,7 @@ class Informer(Generic[Obj]):
                 raise ApiException(status=code or 500, reason=str(raw))
             rv = str((raw.get("metadata") or {}).get("resourceVersion") or rv)
             if kind == "BOOKMARK":
+                self._rv = rv
                 continue
             obj = self._parse(raw)
             if obj is None:
@@ -167,6 +184,7 @@ class Informer(Generic[Obj]):
                     self._store.pop(obj.key, None)
                 else:
                     self._store[obj.key] = obj
+            self._rv = rv  # from here a resumed watch goes on
             self._on_change(obj.key)
         return rv
 

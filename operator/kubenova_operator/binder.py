@@ -35,7 +35,7 @@ from kubenova_operator.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 
-WRITERS = 48
+WRITERS = 24
 """Bindings in flight at once (the API client's connection pool is sized for them)."""
 PASS_SPACING = 0.2
 """Seconds from the start of one pass to the start of the next, at the least."""
