@@ -296,7 +296,10 @@ class Agent:
         try:
             again = reconcile.reconcile_server(self.deps, server)
         finally:  # a reconcile that wrote and then failed must not be retried from this copy
-            if self.kube.last_written.get(uid) != before:
+            after = self.kube.last_written.get(uid)
+            # A write that changed nothing leaves the resourceVersion as it was: no event will
+            # come, and the copy is current.
+            if after not in (before, seen):
                 self._expect_echo(uid, seen)
         self.metrics.reconciles.inc()
         return again
