@@ -326,24 +326,15 @@ class Agent:
         )
 
     def _heartbeat(self) -> None:
-        """Publish the Hypervisor status every heartbeat; a guest change after a quiet
-        heartbeat is published at once, but a busy host writes no more than once a heartbeat
-        (at least 2 s apart): a burst of guest changes is one write, not one per guest. The
-        scheduler never reads these figures (it counts the Servers bound to each host); they
-        are for people, Nova's API and the liveness check, so a few seconds' lag costs
-        nothing, and each write is a large status apply (a fifth of the API server's work in
-        a burst of 1,000 Servers on 100 hosts when changes were 2 s apart)."""
-        beat = self.settings.heartbeat_seconds
-        spacing = max(2.0, beat)
         while not self._stop.is_set():
-            written = time.monotonic()
             try:
                 self.publisher.publish()
             except Exception as exc:
                 log.warning("publishing capacity failed: %s", exc)
-            self._capacity_due.wait(beat)
+            self._capacity_due.wait(self.settings.heartbeat_seconds)
             self._capacity_due.clear()
-            self._stop.wait(max(0.0, written + spacing - time.monotonic()))
+            # Coalesce bursts of guest changes into one write.
+            self._stop.wait(min(2.0, self.settings.heartbeat_seconds))
 
     def _resync(self) -> None:
         self.informer.synced.wait()
