@@ -311,7 +311,13 @@ def test_rebuild_answers_as_nova_does_and_the_host_does_it(cloud: Cloud, admin: 
         shown = wait_server(admin, uid, "ACTIVE")
         assert shown["image"]["id"] == image and shown["metadata"] == {"at": version}
         name = "os-sim-image" if image == first else "os-sim-image-2"
-        status = k8s_server(cloud, uid)["status"]
+
+        # The controller re-pins status.image after the rebuild, in its next pass.
+        def repinned(want: str = name) -> dict[str, Any] | None:
+            got: dict[str, Any] = k8s_server(cloud, uid)["status"]
+            return got if got["image"]["name"] == want else None
+
+        status = eventually(repinned, 10, what=f"status.image re-pinned to {name}")
         assert status["imageRef"] == name and status["image"]["name"] == name, status
     # Not in a state that allows it: 409 at once; an unknown image: 400.
     with pytest.raises(tempest_exc.BadRequest):
