@@ -322,30 +322,36 @@ class Kube:
             body["metadata"]["resourceVersion"] = resource_version
         if ref.namespace:
             body["metadata"]["namespace"] = ref.namespace
-        return self._wrote(
-            self._on(
-                ref,
-                self.custom.patch_namespaced_custom_object_status,
-                self.custom.patch_cluster_custom_object_status,
-                body,
-                field_manager=self.field_manager,
-                force=force,
-                _content_type=APPLY,
-            )
+        return self._write(
+            ref,
+            self.custom.patch_namespaced_custom_object_status,
+            self.custom.patch_cluster_custom_object_status,
+            body,
+            field_manager=self.field_manager,
+            force=force,
+            _content_type=APPLY,
         )
 
     def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._wrote(
-            self._on(
-                ref,
-                self.custom.patch_namespaced_custom_object,
-                self.custom.patch_cluster_custom_object,
-                ops,
-                _content_type=JSON_PATCH,
-            )
+        return self._write(
+            ref,
+            self.custom.patch_namespaced_custom_object,
+            self.custom.patch_cluster_custom_object,
+            ops,
+            _content_type=JSON_PATCH,
         )
 
-    def _wrote(self, out: dict[str, Any]) -> dict[str, Any]:
+    def _write(
+        self,
+        ref: ObjectRef,
+        namespaced: Callable[..., Any],
+        cluster: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """:meth:`_on` for a write: every write records the resourceVersion it left in
+        :attr:`last_written`."""
+        out = self._on(ref, namespaced, cluster, *args, **kwargs)
         meta = out.get("metadata") or {}
         uid, version = meta.get("uid"), meta.get("resourceVersion")
         if uid and version:
@@ -359,19 +365,17 @@ class Kube:
     def json_patch_status(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
         """A JSON patch of the status subresource (``remove`` ops drop fields whatever manager
         owns them; a ``test`` of ``/metadata/resourceVersion`` makes it conditional)."""
-        return self._wrote(
-            self._on(
-                ref,
-                self.custom.patch_namespaced_custom_object_status,
-                self.custom.patch_cluster_custom_object_status,
-                ops,
-                field_manager=self.field_manager,
-                _content_type=JSON_PATCH,
-            )
+        return self._write(
+            ref,
+            self.custom.patch_namespaced_custom_object_status,
+            self.custom.patch_cluster_custom_object_status,
+            ops,
+            field_manager=self.field_manager,
+            _content_type=JSON_PATCH,
         )
 
     def merge_patch(self, ref: ObjectRef, patch: dict[str, Any]) -> dict[str, Any]:
-        return self._on(
+        return self._write(
             ref,
             self.custom.patch_namespaced_custom_object,
             self.custom.patch_cluster_custom_object,
