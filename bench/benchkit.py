@@ -41,6 +41,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from kubenova_api import constants
 from kubenova_devenv import libvirthost, stack
 
 GROUP = "compute.kubenova.io"
@@ -653,17 +654,22 @@ def verify_running_vms(
 ) -> list[str]:
     """On the hosts themselves (the domains each agent finds running in libvirt, published as
     ``runningVMs``): every host runs exactly the Servers ACTIVE on it, in every namespace.
-    Waits for a heartbeat of every host taken after this call began, so none is stale."""
+    Waits for a heartbeat of every host taken after this call began, so none is stale: a
+    Lease renewal (an agent renews it after publishing any figure that changed) or the
+    status's own time."""
     since = dt.datetime.now(dt.UTC).replace(microsecond=0)
     wanted = set(hosts)
     deadline = time.monotonic() + max(60.0, 4 * heartbeat_seconds)
     fresh: dict[str, Obj] = {}
     while time.monotonic() < deadline:
+        # The Leases first: a renewal seen after `since` vouches for the status read after it.
+        renewed = lease_renewals(api)
         items, _ = list_all(lister(api, "hypervisors", None))
         fresh = {
             h["metadata"]["name"]: h
             for h in items
-            if h["metadata"]["name"] in wanted and _heartbeat(h) > since
+            if h["metadata"]["name"] in wanted
+            and max(_heartbeat(h), renewed.get(h["metadata"]["name"], _NEVER)) > since
         }
         if len(fresh) == len(wanted):
             break
@@ -687,11 +693,32 @@ def verify_running_vms(
     return problems
 
 
-def _heartbeat(hv: Obj) -> dt.datetime:
-    raw = status(hv).get("lastHeartbeatTime")
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _time(raw: object) -> dt.datetime:
     if not raw:
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
+        return _NEVER
     return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def _heartbeat(hv: Obj) -> dt.datetime:
+    return _time(status(hv).get("lastHeartbeatTime"))
+
+
+def lease_renewals(
+    api: client.ApiClient, namespace: str = constants.HEARTBEAT_NAMESPACE
+) -> dict[str, dt.datetime]:
+    """Host -> when its agent last renewed its heartbeat Lease."""
+    out = client.CoordinationV1Api(api).list_namespaced_lease(
+        namespace, label_selector=constants.HEARTBEAT_LEASE_LABEL, _preload_content=False
+    )
+    found: dict[str, dt.datetime] = {}
+    for lease in json.loads(out.data).get("items", []):
+        host = (lease["metadata"].get("labels") or {}).get(constants.HEARTBEAT_LEASE_LABEL)
+        if host:
+            found[host] = _time((lease.get("spec") or {}).get("renewTime"))
+    return found
 
 
 def domain_state(host: libvirthost.LibvirtHost, domain: str) -> str:

@@ -36,3 +36,16 @@ PROVIDERNETWORKS: Final = "providernetworks"
 COMPUTEQUOTAS: Final = "computequotas"
 SOURCE_FIELD: Final = "status.sourceNode"
 TARGET_FIELD: Final = "status.targetNode"
+
+#: Each agent renews a Lease in the heartbeat namespace (as each kubelet renews one in
+#: ``kube-node-lease``): ``<HEARTBEAT_LEASE_PREFIX><host>``, labelled with the host's name. A
+#: renewal is a small write that only the controller watches, so the Hypervisor's status is
+#: written only when a figure in it changes.
+HEARTBEAT_LEASE_PREFIX: Final = "hypervisor-"
+HEARTBEAT_LEASE_LABEL: Final = f"{PREFIX}/hypervisor"
+#: Where the heartbeat Leases live unless set otherwise (the pod's namespace in a cluster).
+HEARTBEAT_NAMESPACE: Final = "kubenova-system"
+
+
+def heartbeat_lease(host: str) -> str:
+    return HEARTBEAT_LEASE_PREFIX + host

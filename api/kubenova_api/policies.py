@@ -10,7 +10,8 @@ the object written:
 * a Server's status only while it is bound to the agent's node, never its ``nodeName`` or the
   fields the controller owns (the agent's fields are ``SERVER_AGENT_FIELDS``);
 * a Server itself (its finalizer) only while bound to the agent's node, spec unchanged;
-* only its own Hypervisor;
+* only its own Hypervisor, and only its own heartbeat Lease (``hypervisor-<node>``, labelled
+  with the node);
 * a ServerMigration's status only as its source (``source``, ``progress``) or its target
   (``target``), nothing else of it;
 * ConfigMaps only as console answers of its own node: ``<server>-console-<node>``, owned by
@@ -168,6 +169,21 @@ def documents() -> list[dict[str, Any]]:
         [_rule(["hypervisors", "hypervisors/status"], ["CREATE", "UPDATE"], g)],
         [_validation("object.metadata.name == variables.node", "not this node's Hypervisor")],
     )
+    leases = _policy(
+        "kubenova-agent-leases",
+        [_rule(["leases"], ["CREATE", "UPDATE"], "coordination.k8s.io")],
+        [
+            _validation(
+                f"object.metadata.name == '{constants.HEARTBEAT_LEASE_PREFIX}' + variables.node",
+                f"only this node's heartbeat Lease ({constants.HEARTBEAT_LEASE_PREFIX}<node>)",
+            ),
+            _validation(
+                f"object.metadata.?labels[?'{constants.HEARTBEAT_LEASE_LABEL}'] == "
+                "optional.of(variables.node)",
+                f"a heartbeat Lease carries the label {constants.HEARTBEAT_LEASE_LABEL}=<node>",
+            ),
+        ],
+    )
     source = "variables.node == oldObject.?status.?sourceNode.orValue('')"
     target = "variables.node == oldObject.?status.?targetNode.orValue('')"
     migrations = _policy(
@@ -218,7 +234,7 @@ def documents() -> list[dict[str, Any]]:
             ),
         ],
     )
-    return [*servers, *hypervisors, *migrations, *consoles]
+    return [*servers, *hypervisors, *leases, *migrations, *consoles]
 
 
 def render() -> str:

@@ -104,6 +104,16 @@ class CapacityPublisher:
 
     def publish(self) -> HypervisorStatus:
         """Compute and write the Hypervisor status; returns what was written."""
+        status = self.compute()
+        self.write(status)
+        return status
+
+    def write(self, status: HypervisorStatus) -> None:
+        self._kube.apply_status(hypervisor_ref(self._settings.host_name), status)
+
+    def compute(self) -> HypervisorStatus:
+        """The Hypervisor status as it is now (libvirt's figures, what the Servers bound here
+        claim), stamped with the time as its heartbeat."""
         s = self._settings
         reserved = Resources(
             vcpus=s.reserved_vcpus, memoryMiB=s.reserved_memory_mib, diskGiB=s.reserved_disk_gib
@@ -129,7 +139,6 @@ class CapacityPublisher:
             status.conditions = [
                 self._condition("False", "LibvirtUnreachable", f"libvirt at {s.libvirt_uri}: {exc}")
             ]
-            self._kube.apply_status(hypervisor_ref(s.host_name), status)
             return status
         total = Resources(
             vcpus=facts.cpus, memoryMiB=facts.memory_mib, diskGiB=pool.capacity_bytes // GIB
@@ -161,5 +170,4 @@ class CapacityPublisher:
         status.conditions = [
             self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")
         ]
-        self._kube.apply_status(hypervisor_ref(s.host_name), status)
         return status

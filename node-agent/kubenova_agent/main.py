@@ -15,6 +15,7 @@ from types import FrameType
 from kubenova_agent import (
     bootwatch,
     capacity,
+    heartbeat,
     hosttools,
     images,
     informer,
@@ -44,6 +45,8 @@ before it acts on the copy it has. The write changed the object, so a newer copy
 the object goes); this only bounds a pathological wait. Under a burst the watch lagged more
 than 5 s, and acting on the old copy then (a refused PATCH, a re-read) made it lag more."""
 ECHO_RECHECK_SECONDS = 0.1
+LEASE_BEATS = 4
+"""The heartbeat Lease's duration in beats (the kubelet's: 40 s, renewed every 10 s)."""
 
 
 def resolve_virt_type(wanted: str, host: Host) -> domain_xml.VirtType:
@@ -326,9 +329,37 @@ class Agent:
         )
 
     def _heartbeat(self) -> None:
+        """Renew the heartbeat Lease every beat; write the Hypervisor status when a figure in
+        it changed, every ``status_report_seconds`` anyway, and every beat while the Lease
+        cannot be renewed (then the status's own time is the heartbeat, as before Leases)."""
+        cfg = self.settings
+        lease = (
+            heartbeat.HeartbeatLease(
+                self.kube.api,
+                cfg.heartbeat_namespace,
+                cfg.host_name,
+                LEASE_BEATS * cfg.heartbeat_seconds,
+            )
+            if cfg.heartbeat_namespace
+            else None
+        )
+        written: dict[str, object] | None = None
+        written_at = 0.0
+        renewed = False
         while not self._stop.is_set():
             try:
-                self.publisher.publish()
+                status = self.publisher.compute()
+                figures = status.model_dump(mode="json", exclude={"lastHeartbeatTime"})
+                now = time.monotonic()
+                report_due = now - written_at >= cfg.status_report_seconds
+                if not renewed or figures != written or report_due:
+                    self.publisher.write(status)
+                    written, written_at = figures, now
+                    self.metrics.status_writes.inc()
+                # After the status: a renewal seen means the figures published are current.
+                if lease is not None:
+                    renewed = lease.renew()
+                    self.metrics.lease_renewals.labels("ok" if renewed else "failed").inc()
             except Exception as exc:
                 log.warning("publishing capacity failed: %s", exc)
             self._capacity_due.wait(self.settings.heartbeat_seconds)

@@ -37,6 +37,18 @@ class AgentMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.status_writes = Counter(
+            "kubenova_agent_hypervisor_status_writes",
+            "Writes of this host's Hypervisor status (a figure changed, the periodic report, "
+            "or a heartbeat while the Lease cannot be renewed).",
+            registry=self.registry,
+        )
+        self.lease_renewals = Counter(
+            "kubenova_agent_heartbeat_lease_renewals",
+            "Renewals of this host's heartbeat Lease, by result (ok, failed).",
+            ["result"],
+            registry=self.registry,
+        )
         Gauge(
             "kubenova_agent_workqueue_depth",
             "Servers waiting for a worker.",

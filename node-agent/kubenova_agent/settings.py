@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from kubenova_agent import images
 from kubenova_agent.images import fetch, inspect
-from kubenova_api import config, imagesource
+from kubenova_api import config, constants, imagesource
 from kubenova_api.config import option
 
 
@@ -39,7 +39,20 @@ class AgentSettings(imagesource.SourceOptions):
     )
     pool_name: str = option("kubenova", "The libvirt storage pool that holds the guests' disks.")
     heartbeat_seconds: float = option(
-        10.0, "How often the Hypervisor status (capacity and heartbeat) is published."
+        10.0,
+        "How often the agent renews its heartbeat Lease (and publishes its Hypervisor status "
+        "when a figure in it changed).",
+    )
+    heartbeat_namespace: str = option(
+        constants.HEARTBEAT_NAMESPACE,
+        "Namespace of this host's heartbeat Lease (in a pod: its own namespace). Empty: no "
+        "Lease, the Hypervisor status is written every heartbeat instead.",
+        env="POD_NAMESPACE",
+    )
+    status_report_seconds: float = option(
+        300.0,
+        "While the heartbeat Lease is renewed, how often the Hypervisor status is written even "
+        "when nothing in it changed (as the kubelet reports a Node's status every 5 minutes).",
     )
     resync_seconds: float = option(
         60.0, "How often every Server of this host is reconciled even without a change."

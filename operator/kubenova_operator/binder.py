@@ -145,7 +145,8 @@ class Binder:
             self.kick()
 
     def _liveness(self, snapshot: Snapshot) -> None:
-        liveness.check_hosts(snapshot.view.hypervisors, self.cfg, self.kube)
+        view = snapshot.view
+        liveness.check_hosts(view.hypervisors, self.cfg, self.kube, view.heartbeats)
 
     def _moves(self, snapshot: Snapshot) -> None:
         view = snapshot.view

@@ -45,6 +45,8 @@ class ClusterView:
     images: Mapping[str, ImageSpec]
     hypervisors: Mapping[str, Hypervisor]
     cluster: Cluster
+    heartbeats: Mapping[str, dt.datetime] = dataclasses.field(default_factory=dict)
+    """Host -> when its heartbeat Lease was last renewed."""
     groups: Mapping[str, GroupPolicy] = dataclasses.field(default_factory=dict)
     """ServerGroup ``namespace/name`` -> policy."""
     moving: tuple[claims.Claim, ...] = ()
@@ -123,7 +125,14 @@ def host_states(
         cfg.cpu_allocation_ratio, cfg.ram_allocation_ratio, cfg.disk_allocation_ratio
     )
     return {
-        name: hosts.host_state(hv, claimed.get(name, hosts.Resources()), defaults, grace, now)
+        name: hosts.host_state(
+            hv,
+            claimed.get(name, hosts.Resources()),
+            defaults,
+            grace,
+            now,
+            view.heartbeats.get(name),
+        )
         for name, hv in sorted(view.hypervisors.items())
     }
 

@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def check_hosts(
-    hypervisors: Mapping[str, Hypervisor], cfg: ControllerSettings, k: kube.Kube
+    hypervisors: Mapping[str, Hypervisor],
+    cfg: ControllerSettings,
+    k: kube.Kube,
+    heartbeats: Mapping[str, dt.datetime] | None = None,
 ) -> list[tuple[str, bool]]:
     """Write ``Up`` where it changed, with kstatus's ``Stalled`` (True while the host is down:
     what Flux and Argo CD show as Failed) and ``observedGeneration`` (an admin's edit of the
@@ -30,15 +33,21 @@ def check_hosts(
     now = dt.datetime.now(dt.UTC)
     grace = dt.timedelta(seconds=cfg.heartbeat_grace_seconds)
     changed = []
+    renewed = heartbeats or {}
     for name, hv in sorted(hypervisors.items()):
-        state = hosts.host_state(hv, hosts.Resources(), hosts.Ratios(), grace, now)
+        lease = renewed.get(name)
+        state = hosts.host_state(hv, hosts.Resources(), hosts.Ratios(), grace, now, lease)
         current = common.get_condition(hv.status.conditions, "Up")
         want: ConditionStatus = "True" if state.up else "False"
         generation = hv.metadata.generation
         flipped = current is None or current.status != want
         if not flipped and hv.status.observedGeneration == generation:
             continue
-        if not state.up and current is None and hv.status.lastHeartbeatTime is None:
+        if (
+            not state.up
+            and current is None
+            and hosts.last_heartbeat(hv.status.lastHeartbeatTime, lease) is None
+        ):
             continue  # a host that never reported is not "down", only not there yet
         reason = "HeartbeatFresh" if state.up else "HostDown"
         message = "the agent is heartbeating" if state.up else state.down_reason

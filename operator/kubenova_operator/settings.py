@@ -7,14 +7,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from kubenova_api import config
+from kubenova_api import config, constants
 from kubenova_api.config import option
 
 
 @dataclasses.dataclass(frozen=True)
 class ControllerSettings:
     heartbeat_grace_seconds: float = option(
-        60.0, "A Hypervisor whose heartbeat is older than this gets no new Servers."
+        60.0,
+        "A Hypervisor whose heartbeat (its Lease's renewal, or its status's own time) is older "
+        "than this is down: it gets no new Servers.",
+    )
+    heartbeat_namespace: str = option(
+        constants.HEARTBEAT_NAMESPACE,
+        "Namespace of the agents' heartbeat Leases (in a pod: its own namespace). Empty: only "
+        "the Hypervisor status's time counts.",
+        env="POD_NAMESPACE",
     )
     cpu_allocation_ratio: float = option(
         4.0, "Cluster-wide vCPU allocation ratio (a Hypervisor's spec may override it)."

@@ -154,6 +154,34 @@ def test_an_agent_registers_and_reports_only_its_own_hypervisor(bed: stack.Stack
     bed.kubectl("delete", "hypervisor", A, B, "--wait=false")
 
 
+def test_an_agent_renews_only_its_own_heartbeat_lease(bed: stack.Stack) -> None:
+    def lease(name: str, node: str) -> str:
+        return yaml.safe_dump(
+            {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": name,
+                    "namespace": constants.HEARTBEAT_NAMESPACE,
+                    "labels": {constants.HEARTBEAT_LEASE_LABEL: node},
+                },
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40},
+            }
+        )
+
+    own, other = constants.heartbeat_lease(A), constants.heartbeat_lease(B)
+    assert _as(bed, A, "create", "-f", "-", stdin=lease(own, A))[0]
+    # Keeping another host alive (or its Lease's label naming another host) is refused.
+    _refused(_as(bed, A, "create", "-f", "-", stdin=lease(other, B)), "only this node's")
+    _refused(_as(bed, A, "create", "-f", "-", stdin=lease(other, A)), "only this node's")
+    _refused(_as(bed, A, "replace", "-f", "-", stdin=lease(own, B)), "carries the label")
+    # Nor the controller's leader-election Lease in the same namespace.
+    _refused(
+        _as(bed, A, "create", "-f", "-", stdin=lease("kubenova-controller", A)), "only this node's"
+    )
+    bed.kubectl("delete", "lease", own, "-n", constants.HEARTBEAT_NAMESPACE, "--wait=false")
+
+
 def test_each_side_of_a_migration_writes_only_its_own_report(bed: stack.Stack) -> None:
     # The target reports its checks; the source its own part and the progress.
     assert _patch_status(bed, B, "smig", "a-to-b", {"target": {"checked": True}})[0]

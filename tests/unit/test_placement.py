@@ -54,6 +54,24 @@ def test_stale_heartbeat_or_not_ready_means_down() -> None:
     assert not _host("a", ready="False").up
 
 
+def test_a_fresh_lease_keeps_a_host_up_whose_status_is_old() -> None:
+    hv = Hypervisor.parse({"metadata": {"name": "a"}, "status": _status(beat_age=250)})  # type: ignore[arg-type]
+
+    def state(lease_age: float | None) -> hosts.HostState:
+        renewed = None if lease_age is None else NOW - dt.timedelta(seconds=lease_age)
+        return hosts.host_state(hv, NOTHING, hosts.Ratios(), GRACE, NOW, renewed)
+
+    assert state(2).up, "the status is written only on change: the Lease is the heartbeat"
+    assert not state(None).up
+    stale = state(45)
+    assert not stale.up and "45s ago" in stale.down_reason, "the later of the two counts"
+    # A Lease older than a fresh status (an agent heartbeating in its status) does not matter.
+    fresh_status = Hypervisor.parse({"metadata": {"name": "b"}, "status": _status(beat_age=1)})  # type: ignore[arg-type]
+    assert hosts.host_state(
+        fresh_status, NOTHING, hosts.Ratios(), GRACE, NOW, NOW - dt.timedelta(seconds=600)
+    ).up
+
+
 def test_filters_name_what_rejected_how_many() -> None:
     hs = [
         _host("down", beat_age=120),

@@ -31,7 +31,15 @@ from kubenova_api.resources import (
     ServerGroup,
     ServerMigration,
 )
-from kubenova_operator import binder, binding, cluster, evacuation, metrics, migrations
+from kubenova_operator import (
+    binder,
+    binding,
+    cluster,
+    evacuation,
+    heartbeats,
+    metrics,
+    migrations,
+)
 from kubenova_operator.settings import ControllerSettings
 
 G, V = constants.GROUP, constants.VERSION
@@ -39,6 +47,7 @@ Obj = TypeVar("Obj", bound=KubeObject)
 log = logging.getLogger(__name__)
 
 _runtime: dict[str, Any] = {}
+HEARTBEATS_SYNC_SECONDS = 30.0
 
 
 def configure_runtime(cfg: ControllerSettings) -> None:
@@ -82,6 +91,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.binder = binder.Binder(
         cfg, k, migrations.Driver(cfg, k), evacuation.Drains(cfg, k, progress)
     )
+    if cfg.heartbeat_namespace:
+        memo.heartbeats = heartbeats.Heartbeats(
+            k.api,
+            cfg.heartbeat_namespace,
+            cfg.heartbeat_grace_seconds,
+            on_back=memo.binder.kick_threadsafe,
+        )
+        memo.heartbeats.start()
+        # Until the Leases are read every host would look down (its status is written only
+        # when a figure changes): the first pass waits for them, a bounded time.
+        if not await asyncio.to_thread(memo.heartbeats.synced.wait, HEARTBEATS_SYNC_SECONDS):
+            log.error(
+                "the heartbeat Leases in %s could not be read within %.0fs; hosts whose "
+                "Hypervisor status is older than the grace period will be marked down",
+                cfg.heartbeat_namespace,
+                HEARTBEATS_SYNC_SECONDS,
+            )
     memo.binder_task = asyncio.create_task(memo.binder.run())
 
 
@@ -97,6 +123,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("binder_task")
     if task is not None:
         task.cancel()
+    beats: heartbeats.Heartbeats | None = memo.get("heartbeats")
+    if beats is not None:
+        beats.stop()
     b: binder.Binder | None = memo.get("binder")
     if b is not None:
         await asyncio.to_thread(b.close)
@@ -209,7 +238,9 @@ def _latest(index: kopf.Index[Any, Any]) -> dict[Any, Any]:
 
 
 def snapshot(
-    indexes: Mapping[str, kopf.Index[Any, Any]], known: cluster.Cluster
+    indexes: Mapping[str, kopf.Index[Any, Any]],
+    known: cluster.Cluster,
+    beats: heartbeats.Heartbeats | None = None,
 ) -> binder.Snapshot:
     """What a pass reads, taken on the event loop: the small kinds whole, the Servers folded
     into ``known`` one changed Server at a time."""
@@ -220,6 +251,7 @@ def snapshot(
         images=_latest(indexes["image_specs"]),
         hypervisors=_latest(indexes["hypervisors"]),
         cluster=known,
+        heartbeats=beats.renewed() if beats is not None else {},
         groups=_latest(indexes["group_policies"]),
         moving=migrations.target_claims(smigs, known.get),
         networks=_latest(indexes["networks"]),
@@ -241,7 +273,8 @@ def _wake(memo: kopf.Memo, kwargs: dict[str, Any], uid: str | None = None) -> No
     if not b.attached:
         # kopf's index objects are live and the same on every call: capture them once.
         indexes = {n: kwargs[n] for n in INDEXES}
-        b.attach(lambda: snapshot(indexes, known))
+        beats: heartbeats.Heartbeats | None = memo.get("heartbeats")
+        b.attach(lambda: snapshot(indexes, known, beats))
     b.kick()
 
 

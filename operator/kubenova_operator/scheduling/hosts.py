@@ -89,16 +89,23 @@ class HostState:
         return self.capacity - self.claimed
 
 
+def last_heartbeat(*times: dt.datetime | None) -> dt.datetime | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
 def host_state(
     hv: Hypervisor,
     claimed: Resources,
     defaults: Ratios,
     grace: dt.timedelta,
     now: dt.datetime,
+    renewed: dt.datetime | None = None,
 ) -> HostState:
-    """The scheduler's view of one Hypervisor."""
+    """The scheduler's view of one Hypervisor; its heartbeat is the later of its Lease's
+    ``renewed`` and its status's own time."""
     spec, status = hv.spec, hv.status
-    beat = status.lastHeartbeatTime
+    beat = last_heartbeat(status.lastHeartbeatTime, renewed)
     ready = common.get_condition(status.conditions, "Ready")
     if beat is None:
         up, why = False, "no heartbeat yet"
