@@ -710,9 +710,9 @@ def lease_renewals(
     api: client.ApiClient, namespace: str = constants.HEARTBEAT_NAMESPACE
 ) -> dict[str, dt.datetime]:
     """Host -> when its agent last renewed its heartbeat Lease."""
-    out = client.CoordinationV1Api(api).list_namespaced_lease(
+    out: Any = client.CoordinationV1Api(api).list_namespaced_lease(
         namespace, label_selector=constants.HEARTBEAT_LEASE_LABEL, _preload_content=False
-    )
+    )  # the raw response: its JSON, not models
     found: dict[str, dt.datetime] = {}
     for lease in json.loads(out.data).get("items", []):
         host = (lease["metadata"].get("labels") or {}).get(constants.HEARTBEAT_LEASE_LABEL)
