@@ -31,12 +31,20 @@ OnChange = Callable[[Key], None]
 Obj = TypeVar("Obj", bound=KubeObject)
 
 RELIST_AFTER_FAILED_WATCHES = 5
-"""Watches in a row that fail (other than 410 Gone) before the cache lists again anyway."""
+"""Watches in a row that the API server rejects as such (a 4xx other than 410 Gone and 429)
+before the cache lists again anyway."""
 WATCH_SECONDS = 240
 """How long the API server keeps one watch open before ending it (then it is resumed)."""
 WATCH_READ_TIMEOUT = 300.0
 """Client-side: a watch that sends nothing for this long (not even a bookmark) is treated as
 dead, so a half-open connection to a vanished API server is noticed in bounded time."""
+
+
+def overloaded(error: BaseException) -> bool:
+    """The API server refused for load, failed, or did not answer: not the watch's fault."""
+    if isinstance(error, ApiException):
+        return error.status in (429, 0, None) or error.status >= 500
+    return True  # connection refused or reset, timeouts
 
 
 class Informer(Generic[Obj]):
@@ -105,7 +113,10 @@ class Informer(Generic[Obj]):
             # what came after it, or answers 410 and then the cache lists again. Relisting
             # after every error made a thousand agents re-read every Server at once when an
             # overloaded API server refused their watches, which kept it overloaded.
-            if self._rv is not None:
+            # An API server that refuses (429), fails (5xx) or cannot be reached is retried
+            # with back-off and never re-listed for (client-go's reflector does the same): a
+            # LIST is what it can least afford then.
+            if self._rv is not None and not overloaded(error):
                 failed_watches += 1
                 if failed_watches >= RELIST_AFTER_FAILED_WATCHES:
                     self._rv, failed_watches = None, 0

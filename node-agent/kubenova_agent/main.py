@@ -350,26 +350,27 @@ class Agent:
         renewed = False
         renewed_at = -float("inf")
         while not self._stop.is_set():
+            now = time.monotonic()
             try:
                 status = self.publisher.compute()
                 figures = status.model_dump(mode="json", exclude={"lastHeartbeatTime"})
-                now = time.monotonic()
                 report_due = now - written_at >= cfg.status_report_seconds
                 if not renewed or figures != written or report_due:
                     self.publisher.write(status)
                     written, written_at = figures, now
                     self.metrics.status_writes.inc()
-                # After the status: a renewal seen means the figures published are current.
-                # Once a beat: guest changes wake this loop every 2 s in a burst, and renewing
-                # then would be writes that say nothing new.
-                if lease is not None and (
-                    not renewed or now - renewed_at >= cfg.heartbeat_seconds * RENEW_EARLY
-                ):
-                    renewed = lease.renew()
-                    renewed_at = now
-                    self.metrics.lease_renewals.labels("ok" if renewed else "failed").inc()
             except Exception as exc:
                 log.warning("publishing capacity failed: %s", exc)
+            # After the status, and whether or not it could be written: the Lease says the
+            # agent is alive (an API server refusing a large status for load must not make a
+            # host look dead). Once a beat: guest changes wake this loop every 2 s in a
+            # burst, and renewing then would be writes that say nothing new.
+            if lease is not None and (
+                not renewed or now - renewed_at >= cfg.heartbeat_seconds * RENEW_EARLY
+            ):
+                renewed = lease.renew()
+                renewed_at = now
+                self.metrics.lease_renewals.labels("ok" if renewed else "failed").inc()
             self._capacity_due.wait(self.settings.heartbeat_seconds)
             self._capacity_due.clear()
             # Coalesce bursts of guest changes into one write.

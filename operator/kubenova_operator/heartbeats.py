@@ -84,8 +84,9 @@ class Heartbeats:
         with self._lock:
             before = self._renewed.get(host)
             self._renewed[host] = renewed
-        if self.synced.is_set() and (before is None or now - before > self._grace):
-            self._on_back()
+        fresh = now - renewed <= self._grace
+        if self.synced.is_set() and fresh and (before is None or now - before > self._grace):
+            self._on_back()  # a host that was down (or not there) is heartbeating
 
     def _forget(self, lease: client.V1Lease) -> None:
         seen = self._of(lease)
@@ -116,14 +117,14 @@ class Heartbeats:
 
     def run(self) -> None:
         version: str | None = None
-        failures = 0
+        failures = rejected = 0
         delay = 0.5
         while not self._stop.is_set():
             try:
                 if version is None:
                     version = self._list()
                 version = self._watch(version)
-                failures, delay = 0, 0.5
+                failures, rejected, delay = 0, 0, 0.5
                 continue
             except ApiException as exc:
                 if exc.status == 410:  # too old to resume from: list again at once
@@ -131,11 +132,15 @@ class Heartbeats:
                     continue
                 failures += 1
                 self._failed(exc, delay, failures)
+                # Refused for load (429) or failing (5xx): resume the watch, never list again
+                # for it; a watch the API server rejects as such (another 4xx) lists again.
+                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                    rejected += 1
             except Exception as exc:  # connection refused, timeouts
                 failures += 1
                 self._failed(exc, delay, failures)
-            if failures >= RELIST_AFTER_FAILED_WATCHES:
-                version = None
+            if rejected >= RELIST_AFTER_FAILED_WATCHES:
+                version, rejected = None, 0
             self._stop.wait(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 30.0)
 
@@ -170,12 +175,16 @@ class Heartbeats:
                 if self._stop.is_set():
                     break
                 kind, obj = event["type"], event["object"]
+                raw = event.get("raw_object") or {}
                 if kind == "ERROR":
-                    raw = event.get("raw_object") or {}
                     raise ApiException(status=raw.get("code", 500), reason=raw.get("message"))
-                rv = obj.metadata.resource_version if obj.metadata else None
+                # A BOOKMARK's object is left as the raw dict by the client: read the version
+                # from the raw event, whatever the type.
+                rv = (raw.get("metadata") or {}).get("resourceVersion")
                 if rv:
-                    version = rv
+                    version = str(rv)
+                if kind == "BOOKMARK" or not isinstance(obj, client.V1Lease):
+                    continue
                 if kind in ("ADDED", "MODIFIED"):
                     self._record(obj, dt.datetime.now(dt.UTC))
                 elif kind == "DELETED":

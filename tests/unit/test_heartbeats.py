@@ -1,0 +1,76 @@
+"""The controller's view of the heartbeat Leases: renewals recorded per host, bookmarks and
+foreign Leases skipped, and a host coming back (its last renewal older than the grace period)
+wakes the pass."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kubenova_api import constants
+from kubenova_operator import heartbeats
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _lease(host: str, age: float, name: str | None = None, rv: str = "1") -> client.V1Lease:
+    return client.V1Lease(
+        metadata=client.V1ObjectMeta(
+            name=name or constants.heartbeat_lease(host),
+            labels={constants.HEARTBEAT_LEASE_LABEL: host},
+            resource_version=rv,
+        ),
+        spec=client.V1LeaseSpec(renew_time=NOW - dt.timedelta(seconds=age)),
+    )
+
+
+def _event(kind: str, lease: client.V1Lease) -> dict[str, Any]:
+    raw = client.ApiClient().sanitize_for_serialization(lease)
+    return {"type": kind, "object": lease, "raw_object": raw}
+
+
+class _Stream:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    def stream(self, *_: Any, **__: Any) -> Iterator[dict[str, Any]]:
+        yield from self.events
+
+    def stop(self) -> None:
+        pass
+
+
+def test_renewals_bookmarks_and_a_host_coming_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    woken: list[bool] = []
+    beats = heartbeats.Heartbeats(
+        client.ApiClient(), "ns", 60.0, on_back=lambda: woken.append(True)
+    )
+    beats.synced.set()
+    events = [
+        _event("ADDED", _lease("a", 1, rv="5")),
+        # The client leaves a BOOKMARK's object as a dict: only its version counts.
+        {
+            "type": "BOOKMARK",
+            "object": {"metadata": {"resourceVersion": "9"}},
+            "raw_object": {"kind": "Lease", "metadata": {"resourceVersion": "9"}},
+        },
+        _event("MODIFIED", _lease("b", 300, rv="10")),  # stale: b is down
+        _event("MODIFIED", _lease("c", 1, name="someone-else", rv="11")),  # not a heartbeat
+    ]
+    monkeypatch.setattr(heartbeats.watch, "Watch", lambda: _Stream(events))
+    assert beats._watch("1") == "11"
+    renewed = beats.renewed()
+    assert set(renewed) == {"a", "b"}
+    assert woken == [True], "a new host woke the pass; a stale renewal did not"
+    # b renews again: it is coming back, which wakes the pass.
+    events[:] = [_event("MODIFIED", _lease("b", 0, rv="12"))]
+    assert beats._watch("11") == "12"
+    assert woken == [True, True]
+    assert beats.renewed()["b"] > renewed["b"]
+    events[:] = [_event("DELETED", _lease("a", 0, rv="13"))]
+    beats._watch("12")
+    assert set(beats.renewed()) == {"b"}
