@@ -95,6 +95,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
+def is_overloaded(exc: BaseException) -> bool:
+    """The API server refused for load (429), failed (5xx) or did not answer (any error that
+    is not an API answer: refused or reset connections, timeouts). Nothing is wrong with the
+    request: it is retried as it was, with back-off, and never answered with a heavier one (a
+    LIST, a larger write)."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, None, 429) or exc.status >= 500
+    return True
+
+
 def is_status(exc: BaseException, *codes: int) -> bool:
     """Whether ``exc`` is an API error with one of these HTTP status codes."""
     return isinstance(exc, ApiException) and exc.status in codes

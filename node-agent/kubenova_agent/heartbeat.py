@@ -9,6 +9,7 @@ now that status is written only when a figure in it changes, or every
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import logging
 from typing import Any
@@ -24,6 +25,15 @@ log = logging.getLogger(__name__)
 def micro_time(t: dt.datetime) -> str:
     """A ``metav1.MicroTime``: always six fraction digits (``isoformat`` drops them at .0)."""
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Renewal(enum.Enum):
+    renewed = "renewed"
+    busy = "busy"
+    """The API server refused for load, failed or did not answer: try again next beat."""
+    unavailable = "unavailable"
+    """The Lease cannot be written here (no namespace, no permission): the agent heartbeats
+    in its Hypervisor status instead."""
 
 
 class HeartbeatLease:
@@ -100,9 +110,9 @@ class HeartbeatLease:
             )
         )
 
-    def renew(self) -> bool:
-        """Renew the Lease (making it if missing); True if it is renewed now. A failure is
-        logged when it starts and when it ends, not on every beat."""
+    def renew(self) -> Renewal:
+        """Renew the Lease (making it if missing). A failure is logged when it starts and when
+        it ends, not on every beat."""
         now = dt.datetime.now(dt.UTC)
         error: Exception | None = None
         for _ in range(2):  # a conflict (someone else wrote it): read it again, once
@@ -111,8 +121,9 @@ class HeartbeatLease:
                 error = None
                 break
             except ApiException as exc:
-                self._lease = None
                 error = exc
+                if exc.status != 429:  # refused for load: the copy held is still current
+                    self._lease = None
                 if exc.status != 409:
                     break
             except Exception as exc:  # the API server unreachable, a timeout
@@ -123,17 +134,20 @@ class HeartbeatLease:
             if self._failing:
                 log.info("heartbeat Lease %s/%s renewed again", self.namespace, self.name)
             self._failing = False
-            return True
+            return Renewal.renewed
+        outcome = Renewal.busy if kube.is_overloaded(error) else Renewal.unavailable
         if not self._failing:
             reason = (
                 f"{error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
             )
             log.warning(
-                "cannot renew the heartbeat Lease %s/%s (%s): the Hypervisor status carries "
-                "the heartbeat until it works",
+                "cannot renew the heartbeat Lease %s/%s (%s)%s",
                 self.namespace,
                 self.name,
                 reason,
+                ": the Hypervisor status carries the heartbeat until it works"
+                if outcome is Renewal.unavailable
+                else "; trying again next beat",
             )
         self._failing = True
-        return False
+        return outcome

@@ -40,13 +40,6 @@ WATCH_READ_TIMEOUT = 300.0
 dead, so a half-open connection to a vanished API server is noticed in bounded time."""
 
 
-def overloaded(error: BaseException) -> bool:
-    """The API server refused for load, failed, or did not answer: not the watch's fault."""
-    if isinstance(error, ApiException):
-        return error.status in (429, 0, None) or error.status >= 500
-    return True  # connection refused or reset, timeouts
-
-
 class Informer(Generic[Obj]):
     """Objects of ``kind`` whose ``field`` is this host (every object when ``field`` is None)."""
 
@@ -116,7 +109,7 @@ class Informer(Generic[Obj]):
             # An API server that refuses (429), fails (5xx) or cannot be reached is retried
             # with back-off and never re-listed for (client-go's reflector does the same): a
             # LIST is what it can least afford then.
-            if self._rv is not None and not overloaded(error):
+            if self._rv is not None and not kube.is_overloaded(error):
                 failed_watches += 1
                 if failed_watches >= RELIST_AFTER_FAILED_WATCHES:
                     self._rv, failed_watches = None, 0

@@ -333,7 +333,9 @@ class Agent:
     def _heartbeat(self) -> None:
         """Renew the heartbeat Lease every beat; write the Hypervisor status when a figure in
         it changed, every ``status_report_seconds`` anyway, and every beat while the Lease
-        cannot be renewed (then the status's own time is the heartbeat, as before Leases)."""
+        cannot be written here (no namespace, no permission: then the status's own time is the
+        heartbeat, as before Leases). An API server that refuses the renewal for load gets
+        no larger write instead: it is tried again next beat."""
         cfg = self.settings
         lease = (
             heartbeat.HeartbeatLease(
@@ -347,7 +349,8 @@ class Agent:
         )
         written: dict[str, object] | None = None
         written_at = 0.0
-        renewed = False
+        # Until the Lease is known to work, the status carries the heartbeat too.
+        renewal = heartbeat.Renewal.unavailable
         renewed_at = -float("inf")
         while not self._stop.is_set():
             now = time.monotonic()
@@ -355,7 +358,8 @@ class Agent:
                 status = self.publisher.compute()
                 figures = status.model_dump(mode="json", exclude={"lastHeartbeatTime"})
                 report_due = now - written_at >= cfg.status_report_seconds
-                if not renewed or figures != written or report_due:
+                fallback = renewal is heartbeat.Renewal.unavailable
+                if fallback or figures != written or report_due:
                     self.publisher.write(status)
                     written, written_at = figures, now
                     self.metrics.status_writes.inc()
@@ -366,11 +370,12 @@ class Agent:
             # host look dead). Once a beat: guest changes wake this loop every 2 s in a
             # burst, and renewing then would be writes that say nothing new.
             if lease is not None and (
-                not renewed or now - renewed_at >= cfg.heartbeat_seconds * RENEW_EARLY
+                renewal is not heartbeat.Renewal.renewed
+                or now - renewed_at >= cfg.heartbeat_seconds * RENEW_EARLY
             ):
-                renewed = lease.renew()
+                renewal = lease.renew()
                 renewed_at = now
-                self.metrics.lease_renewals.labels("ok" if renewed else "failed").inc()
+                self.metrics.lease_renewals.labels(renewal.value).inc()
             self._capacity_due.wait(self.settings.heartbeat_seconds)
             self._capacity_due.clear()
             # Coalesce bursts of guest changes into one write.

@@ -45,7 +45,8 @@ class AgentMetrics:
         )
         self.lease_renewals = Counter(
             "kubenova_agent_heartbeat_lease_renewals",
-            "Renewals of this host's heartbeat Lease, by result (ok, failed).",
+            "Renewals of this host's heartbeat Lease, by result (renewed; busy: refused for "
+            "load or unanswered; unavailable: no namespace or permission).",
             ["result"],
             registry=self.registry,
         )

@@ -134,7 +134,7 @@ class Heartbeats:
                 self._failed(exc, delay, failures)
                 # Refused for load (429) or failing (5xx): resume the watch, never list again
                 # for it; a watch the API server rejects as such (another 4xx) lists again.
-                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                if not kube.is_overloaded(exc):
                     rejected += 1
             except Exception as exc:  # connection refused, timeouts
                 failures += 1
