@@ -86,17 +86,23 @@ class Informer(Generic[Obj]):
     def run(self) -> None:
         delay, failed_watches = 0.5, 0
         self._rv = None
+        # What a LIST asks for, as client-go's reflector does: first "0", whatever the API
+        # server's watch cache holds (no read of etcd: the kubelet lists its pods so, and a
+        # thousand agents starting at once each made the API server read every Server from
+        # etcd); again after rejected watches, not older than what the cache had; after 410
+        # Gone, the newest ("").
+        list_from = "0"
         while not self._stop.is_set():
             try:
                 if self._rv is None:
-                    self._rv = self._list()
+                    self._rv = self._list(list_from)
                 self._watch_from(self._rv)
                 delay, failed_watches = 0.5, 0
                 continue
             except ApiException as exc:
                 if exc.status == 410:
                     log.info("%s watch expired; listing again", self._kind.PLURAL)
-                    self._rv = None
+                    self._rv, list_from = None, ""
                     continue
                 error: Exception = exc
             except Exception as exc:
@@ -112,7 +118,7 @@ class Informer(Generic[Obj]):
             if self._rv is not None and not kube.is_overloaded(error):
                 failed_watches += 1
                 if failed_watches >= RELIST_AFTER_FAILED_WATCHES:
-                    self._rv, failed_watches = None, 0
+                    list_from, self._rv, failed_watches = self._rv, None, 0
             log.warning("%s watch failed: %s; retrying in %.1fs", self._kind.PLURAL, error, delay)
             # Jittered, so that hosts refused together do not come back together.
             self._stop.wait(delay * random.uniform(0.5, 1.5))
@@ -132,9 +138,11 @@ class Informer(Generic[Obj]):
             )
             return None
 
-    def _list(self) -> str:
+    def _list(self, resource_version: str) -> str:
         listing = self._kube.list_raw(
-            self._kind.PLURAL, **({"field_selector": self._selector} if self._selector else {})
+            self._kind.PLURAL,
+            **({"field_selector": self._selector} if self._selector else {}),
+            **({"resource_version": resource_version} if resource_version else {}),
         )
         fresh: dict[Key, Obj] = {}
         for item in listing.get("items", []):
