@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 
-from kubenova_api import common, kube
+from kubenova_api import common, constants, kube
 from kubenova_api.common import ConditionStatus
 from kubenova_api.kube import ObjectRef
 from kubenova_api.resources import Hypervisor, HypervisorStatus
@@ -51,6 +51,13 @@ def check_hosts(
             continue  # a host that never reported is not "down", only not there yet
         reason = "HeartbeatFresh" if state.up else "HostDown"
         message = "the agent is heartbeating" if state.up else state.down_reason
+        if not state.up and lease is None and cfg.heartbeat_namespace and heartbeats is not None:
+            # Says where to look when the agents' Leases are somewhere this controller is not
+            # watching (a different namespace).
+            message += (
+                f"; no heartbeat Lease {cfg.heartbeat_namespace}/"
+                f"{constants.heartbeat_lease(name)} seen"
+            )
         if not flipped and current is not None:
             reason, message = current.reason, current.message
         ref = ObjectRef.to(hv)

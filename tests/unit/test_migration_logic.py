@@ -8,6 +8,7 @@ from typing import Any
 
 from kubenova_agent.driver import JobStats
 from kubenova_agent.migration_status import progress_of
+from kubenova_api import common
 from kubenova_api.resources import (
     Hypervisor,
     ImageSpec,
@@ -233,6 +234,11 @@ def test_a_host_down_is_stalled_and_an_edited_host_is_observed() -> None:
     assert edited is not None and edited.status.observedGeneration == 3
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     edited.status.lastHeartbeatTime = old
-    assert liveness.check_hosts({"a": edited}, cfg, k) == [("a", False)]
+    assert liveness.check_hosts({"a": edited}, cfg, k, heartbeats={}) == [("a", False)]
     down = k.get(Hypervisor, "a")
     assert down is not None and _kstatus(down.status, 3) == "Failed"
+    up = common.get_condition(down.status.conditions, "Up")
+    assert up is not None and "no heartbeat Lease kubenova-system/hypervisor-a seen" in up.message
+    # A Lease renewed now brings the host back, whatever the status's own time says.
+    now = dt.datetime.now(dt.UTC)
+    assert liveness.check_hosts({"a": down}, cfg, k, heartbeats={"a": now}) == [("a", True)]
