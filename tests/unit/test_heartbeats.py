@@ -14,17 +14,18 @@ from kubernetes import client
 from kubenova_api import constants
 from kubenova_operator import heartbeats
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 def _lease(host: str, age: float, name: str | None = None, rv: str = "1") -> client.V1Lease:
+    """A Lease renewed ``age`` seconds before now (now when it is made: a module-level time
+    would be as old as the test session when this runs)."""
+    now = dt.datetime.now(dt.UTC)
     return client.V1Lease(
         metadata=client.V1ObjectMeta(
             name=name or constants.heartbeat_lease(host),
             labels={constants.HEARTBEAT_LEASE_LABEL: host},
             resource_version=rv,
         ),
-        spec=client.V1LeaseSpec(renew_time=NOW - dt.timedelta(seconds=age)),
+        spec=client.V1LeaseSpec(renew_time=now - dt.timedelta(seconds=age)),
     )
 
 
