@@ -426,6 +426,14 @@ class Stack(scoped.Scoped):
             return "127.0.0.1"
         return str(self.net.hosts[host_name].underlay_address)
 
+    def stop_agents(self, *names: str) -> None:
+        """Stop the agents of these hosts that this bed still runs (a test's teardown, whatever
+        the test got to)."""
+        for name in names:
+            agent = self.agents.pop(name, None)
+            if agent is not None:
+                agent.stop()
+
     def start_sim_agent(
         self, name: str, cpus: int = 8, memory_mib: int = 16384, extra_args: tuple[str, ...] = ()
     ) -> Proc:

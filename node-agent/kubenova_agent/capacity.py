@@ -102,12 +102,6 @@ class CapacityPublisher:
         self._ready = common.set_condition(old, "Ready", status, reason, message)[0]
         return self._ready
 
-    def publish(self) -> HypervisorStatus:
-        """Compute and write the Hypervisor status; returns what was written."""
-        status = self.compute()
-        self.write(status)
-        return status
-
     def write(self, status: HypervisorStatus) -> None:
         self._kube.apply_status(hypervisor_ref(self._settings.host_name), status)
 

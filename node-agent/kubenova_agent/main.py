@@ -46,9 +46,9 @@ the object goes); this only bounds a pathological wait. Under a burst the watch 
 than 5 s, and acting on the old copy then (a refused PATCH, a re-read) made it lag more."""
 ECHO_RECHECK_SECONDS = 0.1
 LEASE_BEATS = 4
+"""The heartbeat Lease's duration in beats (the kubelet's: 40 s, renewed every 10 s)."""
 RENEW_EARLY = 0.9
 """A beat that comes a little early (its wait is cut by a guest change) still renews."""
-"""The heartbeat Lease's duration in beats (the kubelet's: 40 s, renewed every 10 s)."""
 
 
 def resolve_virt_type(wanted: str, host: Host) -> domain_xml.VirtType:
@@ -376,10 +376,10 @@ class Agent:
                 renewal = lease.renew()
                 renewed_at = now
                 self.metrics.lease_renewals.labels(renewal.value).inc()
-            self._capacity_due.wait(self.settings.heartbeat_seconds)
+            self._capacity_due.wait(cfg.heartbeat_seconds)
             self._capacity_due.clear()
             # Coalesce bursts of guest changes into one write.
-            self._stop.wait(min(2.0, self.settings.heartbeat_seconds))
+            self._stop.wait(min(2.0, cfg.heartbeat_seconds))
 
     def _resync(self) -> None:
         self.informer.synced.wait()

@@ -47,10 +47,7 @@ def bed(api: stack.Stack) -> Iterator[stack.Stack]:
     api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
     yield api
     api.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", check=False, timeout=90)
-    for name in (DEAD, LIVE):
-        agent = api.agents.pop(name, None)
-        if agent is not None:
-            agent.stop()
+    api.stop_agents(DEAD, LIVE)
     assert api.controller is not None
     api.controller.stop()
     api.kubectl("delete", "hv", DEAD, LIVE, "--wait=false", check=False)

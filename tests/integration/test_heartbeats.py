@@ -26,10 +26,7 @@ WITH_LEASE, WITHOUT = "hb-lease", "hb-nolease"
 def bed(api: stack.Stack) -> Iterator[stack.Stack]:
     api.start_controller()
     yield api
-    for name in (WITH_LEASE, WITHOUT):
-        agent = api.agents.pop(name, None)
-        if agent is not None:
-            agent.stop()
+    api.stop_agents(WITH_LEASE, WITHOUT)
     assert api.controller is not None
     api.controller.stop()
     api.kubectl("delete", "hypervisor", WITH_LEASE, WITHOUT, "--ignore-not-found", check=False)
