@@ -16,8 +16,9 @@ import sys
 import threading
 from types import FrameType
 
+from kubenova_agent import informer, settings
 from kubenova_agent import main as agent_main
-from kubenova_agent import settings
+from kubenova_api import kube
 from kubenova_devenv import simhost
 
 
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         help="publish a (loopback) tunnel address and physical network lan per host; "
         "nothing is plumbed",
     )
+    p.add_argument(
+        "--shared-watches",
+        action="store_true",
+        help="one watch per kind for the whole process, each agent reading its own hosts' "
+        "objects from it, instead of one field-selected watch per agent (the API server "
+        "indexes no field of a custom resource, so a thousand watchers cost it a thousand "
+        "deliveries of every event)",
+    )
     p.add_argument("--image-permitted-networks", default="")  # the bed's opt-in to loopback
     p.add_argument("--image-allowed-ports", default="80,443")
     args = p.parse_args(argv)
@@ -46,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     work = pathlib.Path(args.workdir)
     agents = []
+    watches: informer.Watches | None = None
+    if args.shared_watches:
+        watches = informer.SharedWatches(
+            kube.Kube(kube.api_client(args.kubeconfig), "kubenova-agent/simfleet", "kubenova-agent")
+        )
     for i in range(args.hosts):
         name = f"{args.prefix}-{i:03d}"
         uri = simhost.write_host_file(work / name / "host.xml", args.cpus, args.memory_mib)
@@ -70,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 physical_interface_mappings="lan:lo",
             )
 
-        agent = agent_main.Agent(cfg)
+        agent = agent_main.Agent(cfg, watches=watches)
         agent.start()
         agents.append(agent)
     print(f"simfleet: {len(agents)} agents running", flush=True)

@@ -62,17 +62,27 @@ def resolve_virt_type(wanted: str, host: Host) -> domain_xml.VirtType:
 class Agent:
     """All of one host's agent, startable and stoppable in-process (tests host many at once)."""
 
-    def __init__(self, cfg: settings.AgentSettings, k: kube.Kube | None = None) -> None:
+    def __init__(
+        self,
+        cfg: settings.AgentSettings,
+        k: kube.Kube | None = None,
+        watches: informer.Watches | None = None,
+    ) -> None:
         self.settings = cfg
         self.kube = k or kube.Kube(
             kube.api_client(cfg.kubeconfig), f"kubenova-agent/{cfg.host_name}", "kubenova-agent"
         )
+        self.watches = watches or informer.OwnWatches(self.kube)
+        """Where the caches come from: watches of this agent's own unless it shares a process
+        with others (:class:`kubenova_agent.informer.SharedWatches`)."""
         self.queue: workqueue.WorkQueue[informer.Key] = workqueue.WorkQueue()
         self.host = Host(cfg.libvirt_uri, on_event=self._on_domain_event)
         self.guests = Guests(self.host)
         self.storage = Storage(self.host, cfg.pool_name, cfg.instances_dir)
-        self.informer = informer.servers(self.kube, cfg.host_name, self._server_changed)
-        self.networks = networking.NetworkAgent(cfg, self.kube, self.informer.items)
+        self.informer = self.watches.hosted(
+            Server, cfg.host_name, self._server_changed, constants.NODE_FIELD
+        )
+        self.networks = networking.NetworkAgent(cfg, self.kube, self.informer.items, self.watches)
         self.migrations = Migrations(self.host)
         self.migrator: migrations.MigrationAgent | None = None
         self._baseline: tuple[float, tuple[str, ...], str | None] = (0.0, (), None)
@@ -123,7 +133,7 @@ class Agent:
             cfg.image_gc_interval_seconds,
         )
         self.migrator = migrations.MigrationAgent(
-            self.deps, self.kube, self.migrations, self._requeue_uid
+            self.deps, self.kube, self.migrations, self._requeue_uid, self.watches
         )
         self.deps.hold = self.migrator.holds
         self.deps.moved_away = self.migrator.moved_away

@@ -50,19 +50,19 @@ class MigrationAgent:
         k: kube.Kube,
         moves: driver.Migrations,
         requeue_server: Callable[[str], None],
+        watches: informer.Watches | None = None,
     ) -> None:
         self.deps = deps
         self.host = deps.settings.host_name
         self.queue: workqueue.WorkQueue[Key] = workqueue.WorkQueue()
-        self.as_source = informer.Informer(
-            k,
+        watches = watches or informer.OwnWatches(k)
+        self.as_source = watches.hosted(
             ServerMigration,
             self.host,
             lambda key: self.queue.add((SOURCE, *key)),
             constants.SOURCE_FIELD,
         )
-        self.as_target = informer.Informer(
-            k,
+        self.as_target = watches.hosted(
             ServerMigration,
             self.host,
             lambda key: self.queue.add((TARGET, *key)),

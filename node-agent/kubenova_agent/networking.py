@@ -87,15 +87,20 @@ class NetworkAgent:
     """Keeps this host's networking equal to what its guests need."""
 
     def __init__(
-        self, cfg: AgentSettings, k: kube.Kube, servers: Callable[[], list[Server]]
+        self,
+        cfg: AgentSettings,
+        k: kube.Kube,
+        servers: Callable[[], list[Server]],
+        watches: informer.Watches | None = None,
     ) -> None:
         self.cfg = cfg
         self._servers = servers
         self._due = threading.Event()
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self.networks = informer.every(k, Network, self.poke)
-        self.providers = informer.every(k, ProviderNetwork, self.poke)
+        watches = watches or informer.OwnWatches(k)
+        self.networks = watches.every(Network, self.poke)
+        self.providers = watches.every(ProviderNetwork, self.poke)
         self._incoming: dict[str, Server] = {}
         """Servers arriving by a migration (prepared here, not yet bound here), by UID."""
         self._applied: list[types.NetworkPlan] | None = None

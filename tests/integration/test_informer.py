@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from kubenova_agent import informer
-from kubenova_api import kube
+from kubenova_api import constants, kube
 from kubenova_api.common import ObjectMeta
 from kubenova_api.resources import Server, ServerSpec, ServerStatus
 from kubenova_devenv import stack
@@ -67,3 +67,81 @@ def test_a_failed_watch_resumes_without_listing_again(
     finally:
         cache.stop()
         thread.join(10)
+
+
+def test_shared_watches_give_each_host_its_own_servers(
+    api: stack.Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A simulated fleet's agents share one Server watch; each reads exactly what a watch of
+    its own, selected by the API server, would give it: a Server that moves to another host
+    leaves one agent's cache (with a change the agent hears of) and enters the other's."""
+    k = kube.Kube(kube.api_client(str(api.cp.kubeconfig())), "informer-test", "informer-test")
+    host_a, host_b = "shared-a", "shared-b"
+
+    def bind(name: str, host: str) -> None:
+        ref = kube.ObjectRef.named(Server, name, "default")
+        k.apply_status(ref, ServerStatus(nodeName=host))
+
+    def create(name: str, host: str) -> None:
+        k.create(
+            Server(
+                metadata=ObjectMeta(name=name, namespace="default"),
+                spec=ServerSpec(flavorRef="m1.tiny", imageRef="cirros"),
+            )
+        )
+        bind(name, host)
+
+    lists: list[str] = []
+    real_list = informer.Informer._list
+
+    def counting_list(self: informer.Informer[Server], resource_version: str) -> str:
+        lists.append(resource_version)
+        return real_list(self, resource_version)
+
+    monkeypatch.setattr(informer.Informer, "_list", counting_list)
+    create("shared-1", host_a)  # before any agent watches: heard of as a first LIST tells
+    shared = informer.SharedWatches(k)
+    told: dict[str, list[str]] = {host_a: [], host_b: [], "every": []}
+    a = shared.hosted(Server, host_a, lambda key: told[host_a].append(key[1]), "status.nodeName")
+    b = shared.hosted(Server, host_b, lambda key: told[host_b].append(key[1]), "status.nodeName")
+    every = shared.every(Server, lambda key: told["every"].append(key[1]))
+    threads = [threading.Thread(target=c.run, daemon=True) for c in (a, b, every)]
+
+    def names(cache: informer.Cache[Server]) -> list[str]:
+        return sorted(s.name for s in cache.items() if s.name.startswith("shared-"))
+
+    try:
+        threads[0].start()
+        assert a.synced.wait(30)
+        eventually(lambda: "shared-1" in told[host_a], 10, what="host a told of its Server")
+        threads[1].start()
+        threads[2].start()
+        assert names(a) == ["shared-1"]
+        assert names(b) == []
+        assert b.get(("default", "shared-1")) is None
+        assert "shared-1" in names(every)
+
+        create("shared-2", host_b)
+        eventually(lambda: names(b) == ["shared-2"], 10, what="host b's new Server")
+        assert "shared-2" in told[host_b]
+        assert "shared-2" not in told[host_a]
+        assert a.key_for_uid(b.items()[0].metadata.uid or "") is None
+
+        told[host_a].clear()
+        bind("shared-1", host_b)  # it moved (a migration's end)
+        eventually(lambda: names(b) == ["shared-1", "shared-2"], 10, what="the moved Server")
+        assert names(a) == []
+        assert told[host_a] == ["shared-1"], "the host it left must hear of it"
+        assert a.get(("default", "shared-1")) is None
+
+        k.custom.delete_namespaced_custom_object(
+            constants.GROUP, constants.VERSION, "default", "servers", "shared-2"
+        )
+        eventually(lambda: names(b) == ["shared-1"], 10, what="the deleted Server gone")
+        assert told[host_b].count("shared-2") == 2
+        assert len(lists) == 1, "the three caches must share one list and watch"
+    finally:
+        for cache in (a, b, every):
+            cache.stop()
+        for thread in threads:
+            thread.join(10)
