@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kubenova_api import constants
+from kubenova_api import constants, listwatch
 from kubenova_operator import heartbeats
 
 
@@ -62,16 +62,18 @@ def test_renewals_bookmarks_and_a_host_coming_back(monkeypatch: pytest.MonkeyPat
         _event("MODIFIED", _lease("b", 300, rv="10")),  # stale: b is down
         _event("MODIFIED", _lease("c", 1, name="someone-else", rv="11")),  # not a heartbeat
     ]
-    monkeypatch.setattr(heartbeats.watch, "Watch", lambda: _Stream(events))
-    assert beats._watch("1") == "11"
+    monkeypatch.setattr(listwatch.watch, "Watch", lambda: _Stream(events))
+    beats._follow("1")
+    assert beats.resource_version == "11"
     renewed = beats.renewed()
     assert set(renewed) == {"a", "b"}
     assert woken == [True], "a new host woke the pass; a stale renewal did not"
     # b renews again: it is coming back, which wakes the pass.
     events[:] = [_event("MODIFIED", _lease("b", 0, rv="12"))]
-    assert beats._watch("11") == "12"
+    beats._follow("11")
+    assert beats.resource_version == "12"
     assert woken == [True, True]
     assert beats.renewed()["b"] > renewed["b"]
     events[:] = [_event("DELETED", _lease("a", 0, rv="13"))]
-    beats._watch("12")
+    beats._follow("12")
     assert set(beats.renewed()) == {"b"}

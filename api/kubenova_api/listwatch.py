@@ -1,0 +1,167 @@
+"""List, then watch: the loop of client-go's reflector, written once for the agent's caches
+(:mod:`kubenova_agent.informer`) and the controller's heartbeat Leases
+(:mod:`kubenova_operator.heartbeats`).
+
+A subclass says how to list and what to watch, and what to do with a LIST's items and with each
+event; this class decides when to list and when to watch, and how to come back from failures:
+
+- The first LIST asks for resourceVersion ``"0"``, whatever the API server's watch cache holds
+  (no read of etcd; the kubelet lists its pods so). A thousand agents starting at once each
+  made the API server read every Server from etcd, and ran into its handler timeout.
+- A watch that ends, or fails, is resumed from the last resourceVersion seen (bookmarks
+  included): the API server replays what came after it, or answers 410 Gone, and only then is
+  the newest listed (``""``).
+- An API server that refuses (429), fails (5xx) or cannot be reached is retried with jittered,
+  bounded back-off and never re-listed for: a LIST is what it can least afford then. Relisting
+  after every error made a thousand agents re-read every Server at once when an overloaded API
+  server refused their watches, which kept it overloaded.
+- Only watches that the API server rejects as such (a 4xx other than 410 and 429)
+  ``RELIST_AFTER_REJECTED_WATCHES`` times in a row make it list again, not older than what it
+  held.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+from kubenova_api import kube
+
+log = logging.getLogger(__name__)
+
+RELIST_AFTER_REJECTED_WATCHES = 5
+"""Watches in a row that the API server rejects as such (a 4xx other than 410 Gone and 429)
+before listing again anyway."""
+WATCH_SECONDS = 240
+"""How long the API server keeps one watch open before ending it (then it is resumed)."""
+WATCH_READ_TIMEOUT = 300.0
+"""Client-side: a watch that sends nothing for this long (not even a bookmark) is treated as
+dead, so a half-open connection to a vanished API server is noticed in bounded time."""
+MAX_DELAY = 30.0
+"""The longest wait between two failed attempts."""
+
+WatchCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+"""A list function of the client, its positional arguments and its selectors, which
+``kubernetes.watch.Watch.stream`` turns into a watch."""
+
+
+class ListWatch(abc.ABC):
+    """One list-then-watch, run by :meth:`run` on a thread of the caller's until :meth:`stop`."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        """What is watched, for the log."""
+        self.synced = threading.Event()
+        """Set once the first LIST is in."""
+        self.resource_version: str | None = None
+        """The version everything is held up to (None: list first)."""
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+
+    # ------------------------------------------------------------------ what a subclass says
+    @abc.abstractmethod
+    def list_objects(self, resource_version: str) -> dict[str, Any]:
+        """One LIST (``resource_version`` as asked, "" for the newest), as raw JSON."""
+
+    @abc.abstractmethod
+    def watch_call(self) -> WatchCall:
+        """The list call a watch follows (its ``resource_version`` and timeouts are added)."""
+
+    @abc.abstractmethod
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        """A LIST's items: everything there is now."""
+
+    @abc.abstractmethod
+    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event, ``ADDED``, ``MODIFIED`` or ``DELETED``, with the raw object."""
+
+    def failed(self, error: Exception, delay: float, failures: int) -> None:
+        """Told of each failed LIST or watch before the wait of ``delay`` seconds."""
+        what = f"{error.status} {error.reason}" if isinstance(error, ApiException) else error
+        log.warning("%s watch failed: %s; retrying in %.1fs", self.what, what, delay)
+
+    # ------------------------------------------------------------------ the loop
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        delay, failures, rejected = 0.5, 0, 0
+        self.resource_version = None
+        list_from = "0"
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self.resource_version = self._list(list_from)
+                self._follow(self.resource_version)
+                delay, failures, rejected = 0.5, 0, 0
+                continue
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("%s: watch expired; listing again", self.what)
+                    self.resource_version, list_from = None, ""
+                    continue
+                error: Exception = exc
+            except Exception as exc:  # cut connections, timeouts, refused connections
+                error = exc
+            if self.resource_version is not None and not kube.is_overloaded(error):
+                rejected += 1
+                if rejected >= RELIST_AFTER_REJECTED_WATCHES:
+                    list_from, self.resource_version, rejected = self.resource_version, None, 0
+            failures += 1
+            self.failed(error, delay, failures)
+            # Jittered, so that clients refused together do not come back together.
+            self._stop.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, MAX_DELAY)
+
+    def _list(self, resource_version: str) -> str:
+        listing = self.list_objects(resource_version)
+        self.replace(list(listing.get("items") or []))
+        self.synced.set()
+        return str((listing.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _follow(self, version: str) -> None:
+        """Follow the watch from ``version`` until it ends; :attr:`resource_version` follows
+        every event and bookmark, so that a failure resumes where it happened."""
+        self._watch = watch.Watch()
+        fn, args, kwargs = self.watch_call()
+        stream = self._watch.stream(
+            fn,
+            *args,
+            **kwargs,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _request_timeout=(5.0, WATCH_READ_TIMEOUT),
+        )
+        try:
+            for event in stream:
+                if self._stop.is_set():
+                    return
+                kind = event["type"]
+                # The client parses a typed object (a Lease) into its model and leaves a
+                # custom object, and any BOOKMARK, as a dict: read the raw one.
+                raw = event.get("raw_object") or event["object"]
+                if not isinstance(raw, dict):
+                    continue
+                if kind == "ERROR":
+                    raise ApiException(status=raw.get("code") or 500, reason=raw.get("message"))
+                rv = (raw.get("metadata") or {}).get("resourceVersion")
+                if kind != "BOOKMARK":
+                    self.changed(kind, raw)
+                if rv:
+                    self.resource_version = str(rv)  # from here a resumed watch goes on
+        finally:
+            self._watch.stop()
