@@ -30,7 +30,7 @@ from kubenova_operator import (
     rebuild,
     resize,
 )
-from kubenova_operator.scheduling import claims
+from kubenova_operator.scheduling import claims, hosts
 from kubenova_operator.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ class Binder:
         self.networks = networks.NetworkPass(k)
         self.fencing = fencing.Fencing(k)
         self.claims = claims.Claims()
+        self.host_states = hosts.StateCache()
+        """Host states kept between passes (made again only for hosts that changed)."""
         self.last = PassStats()
         self._dirty = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,7 +152,7 @@ class Binder:
 
     def _moves(self, snapshot: Snapshot) -> None:
         view = snapshot.view
-        states = binding.host_states(view, self.claims, self.cfg)
+        states = binding.host_states(view, self.claims, self.cfg, self.host_states)
         self.fencing.run_pass(view.hypervisors, states, view.cluster)
         if self.migrations is not None:
             self.migrations.run_pass(snapshot.migrations, view, states, self.claims)
@@ -182,7 +184,7 @@ class Binder:
         )
         pending = {server.uid for server in snapshot.pending}
         self.claims.settle(view.cluster.bound_to, lambda uid: uid in view.cluster or uid in pending)
-        states = binding.host_states(view, self.claims, self.cfg)
+        states = binding.host_states(view, self.claims, self.cfg, self.host_states)
 
         def defer(name: str) -> binding.Defer:
             def write(fn: Callable[[], binding.Outcome]) -> None:

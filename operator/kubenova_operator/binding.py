@@ -111,10 +111,14 @@ def check_references(server: Server, view: ClusterView) -> tuple[FlavorSpec, Ima
 
 
 def host_states(
-    view: ClusterView, assumed: claims.Claims, cfg: ControllerSettings
+    view: ClusterView,
+    assumed: claims.Claims,
+    cfg: ControllerSettings,
+    cache: hosts.StateCache | None = None,
 ) -> dict[str, hosts.HostState]:
     """Every host as the scheduler sees it now: bound Servers' claims (kept incrementally),
-    bindings in flight, and migrations holding room on their targets."""
+    bindings in flight, and migrations holding room on their targets. With ``cache`` a host
+    whose inputs did not change since the last call keeps its state."""
     claimed = view.cluster.claimed()
     for source in (assumed.per_host(), _moving(view.moving)):
         for host, size in source.items():
@@ -124,17 +128,9 @@ def host_states(
     defaults = hosts.Ratios(
         cfg.cpu_allocation_ratio, cfg.ram_allocation_ratio, cfg.disk_allocation_ratio
     )
-    return {
-        name: hosts.host_state(
-            hv,
-            claimed.get(name, hosts.Resources()),
-            defaults,
-            grace,
-            now,
-            view.heartbeats.get(name),
-        )
-        for name, hv in sorted(view.hypervisors.items())
-    }
+    return (cache or hosts.StateCache()).states(
+        view.hypervisors, claimed, defaults, grace, now, view.heartbeats
+    )
 
 
 def _moving(moving: tuple[claims.Claim, ...]) -> dict[str, hosts.Resources]:

@@ -36,22 +36,22 @@ def check_hosts(
     renewed = heartbeats or {}
     for name, hv in sorted(hypervisors.items()):
         lease = renewed.get(name)
-        state = hosts.host_state(hv, hosts.Resources(), hosts.Ratios(), grace, now, lease)
+        up, why = hosts.liveness(hv, grace, now, lease)
         current = common.get_condition(hv.status.conditions, "Up")
-        want: ConditionStatus = "True" if state.up else "False"
+        want: ConditionStatus = "True" if up else "False"
         generation = hv.metadata.generation
         flipped = current is None or current.status != want
         if not flipped and hv.status.observedGeneration == generation:
             continue
         if (
-            not state.up
+            not up
             and current is None
             and hosts.last_heartbeat(hv.status.lastHeartbeatTime, lease) is None
         ):
             continue  # a host that never reported is not "down", only not there yet
-        reason = "HeartbeatFresh" if state.up else "HostDown"
-        message = "the agent is heartbeating" if state.up else state.down_reason
-        if not state.up and lease is None and cfg.heartbeat_namespace and heartbeats is not None:
+        reason = "HeartbeatFresh" if up else "HostDown"
+        message = "the agent is heartbeating" if up else why
+        if not up and lease is None and cfg.heartbeat_namespace and heartbeats is not None:
             # Says where to look when the agents' Leases are somewhere this controller is not
             # watching (a different namespace).
             message += (
@@ -64,7 +64,7 @@ def check_hosts(
         own = [c for c in hv.status.conditions if c.type in ("Up", "Stalled")]
         conditions = common.set_condition(own, "Up", want, reason, message, generation)
         stalled: tuple[ConditionStatus, str, str] = (
-            ("False", reason, "") if state.up else ("True", reason, f"host {name}: {message}")
+            ("False", reason, "") if up else ("True", reason, f"host {name}: {message}")
         )
         conditions = common.set_condition(conditions, "Stalled", *stalled, generation)
         k.apply_status(ref, HypervisorStatus(conditions=conditions, observedGeneration=generation))
@@ -72,16 +72,16 @@ def check_hosts(
             continue
         k.event(
             ref,
-            "HostUp" if state.up else "HostDown",
+            "HostUp" if up else "HostDown",
             f"host {name}: {message}",
-            warning=not state.up,
+            warning=not up,
         )
         log.log(
-            logging.INFO if state.up else logging.WARNING,
+            logging.INFO if up else logging.WARNING,
             "host %s is %s: %s",
             name,
-            "up" if state.up else "down",
+            "up" if up else "down",
             message,
         )
-        changed.append((name, state.up))
+        changed.append((name, up))
     return changed

@@ -236,3 +236,59 @@ def test_image_firmware_and_machine_type_requirements() -> None:
     assert refused.rejections == (("ImagePropertiesFilter", 2),)
     req = binding.placement_request(None, SMALL, sb, None, {}, None)
     assert placement.image_needs(req) == "x86_64, firmware uefi-secure-boot"
+
+
+def test_host_states_are_kept_between_passes_until_an_input_changes() -> None:
+    """A pass at 1,000 hosts must not make 1,000 states anew: a host keeps its state while
+    its Hypervisor object, its claims and its liveness are what they were."""
+
+    def hv(name: str, **status: object) -> Hypervisor:
+        return Hypervisor.parse({"metadata": {"name": name}, "status": _status(**status)})  # type: ignore[arg-type]
+
+    a, b = hv("a"), hv("b")
+    cache = hosts.StateCache()
+
+    def states(
+        hvs: dict[str, Hypervisor], claimed: dict[str, hosts.Resources], now: dt.datetime = NOW
+    ) -> dict[str, hosts.HostState]:
+        return cache.states(hvs, claimed, hosts.Ratios(), GRACE, now, {})
+
+    first = states({"b": b, "a": a}, {})
+    assert list(first) == ["a", "b"]
+    again = states({"a": a, "b": b}, {})
+    assert again["a"] is first["a"] and again["b"] is first["b"]
+    # A claim on a: only a is made again, with it.
+    claimed = states({"a": a, "b": b}, {"a": SMALL})
+    assert claimed["a"] is not first["a"] and claimed["a"].free.vcpus == first["a"].free.vcpus - 1
+    assert claimed["b"] is first["b"]
+    # A new Hypervisor object for b (its status changed): b is made again from it.
+    b2 = hv("b", mem=8192)
+    changed = states({"a": a, "b": b2}, {"a": SMALL})
+    assert changed["a"] is claimed["a"]
+    assert changed["b"].free.memory_mib == 8192
+    # Time passes beyond the grace period: both go down, whatever was kept.
+    later = states({"a": a, "b": b2}, {"a": SMALL}, NOW + dt.timedelta(seconds=60))
+    assert not later["a"].up and not later["b"].up
+    # A host that is gone is forgotten.
+    assert list(states({"a": a}, {})) == ["a"]
+
+
+def test_filters_that_cannot_refuse_a_request_are_not_run() -> None:
+    plain = placement.Request(SMALL)
+    names = [name for name, _ in placement.applicable_filters(plain)]
+    assert names == [
+        "ComputeFilter",
+        "ImagePropertiesFilter",
+        "VCPUFilter",
+        "RamFilter",
+        "DiskFilter",
+    ]
+    everything = placement.Request(
+        SMALL,
+        zone="z",
+        host_name="h",
+        group_policy="anti-affinity",
+        ignore_hosts=frozenset({"x"}),
+        overlay=True,
+    )
+    assert len(placement.applicable_filters(everything)) == len(placement.FILTERS) - 1

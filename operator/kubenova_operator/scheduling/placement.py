@@ -151,6 +151,21 @@ FILTERS: tuple[tuple[str, Filter], ...] = (
 )
 
 
+def applicable_filters(req: Request) -> list[tuple[str, Filter]]:
+    """The filters that can refuse a host for ``req``, in order: one that lets every host
+    through for this request (no zone asked, no group, no network) is not run. At 1,000 hosts
+    each filter is a thousand calls per decision."""
+    idle = {
+        "IgnoreHostsFilter": not req.ignore_hosts,
+        "HostNameFilter": req.host_name is None,
+        "AvailabilityZoneFilter": req.zone is None,
+        "NetworkFilter": not req.physnets and not req.overlay,
+        "ServerGroupAntiAffinityFilter": req.group_policy != "anti-affinity",
+        "ServerGroupAffinityFilter": req.group_policy != "affinity",
+    }
+    return [(name, keep) for name, keep in FILTERS if not idle.get(name, False)]
+
+
 def ram_weight(host: HostState, _req: Request) -> float:
     """Free memory (spread with a positive multiplier)."""
     return float(host.free.memory_mib)
@@ -191,6 +206,11 @@ def weigh(req: Request, hosts: Sequence[HostState], weights: Weights) -> list[fl
     ):
         if multiplier == 0:
             continue
+        if fn in (soft_affinity_weight, soft_anti_affinity_weight) and req.group_policy not in (
+            "soft-affinity",
+            "soft-anti-affinity",
+        ):
+            continue  # the same 0 for every host: it adds nothing
         for i, value in enumerate(_normalised([fn(h, req) for h in hosts])):
             total[i] += multiplier * value
     return total
@@ -202,7 +222,7 @@ def pick_host(
     """The best host for ``req``, or why there is none."""
     candidates = list(hosts)
     rejections: list[tuple[str, int]] = []
-    for name, keep in FILTERS:
+    for name, keep in applicable_filters(req):
         passed = [h for h in candidates if keep(h, req)]
         if len(passed) < len(candidates):
             rejections.append((name, len(candidates) - len(passed)))
