@@ -6,7 +6,7 @@ memory of the controller and of the agents, and the CPU each process used until 
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
                                 [--fleet-processes 4] [--timeout SECONDS] [--ipam both]
-                                [--shared-watches]
+                                [--shared-watches] [--idle SECONDS]
 
 ``--ipam on`` gives every Server a NIC on its namespace's default tenant Network (a /20), so
 the controller's IPAM decides an address with each binding; ``both`` runs each size without,
@@ -22,7 +22,9 @@ it. Otherwise it exits 1 naming the Servers that are not, and where they are.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
+import datetime as dt
 import hashlib
 import ipaddress
 import os
@@ -71,6 +73,15 @@ def main() -> int:
         "resources otherwise bounds the run",
     )
     p.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first measure the idle fleet this long (after two beats to settle): CPU of each\n"
+        "process and the API server's writes; every host must renew its heartbeat Lease in\n"
+        "that time and stay Up",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         help="seconds to wait for all Servers of a size (default 300 + 0.5 per Server)",
@@ -101,6 +112,9 @@ def main() -> int:
         define_flavors_and_images(bed)
         fleets, hosts = start_fleets(bed, args)
         benchkit.wait_hosts_ready(bed, api, hosts)
+        if args.idle > 0:
+            idle = measure_idle(bed, api, hosts, args)
+            print(yaml.safe_dump({"idle": idle}, sort_keys=False, explicit_start=True), flush=True)
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.ipam]
         for i, n in enumerate(sizes):
             for ipam in modes:
@@ -362,6 +376,75 @@ def verify_addresses(api: client.ApiClient, namespace: str, names: list[str]) ->
             problems.append(f"{ip} is held by both {holders[ip]} and {name}")
         holders[ip] = name
     return problems
+
+
+def measure_idle(
+    bed: stack.Stack, api: client.ApiClient, hosts: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """What an idle fleet costs for ``args.idle`` seconds: CPU of each process, the API
+    server's writes by resource and verb, the controller's passes. Fails unless every host
+    renewed its heartbeat Lease within the window and every Hypervisor is still Up at its end
+    (an idle fleet that costs nothing because it stopped beating is no result)."""
+    time.sleep(2 * args.heartbeat_seconds)  # the first beats' status writes are start-up
+    pids = benchkit.cpu_pids(bed)
+    cpu_before = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+    writes_before = benchkit.api_writes(api)
+    passes_before = controller_passes(bed)
+    window_start = dt.datetime.now(dt.UTC)
+    started = time.monotonic()
+    time.sleep(args.idle)
+    wall = time.monotonic() - started
+    cpu_after = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
+    delta = benchkit.api_writes(api) - writes_before
+    passes = {k: round(v - passes_before[k], 2) for k, v in controller_passes(bed).items()}
+    renewed = benchkit.lease_renewals(api)
+    problems = [
+        f"{host}: its heartbeat Lease was not renewed in the {wall:.0f} s window "
+        f"(last {renewed[host].isoformat() if host in renewed else 'never'})"
+        for host in hosts
+        if renewed.get(host, window_start) <= window_start
+    ]
+    items, _ = benchkit.list_all(benchkit.lister(api, "hypervisors", None))
+    up = {
+        hv["metadata"]["name"]
+        for hv in items
+        if benchkit.condition(hv, "Up").get("status") == "True"
+    }
+    problems += [
+        f"{host} is not Up at the end of the idle window" for host in hosts if host not in up
+    ]
+    benchkit.fail_if(problems, f"{len(hosts)} idle hosts: not every host kept beating")
+    writes = collections.Counter[str]()
+    for key, n in delta.items():
+        if n > 0:
+            writes[f"{key.verb} {key.path} {key.code}"] += n
+    per_minute = 60.0 / wall
+    return {
+        "hosts": len(hosts),
+        "seconds": round(wall, 1),
+        "heartbeat_seconds": args.heartbeat_seconds,
+        "writes": dict(writes.most_common()),
+        "hypervisor_status_writes_per_host_minute": round(
+            sum(
+                n
+                for k, n in delta.items()
+                if k.path == "hypervisors/status" and k.code.startswith("2")
+            )
+            * per_minute
+            / len(hosts),
+            2,
+        ),
+        "lease_writes_per_host_minute": round(
+            sum(n for k, n in delta.items() if k.resource == "leases" and k.code.startswith("2"))
+            * per_minute
+            / len(hosts),
+            2,
+        ),
+        "cpu_s_per_minute": {
+            name: round((cpu_after[name] - cpu_before[name]) * per_minute, 2) for name in cpu_before
+        },
+        "controller_passes": passes,
+    }
 
 
 def controller_passes(bed: stack.Stack) -> dict[str, float]:
