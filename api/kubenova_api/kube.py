@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -45,29 +44,6 @@ def as_dict(obj: object) -> dict[str, Any]:
     return cast(dict[str, Any], obj)
 
 
-RETRIES_FOR_LOAD = 10
-"""How often a request the API server refused for load is sent again (client-go: 10)."""
-
-
-class RetryRefused(urllib3.Retry):
-    """urllib3's retries, plus what client-go's REST client does with a 429: the request is
-    sent again after the Retry-After the API server gave (its in-flight limit answers 1 s),
-    whatever its verb, since a 429 means it was not carried out. urllib3 alone retries only
-    idempotent verbs, so every server-side apply and create that met a busy API server went
-    back to its caller's back-off, which at 1,000 hosts grew some Servers' bound->ACTIVE to
-    over a minute. Once the retries are spent the 429 itself is returned (an ``ApiException``
-    the caller's back-off handles), not urllib3's own error."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["raise_on_status"] = False
-        super().__init__(*args, **kwargs)
-
-    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        if status_code == 429 and has_retry_after and self.respect_retry_after_header:
-            return bool(self.total)
-        return super().is_retry(method, status_code, has_retry_after)
-
-
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """A client from ``kubeconfig``, ``$KUBECONFIG``, or the pod's service account."""
     path = kubeconfig or os.environ.get("KUBECONFIG")
@@ -76,9 +52,7 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
         config.load_kube_config(config_file=path, client_configuration=cfg)
     else:
         config.load_incluster_config(client_configuration=cfg)
-    cfg.retries = RetryRefused(
-        total=RETRIES_FOR_LOAD, connect=3, read=3, redirect=3, status=RETRIES_FOR_LOAD
-    )
+    cfg.retries = 3
     # Enough kept connections for the controller's binding writers, the Event recorder and
     # the other threads (the default, 5 per CPU, opens and drops connections under a burst).
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, 64)
