@@ -47,7 +47,7 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
         tmp_path_factory.mktemp("b"),
         "--hosts", "3", "--fleet-processes", "2", "--servers", "4", "--servers", "3",
         "--heartbeat-seconds", "3", "--ipam", "both",
-        "--timeout", "120",
+        "--timeout", "120", "--idle", "4", "--shared-watches",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -61,7 +61,13 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
     for r in rows:  # all ACTIVE, p50, p95, p99 are times; writes per Server at least the create
         assert all(v.endswith("s") and float(v[:-1]) > 0 for v in r[3:7]), r
         assert float(r[8]) >= 1.0, r
-    results = [doc for doc in yaml.safe_load_all(out.stdout.split(lines[header])[0]) if doc]
+    docs = [doc for doc in yaml.safe_load_all(out.stdout.split(lines[header])[0]) if doc]
+    # The idle fleet first: every host renewed its Lease in the window (else it exits 1).
+    idle = docs[0]["idle"]
+    assert idle["hosts"] == 3 and idle["lease_writes_per_host_minute"] > 0, idle
+    assert idle["cpu_s_per_minute"]["kube-apiserver"] > 0, idle
+    results = docs[1:]
+    assert all(r["shared_watches"] for r in results), results
     assert [(r["servers"], r["ipam"], r["active"], r["fleet_processes"]) for r in results] == [
         (4, False, 4, 2),
         (4, True, 4, 2),
