@@ -55,13 +55,15 @@ class Booted:
             what=f"{self.name} {phase}",
         )
 
-    def booted(self, times: int, timeout: float = 120) -> str:
-        """The console once the guest has booted ``times`` times and listed its disks."""
+    def booted(self, times: int, timeout: float = 120, last_disk: str = "/dev/vda") -> str:
+        """The console once the guest has booted ``times`` times and listed its disks, up to
+        ``last_disk`` (the guest prints them one after another: a console read between two of
+        them has only the first)."""
 
         def done() -> str | None:
             text = self.console()
             last = text[text.rfind(guestimage.MARKER) :]
-            ok = helpers.boots(text) == times and "disk-size /dev/vda" in last
+            ok = helpers.boots(text) == times and f"disk-size {last_disk}" in last
             return text if ok else None
 
         return eventually(done, timeout, what=f"{self.name}: boot {times}")  # type: ignore[no-any-return]
@@ -177,7 +179,7 @@ def test_bios_and_uefi_disk_images_boot_rescue_move_rebuild_and_go(
     helpers.patch(bed, namespace, "bios", {"rescue": {"imageRef": "kubenova-guest"}})
     for g in (bios, uefi):
         g.phase("RESCUE")
-    rescued = {g.name: _this_boot(g.booted(4)) for g in (bios, uefi)}
+    rescued = {g.name: _this_boot(g.booted(4, last_disk="/dev/vdb")) for g in (bios, uefi)}
     assert _disk_line(rescued["uefi"], "/dev/vda") == own["bios"]  # booted the BIOS image
     assert _disk_line(rescued["uefi"], "/dev/vdb") == own["uefi"]  # its own disk, second
     assert f"disk-size /dev/vdb: {image_bytes}" in rescued["uefi"]
