@@ -19,7 +19,6 @@ import pydantic
 
 from kubenova_api import constants, kube, listwatch
 from kubenova_api.common import KubeObject
-from kubenova_api.resources import Server
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +121,6 @@ class Informer(listwatch.ListWatch, Generic[Obj]):
             else:
                 self._store[parsed.key] = parsed
         self._on_change(parsed.key)
-
-
-def every(k: kube.Kube, kind: type[Obj], on_change: OnChange) -> Informer[Obj]:
-    """Every object of a (small) kind."""
-    return Informer(k, kind, "", on_change, None)
-
-
-def servers(k: kube.Kube, host_name: str, on_change: OnChange) -> Informer[Server]:
-    """The Servers bound to this host."""
-    return Informer(k, Server, host_name, on_change, constants.NODE_FIELD)
 
 
 class Cache(Protocol[Obj]):
@@ -238,7 +227,7 @@ class _Feed(Generic[Obj]):
         obj = self.informer.get(key)
         told: list[_View[Obj]] = []
         with self._lock:
-            told.extend(view for view in self._views.get((None, ""), []))
+            told.extend(self._views.get((None, ""), []))
             before = self._values.get(key, {})
             after: dict[str, str | None] = {}
             for field, index in self._index.items():
@@ -249,8 +238,9 @@ class _Feed(Generic[Obj]):
                     index.get(old, set()).discard(key)
                 if new is not None:
                     index.setdefault(new, set()).add(key)
-                for value in {old, new} - {None}:
-                    told.extend(self._views.get((field, value or ""), []))
+                for value in {old, new}:
+                    if value is not None:
+                        told.extend(self._views.get((field, value), []))
             if obj is None:
                 self._values.pop(key, None)
             else:

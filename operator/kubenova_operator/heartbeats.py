@@ -23,19 +23,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubenova_api import constants, kube, listwatch
+from kubenova_api import common, constants, kube, listwatch
 
 log = logging.getLogger(__name__)
-
-
-def _time(raw: object) -> dt.datetime | None:
-    """A Lease's MicroTime (``2026-11-30T10:00:00.123456Z``) as an aware datetime."""
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class Heartbeats(listwatch.ListWatch):
@@ -72,7 +62,7 @@ class Heartbeats(listwatch.ListWatch):
         host = (meta.get("labels") or {}).get(constants.HEARTBEAT_LEASE_LABEL)
         if not host or meta.get("name") != constants.heartbeat_lease(host):
             return None  # not a heartbeat Lease (or one naming another host: ignored)
-        return host, _time((lease.get("spec") or {}).get("renewTime"))
+        return host, common.parse_time((lease.get("spec") or {}).get("renewTime"))
 
     # ------------------------------------------------------------------ ListWatch
     def list_objects(self, resource_version: str) -> dict[str, Any]:

@@ -27,24 +27,30 @@ def _bound_server(k: kube.Kube, name: str) -> None:
     k.apply_status(kube.ObjectRef.to(server), ServerStatus(nodeName=HOST))
 
 
+@pytest.fixture
+def lists(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The resourceVersion each LIST the caches make asks for, in order."""
+    asked: list[str] = []
+    real_list = informer.Informer._list
+
+    def counting_list(self: informer.Informer[Server], resource_version: str) -> str:
+        asked.append(resource_version)
+        return real_list(self, resource_version)
+
+    monkeypatch.setattr(informer.Informer, "_list", counting_list)
+    return asked
+
+
 def test_a_failed_watch_resumes_without_listing_again(
-    api: stack.Stack, monkeypatch: pytest.MonkeyPatch
+    api: stack.Stack, monkeypatch: pytest.MonkeyPatch, lists: list[str]
 ) -> None:
     k = kube.Kube(kube.api_client(str(api.cp.kubeconfig())), "informer-test", "informer-test")
     _bound_server(k, "inf-a")
     # A watch that hears nothing for half a second is treated as dead: it fails over and over
     # here, as a watch cut by an overloaded or restarting API server does.
     monkeypatch.setattr(listwatch, "WATCH_READ_TIMEOUT", 0.5)
-    lists: list[str] = []
-    real_list = informer.Informer._list
-
-    def counting_list(self: informer.Informer[Server], resource_version: str) -> str:
-        lists.append(resource_version)
-        return real_list(self, resource_version)
-
-    monkeypatch.setattr(informer.Informer, "_list", counting_list)
     changed: list[informer.Key] = []
-    cache = informer.servers(k, HOST, changed.append)
+    cache = informer.Informer(k, Server, HOST, changed.append)
     thread = threading.Thread(target=cache.run, daemon=True)
     thread.start()
     try:
@@ -71,9 +77,7 @@ def test_a_failed_watch_resumes_without_listing_again(
         thread.join(10)
 
 
-def test_shared_watches_give_each_host_its_own_servers(
-    api: stack.Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_shared_watches_give_each_host_its_own_servers(api: stack.Stack, lists: list[str]) -> None:
     """A simulated fleet's agents share one Server watch; each reads exactly what a watch of
     its own, selected by the API server, would give it: a Server that moves to another host
     leaves one agent's cache (with a change the agent hears of) and enters the other's."""
@@ -93,14 +97,6 @@ def test_shared_watches_give_each_host_its_own_servers(
         )
         bind(name, host)
 
-    lists: list[str] = []
-    real_list = informer.Informer._list
-
-    def counting_list(self: informer.Informer[Server], resource_version: str) -> str:
-        lists.append(resource_version)
-        return real_list(self, resource_version)
-
-    monkeypatch.setattr(informer.Informer, "_list", counting_list)
     create("shared-1", host_a)  # before any agent watches: heard of as a first LIST tells
     shared = informer.SharedWatches(k)
     told: dict[str, list[str]] = {host_a: [], host_b: [], "every": []}
