@@ -47,6 +47,34 @@ def ensure_hypervisor(k: kube.Kube, host_name: str) -> None:
             raise
 
 
+class Pacer:
+    """How long the agent gathers guest changes before it writes the Hypervisor status again:
+    ``first`` seconds after a quiet spell (no write for two beats), so one change is published
+    within seconds; twice as long after each write of a burst, up to ``most`` (a beat), so a
+    host taking a burst of guests writes a few times rather than once per guest. The scheduler
+    does not wait for these figures (it keeps its own claims); people and the OpenStack API
+    read them."""
+
+    def __init__(self, first: float, most: float) -> None:
+        self._first = min(first, most)
+        self._most = most
+        self._last: float | None = None
+        self._delay = self._first
+
+    def _quiet(self, now: float) -> bool:
+        # Two beats: in a burst the writes come a beat apart (and a little more).
+        return self._last is None or now - self._last >= 2 * self._most
+
+    def delay(self, now: float) -> float:
+        """Seconds to gather changes, from ``now`` (monotonic), before the next write."""
+        return self._first if self._quiet(now) else self._delay
+
+    def wrote(self, now: float) -> None:
+        """A status write that published a change happened at ``now`` (monotonic seconds)."""
+        self._delay = self._first if self._quiet(now) else min(self._delay * 2, self._most)
+        self._last = now
+
+
 def used_by(servers: list[Server]) -> Resources:
     """Resources the Servers bound here claim, from the flavor each was scheduled with."""
     used = Resources()

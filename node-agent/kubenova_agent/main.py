@@ -49,6 +49,9 @@ LEASE_BEATS = 4
 """The heartbeat Lease's duration in beats (the kubelet's: 40 s, renewed every 10 s)."""
 RENEW_EARLY = 0.9
 """A beat that comes a little early (its wait is cut by a guest change) still renews."""
+COALESCE_SECONDS = 2.0
+"""Guest changes are gathered this long before the Hypervisor status is written, after a quiet
+spell (longer in a burst: ``capacity.Pacer``)."""
 
 
 def resolve_virt_type(wanted: str, host: Host) -> domain_xml.VirtType:
@@ -362,6 +365,7 @@ class Agent:
         # Until the Lease is known to work, the status carries the heartbeat too.
         renewal = heartbeat.Renewal.unavailable
         renewed_at = -float("inf")
+        pacer = capacity.Pacer(COALESCE_SECONDS, cfg.heartbeat_seconds)
         while not self._stop.is_set():
             now = time.monotonic()
             try:
@@ -371,6 +375,8 @@ class Agent:
                 fallback = renewal is heartbeat.Renewal.unavailable
                 if fallback or figures != written or report_due:
                     self.publisher.write(status)
+                    if figures != written:
+                        pacer.wrote(now)
                     written, written_at = figures, now
                     self.metrics.status_writes.inc()
             except Exception as exc:
@@ -388,8 +394,8 @@ class Agent:
                 self.metrics.lease_renewals.labels(renewal.value).inc()
             self._capacity_due.wait(cfg.heartbeat_seconds)
             self._capacity_due.clear()
-            # Coalesce bursts of guest changes into one write.
-            self._stop.wait(min(2.0, cfg.heartbeat_seconds))
+            # Coalesce bursts of guest changes into one write; longer while they keep coming.
+            self._stop.wait(pacer.delay(time.monotonic()))
 
     def _resync(self) -> None:
         self.informer.synced.wait()

@@ -17,6 +17,7 @@ from lxml import etree
 
 from kubenova_agent import (
     bootwatch,
+    capacity,
     migration_source,
     migration_status,
     migration_target,
@@ -655,3 +656,22 @@ def test_a_console_request_is_answered_in_this_hosts_own_configmap(tmp_path: pat
     assert bed.kube.configmaps == {("ns", "web-console-host-a"): {"console": "login: "}}
     reconcile.serve_console(bed.deps, asked)  # answered already: no second write
     assert len(bed.kube.configmaps) == 1
+
+
+def test_hypervisor_status_writes_are_paced_in_a_burst_and_prompt_after_quiet() -> None:
+    """A host taking a guest every second writes its status after 2, 2, 4, 8, 10, 10 ... s
+    (not once per guest); the first change after two quiet beats is published within 2 s."""
+    pacer = capacity.Pacer(2.0, 10.0)
+    now, gaps = 0.0, []
+    assert pacer.delay(now) == 2.0
+    for _ in range(7):  # a change is always waiting: each write comes after the delay
+        now += pacer.delay(now)
+        pacer.wrote(now)
+        gaps.append(pacer.delay(now))
+    assert gaps == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+    assert pacer.delay(now + 19.9) == 10.0  # still within the burst
+    assert pacer.delay(now + 20.0) == 2.0  # two quiet beats: prompt again
+    pacer.wrote(now + 30.0)
+    assert pacer.delay(now + 30.0) == 2.0
+    # A beat shorter than the first wait (the test beds' 2 s) caps it.
+    assert capacity.Pacer(2.0, 1.0).delay(0.0) == 1.0
