@@ -1,6 +1,6 @@
-"""Deleting a link is idempotent: a device that goes away between the look and the delete
-(a guest's tap, removed by libvirt when the guest stops) is what was asked for, while a
-device that is still there after a failed delete is an error."""
+"""Reading and deleting a link are idempotent: a device that goes away between the look and
+the read or the delete (a guest's tap, removed by libvirt when the guest stops) is no device,
+while a device that is still there after a failed read or delete is an error."""
 
 from __future__ import annotations
 
@@ -46,3 +46,26 @@ def test_no_link_nothing_to_delete(monkeypatch: pytest.MonkeyPatch) -> None:
     ran = _fake(monkeypatch, [False])
     assert links.delete("tapx") is False
     assert ran == []
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch, there_after: bool) -> None:
+    def json_of(*argv: str, **_: Any) -> Any:
+        raise cmd.CommandFailed(list(argv), 1, 'Device "tapx" does not exist.')
+
+    monkeypatch.setattr(cmd, "json_of", json_of)
+    monkeypatch.setattr(cmd, "ok", lambda *argv, **_: there_after)
+
+
+def test_a_link_gone_while_it_is_read_is_no_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI run on 21ec369 failed a teardown: ``ip link show`` found the tap, the guest
+    stopped, and the ``ip -j -d link show`` right after said it did not exist."""
+    _reads(monkeypatch, there_after=False)
+    assert links.get("tapx") is None
+
+
+def test_a_link_that_is_there_but_cannot_be_read_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _reads(monkeypatch, there_after=True)
+    with pytest.raises(cmd.CommandFailed):
+        links.get("tapx")

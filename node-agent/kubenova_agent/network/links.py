@@ -13,10 +13,16 @@ FLOOD_MAC = "00:00:00:00:00:00"
 
 
 def get(name: str, netns: str | None = None) -> dict[str, Any] | None:
-    """``ip -d link show NAME`` as a dict, or None when there is no such link."""
-    if not cmd.ok("ip", "link", "show", "dev", name, netns=netns):
+    """``ip -d link show NAME`` as a dict, or None when there is no such link.
+
+    One read, not a check and then a read: a guest's tap goes when libvirt stops the guest,
+    and between the two it could be gone (a teardown then failed on "does not exist")."""
+    try:
+        found = cmd.json_of("ip", "-j", "-d", "link", "show", "dev", name, netns=netns)
+    except cmd.CommandFailed:
+        if cmd.ok("ip", "link", "show", "dev", name, netns=netns):
+            raise  # the link is there: the read failed for another reason
         return None
-    found = cmd.json_of("ip", "-j", "-d", "link", "show", "dev", name, netns=netns)
     return dict(found[0]) if found else None
 
 
