@@ -373,9 +373,10 @@ class Agent:
                 figures = status.model_dump(mode="json", exclude={"lastHeartbeatTime"})
                 report_due = now - written_at >= cfg.status_report_seconds
                 fallback = renewal is heartbeat.Renewal.unavailable
-                if fallback or figures != written or report_due:
+                changed = figures != written
+                if fallback or changed or report_due:
                     self.publisher.write(status)
-                    if figures != written:
+                    if changed:
                         pacer.wrote(now)
                     written, written_at = figures, now
                     self.metrics.status_writes.inc()
