@@ -18,32 +18,30 @@ from tests.conftest import condition, eventually
 pytestmark = pytest.mark.timeout(240)
 
 NS = "sim"
+HOSTS = ("sim-a", "sim-b", "sim-c")
 
 
 @pytest.fixture(scope="module")
 def sim(api: stack.Stack) -> Iterator[stack.Stack]:
     """Three simulated hosts of 2 CPUs and 1 GiB each, the controller and their agents."""
     api.start_controller()
-    for name in ("sim-a", "sim-b", "sim-c"):
+    for name in HOSTS:
         api.start_sim_agent(name, cpus=2, memory_mib=1024)
     api.kubectl("create", "namespace", NS, check=False)
     eventually(
-        lambda: all(
-            f"/{h}\n" in api.kubectl("get", "hv", "-o", "name").stdout
-            for h in ("sim-a", "sim-b", "sim-c")
-        ),
+        lambda: all(f"/{h}\n" in api.kubectl("get", "hv", "-o", "name").stdout for h in HOSTS),
         60,
         what="three Hypervisors registered",
     )
     yield api
     api.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", check=False, timeout=90)
-    for name in ("sim-a", "sim-b", "sim-c"):
+    for name in HOSTS:
         api.agents.pop(name).stop()
     assert api.controller is not None
     api.controller.stop()
     # The hosts are gone for good: take them out, or they stay Up for the heartbeat grace and
     # the next module's controller binds its Servers there (test_burst run after this one).
-    api.kubectl("delete", "hv", "sim-a", "sim-b", "sim-c")
+    api.kubectl("delete", "hv", *HOSTS)
 
 
 def _servers(api: stack.Stack) -> list[dict]:
@@ -173,8 +171,7 @@ def test_metrics_count_binds_phases_and_the_agents_work(sim: stack.Stack) -> Non
     sim.kubectl("delete", "servers", "--all", "-n", NS, "--timeout=60s", timeout=90)
     before = sim.metrics("controller")
     reconciled = sum(
-        _sample(sim.metrics(f"agent-{h}"), "kubenova_agent_reconciles_total")
-        for h in ("sim-a", "sim-b", "sim-c")
+        _sample(sim.metrics(f"agent-{h}"), "kubenova_agent_reconciles_total") for h in HOSTS
     )
     for i in range(3):
         sim.kubectl(
@@ -204,7 +201,7 @@ def test_metrics_count_binds_phases_and_the_agents_work(sim: stack.Stack) -> Non
         what="no pending Servers",
     )
     assert _sample(after, "process_resident_memory_bytes") > 0
-    agents = [sim.metrics(f"agent-{h}") for h in ("sim-a", "sim-b", "sim-c")]
+    agents = [sim.metrics(f"agent-{h}") for h in HOSTS]
     assert sum(_sample(t, "kubenova_agent_reconciles_total") for t in agents) >= reconciled + 3
     assert all("kubenova_agent_workqueue_depth " in t for t in agents)
     assert all("kubenova_agent_image_cache_bytes " in t for t in agents)
