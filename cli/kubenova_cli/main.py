@@ -22,7 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 #: The ClusterRoles whose rules the chart binds to its ServiceAccounts.
 RBAC_ROLES = ("controller.yaml", "agent.yaml")
 #: The admission policies of deploy/admission/ (hand-written) the chart carries as they are.
-ADMISSION = ("placement.yaml",)
+ADMISSION = ("domain-finalizer.yaml", "placement.yaml")
 
 
 def generated_files(out: pathlib.Path, chart: pathlib.Path | None) -> dict[pathlib.Path, str]:

@@ -49,6 +49,9 @@ VALUE_SETS: tuple[tuple[str, ...], ...] = (
         "controller.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
         ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
     ),
+    # An API server that serves MutatingAdmissionPolicy: the policy that gives every Server
+    # the agents' finalizer at birth is rendered too.
+    ("--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"),
 )
 
 

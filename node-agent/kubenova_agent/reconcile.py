@@ -249,6 +249,8 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
         and ready.reason in PERMANENT_REASONS
     ):
         return None  # nothing new to try until the spec changes
+    # Servers are born with it (deploy/admission/domain-finalizer.yaml): no write, unless this
+    # one was made without the policy.
     server = deps.kube.add_finalizer(server, constants.FINALIZER_DOMAIN)
     guest: GuestInfo | None = None
     try:

@@ -154,6 +154,7 @@ class Binder:
         view = snapshot.view
         states = binding.host_states(view, self.claims, self.cfg, self.host_states)
         self.fencing.run_pass(view.hypervisors, states, view.cluster)
+        self.fencing.release_unbound(view.cluster, self.claims.is_assumed)
         if self.migrations is not None:
             self.migrations.run_pass(snapshot.migrations, view, states, self.claims)
         if self.drains is not None:

@@ -17,6 +17,7 @@ import ipaddress
 import threading
 from collections.abc import Iterable, Mapping
 
+from kubenova_api import constants
 from kubenova_api.networks import NetworkKind, net_key
 from kubenova_api.resources import Phase, Server
 from kubenova_operator.scheduling.claims import Claim
@@ -57,6 +58,9 @@ class ServerSummary:
     group_ref: str | None
     zone: str | None
     deleting: bool
+    held: bool = False
+    """The agents' finalizer is on it (given at creation by the admission policy
+    ``deploy/admission/domain-finalizer.yaml``, else by the agent that runs it)."""
     addresses: tuple[Address, ...] = ()
     """Its NICs' addresses, in order (given at binding, kept for its life)."""
     pinned_image: str | None = None
@@ -79,6 +83,7 @@ class ServerSummary:
             group_ref=spec.serverGroupRef,
             zone=spec.availabilityZone,
             deleting=server.metadata.deleting,
+            held=constants.FINALIZER_DOMAIN in server.metadata.finalizers,
             addresses=tuple(
                 Address(
                     net_key(NetworkKind(a.kind), namespace, a.network),
@@ -113,6 +118,12 @@ class ServerSummary:
         if not self.node or self.flavor is None:
             return None
         return Claim(self.uid, self.node, self.flavor, self.group)
+
+    @property
+    def stranded(self) -> bool:
+        """Being deleted, unbound, and still held by the agents' finalizer: no agent will
+        remove it (the controller does, :func:`kubenova_operator.fencing.release_unbound`)."""
+        return self.deleting and not self.node and self.held
 
     @property
     def wants_resize(self) -> bool:
@@ -150,6 +161,7 @@ class Cluster:
         self._on_host: dict[str, set[str]] = {}
         self._resizing: set[str] = set()
         self._repinning: set[str] = set()
+        self._stranded: set[str] = set()
         self._held: dict[str, dict[ipaddress.IPv4Address, str]] = {}
         self._macs: dict[str, collections.Counter[str]] = {}
         self._net_hosts: dict[str, collections.Counter[str]] = {}
@@ -226,6 +238,10 @@ class Cluster:
             self._repinning.add(server.uid)
         else:
             self._repinning.discard(server.uid)
+        if server.stranded and sign > 0:
+            self._stranded.add(server.uid)
+        else:
+            self._stranded.discard(server.uid)
         self._count_addresses(server, sign)
 
     def _count_addresses(self, server: ServerSummary, sign: int) -> None:
@@ -310,6 +326,10 @@ class Cluster:
     def resizing(self) -> list[ServerSummary]:
         """Bound Servers whose flavorRef names another flavor than the one they run with."""
         return [self._by_uid[uid] for uid in self._resizing if uid in self._by_uid]
+
+    def stranded(self) -> list[ServerSummary]:
+        """Deleting Servers no host holds that still carry the agents' finalizer."""
+        return [self._by_uid[uid] for uid in self._stranded if uid in self._by_uid]
 
     def repinning(self) -> list[ServerSummary]:
         """Bound Servers whose imageRef names another Image than the one pinned (rebuilds)."""

@@ -13,6 +13,12 @@ Server bound to it is
   rebuilds it with the same UID and name — on its disk when the instances folder is shared, else
   from its image (the agent says which in ``diskRebuilt`` and an Event).
 
+A Server deleted before any host took it (never bound, or taken from a dead host and not yet
+bound again) is held by the agents' finalizer too — every Server gets it at creation
+(``deploy/admission/domain-finalizer.yaml``) — but no agent will remove it: the controller does
+(:meth:`Fencing.release_unbound`), once no binding of it is in flight, and only if the Server
+is still unbound when it does (the removal is conditional on the resourceVersion it read).
+
 When the host comes back, its agent removes the stale domains (and the disks that were rebuilt
 elsewhere) before it starts anything (``kubenova_agent.main.Agent.sweep_orphans``).
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -112,6 +118,44 @@ class Fencing:
                 )
         self._warned &= set(decided.not_fenced)
         return decided
+
+    def release_unbound(self, cluster: Cluster, in_flight: Callable[[str], bool]) -> int:
+        """Remove the agents' finalizer from deleting Servers that no host holds and whose
+        binding is not ``in_flight`` (a binding that lands first wins: its agent tears down).
+        Returns how many were released."""
+        released = 0
+        for summary in cluster.stranded():
+            if in_flight(summary.uid):
+                continue  # its binding fails (the deletion changed it) or lands: next pass
+            try:
+                released += self._release_unbound(summary)
+            except ApiException as exc:
+                if exc.status not in (404, 409, 422):
+                    raise
+                log.info("%s changed while releasing it; next pass", summary.full_name)
+        return released
+
+    def _release_unbound(self, summary: ServerSummary) -> int:
+        current = self.kube.get(Server, summary.name, summary.namespace)
+        if (
+            current is None
+            or current.uid != summary.uid
+            or not current.metadata.deleting
+            or current.status.nodeName
+            or constants.FINALIZER_DOMAIN not in current.metadata.finalizers
+        ):
+            return 0
+        meta = current.metadata
+        index = meta.finalizers.index(constants.FINALIZER_DOMAIN)
+        self.kube.json_patch(
+            ObjectRef.to(current),
+            [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resourceVersion},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ],
+        )
+        log.info("released %s: deleted before any host took it", current.full_name)
+        return 1
 
     def _guarded(self, fn: Any, server: ServerSummary, host: str) -> None:
         try:

@@ -176,6 +176,11 @@ def test_helm_install_runs_the_controllers_and_an_agent_on_each_labelled_node(
         what=f"Hypervisor {node.NAME} registered and up",
     )
     assert _get(n, "hypervisor", agents[0]) == {}
+    # This API server serves MutatingAdmissionPolicy: the chart gave it the one that makes
+    # every Server with the agents' finalizer (named after the release, bound).
+    policy = f"{RELEASE}-kubenova-domain-finalizer"
+    assert _get(n, "mutatingadmissionpolicy", policy)["spec"]["failurePolicy"] == "Ignore"
+    assert _get(n, "mutatingadmissionpolicybinding", policy)["spec"]["policyName"] == policy
 
 
 def test_the_example_server_boots_through_the_agent_pod(installed: ChartBed) -> None:
@@ -410,7 +415,8 @@ def test_helm_uninstall_leaves_no_workload_but_keeps_the_crds(installed: ChartBe
     cluster = n.kubectl(
         "get",
         "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
-        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybindings,mutatingadmissionpolicies,"
+        "mutatingadmissionpolicybindings",
         "-l",
         selector,
         "-o",

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from kubenova_devenv import stack
+from tests.conftest import delete_unheld
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -360,7 +361,7 @@ def test_server_image_ref_changes_only_by_a_rebuild(api: stack.Stack) -> None:
     again = _server("pinned", flavorRef="m1.tiny", imageRef="three", rebuildRequestedAt=at)
     code, stderr = _apply(api, again)  # the same request cannot change it a second time
     assert code != 0 and "imageRef changes only by a rebuild" in stderr
-    api.kubectl("delete", "server", "pinned", "-n", "default")
+    delete_unheld(api, "default", "pinned")
 
 
 def test_migration_spec_is_immutable(api: stack.Stack) -> None:
@@ -381,7 +382,7 @@ def test_kubectl_shows_useful_columns_and_explains_fields(api: stack.Stack) -> N
         assert api.kubectl("get", short, "-A").returncode == 0
     explained = api.kubectl("explain", "server.spec.flavorRef").stdout
     assert "Name of the Flavor" in explained
-    api.kubectl("delete", "server", "shown", "-n", "default")
+    delete_unheld(api, "default", "shown")
 
 
 def test_rbac_keeps_agents_to_their_job(api: stack.Stack) -> None:
@@ -485,4 +486,5 @@ def test_choosing_the_host_is_for_admins(api: stack.Stack) -> None:
     finally:
         api.kubectl("delete", "clusterrolebinding", "alice-place-on-h1", check=False)
         api.kubectl("delete", "clusterrole", "place-on-h1", check=False)
-        api.kubectl("delete", "servers,servermigrations", "--all", "-n", ns, check=False)
+        api.kubectl("delete", "servermigrations", "--all", "-n", ns, check=False)
+        delete_unheld(api, ns)

@@ -10,6 +10,7 @@ import yaml
 
 from kubenova_api import networks
 from kubenova_devenv import stack
+from tests.conftest import delete_unheld
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,5 +136,4 @@ def test_server_networks_omitted_empty_or_listed_and_immutable(api: stack.Stack)
     assert code != 0 and "networks is immutable" in stderr
     header = api.kubectl("get", "srv", "-n", "default").stdout.splitlines()[0]
     assert "ADDRESS" in header
-    for name in ("nics-default", "nics-none", "nics-two"):
-        api.kubectl("delete", "server", name, "-n", "default")
+    delete_unheld(api, "default", "nics-default", "nics-none", "nics-two")

@@ -156,6 +156,44 @@ def test_pinned_host_and_unknown_host(sim: stack.Stack) -> None:
     assert "HostNameFilter rejected 3" in eventually(refused, 30)["message"]
 
 
+def test_servers_are_born_with_the_agents_finalizer_and_an_unbound_one_is_released(
+    sim: stack.Stack,
+) -> None:
+    """Every Server gets the agents' finalizer at creation (deploy/admission's
+    MutatingAdmissionPolicy), so the agent that runs it writes nothing to hold it; one deleted
+    before any host took it is released by the controller (no agent ever will)."""
+    _flavor_and_image(sim)
+    for name, host in (("born-b", "sim-b"), ("born-x", "sim-x")):
+        doc = {
+            "apiVersion": "compute.kubenova.io/v1alpha1",
+            "kind": "Server",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"flavorRef": "sim.small", "imageRef": "sim-image", "hostName": host},
+        }
+        created = json.loads(
+            sim.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(doc)).stdout
+        )
+        assert created["metadata"]["finalizers"] == ["compute.kubenova.io/domain"], created
+    sim.kubectl("wait", "--for=condition=Ready", "srv/born-b", "-n", NS, "--timeout=60s")
+    shown = ("get", "srv", "born-b", "-n", NS, "-o", "json", "--show-managed-fields")
+    running = json.loads(sim.kubectl(*shown).stdout)
+    # Nobody wrote the finalizer: no manager owns it (the agent's PATCH would own it).
+    owners = [m["manager"] for m in running["metadata"]["managedFields"]
+              if "f:finalizers" in m.get("fieldsV1", {}).get("f:metadata", {})]  # fmt: skip
+    assert owners == [], owners
+
+    def unschedulable() -> bool:
+        srv = json.loads(sim.kubectl("get", "srv", "born-x", "-n", NS, "-o", "json").stdout)
+        return condition(srv, "Scheduled").get("reason") == "Unschedulable"
+
+    eventually(unschedulable, 30, what="born-x Unschedulable")
+    started = time.monotonic()
+    sim.kubectl("delete", "srv", "born-x", "-n", NS, "--timeout=30s", timeout=45)
+    assert time.monotonic() - started < 15
+    # The bound one goes through its agent, as always.
+    sim.kubectl("delete", "srv", "born-b", "-n", NS, "--timeout=30s", timeout=45)
+
+
 def _sample(text: str, name: str) -> float:
     """The value of sample ``name`` (with its labels) in Prometheus' text format; 0 if absent."""
     for line in text.splitlines():
