@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
@@ -43,6 +44,7 @@ from kubenova_operator.cluster import Cluster, ServerSummary
 from kubenova_operator.scheduling import hosts
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 EVACUATING = "Evacuating"
 RELEASED = "DomainMayRemain"
@@ -103,9 +105,9 @@ class Fencing:
     ) -> Plan:
         decided = plan(hypervisors, {n: s.up for n, s in states.items()}, cluster)
         for server, host in decided.release:
-            self._guarded(self.release, server, host)
+            self._guarded(server, f"taking it from {host}", partial(self.release, server, host))
         for server, host in decided.evacuate:
-            self._guarded(self.evacuate, server, host)
+            self._guarded(server, f"taking it from {host}", partial(self.evacuate, server, host))
         for host in decided.not_fenced:
             if host not in self._warned:
                 self._warned.add(host)
@@ -127,15 +129,11 @@ class Fencing:
         for summary in cluster.stranded():
             if in_flight(summary.uid):
                 continue  # its binding fails (the deletion changed it) or lands: next pass
-            try:
-                released += self._release_unbound(summary)
-            except ApiException as exc:
-                if exc.status not in (404, 409, 422):
-                    raise
-                log.info("%s changed while releasing it; next pass", summary.full_name)
+            if self._guarded(summary, "releasing it", partial(self._release_unbound, summary)):
+                released += 1
         return released
 
-    def _release_unbound(self, summary: ServerSummary) -> int:
+    def _release_unbound(self, summary: ServerSummary) -> bool:
         current = self.kube.get(Server, summary.name, summary.namespace)
         if (
             current is None
@@ -144,7 +142,7 @@ class Fencing:
             or current.status.nodeName
             or constants.FINALIZER_DOMAIN not in current.metadata.finalizers
         ):
-            return 0
+            return False
         meta = current.metadata
         index = meta.finalizers.index(constants.FINALIZER_DOMAIN)
         self.kube.json_patch(
@@ -155,15 +153,18 @@ class Fencing:
             ],
         )
         log.info("released %s: deleted before any host took it", current.full_name)
-        return 1
+        return True
 
-    def _guarded(self, fn: Any, server: ServerSummary, host: str) -> None:
+    def _guarded(self, server: ServerSummary, doing: str, fn: Callable[[], _T]) -> _T | None:
+        """``fn()``; None when ``server`` changed or went meanwhile (404, 409, or 422 for a
+        failed resourceVersion test): the next pass looks at it again."""
         try:
-            fn(server, host)
+            return fn()
         except ApiException as exc:
             if exc.status not in (404, 409, 422):
                 raise
-            log.info("%s changed while taking it from %s; next pass", server.full_name, host)
+            log.info("%s changed while %s; next pass", server.full_name, doing)
+            return None
 
     def release(self, summary: ServerSummary, host: str) -> None:
         """Let a Server of a dead host be deleted: its agent cannot remove the finalizer."""
