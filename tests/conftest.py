@@ -11,7 +11,7 @@ import pytest
 
 from kubenova_devenv import stack
 
-UNHELD = json.dumps({"metadata": {"finalizers": None}})
+UNHELD: dict[str, Any] = {"metadata": {"finalizers": None}}
 """A merge patch that takes every finalizer off an object."""
 
 
@@ -46,6 +46,7 @@ def delete_unheld(bed: stack.Stack, namespace: str, *names: str) -> None:
         listed = bed.kubectl("get", "servers", "-n", namespace, "-o", "name").stdout.split()
         names = tuple(n.rpartition("/")[2] for n in listed)
     for name in names:
-        bed.kubectl("patch", "server", name, "-n", namespace, "--type=merge", "-p", UNHELD)
+        patch = json.dumps(UNHELD)
+        bed.kubectl("patch", "server", name, "-n", namespace, "--type=merge", "-p", patch)
     if names:
         bed.kubectl("delete", "servers", *names, "-n", namespace, "--timeout=30s", timeout=45)

@@ -126,7 +126,7 @@ def test_an_agent_holds_finalizers_of_its_own_servers_and_never_edits_a_spec(
     finalizer = json.dumps({"metadata": {"finalizers": [constants.FINALIZER_DOMAIN]}})
     # Servers are born with it (deploy/admission/domain-finalizer.yaml); taken off, the agent
     # of its node may put it back (as it does for a Server made without it).
-    bed.kubectl("patch", "server", "on-a", "-n", NS, "--type=merge", "-p", UNHELD)
+    bed.kubectl("patch", "server", "on-a", "-n", NS, "--type=merge", "-p", json.dumps(UNHELD))
     assert _as(bed, A, "patch", "server", "on-a", "-n", NS, "--type=merge", "-p", finalizer)[0]
     _refused(
         _as(bed, B, "patch", "server", "on-a", "-n", NS, "--type=merge",
@@ -138,7 +138,7 @@ def test_an_agent_holds_finalizers_of_its_own_servers_and_never_edits_a_spec(
             "-p", json.dumps({"spec": {"powerState": "Stopped"}})),
         "never its spec",
     )  # fmt: skip
-    bed.kubectl("patch", "server", "on-a", "-n", NS, "--type=merge", "-p", UNHELD)
+    bed.kubectl("patch", "server", "on-a", "-n", NS, "--type=merge", "-p", json.dumps(UNHELD))
 
 
 def test_an_agent_registers_and_reports_only_its_own_hypervisor(bed: stack.Stack) -> None:

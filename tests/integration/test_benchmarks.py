@@ -22,7 +22,7 @@ from kubernetes import client
 
 import benchkit
 from kubenova_devenv import stack
-from tests.conftest import delete_unheld
+from tests.conftest import UNHELD, delete_unheld
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -190,9 +190,8 @@ def test_watch_lists_again_after_410_gone(api: stack.Stack, namespace: str) -> N
             # As if the watcher had been away while these changes happened and long enough
             # for its version to be compacted: its first watch asks for a version the API
             # server no longer has (410 Gone), and only a new LIST can tell what changed.
-            unheld = {"metadata": {"finalizers": None}}  # born with the agents' finalizer
-            custom.patch_namespaced_custom_object(
-                benchkit.GROUP, benchkit.VERSION, namespace, "servers", "deleted", unheld
+            custom.patch_namespaced_custom_object(  # born with the agents' finalizer
+                benchkit.GROUP, benchkit.VERSION, namespace, "servers", "deleted", UNHELD
             )
             custom.delete_namespaced_custom_object(
                 benchkit.GROUP, benchkit.VERSION, namespace, "servers", "deleted"

@@ -13,7 +13,7 @@ from kubenova_api import constants, kube, listwatch
 from kubenova_api.common import ObjectMeta
 from kubenova_api.resources import Server, ServerSpec, ServerStatus
 from kubenova_devenv import stack
-from tests.conftest import eventually
+from tests.conftest import UNHELD, eventually
 
 HOST = "informer-host"
 
@@ -97,9 +97,7 @@ def test_shared_watches_give_each_host_its_own_servers(api: stack.Stack, lists: 
         )
         # Born with the agents' finalizer, which no agent here would remove (before its
         # binding, so no cache of a host hears of this change).
-        k.merge_patch(
-            kube.ObjectRef.named(Server, name, "default"), {"metadata": {"finalizers": None}}
-        )
+        k.merge_patch(kube.ObjectRef.named(Server, name, "default"), UNHELD)
         bind(name, host)
 
     create("shared-1", host_a)  # before any agent watches: heard of as a first LIST tells
