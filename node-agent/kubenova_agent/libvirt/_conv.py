@@ -25,8 +25,19 @@ def convert(exc: libvirt.libvirtError) -> errors.HypervisorError:
     message = exc.get_error_message() or str(exc)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return errors.DomainNotFound(message, code=code)
-    transient = code in _TRANSIENT_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC
+    transient = (
+        code in _TRANSIENT_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC or pool_busy(exc)
+    )
     return errors.HypervisorError(message, transient=transient, code=code)
+
+
+def pool_busy(exc: libvirt.libvirtError) -> bool:
+    """Whether libvirt refused to refresh a storage pool because a volume of it is being
+    built right now (``pool 'x' has asynchronous jobs running.``, an internal error by its
+    code): a moment's wait, not a fault."""
+    return exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and (
+        "asynchronous jobs running" in (exc.get_error_message() or "")
+    )
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import libvirt
 from lxml import etree
 
 from kubenova_agent.driver import JobStats, Options
-from kubenova_agent.libvirt import _conv, errors
+from kubenova_agent.libvirt import _conv, errors, storage
 from kubenova_agent.libvirt.host import Host
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class Migrations:
             dest_conn = libvirt.open(dest_uri)
             try:
                 dest_pool = dest_conn.storagePoolLookupByName(pool_name)
-                dest_pool.refresh(0)
+                storage.refresh(dest_pool)
                 try:
                     dest = dest_pool.storageVolLookupByName(name)
                 except libvirt.libvirtError as exc:
@@ -178,7 +178,7 @@ class Migrations:
                         except libvirt.libvirtError:
                             pass
                     raise
-                dest_pool.refresh(0)
+                storage.refresh(dest_pool)
             finally:
                 dest_conn.close()
         return copied

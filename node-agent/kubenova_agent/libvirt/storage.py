@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import libvirt
 from lxml import etree
 
 from kubenova_agent.driver import Backing, PoolUsage
-from kubenova_agent.libvirt import _conv
+from kubenova_agent.libvirt import _conv, errors
 from kubenova_agent.libvirt.host import Host
 
 log = logging.getLogger(__name__)
+
+REFRESH_PATIENCE_SECONDS = 10.0
+"""How long a refresh waits for the builds of other volumes of its pool (libvirt refuses to
+rescan a pool while one is being built): an overlay takes a fraction of a second, a blank
+disk of a few GiB a few seconds on a slow file system."""
 
 
 def pool_xml(name: str, path: str) -> str:
@@ -48,6 +54,37 @@ def _volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | 
         return None
 
 
+def try_refresh(pool: libvirt.virStoragePool, patience: float) -> bool:
+    """Rescan ``pool``'s folder; False when libvirt still refused after ``patience`` seconds
+    because other volumes of the pool were being built (it refuses a rescan then: a build is
+    an asynchronous job of the pool). Any other error raises."""
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        try:
+            pool.refresh(0)
+            return True
+        except libvirt.libvirtError as exc:
+            if not _conv.pool_busy(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                return False
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def refresh(pool: libvirt.virStoragePool, patience: float = REFRESH_PATIENCE_SECONDS) -> None:
+    """Rescan ``pool``'s folder, waiting up to ``patience`` seconds for builds of other
+    volumes of it; still refused after that, a transient :class:`errors.HypervisorError`
+    (the caller's work is tried again later)."""
+    if not try_refresh(pool, patience):
+        raise errors.HypervisorError(
+            f"storage pool {pool.name()} is still building volumes after {patience:.0f}s",
+            transient=True,
+            code=libvirt.VIR_ERR_INTERNAL_ERROR,
+        )
+
+
 class Storage:
     """The agent's storage pool on one host."""
 
@@ -78,7 +115,9 @@ class Storage:
     def usage(self) -> PoolUsage:
         with _conv.translated():
             pool = self._pool()
-            pool.refresh(0)
+            # Figures of the last rescan while a volume is being built: a heartbeat neither
+            # waits for a build nor reports libvirt unreachable because of one.
+            try_refresh(pool, 0)
             _state, capacity, allocation, available = pool.info()
         return PoolUsage(capacity, allocation, available)
 
@@ -88,7 +127,7 @@ class Storage:
             pool = self._pool()
             vol = _volume(pool, name)
             if vol is None:
-                pool.refresh(0)  # a file left by a killed agent appears only after a refresh
+                refresh(pool)  # a file left by a killed agent appears only after a refresh
                 vol = _volume(pool, name)
             if vol is not None:
                 return str(vol.path())
@@ -110,14 +149,14 @@ class Storage:
             write(tmp)
             os.replace(tmp, target)
         with _conv.translated():
-            pool.refresh(0)
+            refresh(pool)
         return target
 
     def volumes(self, prefix: str) -> list[tuple[str, int]]:
         """(name, bytes allocated) of every volume whose name starts with ``prefix``."""
         with _conv.translated():
             pool = self._pool()
-            pool.refresh(0)
+            refresh(pool)
             return [
                 (str(vol.name()), int(vol.info()[2]))
                 for vol in pool.listAllVolumes(0)
@@ -129,7 +168,7 @@ class Storage:
         found = []
         with _conv.translated():
             pool = self._pool()
-            pool.refresh(0)
+            refresh(pool)
             for vol in pool.listAllVolumes(0):
                 try:
                     xml = vol.XMLDesc(0)
@@ -157,7 +196,7 @@ class Storage:
         deleted = []
         with _conv.translated():
             pool = self._pool()
-            pool.refresh(0)
+            refresh(pool)
             for vol in pool.listAllVolumes(0):
                 if vol.name().startswith(prefix):
                     try:
