@@ -126,18 +126,43 @@ class Binder:
             if self._source is None:
                 continue
             started = time.monotonic()
-            snapshot: Snapshot = self._source()
-            await self._step("checking host liveness", self._liveness, snapshot)
-            await self._step("migration pass", self._moves, snapshot)
-            await self._step("network pass", self._networks, snapshot)
-            if snapshot.pending:
-                await self._step("scheduling pass", self.run_pass, snapshot)
-            self.last.pending = len(snapshot.pending)
-            self.last.seconds = time.monotonic() - started
-            # The index may still hold a copy from before its binding: the cluster knows.
-            bound = snapshot.view.cluster.bound_to
-            metrics.PENDING.set(sum(1 for s in snapshot.pending if not bound(s.uid)))
-            metrics.PASS_SECONDS.observe(self.last.seconds)
+            await self.one_pass(self._source())
+
+    async def one_pass(self, snapshot: Snapshot) -> None:
+        """One pass over ``snapshot``: liveness, moves, networks, then the pending Servers."""
+        started = time.monotonic()
+        # Every pass, whether or not anything is pending: a claim outliving its binding's
+        # return (the last Server of a burst) would count its room twice and hold up the
+        # deletion of its Network until the next Server came.
+        self._settle(snapshot)
+        await self._step("checking host liveness", self._liveness, snapshot)
+        await self._step("migration pass", self._moves, snapshot)
+        await self._step("network pass", self._networks, snapshot)
+        if snapshot.pending:
+            await self._step("scheduling pass", self.run_pass, snapshot)
+        self.last.pending = len(snapshot.pending)
+        self.last.seconds = time.monotonic() - started
+        # The index may still hold a copy from before its binding: the cluster knows.
+        bound = snapshot.view.cluster.bound_to
+        metrics.PENDING.set(sum(1 for s in snapshot.pending if not bound(s.uid)))
+        metrics.PASS_SECONDS.observe(self.last.seconds)
+
+    def _settle(self, snapshot: Snapshot) -> None:
+        """Drop the claims whose binding the cluster shows now, or whose Server is gone
+        (costs the bindings in flight; the pending Servers are looked at only for a claim
+        whose Server the cluster does not know)."""
+        cluster = snapshot.view.cluster
+        pending: set[str] | None = None
+
+        def alive(uid: str) -> bool:
+            nonlocal pending
+            if uid in cluster:
+                return True
+            if pending is None:
+                pending = {server.uid for server in snapshot.pending}
+            return uid in pending
+
+        self.claims.settle(cluster.bound_to, alive)
 
     async def _step(self, what: str, fn: Callable[[Snapshot], None], snapshot: Snapshot) -> None:
         try:
@@ -184,8 +209,7 @@ class Binder:
         view = dataclasses.replace(
             snapshot.view, dhcp_reserved=self.networks.dhcp_reserved(snapshot.view.providers)
         )
-        pending = {server.uid for server in snapshot.pending}
-        self.claims.settle(view.cluster.bound_to, lambda uid: uid in view.cluster or uid in pending)
+        self._settle(snapshot)
         states = binding.host_states(view, self.claims, self.cfg, self.host_states)
 
         def defer(name: str) -> binding.Defer:
