@@ -7,6 +7,7 @@ itself says what it sees: its marker, what its disks start with, their sizes."""
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 import time
 from typing import Any
@@ -82,7 +83,7 @@ def _sha(path: pathlib.Path) -> str:
 
 
 def test_bios_and_uefi_disk_images_boot_rescue_move_rebuild_and_go(
-    bed: stack.Stack, namespace: str
+    bed: stack.Stack, namespace: str, request: pytest.FixtureRequest
 ) -> None:
     images = [
         bed.boot_disk_manifest("bios", hw_rng_model="virtio"),
@@ -235,7 +236,10 @@ def test_bios_and_uefi_disk_images_boot_rescue_move_rebuild_and_go(
     # drive. The UEFI Server becomes BIOS (no variable store any more), the BIOS one UEFI (a
     # new store from the template).
     drive = uefi.host.outside(f"/var/lib/kubenova/instances/{uefi.uid}-config.iso")
-    drive_inode = drive.stat().st_ino
+    # Held open, the old drive's inode cannot be given to the new file (ext4 reuses a freed
+    # inode number at once: comparing numbers alone once passed for a drive never remade).
+    old_drive = drive.open("rb")
+    request.addfinalizer(old_drive.close)
     swap = {"uefi": "kubenova-guest-bios", "bios": "kubenova-guest-uefi"}
     for g in (bios, uefi):
         helpers.patch(
@@ -263,7 +267,8 @@ def test_bios_and_uefi_disk_images_boot_rescue_move_rebuild_and_go(
         size = image_bytes if g is uefi else 2 * GIB
         assert f"disk-size /dev/vda: {size}" in console
     assert "firmware='efi'" not in uefi.host.virsh("dumpxml", uefi.uid)
-    assert not moved_nvram.exists() and drive.stat().st_ino != drive_inode
+    old = os.fstat(old_drive.fileno())
+    assert not moved_nvram.exists() and old.st_nlink == 0 and drive.stat().st_ino != old.st_ino
     assert "OVMF" in bios.host.virsh("dumpxml", bios.uid) and bios.nvram().exists()
 
     # Deleting the Servers removes their disks and variable stores, on every host.
