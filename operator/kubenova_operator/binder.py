@@ -205,11 +205,11 @@ class Binder:
         """Decide for every pending Server in turn (each decision sees the claims of the ones
         before it) and hand the bindings to the writers: a write holds up neither the next
         decision nor the next pass, so a burst binds at the API server's pace rather than one
-        round trip each. A Server whose binding is in flight is assumed, and skipped here."""
+        round trip each. A Server whose binding is in flight is assumed, and skipped here; the
+        claims are settled before, at the start of :meth:`one_pass`."""
         view = dataclasses.replace(
             snapshot.view, dhcp_reserved=self.networks.dhcp_reserved(snapshot.view.providers)
         )
-        self._settle(snapshot)
         states = binding.host_states(view, self.claims, self.cfg, self.host_states)
 
         def defer(name: str) -> binding.Defer:
