@@ -25,9 +25,7 @@ def convert(exc: libvirt.libvirtError) -> errors.HypervisorError:
     message = exc.get_error_message() or str(exc)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return errors.DomainNotFound(message, code=code)
-    transient = (
-        code in _TRANSIENT_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC or pool_busy(exc)
-    )
+    transient = code in _TRANSIENT_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC
     return errors.HypervisorError(message, transient=transient, code=code)
 
 
