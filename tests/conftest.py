@@ -45,8 +45,8 @@ def delete_unheld(bed: stack.Stack, namespace: str, *names: str) -> None:
     if not names:
         listed = bed.kubectl("get", "servers", "-n", namespace, "-o", "name").stdout.split()
         names = tuple(n.rpartition("/")[2] for n in listed)
+    patch = json.dumps(UNHELD)
     for name in names:
-        patch = json.dumps(UNHELD)
         bed.kubectl("patch", "server", name, "-n", namespace, "--type=merge", "-p", patch)
     if names:
         bed.kubectl("delete", "servers", *names, "-n", namespace, "--timeout=30s", timeout=45)
