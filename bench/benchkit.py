@@ -863,6 +863,34 @@ def cpu_pids(bed: stack.Stack) -> dict[str, int]:
     return pids
 
 
+def machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU time so far, from /proc/stat: ``busy`` (user, nice, system,
+    irq, softirq), ``idle`` (with iowait) and ``steal`` (time the hypervisor gave this VM's
+    virtual CPUs to someone else), in seconds summed over the cores."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "idle": (idle + iowait) / tick,
+        "steal": steal / tick,
+    }
+
+
+def machine_use(before: Mapping[str, float], after: Mapping[str, float], wall: float) -> Obj:
+    """How busy the machine was between two :func:`machine_cpu` readings, in cores, and the
+    share of its CPU time that was stolen: a run on a machine whose neighbours take a fifth of
+    its CPU is slower for that, not for what it ran."""
+    used = {k: after[k] - before[k] for k in before}
+    total = sum(used.values())
+    return {
+        "busy_cores": round(used["busy"] / wall, 2),
+        "steal_cores": round(used["steal"] / wall, 2),
+        "steal_share": round(used["steal"] / total, 3) if total > 0 else 0.0,
+    }
+
+
 def cpu_use(before: Mapping[str, float], after: Mapping[str, float], wall: float) -> Obj:
     """CPU seconds each process used between two readings, and as a share of one core."""
     return {

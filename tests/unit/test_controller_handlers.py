@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import kopf
 
 from kubenova_operator import handlers
@@ -24,3 +26,17 @@ def test_the_skipped_diff_base_builds_nothing() -> None:
     body = kopf.Body({"metadata": {"name": "a"}, "spec": {"flavorRef": "m1"}})
     assert storage.build(body=body) == {}
     assert storage.fetch(body=body) is None
+
+
+def test_index_and_event_handlers_run_on_the_event_loop() -> None:
+    # kopf runs a plain function in its thread pool: a hand-over and a wake-up of the loop
+    # for each handler of each event, and the binder kicked from a thread that is not the
+    # loop's. A handler added later as a plain ``def`` fails here.
+    registry = kopf.get_default_registry()
+    registered = [
+        *registry._indexing.get_all_handlers(),
+        *registry._watching.get_all_handlers(),
+    ]
+    assert len(registered) >= 20
+    plain = [h.id for h in registered if not inspect.iscoroutinefunction(h.fn)]
+    assert plain == [], f"handlers {plain} would run in kopf's thread pool; make them async"

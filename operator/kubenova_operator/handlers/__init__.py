@@ -141,38 +141,45 @@ def _parse(kind: type[Obj], body: kopf.Body) -> Obj | None:
         return None
 
 
+# The index and event handlers below are coroutines although they await nothing: kopf runs a
+# plain function in its thread pool, one hand-over and one wake-up of the event loop for each
+# handler of each event (three per Server event), and a handler run there would kick the
+# binder's asyncio.Event from a thread that is not the loop's. Each is a parse of one object
+# and a few dict operations, short enough for the loop.
+
+
 @kopf.index(G, V, constants.FLAVORS)
-def flavor_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, FlavorSpec] | None:
+async def flavor_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, FlavorSpec] | None:
     flavor = _parse(Flavor, body)
     return {name: flavor.spec} if flavor is not None else None
 
 
 @kopf.index(G, V, constants.IMAGES)
-def image_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, ImageSpec] | None:
+async def image_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, ImageSpec] | None:
     image = _parse(Image, body)
     return {name: image.spec} if image is not None else None
 
 
 @kopf.index(G, V, constants.HYPERVISORS)
-def hypervisors(name: str, body: kopf.Body, **_: Any) -> dict[str, Hypervisor] | None:
+async def hypervisors(name: str, body: kopf.Body, **_: Any) -> dict[str, Hypervisor] | None:
     hv = _parse(Hypervisor, body)
     return {name: hv} if hv is not None else None
 
 
 @kopf.index(G, V, constants.SERVERGROUPS)
-def group_policies(body: kopf.Body, **_: Any) -> dict[str, GroupPolicy] | None:
+async def group_policies(body: kopf.Body, **_: Any) -> dict[str, GroupPolicy] | None:
     group = _parse(ServerGroup, body)
     return {group.full_name: group.spec.policy} if group is not None else None
 
 
 @kopf.index(G, V, constants.SERVERS)
-def servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, cluster.ServerSummary] | None:
+async def servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, cluster.ServerSummary] | None:
     server = _parse(Server, body)
     return {uid: cluster.ServerSummary.of(server)} if server is not None else None
 
 
 @kopf.index(G, V, constants.SERVERS)
-def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | None:
+async def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | None:
     # Most events are of bound Servers: those are told apart on the raw body (the edge),
     # so only a pending Server is parsed a second time (``servers`` parses every one).
     if body.status.get("nodeName") or body.metadata.get("deletionTimestamp"):
@@ -184,13 +191,13 @@ def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | 
 
 
 @kopf.index(G, V, constants.NETWORKS)
-def networks(body: kopf.Body, **_: Any) -> dict[str, Network] | None:
+async def networks(body: kopf.Body, **_: Any) -> dict[str, Network] | None:
     net = _parse(Network, body)
     return {net.full_name: net} if net is not None else None
 
 
 @kopf.index(G, V, constants.NETWORKS)
-def default_networks(body: kopf.Body, **_: Any) -> dict[str, str] | None:
+async def default_networks(body: kopf.Body, **_: Any) -> dict[str, str] | None:
     """Namespace -> the name of each of its Networks marked default (and not being deleted)."""
     net = _parse(Network, body)
     if net is None or not net.spec.default or net.metadata.deleting:
@@ -199,19 +206,23 @@ def default_networks(body: kopf.Body, **_: Any) -> dict[str, str] | None:
 
 
 @kopf.index(G, V, constants.PROVIDERNETWORKS)
-def provider_networks(name: str, body: kopf.Body, **_: Any) -> dict[str, ProviderNetwork] | None:
+async def provider_networks(
+    name: str, body: kopf.Body, **_: Any
+) -> dict[str, ProviderNetwork] | None:
     pnet = _parse(ProviderNetwork, body)
     return {name: pnet} if pnet is not None else None
 
 
 @kopf.index(G, V, constants.SERVERMIGRATIONS)
-def server_migrations(uid: str, body: kopf.Body, **_: Any) -> dict[str, ServerMigration] | None:
+async def server_migrations(
+    uid: str, body: kopf.Body, **_: Any
+) -> dict[str, ServerMigration] | None:
     smig = _parse(ServerMigration, body)
     return {uid: smig} if smig is not None else None
 
 
 @kopf.index(G, V, constants.COMPUTEQUOTAS)
-def quotas(
+async def quotas(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[str, tuple[str, ComputeQuotaSpec]] | None:
     quota = _parse(ComputeQuota, body)
@@ -279,45 +290,45 @@ def _wake(memo: kopf.Memo, kwargs: dict[str, Any], uid: str | None = None) -> No
 
 
 @kopf.on.event(G, V, constants.SERVERS)
-def server_event(memo: kopf.Memo, uid: str, **kwargs: Any) -> None:
+async def server_event(memo: kopf.Memo, uid: str, **kwargs: Any) -> None:
     _wake(memo, kwargs, uid)
 
 
 @kopf.on.event(G, V, constants.FLAVORS)
-def flavor_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def flavor_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.IMAGES)
-def image_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def image_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.SERVERGROUPS)
-def server_group_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def server_group_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.HYPERVISORS)
-def hypervisor_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def hypervisor_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.COMPUTEQUOTAS)
-def quota_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def quota_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.SERVERMIGRATIONS)
-def server_migration_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def server_migration_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.NETWORKS)
-def network_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def network_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
 
 
 @kopf.on.event(G, V, constants.PROVIDERNETWORKS)
-def provider_network_event(memo: kopf.Memo, **kwargs: Any) -> None:
+async def provider_network_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
