@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 FACTS_REFRESH_SECONDS = 300.0
+UNREACHABLE_AFTER = 2
+"""Failed reads of libvirt in a row before the host is reported unreachable. One failed call
+(an RPC that timed out, a refusal while libvirtd was busy) is not a host that is gone, and
+``Ready=False`` makes the controller count the host down at once: until the next beat the
+figures of the last good read stand (Nova's service group does not mark a compute service
+down for one missed report either)."""
 
 
 def hypervisor_ref(host_name: str) -> ObjectRef:
@@ -115,6 +121,9 @@ class CapacityPublisher:
         self._facts: HostFacts | None = None
         self._facts_at = 0.0
         self._ready: Condition | None = None
+        self._last_good: HypervisorStatus | None = None
+        self._failures = 0
+        """Failed reads of libvirt since the last good one."""
 
     def facts(self) -> HostFacts:
         """The host's CPU, size and versions; read again every few minutes (they rarely change,
@@ -157,6 +166,16 @@ class CapacityPublisher:
             pool = self._storage.usage()
             running = sum(1 for d in self._host.domains() if d.active and d.owner is not None)
         except errors.HypervisorError as exc:
+            self._failures += 1
+            if self._failures < UNREACHABLE_AFTER and self._last_good is not None:
+                log.warning(
+                    "reading libvirt for the capacity failed (%s); the last figures stand "
+                    "until the next beat",
+                    exc,
+                )
+                return self._last_good.model_copy(
+                    update={"lastHeartbeatTime": status.lastHeartbeatTime}
+                )
             log.warning("libvirt unreachable while publishing capacity: %s", exc)
             status.conditions = [
                 self._condition("False", "LibvirtUnreachable", f"libvirt at {s.libvirt_uri}: {exc}")
@@ -192,4 +211,6 @@ class CapacityPublisher:
         status.conditions = [
             self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")
         ]
+        self._failures = 0
+        self._last_good = status
         return status
