@@ -320,8 +320,15 @@ def run(
     latency = [active[k] - created[k] for k in names]
     to_bound = [bound[k] - created[k] for k in names]
     to_active = [active[k] - bound[k] for k in names]
-    # The first change the watch saw is the Server's arrival (no node yet).
-    seen = {k: tracker.tracks[k].changes["nodeName"][0].at for k in names}
+    # The Server's arrival is the first change the watch saw with no node yet (a relist may
+    # have shown it bound already: then its first change, the binding, is the bound).
+    seen = {
+        k: next(
+            (c.at for c in tracker.tracks[k].changes["nodeName"] if not c.value),
+            bound[k],
+        )
+        for k in names
+    }
     to_seen = [seen[k] - created[k] for k in names]
     request = [answered[k] - created[k] for k in names]
     binds = sorted(bound.values())
