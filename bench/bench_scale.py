@@ -231,7 +231,9 @@ def run(
     )
     created: dict[str, float] = {}
     answered: dict[str, float] = {}  # when the create's response came
-    before = benchkit.api_writes(api)
+    metrics_before = benchkit.api_metrics(api)
+    before = benchkit.api_writes(api, metrics_before)
+    watch_before = benchkit.watch_delivery(metrics_before, "servers")
     passes_before = controller_passes(bed)
     pids = benchkit.cpu_pids(bed)
     cpu_before = {name: benchkit.cpu_seconds(pid) for name, pid in pids.items()}
@@ -273,10 +275,16 @@ def run(
             cpu_after["bench"] = sum(os.times()[:2])
             machine_after = benchkit.machine_cpu()
             time.sleep(1)  # let the last writes land in the metrics
+            metrics = benchkit.api_metrics(api)
             ctl, ctl_peak = controller_memory(bed)
             fleet_rss = [benchkit.memory_mib(proc_pid(f))[0] for f in fleets]
             measured = {
-                "writes": benchkit.summarise_writes(benchkit.api_writes(api) - before, n),
+                "writes": benchkit.summarise_writes(benchkit.api_writes(api, metrics) - before, n),
+                # The watch cache offers every Server event to every Server watcher (no index
+                # on a custom resource's fields): one that falls behind is closed.
+                "server_watch_delivery": benchkit.summarise_watch_delivery(
+                    watch_before, benchkit.watch_delivery(metrics, "servers")
+                ),
                 "controller_rss_mib": ctl,
                 "controller_peak_rss_mib": ctl_peak,
                 "fleet_rss_mib": fleet_rss,
@@ -493,7 +501,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         f"{'p50':>7} {'p95':>7} {'p99':>7} "
         f"{'binds/s':>8} {'writes/srv':>10} {'status/srv':>10} {'events/srv':>10} "
         f"{'refused':>8} {'ctl MiB':>8} {'ctl peak':>8} {'agent MiB':>9} "
-        f"{'CPU ms/srv':>10} {'steal':>6}"
+        f"{'CPU ms/srv':>10} {'steal':>6} {'closed':>6}"
     )
     for r in results:
         w = r["writes"]
@@ -508,7 +516,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{w['events_per_server']:10.2f} {sum(w['refused'].values()):8d} "
             f"{r['controller_rss_mib']:8.1f} "
             f"{r['controller_peak_rss_mib']:8.1f} {r['per_agent_rss_mib']:9.2f} "
-            f"{cpu_ms:10.1f} {r['machine_until_all_active']['steal_share']:6.1%}"
+            f"{cpu_ms:10.1f} {r['machine_until_all_active']['steal_share']:6.1%} "
+            f"{r['server_watch_delivery']['watchers_closed']:6d}"
         )
     print(
         "writes/srv: writes to servers and servers/status (the create included) the API "
@@ -516,7 +525,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "(429 = over the API server's in-flight limit); from apiserver_request_total; "
         "CPU ms/srv: CPU time of the control plane, controller, agents and this benchmark "
         "until all ACTIVE, per Server; steal: the share of the machine's CPU time its "
-        "hypervisor gave to others meanwhile (a noisy machine, not slower code)"
+        "hypervisor gave to others meanwhile (a noisy machine, not slower code); closed: "
+        "Server watchers the API server closed for falling behind (each watches again)"
     )
     for r in results:
         late = r["watch"]["servers_seen_late_by_a_relist"]

@@ -11,7 +11,8 @@ its figures, computed over that complete data. Otherwise it exits non-zero with 
   and an error in its thread is kept and raised in the benchmark's own thread — never lost.
 - :class:`Tracker` records, per object, every change of a few fields and when it was seen.
 - :func:`verify_servers` and friends are the final checks; :func:`percentile`,
-  :func:`api_writes` (the API server's own ``apiserver_request_total``), :func:`memory_mib`
+  :func:`api_writes` (the API server's own ``apiserver_request_total``), :func:`watch_delivery`
+  (how its watch cache delivered events), :func:`memory_mib`
   and :func:`cpu_seconds` the figures.
 
 Only the public surface is used (the Kubernetes API, virsh, the devenv Stack), so the same files
@@ -35,7 +36,7 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -763,9 +764,8 @@ class WriteKey:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
 
-def api_writes(api: client.ApiClient) -> collections.Counter[WriteKey]:
-    """The API server's own count of write requests so far (``apiserver_request_total``), by
-    resource, subresource, verb and response code."""
+def api_metrics(api: client.ApiClient) -> str:
+    """The API server's own metrics (``/metrics``), as text."""
     cfg = api.configuration
     ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
     headers = {  # the credentials the client itself would send (token or none)
@@ -775,12 +775,23 @@ def api_writes(api: client.ApiClient) -> collections.Counter[WriteKey]:
     }
     req = urllib.request.Request(f"{cfg.host}/metrics", headers=headers)
     with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-        text = resp.read().decode()
-    out: collections.Counter[WriteKey] = collections.Counter()
+        text: str = resp.read().decode()
+    return text
+
+
+def _samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in ``text``: (labels, value)."""
+    prefix = name + "{"
     for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if line.startswith(prefix):
+            yield dict(re.findall(r'(\w+)="([^"]*)"', line)), float(line.rsplit(" ", 1)[1])
+
+
+def api_writes(api: client.ApiClient, text: str | None = None) -> collections.Counter[WriteKey]:
+    """The API server's own count of write requests so far (``apiserver_request_total``), by
+    resource, subresource, verb and response code (from ``text``, its metrics, if given)."""
+    out: collections.Counter[WriteKey] = collections.Counter()
+    for labels, value in _samples(text or api_metrics(api), "apiserver_request_total"):
         if labels.get("verb") in WRITE_VERBS:
             key = WriteKey(
                 labels.get("resource", ""),
@@ -788,8 +799,37 @@ def api_writes(api: client.ApiClient) -> collections.Counter[WriteKey]:
                 labels["verb"],
                 labels.get("code", ""),
             )
-            out[key] += int(float(line.rsplit(" ", 1)[1]))
+            out[key] += int(value)
     return out
+
+
+def watch_delivery(text: str, resource: str) -> dict[str, float]:
+    """How the API server's watch cache delivered events of ``resource`` so far: watchers it
+    closed because they did not take events in time (each then watches again), and the summed
+    seconds and count of events from etcd into the cache and from etcd to a watcher."""
+    out = {"closed": 0.0, "intake_s": 0.0, "intake_n": 0.0, "delivery_s": 0.0, "delivery_n": 0.0}
+    for labels, value in _samples(text, "apiserver_terminated_watchers_total"):
+        if labels.get("resource") == resource:
+            out["closed"] += value
+    stages = {"storage_to_cache": "intake", "total": "delivery"}
+    for suffix in ("sum", "count"):
+        metric = f"apiserver_watch_events_dispatch_duration_seconds_{suffix}"
+        for labels, value in _samples(text, metric):
+            stage = stages.get(labels.get("stage", ""))
+            if labels.get("resource") == resource and stage is not None:
+                out[f"{stage}_{'s' if suffix == 'sum' else 'n'}"] += value
+    return out
+
+
+def summarise_watch_delivery(before: Mapping[str, float], after: Mapping[str, float]) -> Obj:
+    """:func:`watch_delivery` between two readings: watchers closed, and the mean seconds of
+    an event's way into the watch cache and to a watcher."""
+    d = {k: after[k] - before[k] for k in before}
+    return {
+        "watchers_closed": int(d["closed"]),
+        "intake_mean_s": round(d["intake_s"] / d["intake_n"], 3) if d["intake_n"] else None,
+        "delivery_mean_s": round(d["delivery_s"] / d["delivery_n"], 3) if d["delivery_n"] else None,
+    }
 
 
 def summarise_writes(delta: collections.Counter[WriteKey], servers: int) -> dict[str, Any]:
