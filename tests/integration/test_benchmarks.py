@@ -76,6 +76,12 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
         (3, True, 3, 2),
     ]
     assert all(r["writes"]["status_writes_per_server"] > 0 for r in results), results
+    for r in results:  # what the machine and the API server's watch cache did meanwhile
+        assert r["machine_until_all_active"]["busy_cores"] > 0, r
+        delivery = r["server_watch_delivery"]
+        assert delivery["watchers_closed"] >= 0, r
+        assert delivery["intake_mean_s"] is not None and delivery["intake_mean_s"] >= 0, r
+        assert r["create_request_p50_p99_s"][0] > 0 and r["create_to_seen_p50_p99_s"][0] > 0, r
 
 
 def test_bench_scale_fails_naming_the_server_that_never_became_active(
