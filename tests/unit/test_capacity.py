@@ -11,6 +11,8 @@ from kubenova_agent.libvirt import errors
 from kubenova_agent.libvirt.host import CpuInfo, DomainSummary, Host, HostFacts
 from kubenova_agent.settings import AgentSettings
 from kubenova_api import common, kube
+from kubenova_api.common import Condition
+from kubenova_api.resources import HypervisorStatus
 
 GIB = 1 << 30
 
@@ -50,9 +52,14 @@ def publisher(host: FlakyHost) -> capacity.CapacityPublisher:
     )
 
 
-def ready(status: object) -> tuple[str, str]:
-    cond = common.get_condition(getattr(status, "conditions", []), "Ready")
+def ready_condition(status: HypervisorStatus) -> Condition:
+    cond = common.get_condition(status.conditions, "Ready")
     assert cond is not None
+    return cond
+
+
+def ready(status: HypervisorStatus) -> tuple[str, str]:
+    cond = ready_condition(status)
     return cond.status, cond.reason
 
 
@@ -71,9 +78,7 @@ def test_one_failed_read_keeps_the_last_figures_two_report_the_host_unreachable(
 
     second = pub.compute()
     assert ready(second) == ("False", "LibvirtUnreachable")
-    assert "Connection reset by peer" in (
-        common.get_condition(second.conditions, "Ready").message  # type: ignore[union-attr]
-    )
+    assert "Connection reset by peer" in ready_condition(second).message
 
     # Back: the next failure is again a single one.
     host.down = False
