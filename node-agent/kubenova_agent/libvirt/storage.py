@@ -85,6 +85,26 @@ def refresh(pool: libvirt.virStoragePool, patience: float = REFRESH_PATIENCE_SEC
         )
 
 
+VOLUME_LISTING_ATTEMPTS = 5
+
+
+def _sized_volumes(pool: libvirt.virStoragePool, prefix: str) -> list[tuple[str, int]] | None:
+    """(name, bytes allocated) of the volumes of ``pool`` named ``prefix``…, or None when one
+    of them was gone by the time its size was read (deleted, or the pool being rescanned)."""
+    sized = []
+    for vol in pool.listAllVolumes(0):
+        name = str(vol.name())
+        if not name.startswith(prefix):
+            continue
+        try:
+            sized.append((name, int(vol.info()[2])))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+            return None
+    return sized
+
+
 class Storage:
     """The agent's storage pool on one host."""
 
@@ -153,15 +173,25 @@ class Storage:
         return target
 
     def volumes(self, prefix: str) -> list[tuple[str, int]]:
-        """(name, bytes allocated) of every volume whose name starts with ``prefix``."""
+        """(name, bytes allocated) of every volume whose name starts with ``prefix``.
+
+        A rescan of the pool by another caller (the heartbeat, another Server's disk being
+        made) drops and re-adds every volume of it, so a volume listed a moment ago can be
+        "not found" when its size is read: the listing is read again then, never returned
+        without it (a migration copies exactly the disks listed here)."""
         with _conv.translated():
             pool = self._pool()
             refresh(pool)
-            return [
-                (str(vol.name()), int(vol.info()[2]))
-                for vol in pool.listAllVolumes(0)
-                if vol.name().startswith(prefix)
-            ]
+            for _ in range(VOLUME_LISTING_ATTEMPTS):
+                listed = _sized_volumes(pool, prefix)
+                if listed is not None:
+                    return listed
+                time.sleep(0.05)
+        raise errors.HypervisorError(
+            f"the volumes of storage pool {self.pool_name} kept changing while being listed",
+            transient=True,
+            code=libvirt.VIR_ERR_NO_STORAGE_VOL,
+        )
 
     def backing_files(self) -> list[str]:
         """The backing file of every volume of the pool (what the image cache must keep)."""
@@ -192,17 +222,33 @@ class Storage:
             return True
 
     def delete_volumes(self, prefix: str) -> list[str]:
-        """Delete every volume whose name starts with ``prefix``; returns their names."""
-        deleted = []
+        """Delete every volume whose name starts with ``prefix``; returns their names.
+
+        A volume "not found" at its delete was either deleted by someone else or dropped for
+        a moment by a rescan of the pool (its file still there): the listing is read again
+        until a pass finds nothing it could not delete, so no disk is left behind."""
+        deleted: set[str] = set()
         with _conv.translated():
             pool = self._pool()
             refresh(pool)
-            for vol in pool.listAllVolumes(0):
-                if vol.name().startswith(prefix):
+            for _ in range(VOLUME_LISTING_ATTEMPTS):
+                missed = False
+                for vol in pool.listAllVolumes(0):
+                    name = str(vol.name())
+                    if not name.startswith(prefix):
+                        continue
                     try:
                         vol.delete(0)
+                        deleted.add(name)
                     except libvirt.libvirtError as exc:
                         if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                             raise
-                    deleted.append(vol.name())
-        return deleted
+                        missed = True
+                if not missed:
+                    return sorted(deleted)
+                time.sleep(0.05)
+        raise errors.HypervisorError(
+            f"the volumes of storage pool {self.pool_name} kept changing while being deleted",
+            transient=True,
+            code=libvirt.VIR_ERR_NO_STORAGE_VOL,
+        )
