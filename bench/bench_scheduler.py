@@ -160,7 +160,7 @@ def one_size(hosts: int, bound: int, pending: int, ipam: bool = False) -> dict[s
     index = {}
     for i in range(bound):
         s = bound_summary(i, names[i % hosts], ipam)
-        index[s.uid] = [s]
+        index[s.uid] = s
     t = time.perf_counter()
     folded = known.sync(index)  # the first sync reads everything; later ones only changes
     first_sync_s = time.perf_counter() - t

@@ -80,7 +80,7 @@ class Binder:
         self.last = PassStats()
         self._dirty = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._source: Callable[[], Snapshot] | None = None  # set once by the handlers
+        self._source: Callable[[], Snapshot | None] | None = None  # set once by the handlers
         # Bindings are written here, across passes: a pass decides and hands its writes over,
         # and the next pass does not wait for them (their claims are assumed until seen).
         self._writers = concurrent.futures.ThreadPoolExecutor(WRITERS, "bind")
@@ -90,7 +90,9 @@ class Binder:
     def attached(self) -> bool:
         return self._source is not None
 
-    def attach(self, source: Callable[[], Snapshot]) -> None:
+    def attach(self, source: Callable[[], Snapshot | None]) -> None:
+        """Where each pass reads its snapshot from; a snapshot of None (what it depends on
+        is not read yet) skips the pass."""
         self._source = source
 
     def kick(self) -> None:
@@ -123,10 +125,10 @@ class Binder:
             # bindings seen back, heartbeats) waits for one pass instead of a pass each.
             await asyncio.sleep(max(0.0, started + PASS_SPACING - time.monotonic()))
             self._dirty.clear()
-            if self._source is None:
-                continue
             started = time.monotonic()
-            await self.one_pass(self._source())
+            snapshot = self._source() if self._source is not None else None
+            if snapshot is not None:
+                await self.one_pass(snapshot)
 
     async def one_pass(self, snapshot: Snapshot) -> None:
         """One pass over ``snapshot``: liveness, moves, networks, then the pending Servers."""

@@ -1,13 +1,13 @@
 """What the controller knows of every Server, kept up to date incrementally.
 
-kopf's index holds a compact :class:`ServerSummary` per Server (complete before any handler
-runs, so a restarted controller knows every claim before it binds anything). Each event marks
-its Server dirty; before a pass, :meth:`Cluster.sync` folds only the dirty Servers into the
-aggregates the passes read — claims per host, members of each server group per host, the
-Servers on each host, the Servers waiting for a resize or for a new image to be pinned (a
-rebuild), and per network the addresses and MACs held, the hosts that run its Servers and the
-Servers that use it. A pass therefore costs what changed since the last one, never the number
-of Servers already bound."""
+The controller's Server watch (:mod:`kubenova_operator.servers`) holds a compact
+:class:`ServerSummary` per Server (every one listed before the first pass, so a restarted
+controller knows every claim before it binds anything). Each event marks its Server dirty;
+before a pass, :meth:`Cluster.sync` folds only the dirty Servers into the aggregates the passes
+read — claims per host, members of each server group per host, the Servers on each host, the
+Servers waiting for a resize or for a new image to be pinned (a rebuild), and per network the
+addresses and MACs held, the hosts that run its Servers and the Servers that use it. A pass
+therefore costs what changed since the last one, never the number of Servers already bound."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import collections
 import dataclasses
 import ipaddress
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from kubenova_api import constants
 from kubenova_api.networks import NetworkKind, net_key
@@ -184,16 +184,16 @@ class Cluster:
         with self._lock:
             self._dirty.add(uid)
 
-    def sync(self, index: Mapping[str, Iterable[ServerSummary]]) -> int:
-        """Fold the changes into the aggregates: everything the first time, afterwards only
-        the Servers touched since. Returns how many Servers were looked at."""
+    def sync(self, summaries: Mapping[str, ServerSummary]) -> int:
+        """Fold the changes into the aggregates from ``summaries`` (uid -> the Server's
+        summary now; a uid missing is a Server gone): everything the first time, afterwards
+        only the Servers touched since. Returns how many Servers were looked at."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             first, self._synced = not self._synced, True
-        uids = set(index) | set(self._by_uid) if first else dirty
+        uids = set(summaries) | set(self._by_uid) if first else dirty
         for uid in uids:
-            store = index.get(uid)
-            self._apply(uid, _latest(store) if store is not None else None)
+            self._apply(uid, summaries.get(uid))
         return len(uids)
 
     def _apply(self, uid: str, new: ServerSummary | None) -> None:
@@ -334,9 +334,3 @@ class Cluster:
     def repinning(self) -> list[ServerSummary]:
         """Bound Servers whose imageRef names another Image than the one pinned (rebuilds)."""
         return [self._by_uid[uid] for uid in self._repinning if uid in self._by_uid]
-
-
-def _latest(store: Iterable[ServerSummary]) -> ServerSummary | None:
-    for value in store:
-        return value
-    return None

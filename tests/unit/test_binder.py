@@ -24,7 +24,7 @@ def _server(uid: str, node: str | None) -> Server:
 
 def _snapshot(known: list[Server], pending: list[Server]) -> binder.Snapshot:
     index = cluster.Cluster()
-    index.sync({s.uid: [cluster.ServerSummary.of(s)] for s in known})
+    index.sync({s.uid: cluster.ServerSummary.of(s) for s in known})
     view = binding.ClusterView(flavors={}, images={}, hypervisors={}, cluster=index)
     return binder.Snapshot(view=view, pending=pending)
 

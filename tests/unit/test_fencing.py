@@ -48,7 +48,7 @@ def test_only_servers_of_a_marked_host_that_is_down_are_released_or_evacuated() 
         on("fine", "other"),
     ]
     cluster = Cluster()
-    cluster.sync({s.uid: [s] for s in servers})
+    cluster.sync({s.uid: s for s in servers})
     hypervisors = {
         "dead": hv("dead", True),
         "marked-but-up": hv("marked-but-up", True),
@@ -72,20 +72,20 @@ def test_the_stranded_are_the_deleting_unbound_servers_that_still_hold_the_final
         on(None, "pending"),
         on("host", "deleted-bound", deleting=True),
     ]
-    cluster.sync({s.uid: [s] for s in servers})
+    cluster.sync({s.uid: s for s in servers})
     assert [s.name for s in cluster.stranded()] == ["deleted-unbound"]
     # A binding lands on it: its agent tears it down now, not the controller.
     cluster.touch("uid-deleted-unbound")
     bound = dataclasses.replace(servers[0], node="host")
-    cluster.sync({s.uid: [s] for s in [bound, *servers[1:]]})
+    cluster.sync({s.uid: s for s in [bound, *servers[1:]]})
     assert cluster.stranded() == []
     # The pending one is deleted; then it is gone.
     cluster.touch("uid-pending")
     deleted = dataclasses.replace(servers[2], deleting=True)
-    cluster.sync({s.uid: [s] for s in [bound, servers[1], deleted, servers[3]]})
+    cluster.sync({s.uid: s for s in [bound, servers[1], deleted, servers[3]]})
     assert [s.name for s in cluster.stranded()] == ["pending"]
     cluster.touch("uid-pending")
-    cluster.sync({s.uid: [s] for s in [bound, servers[1], servers[3]]})
+    cluster.sync({s.uid: s for s in [bound, servers[1], servers[3]]})
     assert cluster.stranded() == []
 
 
@@ -126,7 +126,7 @@ def server(name: str, node: str | None = None, deleting: bool = True) -> Server:
 def test_release_unbound_removes_only_the_agents_finalizer_guarded_by_the_version() -> None:
     names = ("gone-meanwhile", "bound-meanwhile", "in-flight", "changing", "stranded")
     cluster = Cluster()
-    cluster.sync({f"uid-{n}": [on(None, n, deleting=True)] for n in names})
+    cluster.sync({f"uid-{n}": on(None, n, deleting=True) for n in names})
     kube = ReleaseKube(
         objects={
             "bound-meanwhile": server("bound-meanwhile", node="host"),
@@ -151,7 +151,7 @@ def test_release_unbound_removes_only_the_agents_finalizer_guarded_by_the_versio
 
 def test_release_unbound_lets_other_api_errors_through() -> None:
     cluster = Cluster()
-    cluster.sync({"uid-s": [on(None, "s", deleting=True)]})
+    cluster.sync({"uid-s": on(None, "s", deleting=True)})
 
     class Failing(ReleaseKube):
         def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]]) -> dict[str, Any]:

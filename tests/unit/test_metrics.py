@@ -88,13 +88,13 @@ def test_the_controller_counts_servers_by_phase_from_its_cluster_state() -> None
     controller_metrics.count_servers_from(cluster.phases)
     assert cluster.phases() == {}
     index = {
-        "a": [_summary("a", None)],
-        "b": [_summary("b", Phase.ACTIVE)],
-        "c": [_summary("c", Phase.ACTIVE)],
+        "a": _summary("a", None),
+        "b": _summary("b", Phase.ACTIVE),
+        "c": _summary("c", Phase.ACTIVE),
     }
     cluster.sync(index)
     assert cluster.phases() == {"None": 1, "ACTIVE": 2}
-    index["a"] = [_summary("a", Phase.BUILD)]
+    index["a"] = _summary("a", Phase.BUILD)
     del index["c"]
     cluster.touch("a")
     cluster.touch("c")

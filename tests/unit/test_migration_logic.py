@@ -85,7 +85,7 @@ def _precheck(
 ) -> migrations.Accepted | migrations.End:
     cfg = ControllerSettings()
     known = cluster.Cluster()
-    known.sync({server.uid: [server]} if server is not None else {})
+    known.sync({server.uid: server} if server is not None else {})
     hvs = hypervisors or {"a": _hv("a"), "b": _hv("b"), "c": _hv("c", mem=1024)}
     view = binding.ClusterView(
         flavors={},

@@ -66,7 +66,7 @@ def test_missing_or_unready_networks_wait_with_a_reason() -> None:
 
 def _cluster(*servers: Server) -> Cluster:
     cluster = Cluster()
-    cluster.sync({s.uid: [ServerSummary.of(s)] for s in servers})
+    cluster.sync({s.uid: ServerSummary.of(s) for s in servers})
     return cluster
 
 

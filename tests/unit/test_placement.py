@@ -141,16 +141,16 @@ def _summary(uid: str, node: str | None, group: str | None = None) -> cluster.Se
 
 
 def test_the_cluster_counts_claims_incrementally() -> None:
-    index: dict[str, list[cluster.ServerSummary]] = {
-        "u1": [_summary("u1", "a", "g")],
-        "u2": [_summary("u2", "a")],
-        "u3": [_summary("u3", None)],
+    index: dict[str, cluster.ServerSummary] = {
+        "u1": _summary("u1", "a", "g"),
+        "u2": _summary("u2", "a"),
+        "u3": _summary("u3", None),
     }
     known = cluster.Cluster()
     assert known.sync(index) == 3  # the first sync reads everything
     assert known.claimed() == {"a": SMALL + SMALL}
     assert known.group_hosts("ns/g") == {"a": 1}
-    index["u3"] = [_summary("u3", "b")]
+    index["u3"] = _summary("u3", "b")
     del index["u1"]
     for uid in ("u1", "u3"):
         known.touch(uid)

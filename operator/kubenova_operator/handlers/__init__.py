@@ -1,9 +1,11 @@
 """kopf registration only: every function here is one call into plain code.
 
-Indexes keep the controller's in-memory view, each object validated into its model as it
-arrives (kopf fills them completely before any handler runs, so a restarted controller knows
-every existing claim before it binds anything). Servers are indexed as compact summaries; event
-handlers only mark what changed and wake the binder."""
+Indexes keep the controller's in-memory view of the small kinds, each object validated into
+its model as it arrives (kopf fills them completely before any handler runs); event handlers
+only wake the binder. Servers, the one kind with many objects and events, are not kopf's: the
+controller's own watch keeps them (:mod:`kubenova_operator.servers`), and no pass runs before
+both it and kopf's indexes have listed everything, so a restarted controller knows every
+existing claim before it binds anything."""
 
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from kubenova_api.resources import (
     Hypervisor,
     Image,
     ImageSpec,
-    Server,
     ServerGroup,
     ServerMigration,
 )
@@ -39,6 +40,7 @@ from kubenova_operator import (
     heartbeats,
     metrics,
     migrations,
+    servers,
 )
 from kubenova_operator.settings import ControllerSettings
 
@@ -109,6 +111,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                 HEARTBEATS_SYNC_SECONDS,
             )
     memo.binder_task = asyncio.create_task(memo.binder.run())
+    await asyncio.sleep(0)  # the binder is on the loop: the Server watch can wake it
+    memo.servers = servers.ServerWatch(k, memo.cluster, memo.binder.kick_threadsafe)
+    memo.servers.start()
 
 
 @kopf.on.login()
@@ -123,9 +128,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("binder_task")
     if task is not None:
         task.cancel()
-    beats: heartbeats.Heartbeats | None = memo.get("heartbeats")
-    if beats is not None:
-        beats.stop()
+    for watch in (memo.get("heartbeats"), memo.get("servers")):
+        if watch is not None:
+            watch.stop()
     b: binder.Binder | None = memo.get("binder")
     if b is not None:
         await asyncio.to_thread(b.close)
@@ -143,7 +148,7 @@ def _parse(kind: type[Obj], body: kopf.Body) -> Obj | None:
 
 # The index and event handlers below are coroutines although they await nothing: kopf runs a
 # plain function in its thread pool, one hand-over and one wake-up of the event loop for each
-# handler of each event (three per Server event), and a handler run there would kick the
+# handler of each event (two or three per event), and a handler run there would kick the
 # binder's asyncio.Event from a thread that is not the loop's. Each is a parse of one object
 # and a few dict operations, short enough for the loop.
 
@@ -170,24 +175,6 @@ async def hypervisors(name: str, body: kopf.Body, **_: Any) -> dict[str, Hypervi
 async def group_policies(body: kopf.Body, **_: Any) -> dict[str, GroupPolicy] | None:
     group = _parse(ServerGroup, body)
     return {group.full_name: group.spec.policy} if group is not None else None
-
-
-@kopf.index(G, V, constants.SERVERS)
-async def servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, cluster.ServerSummary] | None:
-    server = _parse(Server, body)
-    return {uid: cluster.ServerSummary.of(server)} if server is not None else None
-
-
-@kopf.index(G, V, constants.SERVERS)
-async def pending_servers(uid: str, body: kopf.Body, **_: Any) -> dict[str, Server] | None:
-    # Most events are of bound Servers: those are told apart on the raw body (the edge),
-    # so only a pending Server is parsed a second time (``servers`` parses every one).
-    if body.status.get("nodeName") or body.metadata.get("deletionTimestamp"):
-        return None
-    server = _parse(Server, body)
-    if server is None or server.status.nodeName or server.metadata.deleting:
-        return None
-    return {uid: server}
 
 
 @kopf.index(G, V, constants.NETWORKS)
@@ -234,8 +221,6 @@ INDEXES = (
     "image_specs",
     "hypervisors",
     "group_policies",
-    "servers",
-    "pending_servers",
     "server_migrations",
     "networks",
     "default_networks",
@@ -251,11 +236,14 @@ def _latest(index: kopf.Index[Any, Any]) -> dict[Any, Any]:
 def snapshot(
     indexes: Mapping[str, kopf.Index[Any, Any]],
     known: cluster.Cluster,
+    watch: servers.ServerWatch,
     beats: heartbeats.Heartbeats | None = None,
-) -> binder.Snapshot:
+) -> binder.Snapshot | None:
     """What a pass reads, taken on the event loop: the small kinds whole, the Servers folded
-    into ``known`` one changed Server at a time."""
-    known.sync(indexes["servers"])
+    into ``known`` one changed Server at a time; None until the Servers are listed."""
+    pending = watch.fold()
+    if pending is None:
+        return None
     smigs = list(_latest(indexes["server_migrations"]).values())
     view = binding.ClusterView(
         flavors=_latest(indexes["flavor_specs"]),
@@ -270,28 +258,22 @@ def snapshot(
         default_networks={ns: list(store) for ns, store in indexes["default_networks"].items()},
         quotas={ns: list(store) for ns, store in indexes["quotas"].items() if len(store)},
     )
-    pending = list(_latest(indexes["pending_servers"]).values())
     return binder.Snapshot(view=view, pending=pending, migrations=smigs)
 
 
-def _wake(memo: kopf.Memo, kwargs: dict[str, Any], uid: str | None = None) -> None:
+def _wake(memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
     b: binder.Binder | None = memo.get("binder")
     known: cluster.Cluster | None = memo.get("cluster")
-    if b is None or known is None:
+    watch: servers.ServerWatch | None = memo.get("servers")
+    if b is None or known is None or watch is None:
         return
-    if uid is not None:
-        known.touch(uid)
     if not b.attached:
-        # kopf's index objects are live and the same on every call: capture them once.
+        # kopf runs no handler before its indexes are complete, and its index objects are
+        # live and the same on every call: capture them once.
         indexes = {n: kwargs[n] for n in INDEXES}
         beats: heartbeats.Heartbeats | None = memo.get("heartbeats")
-        b.attach(lambda: snapshot(indexes, known, beats))
+        b.attach(lambda: snapshot(indexes, known, watch, beats))
     b.kick()
-
-
-@kopf.on.event(G, V, constants.SERVERS)
-async def server_event(memo: kopf.Memo, uid: str, **kwargs: Any) -> None:
-    _wake(memo, kwargs, uid)
 
 
 @kopf.on.event(G, V, constants.FLAVORS)
