@@ -276,6 +276,21 @@ def _wake(memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
     b.kick()
 
 
+@kopf.on.event(
+    "apiextensions.k8s.io",
+    "v1",
+    "customresourcedefinitions",
+    field="spec.group",
+    value=constants.GROUP,
+)
+async def kubenova_crd_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    """kubenova's own CRDs, which kopf lists (like every kind) only once its indexes are
+    complete: the binder is attached even in a cluster with no object of any kind kopf
+    watches yet, so a first Server there (no Flavor, no host) still gets its pass and says
+    why it waits."""
+    _wake(memo, kwargs)
+
+
 @kopf.on.event(G, V, constants.FLAVORS)
 async def flavor_event(memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, kwargs)
