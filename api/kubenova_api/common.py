@@ -8,10 +8,11 @@ serialised again only at the edge, for a server-side apply.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ApiModel(BaseModel):
@@ -112,6 +113,23 @@ class KubeObject(BaseModel):
     def parse(cls, body: Mapping[str, Any]) -> Self:
         """Validate a body as the API server returned it (a dict, or a kopf ``Body``)."""
         return cls.model_validate(dict(body))
+
+    @classmethod
+    def parse_or_none(cls, body: Mapping[str, Any]) -> Self | None:
+        """:meth:`parse`, or None and a log line naming the object when the body does not fit
+        the model (where objects arrive from a watch: one bad object is skipped, not fatal)."""
+        try:
+            return cls.parse(body)
+        except ValidationError as exc:
+            meta = body.get("metadata") or {}
+            logging.getLogger(cls.__module__).error(  # noqa: TRY400 - the error says it all
+                "ignoring %s %s/%s that does not match its model: %s",
+                cls.KIND,
+                meta.get("namespace") or "",
+                meta.get("name"),
+                exc,
+            )
+            return None
 
     @property
     def key(self) -> tuple[str, str]:

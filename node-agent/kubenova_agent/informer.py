@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-import pydantic
-
 from kubenova_api import constants, kube, listwatch
 from kubenova_api.common import KubeObject
 
@@ -65,20 +63,6 @@ class Informer(listwatch.ListWatch, Generic[Obj]):
                     return key
         return None
 
-    def _parse(self, body: dict[str, Any]) -> Obj | None:
-        try:
-            return self._kind.parse(body)
-        except pydantic.ValidationError as exc:
-            meta = body.get("metadata") or {}
-            log.error(  # noqa: TRY400 - the validation error says it all
-                "ignoring %s %s/%s that does not match its model: %s",
-                self._kind.KIND,
-                meta.get("namespace"),
-                meta.get("name"),
-                exc,
-            )
-            return None
-
     def _selection(self) -> dict[str, str]:
         return {"field_selector": self._selector} if self._selector else {}
 
@@ -97,7 +81,7 @@ class Informer(listwatch.ListWatch, Generic[Obj]):
         """A relist tells the handler about every object that changed or disappeared."""
         fresh: dict[Key, Obj] = {}
         for item in items:
-            obj = self._parse(item)
+            obj = self._kind.parse_or_none(item)
             if obj is not None:
                 fresh[obj.key] = obj
         with self._lock:
@@ -112,7 +96,7 @@ class Informer(listwatch.ListWatch, Generic[Obj]):
             self._on_change(key)
 
     def changed(self, kind: str, obj: dict[str, Any]) -> None:
-        parsed = self._parse(obj)
+        parsed = self._kind.parse_or_none(obj)
         if parsed is None:
             return
         with self._lock:

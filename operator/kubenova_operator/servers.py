@@ -22,7 +22,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import constants, kube, listwatch
@@ -30,21 +29,6 @@ from kubenova_api.resources import Server
 from kubenova_operator import cluster
 
 log = logging.getLogger(__name__)
-
-
-def _parse(body: dict[str, Any]) -> Server | None:
-    """``body`` as a Server; None (and a log line) if it does not fit the model."""
-    try:
-        return Server.parse(body)
-    except pydantic.ValidationError as exc:
-        meta = body.get("metadata") or {}
-        log.error(  # noqa: TRY400 - the validation error says it all
-            "ignoring Server %s/%s that does not match its model: %s",
-            meta.get("namespace"),
-            meta.get("name"),
-            exc,
-        )
-        return None
 
 
 def _waiting(server: Server) -> bool:
@@ -101,7 +85,7 @@ class ServerWatch(listwatch.ListWatch):
         summaries: dict[str, cluster.ServerSummary] = {}
         waiting: dict[str, Server] = {}
         for item in items:
-            server = _parse(item)
+            server = Server.parse_or_none(item)
             if server is None:
                 continue
             summaries[server.uid] = cluster.ServerSummary.of(server)
@@ -120,7 +104,7 @@ class ServerWatch(listwatch.ListWatch):
         uid = (obj.get("metadata") or {}).get("uid")
         if not uid:
             return
-        server = None if kind == "DELETED" else _parse(obj)
+        server = None if kind == "DELETED" else Server.parse_or_none(obj)
         with self._lock:
             if server is None:  # gone, or no longer fits the model: as if gone
                 self._summaries.pop(uid, None)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import kopf
-import pydantic
 
 from kubenova_api import constants, kube
-from kubenova_api.common import KubeObject
 from kubenova_api.networks import Network, ProviderNetwork
 from kubenova_api.resources import (
     ComputeQuota,
@@ -45,7 +43,6 @@ from kubenova_operator import (
 from kubenova_operator.settings import ControllerSettings
 
 G, V = constants.GROUP, constants.VERSION
-Obj = TypeVar("Obj", bound=KubeObject)
 log = logging.getLogger(__name__)
 
 _runtime: dict[str, Any] = {}
@@ -136,16 +133,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.to_thread(b.close)
 
 
-def _parse(kind: type[Obj], body: kopf.Body) -> Obj | None:
-    """``body`` validated into its model; None (and a log line) if it does not fit."""
-    try:
-        return kind.parse(body)
-    except pydantic.ValidationError as exc:
-        name = body.metadata.name
-        log.error("ignoring %s %s that does not match its model: %s", kind.KIND, name, exc)  # noqa: TRY400
-        return None
-
-
 # The index and event handlers below are coroutines although they await nothing: kopf runs a
 # plain function in its thread pool, one hand-over and one wake-up of the event loop for each
 # handler of each event (two or three per event), and a handler run there would kick the
@@ -155,38 +142,38 @@ def _parse(kind: type[Obj], body: kopf.Body) -> Obj | None:
 
 @kopf.index(G, V, constants.FLAVORS)
 async def flavor_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, FlavorSpec] | None:
-    flavor = _parse(Flavor, body)
+    flavor = Flavor.parse_or_none(body)
     return {name: flavor.spec} if flavor is not None else None
 
 
 @kopf.index(G, V, constants.IMAGES)
 async def image_specs(name: str, body: kopf.Body, **_: Any) -> dict[str, ImageSpec] | None:
-    image = _parse(Image, body)
+    image = Image.parse_or_none(body)
     return {name: image.spec} if image is not None else None
 
 
 @kopf.index(G, V, constants.HYPERVISORS)
 async def hypervisors(name: str, body: kopf.Body, **_: Any) -> dict[str, Hypervisor] | None:
-    hv = _parse(Hypervisor, body)
+    hv = Hypervisor.parse_or_none(body)
     return {name: hv} if hv is not None else None
 
 
 @kopf.index(G, V, constants.SERVERGROUPS)
 async def group_policies(body: kopf.Body, **_: Any) -> dict[str, GroupPolicy] | None:
-    group = _parse(ServerGroup, body)
+    group = ServerGroup.parse_or_none(body)
     return {group.full_name: group.spec.policy} if group is not None else None
 
 
 @kopf.index(G, V, constants.NETWORKS)
 async def networks(body: kopf.Body, **_: Any) -> dict[str, Network] | None:
-    net = _parse(Network, body)
+    net = Network.parse_or_none(body)
     return {net.full_name: net} if net is not None else None
 
 
 @kopf.index(G, V, constants.NETWORKS)
 async def default_networks(body: kopf.Body, **_: Any) -> dict[str, str] | None:
     """Namespace -> the name of each of its Networks marked default (and not being deleted)."""
-    net = _parse(Network, body)
+    net = Network.parse_or_none(body)
     if net is None or not net.spec.default or net.metadata.deleting:
         return None
     return {net.namespace or "": net.name}
@@ -196,7 +183,7 @@ async def default_networks(body: kopf.Body, **_: Any) -> dict[str, str] | None:
 async def provider_networks(
     name: str, body: kopf.Body, **_: Any
 ) -> dict[str, ProviderNetwork] | None:
-    pnet = _parse(ProviderNetwork, body)
+    pnet = ProviderNetwork.parse_or_none(body)
     return {name: pnet} if pnet is not None else None
 
 
@@ -204,7 +191,7 @@ async def provider_networks(
 async def server_migrations(
     uid: str, body: kopf.Body, **_: Any
 ) -> dict[str, ServerMigration] | None:
-    smig = _parse(ServerMigration, body)
+    smig = ServerMigration.parse_or_none(body)
     return {uid: smig} if smig is not None else None
 
 
@@ -212,7 +199,7 @@ async def server_migrations(
 async def quotas(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[str, tuple[str, ComputeQuotaSpec]] | None:
-    quota = _parse(ComputeQuota, body)
+    quota = ComputeQuota.parse_or_none(body)
     return {namespace or "": (name, quota.spec)} if quota is not None else None
 
 
