@@ -21,7 +21,7 @@ from typing import IO, Any
 import yaml
 
 from kubenova_agent.settings import AgentSettings
-from kubenova_api import config
+from kubenova_api import config, constants
 from kubenova_devenv import (
     bootdisk,
     controlplane,
@@ -256,6 +256,36 @@ class Stack(scoped.Scoped):
         self.kubectl("apply", "-f", str(DEPLOY / "policies"))
         self.kubectl("apply", "-f", str(DEPLOY / "admission"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.wait_servers_admitted()
+
+    def wait_servers_admitted(self, timeout: float = 60.0) -> None:
+        """Wait until the API server's admission can take a Server.
+
+        A CRD says Established before every part of the API server knows its schema: the
+        MutatingAdmissionPolicy that gives Servers their finalizer needs the schema from the
+        API server's OpenAPI, which follows a moment later, and until then a Server's create is
+        refused with 503 ("Resource kind ... not found. There can be a delay between when
+        CustomResourceDefinitions are created and when they are available"), whatever the
+        policy's failurePolicy. A user's first ``kubectl apply`` right after the install would
+        get that, so the install is only done when a server-side dry run of a Server gets any
+        other answer (a dry run is admitted like a real create and stores nothing)."""
+        probe = {
+            "apiVersion": constants.API_VERSION,
+            "kind": "Server",
+            "metadata": {"name": "kubenova-install-probe", "namespace": "default"},
+            "spec": {"flavorRef": "probe", "imageRef": "probe"},
+        }
+        manifest = yaml.safe_dump(probe)
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.kubectl("create", "--dry-run=server", "-o", "name", "-f", "-",
+                               stdin=manifest, check=False)  # fmt: skip
+            if out.returncode == 0 or "There can be a delay" not in out.stderr:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Servers not admitted {timeout:.0f}s after the install: "
+                                   f"{out.stderr.strip()}")  # fmt: skip
+            time.sleep(0.2)
 
     def agent_kubeconfig(self, host_name: str) -> pathlib.Path:
         """Credentials of the agent of ``host_name`` that name its node, as a pod's do in a
