@@ -55,6 +55,9 @@ WatchCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 class ListWatch(abc.ABC):
     """One list-then-watch, run by :meth:`run` on a thread of the caller's until :meth:`stop`."""
 
+    UNSYNCED: str = ""
+    """What waits until the first LIST is in, for the log of a failure before it."""
+
     def __init__(self, what: str) -> None:
         self.what = what
         """What is watched, for the log."""
@@ -83,9 +86,20 @@ class ListWatch(abc.ABC):
         """One watch event, ``ADDED``, ``MODIFIED`` or ``DELETED``, with the raw object."""
 
     def failed(self, error: Exception, delay: float, failures: int) -> None:
-        """Told of each failed LIST or watch before the wait of ``delay`` seconds."""
-        what = f"{error.status} {error.reason}" if isinstance(error, ApiException) else error
-        log.warning("%s watch failed: %s; retrying in %.1fs", self.what, what, delay)
+        """Told of each failed LIST or watch before the wait of ``delay`` seconds: logged as a
+        warning while failures are few and the first LIST is in, else as an error, saying
+        what waits for the first LIST (:attr:`UNSYNCED`)."""
+        why = f"{error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
+        synced = self.synced.is_set()
+        log.log(
+            logging.WARNING if failures < 3 and synced else logging.ERROR,
+            "cannot %s the %s (%s); again in %.1fs%s",
+            "watch" if synced else "list",
+            self.what,
+            why,
+            delay,
+            f": {self.UNSYNCED}" if not synced and self.UNSYNCED else "",
+        )
 
     # ------------------------------------------------------------------ the loop
     def stop(self) -> None:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import common, constants, kube, listwatch
 
@@ -30,6 +29,8 @@ log = logging.getLogger(__name__)
 
 class Heartbeats(listwatch.ListWatch):
     """host -> the ``renewTime`` of its heartbeat Lease, kept current by :meth:`run`."""
+
+    UNSYNCED = "no pass runs until they are read"
 
     def __init__(
         self,
@@ -114,16 +115,3 @@ class Heartbeats(listwatch.ListWatch):
         fresh = now - renewed <= self._grace
         if self.synced.is_set() and fresh and (before is None or now - before > self._grace):
             self._on_back()  # a host that was down (or not there) is heartbeating
-
-    def failed(self, error: Exception, delay: float, failures: int) -> None:
-        what = f"{error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
-        level = logging.WARNING if failures < 3 and self.synced.is_set() else logging.ERROR
-        log.log(
-            level,
-            "cannot %s the heartbeat Leases in %s (%s); again in %.1fs%s",
-            "watch" if self.synced.is_set() else "list",
-            self.namespace,
-            what,
-            delay,
-            "" if self.synced.is_set() else ": no pass runs until they are read",
-        )

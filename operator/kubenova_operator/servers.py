@@ -16,13 +16,10 @@ saw no Servers would fence, schedule and count quota as if no claim existed."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-
-from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import constants, kube, listwatch
 from kubenova_api.resources import Server
@@ -39,6 +36,8 @@ def _waiting(server: Server) -> bool:
 class ServerWatch(listwatch.ListWatch):
     """uid -> summary of every Server, and the Servers waiting for a host, kept current by
     :meth:`run` (on a thread of its own after :meth:`start`)."""
+
+    UNSYNCED = "no pass runs until they are read"
 
     def __init__(self, k: kube.Kube, known: cluster.Cluster, wake: Callable[[], None]) -> None:
         super().__init__("Servers")
@@ -66,16 +65,7 @@ class ServerWatch(listwatch.ListWatch):
 
     # ------------------------------------------------------------------ ListWatch
     def list_objects(self, resource_version: str) -> dict[str, Any]:
-        resp: Any = self._kube.custom.list_cluster_custom_object(
-            constants.GROUP,
-            constants.VERSION,
-            constants.SERVERS,
-            resource_version=resource_version or None,
-            _request_timeout=kube.TIMEOUT,
-            _preload_content=False,  # the JSON, parsed once below, not again by the client
-        )
-        listing: dict[str, Any] = json.loads(resp.data)
-        return listing
+        return self._kube.list_raw(constants.SERVERS, resource_version=resource_version or None)
 
     def watch_call(self) -> listwatch.WatchCall:
         call = self._kube.custom.list_cluster_custom_object
@@ -118,15 +108,3 @@ class ServerWatch(listwatch.ListWatch):
             # Under the lock: a fold between the change and its mark would lose the change.
             self._known.touch(uid)
         self._wake()
-
-    def failed(self, error: Exception, delay: float, failures: int) -> None:
-        what = f"{error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
-        synced = self.synced.is_set()
-        log.log(
-            logging.WARNING if failures < 3 and synced else logging.ERROR,
-            "cannot %s the Servers (%s); again in %.1fs%s",
-            "watch" if synced else "list",
-            what,
-            delay,
-            "" if synced else ": no pass runs until they are read",
-        )
