@@ -8,6 +8,14 @@ event; this class decides when to list and when to watch, and how to come back f
 - The first LIST asks for resourceVersion ``"0"``, whatever the API server's watch cache holds
   (no read of etcd; the kubelet lists its pods so). A thousand agents starting at once each
   made the API server read every Server from etcd, and ran into its handler timeout.
+- A LIST is read in pages of :data:`PAGE_SIZE` objects, and its items reach
+  :meth:`ListWatch.replace` a page at a time: a LIST of 10,000 Servers is never one 30 MiB
+  answer held beside its 150 MiB of parsed JSON. The API server answers a LIST at ``"0"`` from
+  its watch cache whole, whatever the limit; a LIST of the newest (``""``) or not older than a
+  version is paged (since Kubernetes 1.34 from the cache too, before that from etcd). So a
+  watch of many objects by one client (the controller's Servers) lists the newest first
+  (:attr:`ListWatch.FIRST_LIST`), and a watch of few objects by many clients (each agent's own
+  Servers) lists ``"0"``.
 - A watch that ends, or fails, is resumed from the last resourceVersion seen (bookmarks
   included): the API server replays what came after it, or answers 410 Gone, and only then is
   the newest listed (``""``).
@@ -26,7 +34,7 @@ import abc
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import watch
@@ -46,6 +54,8 @@ WATCH_READ_TIMEOUT = 300.0
 dead, so a half-open connection to a vanished API server is noticed in bounded time."""
 MAX_DELAY = 30.0
 """The longest wait between two failed attempts."""
+PAGE_SIZE = 500
+"""Objects per page of a LIST."""
 
 WatchCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 """A list function of the client, its positional arguments and its selectors, which
@@ -57,6 +67,10 @@ class ListWatch(abc.ABC):
 
     UNSYNCED: str = ""
     """What waits until the first LIST is in, for the log of a failure before it."""
+
+    FIRST_LIST: str = "0"
+    """The version the first LIST asks for: ``"0"``, whatever the watch cache holds, in one
+    answer; ``""``, the newest, in pages (see the module's text)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -70,16 +84,20 @@ class ListWatch(abc.ABC):
 
     # ------------------------------------------------------------------ what a subclass says
     @abc.abstractmethod
-    def list_objects(self, resource_version: str) -> dict[str, Any]:
-        """One LIST (``resource_version`` as asked, "" for the newest), as raw JSON."""
+    def list_objects(self, **page: Any) -> dict[str, Any]:
+        """One page of the LIST, as raw JSON. ``page`` holds the client's arguments for it, to
+        pass on as they are: ``limit``, then for the first page ``resource_version`` (absent
+        for the newest) and ``resource_version_match``, or ``_continue`` for the next ones."""
 
     @abc.abstractmethod
     def watch_call(self) -> WatchCall:
         """The list call a watch follows (its ``resource_version`` and timeouts are added)."""
 
     @abc.abstractmethod
-    def replace(self, items: list[dict[str, Any]]) -> None:
-        """A LIST's items: everything there is now."""
+    def replace(self, items: Iterator[dict[str, Any]]) -> None:
+        """A LIST's items, everything there is now, read a page at a time as they are iterated:
+        read them all (the LIST's version is known only after the last page), and keep nothing
+        from them until the end (a page that fails leaves the old state)."""
 
     @abc.abstractmethod
     def changed(self, kind: str, obj: dict[str, Any]) -> None:
@@ -114,7 +132,7 @@ class ListWatch(abc.ABC):
     def run(self) -> None:
         delay, failures, rejected = 0.5, 0, 0
         self.resource_version = None
-        list_from = "0"
+        list_from = self.FIRST_LIST
         while not self._stop.is_set():
             try:
                 if self.resource_version is None:
@@ -141,10 +159,33 @@ class ListWatch(abc.ABC):
             delay = min(delay * 2, MAX_DELAY)
 
     def _list(self, resource_version: str) -> str:
-        listing = self.list_objects(resource_version)
-        self.replace(list(listing.get("items") or []))
+        """List everything (``resource_version`` as asked, "" for the newest) into
+        :meth:`replace`; the version the list is as of."""
+        version = ""
+
+        def items() -> Iterator[dict[str, Any]]:
+            nonlocal version
+            page: dict[str, Any] = {"limit": PAGE_SIZE}
+            if resource_version:
+                page["resource_version"] = resource_version
+            if resource_version not in ("", "0"):
+                # Without it a LIST with a limit would be of exactly that version (from etcd,
+                # or 410 Gone once compacted), not of one at least as new.
+                page["resource_version_match"] = "NotOlderThan"
+            while True:
+                listing = self.list_objects(**page)
+                meta = listing.get("metadata") or {}
+                # Every page of one LIST is of the same version, that of its first.
+                version = str(meta.get("resourceVersion") or "")
+                yield from listing.get("items") or []
+                if not meta.get("continue"):
+                    return
+                page = {"limit": PAGE_SIZE, "_continue": meta["continue"]}
+                del listing
+
+        self.replace(items())
         self.synced.set()
-        return str((listing.get("metadata") or {}).get("resourceVersion") or "")
+        return version
 
     def _follow(self, version: str) -> None:
         """Follow the watch from ``version`` until it ends; :attr:`resource_version` follows

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from kubenova_api import constants, kube, listwatch
@@ -66,18 +66,14 @@ class Informer(listwatch.ListWatch, Generic[Obj]):
     def _selection(self) -> dict[str, str]:
         return {"field_selector": self._selector} if self._selector else {}
 
-    def list_objects(self, resource_version: str) -> dict[str, Any]:
-        return self._kube.list_raw(
-            self._kind.PLURAL,
-            **self._selection(),
-            **({"resource_version": resource_version} if resource_version else {}),
-        )
+    def list_objects(self, **page: Any) -> dict[str, Any]:
+        return self._kube.list_raw(self._kind.PLURAL, **self._selection(), **page)
 
     def watch_call(self) -> listwatch.WatchCall:
         args = (constants.GROUP, constants.VERSION, self._kind.PLURAL)
         return self._kube.custom.list_cluster_custom_object, args, self._selection()
 
-    def replace(self, items: list[dict[str, Any]]) -> None:
+    def replace(self, items: Iterator[dict[str, Any]]) -> None:
         """A relist tells the handler about every object that changed or disappeared."""
         fresh: dict[Key, Obj] = {}
         for item in items:

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -66,11 +66,11 @@ class Heartbeats(listwatch.ListWatch):
         return host, common.parse_time((lease.get("spec") or {}).get("renewTime"))
 
     # ------------------------------------------------------------------ ListWatch
-    def list_objects(self, resource_version: str) -> dict[str, Any]:
+    def list_objects(self, **page: Any) -> dict[str, Any]:
         resp: Any = self._api.list_namespaced_lease(
             self.namespace,
             label_selector=constants.HEARTBEAT_LEASE_LABEL,
-            resource_version=resource_version or None,
+            **page,
             _request_timeout=kube.TIMEOUT,
             _preload_content=False,  # the JSON, not models
         )
@@ -84,7 +84,7 @@ class Heartbeats(listwatch.ListWatch):
             {"label_selector": constants.HEARTBEAT_LEASE_LABEL},
         )
 
-    def replace(self, items: list[dict[str, Any]]) -> None:
+    def replace(self, items: Iterator[dict[str, Any]]) -> None:
         fresh: dict[str, dt.datetime] = {}
         for lease in items:
             seen = self._of(lease)

@@ -4,6 +4,7 @@ LIST is in, an error before it (saying what waits for it) or when they go on."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,13 +16,13 @@ from kubenova_api import listwatch
 class _Watch(listwatch.ListWatch):
     UNSYNCED = "nothing is scheduled until they are read"
 
-    def list_objects(self, resource_version: str) -> dict[str, Any]:
+    def list_objects(self, **page: Any) -> dict[str, Any]:
         raise AssertionError("not called")
 
     def watch_call(self) -> listwatch.WatchCall:
         raise AssertionError("not called")
 
-    def replace(self, items: list[dict[str, Any]]) -> None:
+    def replace(self, items: Iterator[dict[str, Any]]) -> None:
         raise AssertionError("not called")
 
     def changed(self, kind: str, obj: dict[str, Any]) -> None:
