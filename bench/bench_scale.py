@@ -99,6 +99,13 @@ def main() -> int:
         help="Servers on a default tenant Network (addresses by the controller's IPAM);\n"
         "both: each size without, then with",
     )
+    p.add_argument(
+        "--restart-controller",
+        action="store_true",
+        help="at the end, stop the controller and start it again beside every Server made: how\n"
+        "long until a pass of the new one counts them all ACTIVE, and its peak memory (a\n"
+        "controller that restarts, or takes over, in a full cluster)",
+    )
     args = p.parse_args()
     sizes = args.servers or [100]
     if not 1 <= args.fleet_processes <= args.hosts:
@@ -122,8 +129,56 @@ def main() -> int:
                 result = run(bed, api, n, namespace, hosts, fleets, args, ipam)
                 results.append(result)
                 print(yaml.safe_dump(result, sort_keys=False, explicit_start=True), flush=True)
+        restart = None
+        if args.restart_controller:
+            restart = restart_controller(bed, sum(r["servers"] for r in results))
+            print(yaml.safe_dump({"restart": restart}, sort_keys=False, explicit_start=True))
     print_table(results)
+    if restart is not None:
+        print(
+            f"controller restarted beside {restart['servers']} Servers: a pass counted them all "
+            f"ACTIVE after {restart['all_counted_s']:.2f}s; peak RSS "
+            f"{restart['peak_rss_mib']:.1f} MiB, {restart['rss_mib']:.1f} MiB then"
+        )
     return 0
+
+
+def restart_controller(bed: stack.Stack, servers: int, timeout: float = 180) -> dict[str, Any]:
+    """Stop the controller (it gives up its Lease) and start it again beside the ``servers``
+    Servers the run left ACTIVE. Times until a pass of the new process counts them all ACTIVE
+    (``kubenova_servers``, read from the state a pass folded), then reads its memory; fails
+    unless it does within ``timeout``."""
+    assert bed.controller is not None
+    bed.controller.stop()
+    started = time.monotonic()
+    proc = bed.start_controller()
+    counted = 0.0
+    while time.monotonic() - started < timeout:
+        if not proc.alive:
+            benchkit.fail_if(["the restarted controller exited"], "controller restart")
+        try:
+            text = bed.metrics("controller")
+        except OSError:  # not serving yet
+            text = ""
+        found = re.search(r'^kubenova_servers\{phase="ACTIVE"\} (\S+)$', text, re.M)
+        counted = float(found.group(1)) if found else 0.0
+        if counted == servers:
+            break
+        time.sleep(0.1)
+    all_counted = time.monotonic() - started
+    benchkit.fail_if(
+        [f"after {timeout:.0f} s it counted {counted:.0f} of {servers} Servers ACTIVE"]
+        if counted != servers
+        else [],
+        "controller restart",
+    )
+    rss, peak = benchkit.memory_mib(proc_pid(proc))
+    return {
+        "servers": servers,
+        "all_counted_s": round(all_counted, 3),
+        "rss_mib": rss,
+        "peak_rss_mib": peak,
+    }
 
 
 def define_flavors_and_images(bed: stack.Stack) -> None:

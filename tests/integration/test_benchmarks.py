@@ -1,7 +1,8 @@
-"""The benchmarks cannot lie: bench_scale runs at a tiny size and prints its table; it fails,
-naming the Server, when one Server never becomes ACTIVE; and the pieces it stands on
-(benchkit) keep following a watch the server ends or expires, hand a watch thread's error to
-the benchmark, and judge by a fresh LIST rather than by what a watch saw."""
+"""The benchmarks cannot lie: bench_scale runs at a tiny size (a controller restart included)
+and prints its table; it fails, naming the Server, when one Server never becomes ACTIVE; and
+the pieces it stands on (benchkit) keep following a watch the server ends or expires, hand a
+watch thread's error to the benchmark, and judge by a fresh LIST rather than by what a watch
+saw."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
         tmp_path_factory.mktemp("b"),
         "--hosts", "3", "--fleet-processes", "2", "--servers", "4", "--servers", "3",
         "--heartbeat-seconds", "3", "--ipam", "both",
-        "--timeout", "120", "--idle", "4", "--shared-watches",
+        "--timeout", "120", "--idle", "4", "--shared-watches", "--restart-controller",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -67,7 +68,12 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
     idle = docs[0]["idle"]
     assert idle["hosts"] == 3 and idle["lease_writes_per_host_minute"] > 0, idle
     assert idle["cpu_s_per_minute"]["kube-apiserver"] > 0, idle
-    results = docs[1:]
+    # Last, the controller restarted beside the 14 Servers: a pass of the new one counted them.
+    restart = docs[-1]["restart"]
+    assert restart["servers"] == 14 and restart["all_counted_s"] > 0, restart
+    assert restart["peak_rss_mib"] >= restart["rss_mib"] > 0, restart
+    assert lines[-1].startswith("controller restarted beside 14 Servers: a pass counted"), lines
+    results = docs[1:-1]
     assert all(r["shared_watches"] for r in results), results
     assert [(r["servers"], r["ipam"], r["active"], r["fleet_processes"]) for r in results] == [
         (4, False, 4, 2),
