@@ -779,7 +779,7 @@ def api_metrics(api: client.ApiClient) -> str:
     return text
 
 
-def _samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
+def samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
     """The samples of metric ``name`` in ``text``: (labels, value)."""
     prefix = name + "{"
     for line in text.splitlines():
@@ -791,7 +791,7 @@ def api_writes(api: client.ApiClient, text: str | None = None) -> collections.Co
     """The API server's own count of write requests so far (``apiserver_request_total``), by
     resource, subresource, verb and response code (from ``text``, its metrics, if given)."""
     out: collections.Counter[WriteKey] = collections.Counter()
-    for labels, value in _samples(text or api_metrics(api), "apiserver_request_total"):
+    for labels, value in samples(text or api_metrics(api), "apiserver_request_total"):
         if labels.get("verb") in WRITE_VERBS:
             key = WriteKey(
                 labels.get("resource", ""),
@@ -808,13 +808,13 @@ def watch_delivery(text: str, resource: str) -> dict[str, float]:
     closed because they did not take events in time (each then watches again), and the summed
     seconds and count of events from etcd into the cache and from etcd to a watcher."""
     out = {"closed": 0.0, "intake_s": 0.0, "intake_n": 0.0, "delivery_s": 0.0, "delivery_n": 0.0}
-    for labels, value in _samples(text, "apiserver_terminated_watchers_total"):
+    for labels, value in samples(text, "apiserver_terminated_watchers_total"):
         if labels.get("resource") == resource:
             out["closed"] += value
     stages = {"storage_to_cache": "intake", "total": "delivery"}
     for suffix in ("sum", "count"):
         metric = f"apiserver_watch_events_dispatch_duration_seconds_{suffix}"
-        for labels, value in _samples(text, metric):
+        for labels, value in samples(text, metric):
             stage = stages.get(labels.get("stage", ""))
             if labels.get("resource") == resource and stage is not None:
                 out[f"{stage}_{'s' if suffix == 'sum' else 'n'}"] += value
