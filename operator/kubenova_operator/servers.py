@@ -40,7 +40,8 @@ class ServerWatch(listwatch.ListWatch):
     UNSYNCED = "no pass runs until they are read"
     FIRST_LIST = ""
     """The newest, in pages: a controller that starts (or takes over) beside 10,000 Servers
-    holds one page of their JSON at a time, not all of it (about 150 MiB more at its peak)."""
+    holds one page of their JSON at a time, not all of it (its peak was 82 MiB higher with
+    10,000 Servers of 1.4 KB each, and grows with their size)."""
 
     def __init__(self, k: kube.Kube, known: cluster.Cluster, wake: Callable[[], None]) -> None:
         super().__init__("Servers")
