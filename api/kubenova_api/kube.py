@@ -37,6 +37,9 @@ WRITES_KEPT = 4096
 """Objects whose last write :attr:`Kube.last_written` remembers."""
 TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every request that is not a watch."""
+CREDENTIALS_RECHECK_S = 10.0
+"""At most how often a request looks at the client's credentials again (a token that
+expires, a service account token the kubelet rotates): see :func:`api_client`."""
 
 
 def as_dict(obj: object) -> dict[str, Any]:
@@ -52,11 +55,48 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
         config.load_kube_config(config_file=path, client_configuration=cfg)
     else:
         config.load_incluster_config(client_configuration=cfg)
+    hook = cast("CredentialHook | None", cfg.refresh_api_key_hook)
+    if hook is not None:
+        cfg.refresh_api_key_hook = _Recheck(CREDENTIALS_RECHECK_S, hook)  # type: ignore[assignment]
     cfg.retries = 3
     # Enough kept connections for the controller's binding writers, the Event recorder and
     # the other threads (the default, 5 per CPU, opens and drops connections under a burst).
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, 64)
     return client.ApiClient(cfg)
+
+
+CredentialHook = Callable[[client.Configuration], None]
+
+
+class _Recheck:
+    """The client's credential hook, run at most once per ``seconds`` (the calls in between
+    do nothing).
+
+    The kubernetes client runs its credential refresh hook before *every* request; for a
+    kubeconfig token or the pod's service account the hook copies the whole configuration
+    again, and setting its host makes it read every proxy variable of the environment (70 µs
+    of CPU per request or more, growing with the environment). Credentials are renewed ahead
+    of their expiry (five minutes for a kubeconfig's exec or OIDC token, a minute for a service
+    account token file), so a look every few seconds loses nothing."""
+
+    def __init__(self, seconds: float, hook: CredentialHook) -> None:
+        self.seconds = seconds
+        self._hook = hook
+        self._lock = threading.Lock()
+        self._due = 0.0  # monotonic time of the next look; 0: at the first request
+
+    def __call__(self, cfg: client.Configuration) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._due:
+                return
+            self._due = now + self.seconds
+        self._hook(cfg)
+        installed = cast("CredentialHook | None", cfg.refresh_api_key_hook)
+        if installed is not None and installed is not self:
+            # the client's hook puts itself back each time it runs
+            self._hook = installed
+            cfg.refresh_api_key_hook = self  # type: ignore[assignment]  # the client types it None
 
 
 def connection_info(api: client.ApiClient) -> Any:
