@@ -74,5 +74,10 @@ def write(
                 made.add(folder)
         iso_path = "/" + "/".join(_iso_name(p) for p in parts) + ";1"
         iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=parts[-1], joliet_path="/" + name)
-    iso.write(path)
+    # Built in memory and written at once: pycdlib seeks about fifty times while it lays the
+    # image out, and on a file each seek flushes a write of its own.
+    image = io.BytesIO()
+    iso.write_fp(image)
     iso.close()
+    with open(path, "wb") as out:
+        out.write(image.getbuffer())
