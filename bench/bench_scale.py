@@ -2,7 +2,10 @@
 in one or several ``simfleet`` processes): time until all are ACTIVE, create->ACTIVE
 percentiles, binding rate, API writes per Server (from the API server's own request metrics),
 memory of the controller and of the agents, and the CPU each process used until all were ACTIVE
-(the API server, etcd, the controller, the agents, this benchmark: what bounds the rate).
+(the API server, etcd, the controller, the agents, this benchmark: what bounds the rate). A
+watch of its own on etcd splits a Server's way: create -> stored in etcd, and etcd -> seen by a
+watch of the API server, for each of its three changes (arrival, binding, ACTIVE), each of
+which reaches the component that acts on it through that path.
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
                                 [--fleet-processes 4] [--timeout SECONDS] [--ipam both]
@@ -317,7 +320,13 @@ def run(
         finally:
             answered[name] = time.monotonic()
 
-    with watcher, concurrent.futures.ThreadPoolExecutor(16) as pool:
+    # etcd's own view of the same Servers: what of a Server's way was etcd's, what the API
+    # server's watch path took (each of the three changes reaches its reader through it).
+    etcd = benchkit.EtcdWatch(
+        f"http://127.0.0.1:{bed.cp.etcd_port}",
+        f"/registry/{benchkit.GROUP}/servers/{namespace}/",
+    )
+    with watcher, etcd, concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(create, names))  # an error in a create is raised here
         creates_s = time.monotonic() - started
         timeout = args.timeout if args.timeout is not None else 300 + 0.5 * n
@@ -395,6 +404,9 @@ def run(
         for k in names
     }
     to_seen = [seen[k] - created[k] for k in names]
+    by_etcd = etcd_split(
+        etcd, names, created, {"arrival": seen, "binding": bound, "ACTIVE": active}
+    )
     request = [answered[k] - created[k] for k in names]
     binds = sorted(bound.values())
     span = binds[-1] - binds[0]
@@ -418,6 +430,7 @@ def run(
         "create_request_p50_p99_s": [round(benchkit.percentile(request, q), 3) for q in (50, 99)],
         "create_to_seen_p50_p99_s": [round(benchkit.percentile(to_seen, q), 3) for q in (50, 99)],
         "create_to_bound_p50_p99_s": [round(benchkit.percentile(to_bound, q), 3) for q in (50, 99)],
+        **by_etcd,
         "bound_to_active_p50_p99_s": [
             round(benchkit.percentile(to_active, q), 3) for q in (50, 99)
         ],
@@ -545,6 +558,29 @@ def controller_passes(bed: stack.Stack) -> dict[str, float]:
 def proc_pid(proc: stack.Proc) -> int:
     assert proc.popen is not None
     return proc.popen.pid
+
+
+def etcd_split(
+    etcd: benchkit.EtcdWatch,
+    names: list[str],
+    created: dict[str, float],
+    seen_at: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """Of each Server's way: create -> stored in etcd, and, for each change this benchmark's
+    watch saw (its arrival, its binding, ACTIVE), etcd -> the API server's watch (how long
+    the API server took to deliver what etcd already held). None, with why, unless etcd's
+    watch saw every change of every Server."""
+    stored = {"arrival": etcd.stored, "binding": etcd.bound, "ACTIVE": etcd.active}
+    missing = [f"{change} of {k}" for change, at in stored.items() for k in names if k not in at]
+    why = etcd.error or (f"etcd's watch missed {len(missing)}: {missing[:3]}" if missing else None)
+    if why is not None:
+        return {"create_to_etcd_p50_p99_s": None, "etcd_to_watch_p50_p99_s": None, "etcd": why}
+    to_etcd = [etcd.stored[k] - created[k] for k in names]
+    lag = [seen_at[change][k] - at[k] for change, at in stored.items() for k in names]
+    return {
+        "create_to_etcd_p50_p99_s": [round(benchkit.percentile(to_etcd, q), 3) for q in (50, 99)],
+        "etcd_to_watch_p50_p99_s": [round(benchkit.percentile(lag, q), 3) for q in (50, 99)],
+    }
 
 
 def controller_memory(bed: stack.Stack) -> tuple[float, float]:

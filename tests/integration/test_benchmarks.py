@@ -88,6 +88,10 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
         assert delivery["watchers_closed"] >= 0, r
         assert delivery["intake_mean_s"] is not None and delivery["intake_mean_s"] >= 0, r
         assert r["create_request_p50_p99_s"][0] > 0 and r["create_to_seen_p50_p99_s"][0] > 0, r
+        # etcd's own watch saw every change: the way is split between etcd and the API server
+        assert "etcd" not in r, r
+        assert r["create_to_etcd_p50_p99_s"][0] > 0, r
+        assert r["etcd_to_watch_p50_p99_s"][1] >= r["etcd_to_watch_p50_p99_s"][0], r
 
 
 def test_bench_scale_fails_naming_the_server_that_never_became_active(
