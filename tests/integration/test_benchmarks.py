@@ -50,6 +50,7 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
         "--hosts", "3", "--fleet-processes", "2", "--servers", "4", "--servers", "3",
         "--heartbeat-seconds", "3", "--ipam", "both",
         "--timeout", "120", "--idle", "4", "--shared-watches", "--restart-controller",
+        "--etcd-split",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
