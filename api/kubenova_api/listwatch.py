@@ -31,13 +31,14 @@ event; this class decides when to list and when to watch, and how to come back f
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import random
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import kube
@@ -59,7 +60,7 @@ PAGE_SIZE = 500
 
 WatchCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 """A list function of the client, its positional arguments and its selectors, which
-``kubernetes.watch.Watch.stream`` turns into a watch."""
+:meth:`ListWatch._follow` calls as a watch."""
 
 
 class ListWatch(abc.ABC):
@@ -80,7 +81,8 @@ class ListWatch(abc.ABC):
         self.resource_version: str | None = None
         """The version everything is held up to (None: list first)."""
         self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
+        self._response: Any = None
+        """The watch being read, if any (to cut when stopped)."""
 
     # ------------------------------------------------------------------ what a subclass says
     @abc.abstractmethod
@@ -122,8 +124,9 @@ class ListWatch(abc.ABC):
     # ------------------------------------------------------------------ the loop
     def stop(self) -> None:
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
+        response = self._response
+        if response is not None:
+            _shut(response)
 
     @property
     def stopped(self) -> bool:
@@ -189,26 +192,44 @@ class ListWatch(abc.ABC):
 
     def _follow(self, version: str) -> None:
         """Follow the watch from ``version`` until it ends; :attr:`resource_version` follows
-        every event and bookmark, so that a failure resumes where it happened."""
-        self._watch = watch.Watch()
+        every event and bookmark, so that a failure resumes where it happened.
+
+        The response is read here, one JSON line per event, and not by
+        ``kubernetes.watch.Watch``, which parses each event, writes its object back to JSON and
+        parses that again (building the client's models for a built-in kind), and finds the
+        list function's return type in its signature and docstring on every watch. Every caller
+        here reads the raw object, which one parse gives: 41-45 µs of CPU per event of 3.7 KB
+        against 102-113 µs, and 1.5 ms per watch started against 2.0-2.3 ms (a real API
+        server). The API server ends every watch after :data:`WATCH_SECONDS`, and under load
+        it ends the ones that fall behind: 400 to 1,000 agents' watches in a burst of 1,000
+        Servers onto 100 hosts.
+
+        A watch read to its end leaves its connection to the pool (urllib3 gives it back when
+        the last chunk is in), so the resumed watch needs no new TLS connection; one that fails
+        or is stopped mid-stream is closed, as what is left unread must not reach the next
+        request."""
         fn, args, kwargs = self.watch_call()
-        stream = self._watch.stream(
-            fn,
+        response = fn(
             *args,
             **kwargs,
+            watch=True,
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
             _request_timeout=(5.0, WATCH_READ_TIMEOUT),
         )
+        self._response = response
+        read_to_the_end = False
         try:
-            for event in stream:
+            if self._stop.is_set():
+                return  # stopped while the request was made: stop() did not see it
+            for line in _lines(response):
                 if self._stop.is_set():
                     return
-                kind = event["type"]
-                # The client parses a typed object (a Lease) into its model and leaves a
-                # custom object, and any BOOKMARK, as a dict: read the raw one.
-                raw = event.get("raw_object") or event["object"]
+                event = json.loads(line)
+                kind = event.get("type")
+                raw = event.get("object")
                 if not isinstance(raw, dict):
                     continue
                 if kind == "ERROR":
@@ -218,5 +239,31 @@ class ListWatch(abc.ABC):
                     self.changed(kind, raw)
                 if rv:
                     self.resource_version = str(rv)  # from here a resumed watch goes on
+            read_to_the_end = True
         finally:
-            self._watch.stop()
+            self._response = None
+            if not read_to_the_end:
+                response.close()  # what is left unread must not reach the next request
+            response.release_conn()
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The non-empty lines of a streamed response, each as soon as it is complete."""
+    rest = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()
+        yield from (line for line in lines if line.strip())
+    if rest.strip():
+        yield rest
+
+
+def _shut(response: Any) -> None:
+    """Unblock a thread reading ``response``: shut its socket down (closing it from another
+    thread can wait on the lock that the blocked read holds)."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed

@@ -146,3 +146,39 @@ def test_shared_watches_give_each_host_its_own_servers(api: stack.Stack, lists: 
             cache.stop()
         for thread in threads:
             thread.join(10)
+
+
+def test_a_watch_the_api_server_ends_is_resumed_on_the_same_connection(
+    api: stack.Stack, monkeypatch: pytest.MonkeyPatch, lists: list[str]
+) -> None:
+    """The API server ends every watch after its timeout, and ends under load the ones that
+    fall behind; the watch read to its end leaves its connection to the resumed one (a new
+    TLS connection costs both ends about 3.6 ms of CPU, measured), and stopping a cache
+    blocked in a read returns at once."""
+    client = kube.api_client(str(api.cp.kubeconfig()))
+    k = kube.Kube(client, "informer-test", "informer-test")
+    monkeypatch.setattr(listwatch, "WATCH_SECONDS", 1)
+
+    def opened() -> int:
+        pools = client.rest_client.pool_manager.pools
+        keys = list(pools.keys())  # urllib3's container refuses to be iterated itself
+        return sum(pools[key].num_connections for key in keys)
+
+    cache = informer.Informer(k, Server, "same-connection-host", lambda key: None)
+    thread = threading.Thread(target=cache.run, daemon=True)
+    thread.start()
+    try:
+        assert cache.synced.wait(30)
+        ended = cache.resource_version
+        threading.Event().wait(3.5)  # three watches of a second, each ended by the API server
+        _bound_server(k, "inf-same")  # a write of another host's object: a bookmark at most
+        threading.Event().wait(1.5)
+        assert len(lists) == 1
+        # The Kube's own calls above (LIST, create, status) opened at most one connection of
+        # their own, besides the cache's one: a new one per watch would make four or more.
+        assert opened() <= 2, f"{opened()} connections for one cache's resumed watches"
+        assert ended is not None
+    finally:
+        cache.stop()
+        thread.join(10)
+    assert not thread.is_alive(), "stop() did not cut the watch being read"

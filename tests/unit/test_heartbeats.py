@@ -5,13 +5,14 @@ wakes the pass."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from kubenova_api import constants, listwatch
+from kubenova_api import constants
 from kubenova_operator import heartbeats
 
 
@@ -30,19 +31,42 @@ def _lease(host: str, age: float, name: str | None = None, rv: str = "1") -> cli
 
 
 def _event(kind: str, lease: client.V1Lease) -> dict[str, Any]:
-    raw = client.ApiClient().sanitize_for_serialization(lease)
-    return {"type": kind, "object": lease, "raw_object": raw}
+    return {"type": kind, "object": client.ApiClient().sanitize_for_serialization(lease)}
 
 
-class _Stream:
+class _Response:
+    """A watch's streamed answer: its events as JSON lines, cut into chunks anywhere."""
+
+    connection = None
+
     def __init__(self, events: list[dict[str, Any]]) -> None:
-        self.events = events
+        body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+        self.chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
+        self.released = self.closed = False
 
-    def stream(self, *_: Any, **__: Any) -> Iterator[dict[str, Any]]:
-        yield from self.events
+    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
+        yield from self.chunks
 
-    def stop(self) -> None:
-        pass
+    def close(self) -> None:
+        self.closed = True
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+def _watching(
+    monkeypatch: pytest.MonkeyPatch, beats: heartbeats.Heartbeats, events: list[dict[str, Any]]
+) -> list[_Response]:
+    """Every watch ``beats`` makes answers ``events`` (as they are then); the answers made."""
+    made: list[_Response] = []
+
+    def watch(**kwargs: Any) -> _Response:
+        assert kwargs["watch"] is True and kwargs["_preload_content"] is False
+        made.append(_Response(events))
+        return made[-1]
+
+    monkeypatch.setattr(beats, "watch_call", lambda: (watch, (), {}))
+    return made
 
 
 def test_renewals_bookmarks_and_a_host_coming_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,16 +77,12 @@ def test_renewals_bookmarks_and_a_host_coming_back(monkeypatch: pytest.MonkeyPat
     beats.synced.set()
     events = [
         _event("ADDED", _lease("a", 1, rv="5")),
-        # The client leaves a BOOKMARK's object as a dict: only its version counts.
-        {
-            "type": "BOOKMARK",
-            "object": {"metadata": {"resourceVersion": "9"}},
-            "raw_object": {"kind": "Lease", "metadata": {"resourceVersion": "9"}},
-        },
+        # A BOOKMARK's object is a Lease with only its version: only that counts.
+        {"type": "BOOKMARK", "object": {"kind": "Lease", "metadata": {"resourceVersion": "9"}}},
         _event("MODIFIED", _lease("b", 300, rv="10")),  # stale: b is down
         _event("MODIFIED", _lease("c", 1, name="someone-else", rv="11")),  # not a heartbeat
     ]
-    monkeypatch.setattr(listwatch.watch, "Watch", lambda: _Stream(events))
+    answers = _watching(monkeypatch, beats, events)
     beats._follow("1")
     assert beats.resource_version == "11"
     renewed = beats.renewed()
@@ -77,3 +97,4 @@ def test_renewals_bookmarks_and_a_host_coming_back(monkeypatch: pytest.MonkeyPat
     events[:] = [_event("DELETED", _lease("a", 0, rv="13"))]
     beats._follow("12")
     assert set(beats.renewed()) == {"b"}
+    assert all(a.released and not a.closed for a in answers), "read to the end: connection kept"
