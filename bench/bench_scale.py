@@ -3,9 +3,10 @@ in one or several ``simfleet`` processes): time until all are ACTIVE, create->AC
 percentiles, binding rate, API writes per Server (from the API server's own request metrics),
 memory of the controller and of the agents, and the CPU each process used until all were ACTIVE
 (the API server, etcd, the controller, the agents, this benchmark: what bounds the rate). With
-``--etcd-split`` a watch of its own on etcd splits a Server's way: create -> stored in etcd,
-and etcd -> seen by a watch of the API server, for each of its three changes (arrival,
-binding, ACTIVE), each of which reaches the component that acts on it through that path.
+``--etcd-split`` a watch of its own on etcd (``bench/etcdwatch.py``, a process of its own)
+splits a Server's way: create -> stored in etcd, and etcd -> seen by a watch of the API
+server, for each of its three changes (arrival, binding, ACTIVE), each of which reaches the
+component that acts on it through that path.
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
                                 [--fleet-processes 4] [--timeout SECONDS] [--ipam both]
@@ -113,10 +114,10 @@ def main() -> int:
     p.add_argument(
         "--etcd-split",
         action="store_true",
-        help="watch etcd too, and split each Server's way: create -> stored in etcd, etcd -> seen\n"
-        "by a watch of the API server. The etcd watch is read in this process: at 10,000 Servers\n"
-        "it delayed this benchmark's own watch (p99 create->seen 49 s against 5 s without it),\n"
-        "so it is off unless asked for; use it at 1,000 or fewer",
+        help="watch etcd too (in a process of its own), and split each Server's way: create ->\n"
+        "stored in etcd, etcd -> seen by a watch of the API server. Off unless asked for: at\n"
+        "10,000 Servers the run with it was slower (p99 49.7 s against 26.7 s, all ACTIVE 502 s\n"
+        "against 421 s; one run each, so perhaps the machine); at 1,000 no cost was seen",
     )
     args = p.parse_args()
     sizes = args.servers or [100]
@@ -613,13 +614,15 @@ def print_table(results: list[dict[str, Any]]) -> None:
         f"{'p50':>7} {'p95':>7} {'p99':>7} "
         f"{'binds/s':>8} {'writes/srv':>10} {'status/srv':>10} {'events/srv':>10} "
         f"{'refused':>8} {'ctl MiB':>8} {'ctl peak':>8} {'agent MiB':>9} "
-        f"{'CPU ms/srv':>10} {'steal':>6} {'closed':>6}"
+        f"{'CPU ms/srv':>10} {'steal':>6} {'closed':>6} {'etcd->watch':>11}"
     )
     for r in results:
         w = r["writes"]
         binds = f"{r['binds_per_s']:8.1f}" if r["binds_per_s"] is not None else f"{'-':>8}"
         cpu = r["cpu_until_all_active"]
         cpu_ms = 1000 * sum(p["cpu_s"] for p in cpu.values()) / r["servers"]
+        split = r.get("etcd_to_watch_p50_p99_s")
+        lag = f"{split[0]:.2f}s" if split else "-"
         print(
             f"{r['servers']:8d} {'on' if r['ipam'] else 'off':>5} {r['hosts']:6d} "
             f"{r['all_active_s']:10.2f}s {r['p50_s']:6.2f}s "
@@ -629,7 +632,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['controller_rss_mib']:8.1f} "
             f"{r['controller_peak_rss_mib']:8.1f} {r['per_agent_rss_mib']:9.2f} "
             f"{cpu_ms:10.1f} {r['machine_until_all_active']['steal_share']:6.1%} "
-            f"{r['server_watch_delivery']['watchers_closed']:6d}"
+            f"{r['server_watch_delivery']['watchers_closed']:6d} {lag:>11}"
         )
     print(
         "writes/srv: writes to servers and servers/status (the create included) the API "
@@ -638,7 +641,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "CPU ms/srv: CPU time of the control plane, controller, agents and this benchmark "
         "until all ACTIVE, per Server; steal: the share of the machine's CPU time its "
         "hypervisor gave to others meanwhile (a noisy machine, not slower code); closed: "
-        "Server watchers the API server closed for falling behind (each watches again)"
+        "Server watchers the API server closed for falling behind (each watches again); "
+        "etcd->watch: p50 of how long the API server took to deliver a change etcd held to "
+        "a watch (each Server's arrival, binding and ACTIVE; '-' without the etcd split)"
     )
     for r in results:
         late = r["watch"]["servers_seen_late_by_a_relist"]

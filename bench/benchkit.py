@@ -21,24 +21,21 @@ measure any commit of kubenova.
 
 from __future__ import annotations
 
-import base64
 import collections
 import dataclasses
 import datetime as dt
 import functools
-import http.client
 import json
 import math
 import os
 import pathlib
 import re
-import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
 import traceback
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -512,82 +509,62 @@ class EtcdWatch:
     (``time.monotonic()``) it was first stored, first stored with ``status.nodeName`` set, and
     first stored ``ACTIVE``. Beside the API server's watch it splits a Server's way into what
     etcd took and what the API server's watch path took. Diagnostic only: when it fails it
-    says why in :attr:`error` and the figures built on it are left out, never guessed."""
+    says why in :attr:`error` and the figures built on it are left out, never guessed.
+
+    The watch is read by ``bench/etcdwatch.py`` in a process of its own (its figures come back
+    when the block ends): read in a thread of the benchmark, it took the interpreter from the
+    benchmark's own watch of the API server, which at 10,000 Servers then saw each change
+    late."""
 
     def __init__(self, etcd_url: str, prefix: str) -> None:
-        self._url = urllib.parse.urlsplit(etcd_url)
-        self._prefix = prefix.encode()
+        self._argv = [
+            sys.executable,
+            str(pathlib.Path(__file__).with_name("etcdwatch.py")),
+            etcd_url,
+            prefix,
+        ]
         self.stored: dict[str, float] = {}
         self.bound: dict[str, float] = {}
         self.active: dict[str, float] = {}
         self.error: str | None = None
-        self._conn: http.client.HTTPConnection | None = None
-        self._resp: http.client.HTTPResponse | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="etcd watch", daemon=True)
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> EtcdWatch:
-        """Open the watch (in the caller's thread: every later change is seen), then read it
-        in a thread of its own."""
-        end = self._prefix[:-1] + bytes([self._prefix[-1] + 1])
-        request = {
-            "create_request": {
-                "key": base64.b64encode(self._prefix).decode(),
-                "range_end": base64.b64encode(end).decode(),
-            }
-        }
+        """Start the watch and wait until etcd has opened it: every later change is seen."""
         try:
-            self._conn = http.client.HTTPConnection(
-                self._url.hostname or "127.0.0.1", self._url.port, timeout=10
+            self._proc = subprocess.Popen(
+                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
             )
-            self._conn.request("POST", "/v3/watch", body=json.dumps(request))
-            self._resp = self._conn.getresponse()
-            first = json.loads(self._resp.readline() or b"{}")
-            if not first.get("result", {}).get("created"):
-                raise RuntimeError(f"etcd did not open the watch: {first}")
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(None)
-            self._thread.start()
+            assert self._proc.stdout is not None
+            first = self._proc.stdout.readline()
+            if first.strip() != "ready":
+                self._take(first)
+                self._proc.wait(10)
+                self._proc = None
         except Exception as exc:  # a diagnostic: say so, never fail the run for it
             self.error = f"could not watch etcd: {exc!r}"
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stopping.set()
-        if self._conn is not None and self._conn.sock is not None:
-            try:
-                self._conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(timeout=10)
-        if self._conn is not None:
-            self._conn.close()
-
-    def _run(self) -> None:
-        assert self._resp is not None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
         try:
-            for line in self._resp:
-                at = time.monotonic()
-                for event in json.loads(line).get("result", {}).get("events", []):
-                    self._note(event.get("kv", {}), at)
+            out = proc.communicate(timeout=60)[0]  # closes its stdin: it answers and exits
+            self._take(out)
         except Exception as exc:
-            if not self._stopping.is_set():
-                self.error = f"the etcd watch ended: {exc!r}"
-            return
-        if not self._stopping.is_set():
-            self.error = "the etcd watch ended"
+            proc.kill()
+            proc.wait()
+            self.error = f"the etcd watch gave no figures: {exc!r}"
 
-    def _note(self, kv: Mapping[str, Any], at: float) -> None:
-        name = base64.b64decode(kv.get("key", "")).decode().rsplit("/", 1)[-1]
-        value = base64.b64decode(kv.get("value", ""))
-        if not value:  # deleted
+    def _take(self, line: str) -> None:
+        try:
+            got = json.loads(line)
+        except ValueError:
+            self.error = f"the etcd watch gave no figures: {line[:200]!r}"
             return
-        obj = json.loads(value)  # custom resources are stored as JSON
-        self.stored.setdefault(name, at)
-        if status(obj).get("nodeName"):
-            self.bound.setdefault(name, at)
-        if status(obj).get("phase") == "ACTIVE":
-            self.active.setdefault(name, at)
+        self.stored, self.bound, self.active = got["stored"], got["bound"], got["active"]
+        self.error = got["error"]
 
 
 # ----------------------------------------------------------------------------- waiting

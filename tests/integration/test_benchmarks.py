@@ -64,6 +64,7 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
     for r in rows:  # all ACTIVE, p50, p95, p99 are times; writes per Server at least the create
         assert all(v.endswith("s") and float(v[:-1]) > 0 for v in r[3:7]), r
         assert float(r[8]) >= 1.0, r
+        assert r[18].endswith("s") and float(r[18][:-1]) >= 0, r  # etcd->watch p50
     docs = [doc for doc in yaml.safe_load_all(out.stdout.split(lines[header])[0]) if doc]
     # The idle fleet first: every host renewed its Lease in the window (else it exits 1).
     idle = docs[0]["idle"]
