@@ -5,8 +5,6 @@ wakes the pass."""
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ from kubernetes import client
 
 from kubenova_api import constants
 from kubenova_operator import heartbeats
+from tests.unit.watch_answer import StreamedAnswer
 
 
 def _lease(host: str, age: float, name: str | None = None, rv: str = "1") -> client.V1Lease:
@@ -34,35 +33,15 @@ def _event(kind: str, lease: client.V1Lease) -> dict[str, Any]:
     return {"type": kind, "object": client.ApiClient().sanitize_for_serialization(lease)}
 
 
-class _Response:
-    """A watch's streamed answer: its events as JSON lines, cut into chunks anywhere."""
-
-    connection = None
-
-    def __init__(self, events: list[dict[str, Any]]) -> None:
-        body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
-        self.chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
-        self.released = self.closed = False
-
-    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
-        yield from self.chunks
-
-    def close(self) -> None:
-        self.closed = True
-
-    def release_conn(self) -> None:
-        self.released = True
-
-
 def _watching(
     monkeypatch: pytest.MonkeyPatch, beats: heartbeats.Heartbeats, events: list[dict[str, Any]]
-) -> list[_Response]:
+) -> list[StreamedAnswer]:
     """Every watch ``beats`` makes answers ``events`` (as they are then); the answers made."""
-    made: list[_Response] = []
+    made: list[StreamedAnswer] = []
 
-    def watch(**kwargs: Any) -> _Response:
+    def watch(**kwargs: Any) -> StreamedAnswer:
         assert kwargs["watch"] is True and kwargs["_preload_content"] is False
-        made.append(_Response(events))
+        made.append(StreamedAnswer.of(events))
         return made[-1]
 
     monkeypatch.setattr(beats, "watch_call", lambda: (watch, (), {}))

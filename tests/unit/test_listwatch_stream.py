@@ -12,23 +12,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from kubenova_api import listwatch
-
-
-class _Response:
-    connection = None
-
-    def __init__(self, body: bytes, cut: int) -> None:
-        self.chunks = [body[i : i + cut] for i in range(0, len(body), cut)]
-        self.closed = self.released = False
-
-    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
-        yield from self.chunks
-
-    def close(self) -> None:
-        self.closed = True
-
-    def release_conn(self) -> None:
-        self.released = True
+from tests.unit.watch_answer import StreamedAnswer
 
 
 def _line(kind: str, name: str, rv: str) -> bytes:
@@ -39,7 +23,7 @@ def _line(kind: str, name: str, rv: str) -> bytes:
 class _Watch(listwatch.ListWatch):
     def __init__(self, body: bytes, cut: int, stop_after: int | None = None) -> None:
         super().__init__("widgets")
-        self.response = _Response(body, cut)
+        self.response = StreamedAnswer(body, cut)
         self.seen: list[tuple[str, str]] = []
         self.stop_after = stop_after
 
