@@ -1,5 +1,5 @@
 """N Servers created at once against many simulated hosts (real Agents on libvirt's test driver,
-in one or several ``simfleet`` processes): time until all are ACTIVE, create->ACTIVE
+in ``simfleet`` processes of 25 hosts each by default): time until all are ACTIVE, create->ACTIVE
 percentiles, binding rate, API writes per Server (from the API server's own request metrics),
 memory of the controller and of the agents, and the CPU each process used until all were ACTIVE
 (the API server, etcd, the controller, the agents, this benchmark: what bounds the rate). With
@@ -32,6 +32,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
+import math
 import os
 import pathlib
 import re
@@ -49,6 +50,12 @@ from kubenova_devenv import stack
 
 FLAVOR = "bench.tiny"
 IMAGE = "bench-image"
+# Simulated hosts per simfleet process by default. A real agent has a host, and its CPU, to
+# itself; here they share the control plane's two cores, and a simfleet holding 100 agents
+# (1,300 threads under one interpreter lock) spent about half of its CPU passing the lock
+# between threads. At 25 per process the fleet's CPU at N=1,000 fell by about a third, and the
+# API server had that. More processes cost memory (about 95 MiB each) and gained no more.
+HOSTS_PER_FLEET_PROCESS = 25
 BROKEN = {
     # What the last Server of each size refers to with --broken-server: it cannot be ACTIVE.
     "image": (FLAVOR, "bench-image-bad-checksum"),
@@ -63,8 +70,10 @@ def main() -> int:
     p.add_argument(
         "--fleet-processes",
         type=int,
-        default=1,
-        help="spread the simulated hosts over this many simfleet processes (default 1)",
+        help="spread the simulated hosts over this many simfleet processes (default: one per\n"
+        f"{HOSTS_PER_FLEET_PROCESS} hosts). Each agent has about 13 threads; a hundred agents\n"
+        "under one interpreter lock spent about half of their process's CPU handing it over\n"
+        "(perf: futex waits and task switches), CPU the control plane then lacked",
     )
     p.add_argument("--cpus", type=int, default=16, help="vCPUs of each simulated host")
     p.add_argument("--memory-mib", type=int, default=65536, help="memory of each simulated host")
@@ -121,6 +130,8 @@ def main() -> int:
     )
     args = p.parse_args()
     sizes = args.servers or [100]
+    if args.fleet_processes is None:
+        args.fleet_processes = math.ceil(args.hosts / HOSTS_PER_FLEET_PROCESS)
     if not 1 <= args.fleet_processes <= args.hosts:
         p.error("--fleet-processes must be between 1 and --hosts")
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubenova-bench-scale-"))
@@ -638,6 +649,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "writes/srv: writes to servers and servers/status (the create included) the API "
         "server carried out, per Server; events/srv apart; refused: attempts answered 4xx/5xx "
         "(429 = over the API server's in-flight limit); from apiserver_request_total; "
+        "agent MiB: the simfleet processes' memory per host (each process holds about 95 MiB "
+        "of its own, see --fleet-processes); "
         "CPU ms/srv: CPU time of the control plane, controller, agents and this benchmark "
         "until all ACTIVE, per Server; steal: the share of the machine's CPU time its "
         "hypervisor gave to others meanwhile (a noisy machine, not slower code); closed: "
