@@ -50,11 +50,9 @@ from kubenova_devenv import stack
 
 FLAVOR = "bench.tiny"
 IMAGE = "bench-image"
-# Simulated hosts per simfleet process by default. A real agent has a host, and its CPU, to
-# itself; here they share the control plane's two cores, and a simfleet holding 100 agents
-# (1,300 threads under one interpreter lock) spent about half of its CPU passing the lock
-# between threads. At 25 per process the fleet's CPU at N=1,000 fell by about a third, and the
-# API server had that. More processes cost memory (about 95 MiB each) and gained no more.
+# Simulated hosts per simfleet process by default (why: --fleet-processes' help). At 25 per
+# process the fleet's CPU at N=1,000 fell by about a third, and the API server had that; more
+# processes cost memory (about 95 MiB each) and gained no more.
 HOSTS_PER_FLEET_PROCESS = 25
 BROKEN = {
     # What the last Server of each size refers to with --broken-server: it cannot be ACTIVE.
