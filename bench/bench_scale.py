@@ -230,44 +230,25 @@ def define_flavors_and_images(bed: stack.Stack) -> None:
 
 
 def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack.Proc], list[str]]:
-    """``--hosts`` simulated hosts over ``--fleet-processes`` simfleet processes (the devenv's
-    own program, started as ``Stack.start_sim_fleet`` does, one host-name prefix each); they
-    stop with the bed. Returns the processes and the host names."""
+    """``--hosts`` simulated hosts over ``--fleet-processes`` simfleet processes, one host-name
+    prefix each; they stop with the bed. Returns the processes and the host names."""
     procs, hosts = [], []
     count = args.fleet_processes
     for i in range(count):
         share = args.hosts // count + (1 if i < args.hosts % count else 0)
         prefix = "sim" if count == 1 else f"sim{i}"
-        proc = stack.Proc(
-            "simfleet" if count == 1 else f"simfleet-{i}",
-            [
-                sys.executable,
-                "-m",
-                "kubenova_devenv.simfleet",
-                "--hosts",
-                str(share),
-                "--prefix",
-                prefix,
-                "--cpus",
-                str(args.cpus),
-                "--memory-mib",
-                str(args.memory_mib),
-                "--kubeconfig",
-                str(bed.cp.kubeconfig("kubenova:fleet")),
-                "--workdir",
-                str(bed.workdir / "fleet"),
-                "--heartbeat-seconds",
-                str(args.heartbeat_seconds),
-                *(["--networks"] if args.ipam != "off" else []),
-                *(["--shared-watches"] if args.shared_watches else []),
-                *bed.fleet_image_flags(),  # agents refuse loopback image servers by default
-            ],
-            bed.workdir / f"simfleet-{i}.log",
-            {**os.environ, "PYTHONUNBUFFERED": "1"},
+        procs.append(
+            bed.start_sim_fleet(
+                share,
+                cpus=args.cpus,
+                memory_mib=args.memory_mib,
+                heartbeat=args.heartbeat_seconds,
+                networks=args.ipam != "off",
+                prefix=prefix,
+                name="simfleet" if count == 1 else f"simfleet-{i}",
+                shared_watches=args.shared_watches,
+            )
         )
-        bed.agents[proc.name] = proc  # known to the bed: stopped with it, watched by exited()
-        proc.start()
-        procs.append(proc)
         hosts += [f"{prefix}-{j:03d}" for j in range(share)]
     return procs, hosts
 

@@ -512,22 +512,30 @@ class Stack(scoped.Scoped):
         memory_mib: int = 16384,
         heartbeat: float = 10.0,
         networks: bool = False,
+        *,
+        prefix: str = "sim",
+        name: str = "simfleet",
+        shared_watches: bool = False,
     ) -> Proc:
         """``hosts`` simulated hosts, each a real Agent on the test driver, in one process
+        named ``name`` (its log: ``<name>.log``), the hosts named ``<prefix>-000`` and on
         (with ``networks``: each publishes a tunnel address and physical network ``lan``, so
-        Servers on networks can be placed there; nothing is plumbed).
+        Servers on networks can be placed there; nothing is plumbed; with ``shared_watches``:
+        simfleet's one watch per kind for all its hosts, see its ``--shared-watches``).
 
         They share one identity (``kubenova:fleet``, the agents' ClusterRole without the
         per-node admission policies): minting a Node and a token for each of a thousand
         simulated hosts would be most of a scale benchmark's start-up."""
         proc = Proc(
-            "simfleet",
+            name,
             [
                 sys.executable,
                 "-m",
                 "kubenova_devenv.simfleet",
                 "--hosts",
                 str(hosts),
+                "--prefix",
+                prefix,
                 "--cpus",
                 str(cpus),
                 "--memory-mib",
@@ -539,12 +547,13 @@ class Stack(scoped.Scoped):
                 "--heartbeat-seconds",
                 str(heartbeat),
                 *(["--networks"] if networks else []),
+                *(["--shared-watches"] if shared_watches else []),
                 *self.fleet_image_flags(),
             ],
-            self.workdir / "simfleet.log",
+            self.workdir / f"{name}.log",
             self.env(),
         )
-        self.agents["simfleet"] = proc
+        self.agents[name] = proc  # stopped with the bed, watched by exited()
         proc.start()
         return proc
 
