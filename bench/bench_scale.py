@@ -1,16 +1,16 @@
 """N Servers created at once against many simulated hosts (real Agents on libvirt's test driver,
-in ``simfleet`` processes of 25 hosts each by default): time until all are ACTIVE, create->ACTIVE
-percentiles, binding rate, API writes per Server (from the API server's own request metrics),
-memory of the controller and of the agents, and the CPU each process used until all were ACTIVE
-(the API server, etcd, the controller, the agents, this benchmark: what bounds the rate). With
-``--etcd-split`` a watch of its own on etcd (``bench/etcdwatch.py``, a process of its own)
-splits a Server's way: create -> stored in etcd, and etcd -> seen by a watch of the API
-server, for each of its three changes (arrival, binding, ACTIVE), each of which reaches the
-component that acts on it through that path.
+in ``simfleet`` processes of 25 hosts each at nice 10 by default): time until all are ACTIVE,
+create->ACTIVE percentiles, binding rate, API writes per Server (from the API server's own
+request metrics), memory of the controller and of the agents, and the CPU each process used
+until all were ACTIVE (the API server, etcd, the controller, the agents, this benchmark: what
+bounds the rate). With ``--etcd-split`` a watch of its own on etcd (``bench/etcdwatch.py``, a
+process of its own) splits a Server's way: create -> stored in etcd, and etcd -> seen by a
+watch of the API server, for each of its three changes (arrival, binding, ACTIVE), each of
+which reaches the component that acts on it through that path.
 
     python bench/bench_scale.py --hosts 100 --servers 100 [--servers 1000 ...]
-                                [--fleet-processes 4] [--timeout SECONDS] [--ipam both]
-                                [--shared-watches] [--idle SECONDS]
+                                [--fleet-processes 4] [--fleet-nice 10] [--timeout SECONDS]
+                                [--ipam both] [--shared-watches] [--idle SECONDS]
 
 ``--ipam on`` gives every Server a NIC on its namespace's default tenant Network (a /20), so
 the controller's IPAM decides an address with each binding; ``both`` runs each size without,
@@ -54,6 +54,8 @@ IMAGE = "bench-image"
 # process the fleet's CPU at N=1,000 fell by about a third, and the API server had that; more
 # processes cost memory (about 95 MiB each) and gained no more.
 HOSTS_PER_FLEET_PROCESS = 25
+# The simfleets' nice value by default (why: --fleet-nice's help).
+FLEET_NICE = 10
 BROKEN = {
     # What the last Server of each size refers to with --broken-server: it cannot be ACTIVE.
     "image": (FLAVOR, "bench-image-bad-checksum"),
@@ -72,6 +74,16 @@ def main() -> int:
         f"{HOSTS_PER_FLEET_PROCESS} hosts). Each agent has about 13 threads; a hundred agents\n"
         "under one interpreter lock spent about half of their process's CPU handing it over\n"
         "(perf: futex waits and task switches), CPU the control plane then lacked",
+    )
+    p.add_argument(
+        "--fleet-nice",
+        type=int,
+        default=FLEET_NICE,
+        metavar="N",
+        help=f"run the simfleets at this nice value (default {FLEET_NICE}; 0: the control plane's\n"
+        "priority). The simulated hosts stand in for machines of their own; at the same\n"
+        "priority they took the two cores from kube-apiserver, whose etcd watch stream then\n"
+        "waited longer for a core, and every hop of a Server (the agents' included) was slower",
     )
     p.add_argument("--cpus", type=int, default=16, help="vCPUs of each simulated host")
     p.add_argument("--memory-mib", type=int, default=65536, help="memory of each simulated host")
@@ -247,6 +259,7 @@ def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack
                 prefix=prefix,
                 name="simfleet" if count == 1 else f"simfleet-{i}",
                 shared_watches=args.shared_watches,
+                nice=args.fleet_nice,
             )
         )
         hosts += [f"{prefix}-{j:03d}" for j in range(share)]
@@ -426,6 +439,8 @@ def run(
         "ipam": ipam,
         "hosts": len(hosts),
         "fleet_processes": len(fleets),
+        # As the kernel has it, not as asked: every simfleet's nice value.
+        "fleet_nice": sorted({os.getpriority(os.PRIO_PROCESS, proc_pid(f)) for f in fleets}),
         "shared_watches": args.shared_watches,
         "active": n,
         "all_active_s": round(max(active.values()) - started, 3),

@@ -516,12 +516,15 @@ class Stack(scoped.Scoped):
         prefix: str = "sim",
         name: str = "simfleet",
         shared_watches: bool = False,
+        nice: int = 0,
     ) -> Proc:
         """``hosts`` simulated hosts, each a real Agent on the test driver, in one process
         named ``name`` (its log: ``<name>.log``), the hosts named ``<prefix>-000`` and on
         (with ``networks``: each publishes a tunnel address and physical network ``lan``, so
         Servers on networks can be placed there; nothing is plumbed; with ``shared_watches``:
-        simfleet's one watch per kind for all its hosts, see its ``--shared-watches``).
+        simfleet's one watch per kind for all its hosts, see its ``--shared-watches``; with
+        ``nice``: at that CPU priority, below the control plane's, as agents on hosts of their
+        own would take none of its CPU).
 
         They share one identity (``kubenova:fleet``, the agents' ClusterRole without the
         per-node admission policies): minting a Node and a token for each of a thousand
@@ -529,6 +532,7 @@ class Stack(scoped.Scoped):
         proc = Proc(
             name,
             [
+                *(["nice", "-n", str(nice)] if nice else []),
                 sys.executable,
                 "-m",
                 "kubenova_devenv.simfleet",

@@ -77,6 +77,7 @@ def test_bench_scale_at_a_tiny_size_prints_its_table(
     assert lines[-1].startswith("controller restarted beside 14 Servers: a pass counted"), lines
     results = docs[1:-1]
     assert all(r["shared_watches"] for r in results), results
+    assert all(r["fleet_nice"] == [10] for r in results), results  # the default
     assert [(r["servers"], r["ipam"], r["active"], r["fleet_processes"]) for r in results] == [
         (4, False, 4, 2),
         (4, True, 4, 2),
