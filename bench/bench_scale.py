@@ -83,7 +83,7 @@ def main() -> int:
         help=f"run the simfleets at this nice value (default {FLEET_NICE}; 0: the control plane's\n"
         "priority). The simulated hosts stand in for machines of their own; at the same\n"
         "priority they took the two cores from kube-apiserver, whose etcd watch stream then\n"
-        "waited longer for a core, and every hop of a Server (the agents' included) was slower",
+        "waited longer for a core, and a Server's hops (the agents' too) were slower on average",
     )
     p.add_argument("--cpus", type=int, default=16, help="vCPUs of each simulated host")
     p.add_argument("--memory-mib", type=int, default=65536, help="memory of each simulated host")
