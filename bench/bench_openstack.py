@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 import benchkit
-from kubenova_devenv import openstackapi, stack
+from kubenova_devenv import openstackapi, simhost, stack
 
 USER = openstackapi.OpenStackUser("bench", "bench-secret", "alice")
 OPENSTACK = pathlib.Path(sys.executable).parent / "openstack"
@@ -239,7 +239,7 @@ def bench_detail(servers: int, requests: int, hosts: int) -> dict[str, Any]:
         bed.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([flavor, image]))
         bed.start_sim_fleet(hosts, cpus=64, memory_mib=262144)
         api = benchkit.api_client(bed)
-        names = [f"sim-{i:03d}" for i in range(hosts)]
+        names = simhost.host_names("sim", hosts)
         benchkit.wait_hosts_ready(bed, api, names)
         bed.kubectl("create", "namespace", MANY)
         docs = [server_doc(f"s{i:04d}", "bench.tiny", "bench-image", MANY) for i in range(servers)]

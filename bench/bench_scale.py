@@ -46,7 +46,7 @@ import yaml
 from kubernetes import client
 
 import benchkit
-from kubenova_devenv import stack
+from kubenova_devenv import simhost, stack
 
 FLAVOR = "bench.tiny"
 IMAGE = "bench-image"
@@ -262,7 +262,7 @@ def start_fleets(bed: stack.Stack, args: argparse.Namespace) -> tuple[list[stack
                 nice=args.fleet_nice,
             )
         )
-        hosts += [f"{prefix}-{j:03d}" for j in range(share)]
+        hosts += simhost.host_names(prefix, share)
     return procs, hosts
 
 

@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         watches = informer.SharedWatches(
             kube.Kube(kube.api_client(args.kubeconfig), "kubenova-agent/simfleet", "kubenova-agent")
         )
-    for i in range(args.hosts):
-        name = f"{args.prefix}-{i:03d}"
+    for i, name in enumerate(simhost.host_names(args.prefix, args.hosts)):
         uri = simhost.write_host_file(work / name / "host.xml", args.cpus, args.memory_mib)
         cfg = settings.AgentSettings(
             host_name=name,

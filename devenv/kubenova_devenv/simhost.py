@@ -8,6 +8,11 @@ import pathlib
 from lxml import etree
 
 
+def host_names(prefix: str, count: int) -> list[str]:
+    """The names simfleet gives its ``count`` hosts with ``--prefix prefix``."""
+    return [f"{prefix}-{i:03d}" for i in range(count)]
+
+
 def write_host_file(path: pathlib.Path, cpus: int = 8, memory_mib: int = 16384) -> str:
     """Describe a host with ``cpus`` CPUs and ``memory_mib`` of memory; returns its URI."""
     node = etree.Element("node")
