@@ -33,6 +33,13 @@ Obj = TypeVar("Obj", bound=KubeObject)
 
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
+APPLY_FIELD_VALIDATION = "Ignore"
+"""``fieldValidation`` of every status apply. For server-side apply the API server refuses a
+field its schema does not declare whatever this is set to (500 "field not declared in schema",
+nothing stored), so Ignore loses no check; what it drops is the strict second parse of the YAML
+body, done only to report duplicate keys and unknown fields as warnings, which kubenova never
+reads and its serialiser never produces. That pass is a visible share of the API server's CPU in
+a burst of status writes (README, "Sizing the control plane")."""
 WRITES_KEPT = 4096
 """Objects whose last write :attr:`Kube.last_written` remembers."""
 TIMEOUT = (5.0, 30.0)
@@ -378,6 +385,7 @@ class Kube:
             self.custom.patch_cluster_custom_object_status,
             body,
             field_manager=self.field_manager,
+            field_validation=APPLY_FIELD_VALIDATION,
             force=force,
             _content_type=APPLY,
         )

@@ -135,6 +135,30 @@ def test_bench_openstack_detail_at_a_tiny_size_prints_its_table(
     assert figures["detail_p99_ms"] >= figures["detail_p50_ms"] > 0, figures
 
 
+def test_bench_status_writes_at_a_tiny_size_prints_its_table(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The same status apply sent three ways (fieldValidation left out, Strict, Ignore), each
+    write checked against the API server's own count and a fresh LIST, then the table."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "bench_status_writes.py"),
+         "--servers", "6", "--rounds", "2", "--threads", "2"],
+        capture_output=True, text=True, timeout=200, check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("b"))},
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    figures = next(yaml.safe_load_all(out.stdout))
+    ways = figures["ways"]
+    assert set(ways) == {"default", "Strict", "Ignore"}, ways
+    assert all(w["writes"] == 12 and w["p99_ms"] >= w["p50_ms"] > 0 for w in ways.values()), ways
+    assert ways["default"]["ratio_to_default"] == 1.0, ways
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["fieldValidation"])
+    assert [line.split()[0] for line in lines[header + 1 : header + 4]] == [
+        "(left", "Strict", "Ignore",
+    ], lines  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- benchkit
 
 
