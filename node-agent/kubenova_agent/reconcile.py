@@ -772,6 +772,19 @@ def _resume(deps: Deps, server: Server, _out: Converged) -> None:
     _event(deps, server, "Resumed", "memory restored from the managed-save image")
 
 
+def _first_boot(server: Server, guest: GuestInfo) -> bool:
+    """Whether starting ``guest`` is its Server's first boot: a domain never started, of a
+    Server that has been in BUILD so far. That start records no Event: it would only repeat
+    the status written with it (ACTIVE, ``Ready=True Running``, "running on <host>"), and in
+    a burst of new Servers it was an API server request per Server that only that said — a
+    fifth of the API server's CPU (README, "Sizing the control plane"). A later start (a
+    stopped Server started again) is history the status does not keep: it is recorded."""
+    return guest.stop_reason is StopReason.never_started and server.status.phase in (
+        None,
+        Phase.BUILD,
+    )
+
+
 def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     """A stopped guest is started; one that stopped by itself (the spec unchanged since) is
     started again only as its restart policy says, and after its CrashLoopBackOff."""
@@ -780,7 +793,10 @@ def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     if guest.stop_reason is None or guest.stop_reason not in BY_GUEST or not unchanged_spec:
         deps.restarts.forget(uid)  # a person's wish, not a crash loop
         _start(deps, uid)
-        _event(deps, server, "Started", f"domain {guest.name} started on {deps.settings.host_name}")
+        if not _first_boot(server, guest):
+            _event(
+                deps, server, "Started", f"domain {guest.name} started on {deps.settings.host_name}"
+            )
         return
     policy = server.spec.restartPolicy
     log.info(

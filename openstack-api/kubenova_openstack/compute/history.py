@@ -40,10 +40,13 @@ ACTIONS = {
 }
 
 
-def _action(event: dict[str, Any], started_once: bool) -> str | None:
+def _action(event: dict[str, Any], stopped_before: bool) -> str | None:
     reason = str(event.get("reason"))
     if reason == "Started":
-        return "start" if started_once else None  # the first start is part of create
+        # Nova's start is the start of a stopped server. The agent records no Started for a
+        # Server's first boot (part of create); earlier versions did, and that one is no
+        # action either.
+        return "start" if stopped_before else None
     if reason == "Migrated":
         message = str(event.get("message") or "")
         if "resized" in message:
@@ -66,13 +69,18 @@ async def _actions(req: Req, server: Server) -> list[dict[str, Any]]:
     events = await req.kube.list(
         req.context.caller, "events", req.project, core=True, fields=f"involvedObject.uid={uid}"
     )
-    events.sort(key=lambda e: (_when(e) or "", e["metadata"]["name"]))
+    return actions_of(events)
+
+
+def actions_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Nova actions a Server's Events stand for, oldest first."""
+    events = sorted(events, key=lambda e: (_when(e) or "", e["metadata"]["name"]))
     out = []
-    started = False
+    stopped = False
     for event in events:
-        name = _action(event, started)
-        if event.get("reason") == "Started":
-            started = True
+        name = _action(event, stopped)
+        if event.get("reason") == "Stopped":
+            stopped = True
         if name is None:
             continue
         out.append(
