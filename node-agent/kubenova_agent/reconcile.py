@@ -776,8 +776,8 @@ def _first_boot(server: Server, guest: GuestInfo) -> bool:
     """Whether starting ``guest`` is its Server's first boot: a domain never started, of a
     Server that has been in BUILD so far. That start records no Event: it would only repeat
     the status written with it (ACTIVE, ``Ready=True Running``, "running on <host>"), and in
-    a burst of new Servers it was an API server request per Server that only that said — a
-    fifth of the API server's CPU (README, "Sizing the control plane"). A later start (a
+    a burst of new Servers it was an API server request per Server that only that said (about
+    12 % of the API server's CPU: README, "Sizing the control plane"). A later start (a
     stopped Server started again) is history the status does not keep: it is recorded."""
     return guest.stop_reason is StopReason.never_started and server.status.phase in (
         None,

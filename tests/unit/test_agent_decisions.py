@@ -173,7 +173,7 @@ def test_a_new_server_is_built_started_and_reported_once(bed: Bed) -> None:
     assert kstatus_says(server) == ("Current", "Running")
     assert constants.FINALIZER_DOMAIN in server.metadata.finalizers
     # No Started Event for the first boot: the status written with it says just that
-    # (README, "Sizing the control plane": in a burst it was a fifth of the API server's CPU).
+    # (README, "Sizing the control plane": in a burst, about 12 % of the API server's CPU).
     assert bed.kube.reasons() == ["ImageFetched"]
     assert len(bed.kube.writes) == 1 and bed.kube.writes[0].force  # the host takes phase over
     writes, events = len(bed.kube.writes), len(bed.kube.events)
