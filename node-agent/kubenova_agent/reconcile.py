@@ -772,17 +772,36 @@ def _resume(deps: Deps, server: Server, _out: Converged) -> None:
     _event(deps, server, "Resumed", "memory restored from the managed-save image")
 
 
-def _first_boot(server: Server, guest: GuestInfo) -> bool:
-    """Whether starting ``guest`` is its Server's first boot: a domain never started, of a
-    Server that has been in BUILD so far. That start records no Event: it would only repeat
-    the status written with it (ACTIVE, ``Ready=True Running``, "running on <host>"), and in
-    a burst of new Servers it was an API server request per Server that only that said (about
-    12 % of the API server's CPU: README, "Sizing the control plane"). A later start (a
-    stopped Server started again) is history the status does not keep: it is recorded."""
-    return guest.stop_reason is StopReason.never_started and server.status.phase in (
-        None,
-        Phase.BUILD,
-    )
+# The phases a Server reports once its guest has been built here (started, or defined and
+# left off as declared): from then on a shut-off domain is SHUTOFF, whatever libvirt says of
+# why it is off.
+BUILT_PHASES = frozenset(
+    {Phase.ACTIVE, Phase.SHUTOFF, Phase.SUSPENDED, Phase.PAUSED, Phase.RESCUE, Phase.MIGRATING}
+)
+
+
+def _never_run(deps: Deps, server: Server, guest: GuestInfo) -> bool:
+    """Whether ``guest`` is a domain not yet started for its Server: libvirt says it was never
+    started (``VIR_DOMAIN_SHUTOFF_UNKNOWN``) and the Server's status has never said it was
+    built. libvirt keeps a shut-off domain's reason only while libvirtd runs: after libvirtd
+    restarts, or the host reboots, every shut-off domain reads as never started, like one
+    just defined. The status (the copy watched, or this agent's own last write when that copy
+    lags behind it) tells the two apart."""
+    if guest.stop_reason is not StopReason.never_started:
+        return False
+    last = deps.written.get(server.uid)
+    said = (server.status.phase, last.phase if last is not None else None)
+    return not any(phase in BUILT_PHASES for phase in said)
+
+
+def _first_boot(deps: Deps, server: Server, guest: GuestInfo) -> bool:
+    """Whether starting ``guest`` is its Server's first boot. That start records no Event: it
+    would only repeat the status written with it (ACTIVE, ``Ready=True Running``, "running on
+    <host>"), and in a burst of new Servers it was an API server request per Server that only
+    that said (about 12 % of the API server's CPU: README, "Sizing the control plane"). A
+    later start (a stopped Server started again, after a libvirtd restart too) is history the
+    status does not keep: it is recorded."""
+    return _never_run(deps, server, guest)
 
 
 def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
@@ -793,7 +812,7 @@ def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     if guest.stop_reason is None or guest.stop_reason not in BY_GUEST or not unchanged_spec:
         deps.restarts.forget(uid)  # a person's wish, not a crash loop
         _start(deps, uid)
-        if not _first_boot(server, guest):
+        if not _first_boot(deps, server, guest):
             _event(
                 deps, server, "Started", f"domain {guest.name} started on {deps.settings.host_name}"
             )
@@ -1031,7 +1050,9 @@ def observed_status(
         phase = Phase.BUILD
     else:
         phase = _PHASES[guest.state]
-        if guest.stop_reason is StopReason.never_started:
+        if server.spec.powerState is PowerState.Running and _never_run(deps, server, guest):
+            # On its way to its first boot. Declared Stopped (or Paused, Suspended: refused
+            # for a guest that is off), a domain defined is a Server built: SHUTOFF.
             phase = Phase.BUILD
         if domain_xml.is_rescue(guest.xml) and guest.state is State.running:
             phase = Phase.RESCUE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -88,8 +89,6 @@ def last_uptime(console: str) -> float:
 
 
 def patch(bed: stack.Stack, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    import json  # noqa: PLC0415
-
     bed.kubectl(
         "patch",
         "server",
@@ -147,3 +146,18 @@ reach() {
     echo "kubenova-reach $1 fail after $n"; return 1
 }
 """
+
+
+def events(bed: stack.Stack, namespace: str, kind: str, name: str) -> list[tuple[str, str]]:
+    """The Events about one object, as (reason, message)."""
+    out = bed.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.kind={kind},involvedObject.name={name}",
+        "-o",
+        "json",
+    )
+    return [(e["reason"], e["message"]) for e in json.loads(out.stdout)["items"]]

@@ -319,6 +319,48 @@ def test_console_command_prints_the_tail_wherever_the_guest_runs(
     assert g.uid
 
 
+def test_a_stopped_server_stays_shut_off_across_a_libvirtd_restart(
+    bed: stack.Stack, namespace: str
+) -> None:
+    """libvirt keeps a shut-off domain's reason only while libvirtd runs: after a restart (a
+    host's reboot too) a stopped guest reads "shut off (unknown)", as a domain never started
+    does. The Server still says SHUTOFF, and its next start is recorded like any other. A
+    Server created stopped is built and SHUTOFF as well, not a BUILD that never ends."""
+    bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
+    helpers.apply(bed, helpers.server("dormant", namespace, powerState="Stopped"))
+    helpers.wait_ready(bed, namespace, "dormant")
+    g = Guest(bed, namespace, "dormant")
+    srv = g.server()
+    assert srv["status"]["phase"] == "SHUTOFF", srv["status"]
+    assert "as declared (stopped)" in condition(srv, "Ready")["message"]
+    assert g.host.virsh("domstate", "--reason", g.uid).strip() == "shut off (unknown)"
+    assert helpers.boots(g.console()) == 0
+
+    def started() -> int:
+        return [r for r, _ in helpers.events(bed, namespace, "Server", "dormant")].count("Started")
+
+    helpers.patch(bed, namespace, "dormant", {"powerState": "Running"})
+    g.wait_phase("ACTIVE")
+    eventually(lambda: started() == 1, 30, what="the first start recorded")
+    bed.wait_console(g.host_name, g.uid, "kubenova-uptime")
+    helpers.patch(bed, namespace, "dormant", {"powerState": "Stopped"})
+    g.wait_phase("SHUTOFF")
+    assert g.host.virsh("domstate", "--reason", g.uid).strip() == "shut off (shutdown)"
+
+    g.host.stop(destroy_domains=False)  # the other guests of this host run on
+    g.host.start()
+    assert g.host.virsh("domstate", "--reason", g.uid).strip() == "shut off (unknown)"
+    _restart_agent(bed, g.host_name)  # it reconciles every Server of its host once
+    srv = g.server()
+    assert srv["status"]["phase"] == "SHUTOFF", srv["status"]
+    assert condition(srv, "Ready")["status"] == "True"
+
+    helpers.patch(bed, namespace, "dormant", {"powerState": "Running"})
+    g.wait_phase("ACTIVE")
+    eventually(lambda: started() == 2, 30, what="the start after the restart recorded")
+    eventually(lambda: helpers.boots(g.console()) == 2, 60, what="a second boot")
+
+
 def test_restart_policy_never_leaves_a_self_stopped_guest_off(
     bed: stack.Stack, namespace: str
 ) -> None:

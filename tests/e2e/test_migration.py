@@ -21,7 +21,7 @@ from kubenova_devenv import kstatus, netutil, stack
 from tests.e2e import helpers
 
 from .conftest import unique_namespace
-from .helpers import apply, boots, domains_for, flavor, server
+from .helpers import apply, boots, domains_for, events, flavor, server
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -115,20 +115,6 @@ def wait_running_with_data(bed: stack.Stack, ns: str, name: str) -> None:
         return True
 
     netutil.wait_until(moving, 120, f"{name} to be moving data")
-
-
-def events(bed: stack.Stack, ns: str, kind: str, name: str) -> list[tuple[str, str]]:
-    out = bed.kubectl(
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        f"involvedObject.kind={kind},involvedObject.name={name}",
-        "-o",
-        "json",
-    )
-    return [(e["reason"], e["message"]) for e in json.loads(out.stdout)["items"]]
 
 
 def assert_still_on_source(bed: stack.Stack, ns: str, name: str, uid: str, source: str) -> None:

@@ -221,6 +221,48 @@ def test_a_stopped_server_started_again_records_that_it_started(bed: Bed) -> Non
     assert bed.kube.reasons() == ["ImageFetched", "Stopped", "Started"]
 
 
+def test_a_server_created_stopped_is_built_and_shut_off_not_left_in_build(bed: Bed) -> None:
+    """A domain defined and left off as declared is a Server built: SHUTOFF and Ready, not a
+    BUILD that never ends. Its first start is a person's start: it is recorded."""
+    server = bed.reconcile(powerState="Stopped")
+    assert bed.guests.domains[UID].state is State.shutoff
+    assert bed.guests.domains[UID].stop_reason is StopReason.never_started
+    assert server.status.phase is Phase.SHUTOFF
+    assert ready(server).status == "True" and "as declared (stopped)" in ready(server).message
+    assert kstatus_says(server)[0] == "Current"
+    server = bed.reconcile(powerState="Running")
+    assert server.status.phase is Phase.ACTIVE
+    assert bed.kube.reasons() == ["ImageFetched", "Started"]
+
+
+def test_a_stopped_server_stays_shut_off_when_libvirtd_forgets_why(bed: Bed) -> None:
+    """libvirt keeps a shut-off domain's reason only while libvirtd runs: after a restart (or
+    a host's reboot) a stopped guest reads as never started. The Server said SHUTOFF before:
+    it still does, and its next start is recorded like any other."""
+    bed.reconcile()
+    bed.reconcile(powerState="Stopped")
+    bed.guests._set(UID, State.shutoff, StopReason.never_started)  # libvirtd restarted
+    bed.deps.written.clear()  # and the agent with it: only the Server's status remembers
+    server = bed.reconcile()
+    assert server.status.phase is Phase.SHUTOFF
+    assert ready(server).status == "True"
+    server = bed.reconcile(powerState="Running")
+    assert server.status.phase is Phase.ACTIVE
+    assert bed.kube.reasons() == ["ImageFetched", "Stopped", "Started"]
+
+
+def test_a_running_server_whose_host_rebooted_is_started_again_and_that_is_recorded(
+    bed: Bed,
+) -> None:
+    bed.reconcile()
+    bed.guests._set(UID, State.shutoff, StopReason.never_started)  # the host rebooted
+    bed.deps.written.clear()
+    server = bed.reconcile()
+    assert bed.guests.domains[UID].state is State.running
+    assert server.status.phase is Phase.ACTIVE
+    assert bed.kube.reasons() == ["ImageFetched", "Started"]
+
+
 @pytest.mark.parametrize("declared", ["Paused", "Suspended"])
 def test_a_stopped_server_cannot_be_paused_or_suspended(bed: Bed, declared: str) -> None:
     bed.reconcile(powerState="Stopped")
