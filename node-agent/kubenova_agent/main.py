@@ -79,7 +79,9 @@ class Agent:
         """Where the caches come from: watches of this agent's own unless it shares a process
         with others (:class:`kubenova_agent.informer.SharedWatches`)."""
         self.queue: workqueue.WorkQueue[informer.Key] = workqueue.WorkQueue()
-        self.host = Host(cfg.libvirt_uri, on_event=self._on_domain_event)
+        self.host = Host(
+            cfg.libvirt_uri, on_event=self._on_domain_event, on_reconnect=self._on_libvirt_back
+        )
         self.guests = Guests(self.host)
         self.storage = Storage(self.host, cfg.pool_name, cfg.instances_dir)
         self.informer = self.watches.hosted(
@@ -287,6 +289,13 @@ class Agent:
         key = self.informer.key_for_uid(uuid)
         if key is not None:
             self.queue.add(key)
+        self._capacity_due.set()
+
+    def _on_libvirt_back(self) -> None:
+        """libvirt is reachable again (libvirtd restarted, say): every Server of this host is
+        looked at now, not at the next resync; the Hypervisor status is written again too."""
+        for server in self.informer.items():
+            self.queue.add(server.key)
         self._capacity_due.set()
 
     def _work(self) -> None:

@@ -3,7 +3,9 @@ serial console: boots and its own uptime) and on libvirt (domain state, managed 
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -74,6 +76,10 @@ def _boot(bed: stack.Stack, namespace: str, name: str, **spec: Any) -> Guest:
 def _this_boot(console: str) -> str:
     """What the guest printed since it last booted."""
     return console[console.rindex(guestimage.MARKER) :] if guestimage.MARKER in console else ""
+
+
+def _cmdline(pid: int) -> bytes:
+    return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def _restart_agent(bed: stack.Stack, host_name: str) -> None:
@@ -325,7 +331,8 @@ def test_a_stopped_server_stays_shut_off_across_a_libvirtd_restart(
     """libvirt keeps a shut-off domain's reason only while libvirtd runs: after a restart (a
     host's reboot too) a stopped guest reads "shut off (unknown)", as a domain never started
     does. The Server still says SHUTOFF, and its next start is recorded like any other. A
-    Server created stopped is built and SHUTOFF as well, not a BUILD that never ends."""
+    Server created stopped is built and SHUTOFF as well, not a BUILD that never ends. A
+    running guest that died while libvirtd was down is started again."""
     bed.kubectl("apply", "-f", str(stack.EXAMPLES / "flavor.yaml"))
     helpers.apply(bed, helpers.server("dormant", namespace, powerState="Stopped"))
     helpers.wait_ready(bed, namespace, "dormant")
@@ -359,6 +366,19 @@ def test_a_stopped_server_stays_shut_off_across_a_libvirtd_restart(
     g.wait_phase("ACTIVE")
     eventually(lambda: started() == 2, 30, what="the start after the restart recorded")
     eventually(lambda: helpers.boots(g.console()) == 2, 60, what="a second boot")
+    g.wait_uptime_above(1)
+
+    # A guest that dies while libvirtd is down (the OOM killer, say) sends the agent no
+    # lifecycle event. It looks at its Servers again when its connection is back (its
+    # heartbeat reconnects within 2 s here; tests/unit/test_libvirt_reconnect.py), and
+    # starts the guest again.
+    qemu = [pid for pid in g.host.guest_pids() if g.uid.encode() in _cmdline(pid)]
+    assert len(qemu) == 1, qemu
+    g.host.stop(destroy_domains=False)
+    os.kill(qemu[0], signal.SIGKILL)
+    g.host.start()
+    eventually(lambda: helpers.boots(g.console()) == 3, 30, what="started again after libvirtd")
+    g.wait_phase("ACTIVE")
 
 
 def test_restart_policy_never_leaves_a_self_stopped_guest_off(

@@ -103,11 +103,18 @@ def _version(number: int) -> str:
 
 
 class Host:
-    """One libvirt connection, reopened when it drops; lifecycle events go to ``on_event``."""
+    """One libvirt connection, reopened when it drops; lifecycle events go to ``on_event``,
+    and ``on_reconnect`` is called each time a lost connection is open again."""
 
-    def __init__(self, uri: str, on_event: LifecycleCallback | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        on_event: LifecycleCallback | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         self.uri = uri
         self._on_event = on_event
+        self._on_reconnect = on_reconnect
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -115,6 +122,7 @@ class Host:
     def conn(self) -> libvirt.virConnect:
         """The open connection, (re)connecting first when there is none or it died."""
         with self._lock:
+            lost = False
             if self._conn is not None:
                 try:
                     if self._conn.isAlive():
@@ -123,8 +131,16 @@ class Host:
                     pass
                 log.warning("libvirt connection to %s lost; reconnecting", self.uri)
                 self._conn = None
+                lost = True
             self._conn = self._open()
-            return self._conn
+            conn = self._conn
+        if lost:
+            log.info("libvirt connection to %s open again", self.uri)
+            if self._on_reconnect is not None:
+                # What changed while it was lost sent no lifecycle event (a libvirtd that
+                # restarted also forgot why its shut-off domains are off): look again.
+                self._on_reconnect()
+        return conn
 
     def _open(self) -> libvirt.virConnect:
         _start_event_loop()
