@@ -294,9 +294,12 @@ class Agent:
     def _on_libvirt_back(self) -> None:
         """libvirt is reachable again (libvirtd restarted, say): every Server of this host is
         looked at now, not at the next resync; the Hypervisor status is written again too."""
+        self._enqueue_all()
+        self._capacity_due.set()
+
+    def _enqueue_all(self) -> None:
         for server in self.informer.items():
             self.queue.add(server.key)
-        self._capacity_due.set()
 
     def _work(self) -> None:
         """A worker: a key that fails, however often, costs retries with capped back-off and
@@ -414,8 +417,7 @@ class Agent:
                 self.sweep_orphans()
             except Exception as exc:
                 log.warning("orphan sweep failed: %s", exc)
-            for server in self.informer.items():
-                self.queue.add(server.key)
+            self._enqueue_all()
 
     def sweep_orphans(self) -> list[str]:
         """Remove kubenova domains whose Server no longer exists (a deleted or lost object).

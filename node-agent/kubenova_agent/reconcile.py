@@ -794,16 +794,6 @@ def _never_run(deps: Deps, server: Server, guest: GuestInfo) -> bool:
     return not any(phase in BUILT_PHASES for phase in said)
 
 
-def _first_boot(deps: Deps, server: Server, guest: GuestInfo) -> bool:
-    """Whether starting ``guest`` is its Server's first boot. That start records no Event: it
-    would only repeat the status written with it (ACTIVE, ``Ready=True Running``, "running on
-    <host>"), and in a burst of new Servers it was an API server request per Server that only
-    that said (about 12 % of the API server's CPU: README, "Sizing the control plane"). A
-    later start (a stopped Server started again, after a libvirtd restart too) is history the
-    status does not keep: it is recorded."""
-    return _never_run(deps, server, guest)
-
-
 def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     """A stopped guest is started; one that stopped by itself (the spec unchanged since) is
     started again only as its restart policy says, and after its CrashLoopBackOff."""
@@ -812,7 +802,12 @@ def _start_or_restart(deps: Deps, server: Server, out: Converged) -> None:
     if guest.stop_reason is None or guest.stop_reason not in BY_GUEST or not unchanged_spec:
         deps.restarts.forget(uid)  # a person's wish, not a crash loop
         _start(deps, uid)
-        if not _first_boot(deps, server, guest):
+        # A first boot records no Event: it would only repeat the status written with it
+        # (ACTIVE, ``Ready=True Running``, "running on <host>"), and in a burst of new Servers
+        # it was an API server request per Server that only that said (about 12 % of the API
+        # server's CPU: README, "Sizing the control plane"). A later start (a stopped Server
+        # started again, after a libvirtd restart too) is history the status does not keep.
+        if not _never_run(deps, server, guest):
             _event(
                 deps, server, "Started", f"domain {guest.name} started on {deps.settings.host_name}"
             )
