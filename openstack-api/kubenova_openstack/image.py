@@ -127,18 +127,11 @@ async def list_images(req: Req) -> web.Response:
             raise Fault(400, f"marker {marker} could not be found")
         shown = shown[ids.index(marker) + 1 :]
     body: dict[str, Any] = {"images": shown, "schema": "/v2/schemas/images", "first": "/v2/images"}
-    limit = req.query("limit")
-    if limit is not None:
-        try:
-            count = int(limit)
-        except ValueError as exc:
-            raise Fault(400, "limit param must be an integer") from exc
-        if count < 0:
-            raise Fault(400, "limit param must be positive")
-        if len(shown) > count:
-            body["images"] = shown[:count]
-            if count:
-                body["next"] = f"/v2/images?marker={shown[count - 1]['id']}&limit={count}"
+    count = req.limit()
+    if count is not None and len(shown) > count:
+        body["images"] = shown[:count]
+        if count:
+            body["next"] = f"/v2/images?marker={shown[count - 1]['id']}&limit={count}"
     return reply(body)
 
 

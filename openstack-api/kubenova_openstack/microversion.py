@@ -42,6 +42,9 @@ class Version:
     def at_least(self, text: str) -> bool:
         return self >= Version.parse(text)
 
+    def at_most(self, text: str) -> bool:
+        return self <= Version.parse(text)
+
 
 MIN = Version(2, 1)
 MAX = Version(2, 88)

@@ -58,6 +58,9 @@ class Req:
     def at_least(self, version: str) -> bool:
         return self.version.at_least(version)
 
+    def at_most(self, version: str) -> bool:
+        return self.version.at_most(version)
+
     async def body(self, *, required: bool = True) -> Any:
         text = await self.http.text()
         if not text.strip():
@@ -71,6 +74,20 @@ class Req:
 
     def query(self, name: str) -> str | None:
         return self.http.query.get(name)
+
+    def limit(self) -> int | None:
+        """The ``limit`` query parameter, checked as Nova and Glance check it (a 400 for what
+        is not a whole number of at least 0, never a 500); None when not given."""
+        text = self.query("limit")
+        if text is None:
+            return None
+        try:
+            count = int(text)
+        except ValueError as exc:
+            raise Fault(400, "limit param must be an integer") from exc
+        if count < 0:
+            raise Fault(400, "limit param must be positive")
+        return count
 
     def queries(self, name: str) -> list[str]:
         return list(self.http.query.getall(name, []))

@@ -65,9 +65,9 @@ def _filtered(req: Req, flavors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if marker not in ids:
             raise Fault(400, f"marker [{marker}] not found")
         out = out[ids.index(marker) + 1 :]
-    limit = req.query("limit")
+    limit = req.limit()
     if limit is not None:
-        out = out[: int(limit)]
+        out = out[:limit]
     return out
 
 

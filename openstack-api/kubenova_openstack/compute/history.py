@@ -114,9 +114,9 @@ def _action_view(req: Req, server: Server, act: dict[str, Any]) -> dict[str, Any
 async def actions_index(req: Req) -> web.Response:
     server = await lookup.server(req, req.params["id"])
     acts = list(reversed(await _actions(req, server)))  # newest first, as Nova lists them
-    limit = req.query("limit")
-    if limit is not None and req.at_least("2.58"):
-        acts = acts[: int(limit)]
+    limit = req.limit() if req.at_least("2.58") else None
+    if limit is not None:
+        acts = acts[:limit]
     return reply({"instanceActions": [_action_view(req, server, a) for a in acts]})
 
 
@@ -260,9 +260,9 @@ async def migrations(req: Req) -> web.Response:
         if req.query("source_compute") and view["source_compute"] != req.query("source_compute"):
             continue
         out.append(view)
-    limit = req.query("limit")
-    if limit is not None and req.at_least("2.59"):
-        out = out[: int(limit)]
+    limit = req.limit() if req.at_least("2.59") else None
+    if limit is not None:
+        out = out[:limit]
     return reply({"migrations": out})
 
 

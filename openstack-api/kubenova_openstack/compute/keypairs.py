@@ -100,15 +100,17 @@ async def index(req: Req) -> web.Response:
         req.context.caller, "secrets", req.project, core=True, fields=f"type={SECRET_TYPE}"
     )
     pairs = sorted((_decoded(s) for s in items), key=lambda p: p["name"])
-    marker, limit = req.query("marker"), req.query("limit")
+    marker = req.query("marker")
+    limit = req.limit() if req.at_least("2.35") else None
     if req.at_least("2.35") and marker:
         found = [p["name"] for p in pairs]
         if marker not in found:
             raise Fault(404, f"Marker {marker} could not be found.")
         pairs = pairs[found.index(marker) + 1 :]
     body: dict[str, Any] = {}
-    if req.at_least("2.35") and limit is not None and len(pairs) > int(limit):
-        pairs = pairs[: int(limit)]
+    more = limit is not None and len(pairs) > limit
+    pairs = pairs[:limit] if limit is not None else pairs
+    if more and pairs:
         body["keypairs_links"] = [
             {
                 "href": f"{req.base}/os-keypairs?limit={limit}&marker={pairs[-1]['name']}",
