@@ -32,7 +32,7 @@ def build(settings: Settings, kube: Kube) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     compute = Router()
     compute_routes.register(compute)
-    compute_first = compute.first_segments()
+    compute_first = compute.first_segments() | compute_routes.NOT_SERVED
     image_router = Router()
     image.register(image_router)
     identity_router = Router()

@@ -227,6 +227,24 @@ class Kube:
         items: list[dict[str, Any]] = out.get("items") or []
         return items
 
+    async def list_readable(
+        self,
+        caller: Caller | None,
+        plural: str,
+        namespace: str | None = None,
+        *,
+        core: bool = False,
+        unknown_kind_ok: bool = False,
+    ) -> builtins.list[dict[str, Any]]:
+        """:meth:`list`, where a kind the caller may not read (403) is none of theirs; with
+        ``unknown_kind_ok``, one the API server does not serve (404) too."""
+        try:
+            return await self.list(caller, plural, namespace, core=core)
+        except KubeError as exc:
+            if exc.status == 403 or (unknown_kind_ok and exc.status == 404):
+                return []
+            raise
+
     async def objects(
         self,
         caller: Caller | None,

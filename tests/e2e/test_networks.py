@@ -40,7 +40,8 @@ from kubenova_agent import configdrive
 from kubenova_agent.libvirt import domain_xml
 from kubenova_agent.network import guestdata
 from kubenova_api.resources import ServerSpec
-from kubenova_devenv import netutil, stack
+from kubenova_devenv import netutil, openstackapi, stack
+from tests.conftest import eventually
 from tests.e2e import helpers
 from tests.e2e.helpers import FETCH, REACH
 
@@ -231,6 +232,76 @@ def test_provider_network_guest_answers_the_lan(nbed: Bed) -> None:
     route = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)[0]
     assert route["dev"] == "eth0" and "gateway" not in route, route
     assert _fetch_from_client(nbed, str(ip)) == "kubenova-www g4"
+
+
+def test_the_openstack_cli_boots_a_server_on_a_network(nbed: Bed, tmp_path: pathlib.Path) -> None:
+    """``openstack server create --nic net-id=t1,v4-fixed-ip=...`` with no Neutron in the
+    catalog: the CLI finds t1 through the Compute API's ``os-networks`` (as with nova-network;
+    its ``network list`` no longer falls back to Compute, and says Neutron is not there),
+    the Server gets its NIC on t1 with that address, the guest reaches g1 over it, and ``server
+    show`` lists the address under t1. ``--nic none`` makes a Server with no NIC; a network
+    that is not there, or a security group kubenova does not have, is an error and no Server.
+    Through a Keystone login: without a catalog (``OS_AUTH_TYPE=none``) the CLI cannot tell
+    that no Network service is there, and fails before it asks."""
+    from tests.e2e.test_openstack_cli import ADMIN, NOAUTH_USER, Cloud  # noqa: PLC0415
+
+    s = nbed.s
+    openstackapi.install(s, [ADMIN])
+    for user in (ADMIN.kubernetes_user, NOAUTH_USER):
+        openstackapi.grant(s, "kubenova-openstack-admin", user=user)
+    port = netutil.free_port()
+    proc, url = openstackapi.start(s, port=port, noauth_user=NOAUTH_USER)
+    cloud = Cloud(s, url, proc, port)
+    user_data = tmp_path / "user-data"
+    user_data.write_text(REACH + f"reach g1 {IP['g1']} 180\n")
+    ip = str(CIDR.network_address + 16)
+    made: list[str] = []
+
+    def servers() -> set[str]:
+        return set(s.kubectl("get", "servers", "-n", NS, "-o", "name").stdout.split())
+
+    def by_id(uid: str) -> dict[str, Any]:
+        label = f"compute.kubenova.io/server-id={uid}"
+        out = s.kubectl("get", "servers", "-n", NS, "-l", label, "-o", "json").stdout
+        (body,) = json.loads(out)["items"]
+        return dict(body)
+
+    try:
+        boot = ("server", "create", "--flavor", "m1.tiny", "--image", "kubenova-guest")
+        shown = cloud.json("password", NS, *boot, "--nic", f"net-id=t1,v4-fixed-ip={ip}",
+                           "--user-data", str(user_data), "--wait", "g6")  # fmt: skip
+        made.append(shown["id"])
+        assert shown["status"] == "ACTIVE", shown
+        body = by_id(shown["id"])
+        assert body["spec"]["networks"] == [{"networkRef": "t1", "kind": "Network",
+                                             "fixedIP": ip}], body["spec"]  # fmt: skip
+        (address,) = body["status"]["addresses"]
+        assert address["network"] == "t1" and address["ip"] == ip, address
+        shown = cloud.json("password", NS, "server", "show", shown["id"])
+        assert shown["addresses"] == {"t1": [ip]}, shown["addresses"]
+        host, uid = body["status"]["nodeName"], body["metadata"]["uid"]
+        reached = eventually(
+            lambda: re.search(r"kubenova-reach g1 (ok|fail)", s.console(host, uid)), 240,
+            step=1.0, what="g6 reaching g1 on its console",
+        )  # fmt: skip
+        assert reached.group(1) == "ok", s.console(host, uid)[-2000:]
+        shown = cloud.json("password", NS, "--os-compute-api-version", "2.37", *boot,
+                           "--nic", "none", "g7")  # fmt: skip
+        made.append(shown["id"])
+        assert by_id(shown["id"])["spec"]["networks"] == []
+        before = servers()
+        for wrong in (("--network", "nope"), ("--security-group", "web")):
+            out = cloud.cli("password", NS, *boot, *wrong, "g8", check=False)
+            assert out.returncode != 0, out
+            assert "Traceback" not in out.stderr and "KeyError" not in out.stderr, out.stderr
+        assert "nope not found" in cloud.cli("password", NS, *boot, "--network", "nope", "g8",
+                                             check=False).stderr  # fmt: skip
+        assert servers() == before
+    finally:
+        for uid in made:
+            s.kubectl("delete", "servers", "-n", NS, "-l", f"compute.kubenova.io/server-id={uid}",
+                      "--timeout=120s", timeout=150, check=False)  # fmt: skip
+        proc.stop()
 
 
 #: An HTTP server for the "outside": answers every GET with the address it saw the request

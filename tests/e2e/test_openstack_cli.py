@@ -290,6 +290,21 @@ def test_versions_microversions_faults_and_request_ids(cloud: Cloud, project: st
     assert body["flavors"][0]["swap"] == 0 and "extra_specs" in body["flavors"][0]
 
 
+def test_a_server_no_host_can_take_ends_the_wait_with_the_reason(
+    cloud: Cloud, project: str
+) -> None:
+    """``server create --wait`` of a Server no host can take (a zone no host is in) stops, as
+    with Nova's NoValidHost, and ``server show`` says why; it waited in BUILD for ever."""
+    boot = ("server", "create", "--flavor", "m1.tiny", "--image", "kubenova-guest")
+    out = cloud.cli("password", project, *boot, "--availability-zone", "nowhere", "--wait",
+                    "lost", check=False, timeout=120)  # fmt: skip
+    assert out.returncode != 0 and "Error creating server: lost" in out.stderr, out
+    shown = cloud.json("password", project, "server", "show", "lost")
+    assert shown["status"] == "ERROR", shown
+    assert "No valid host was found" in shown["fault"]["message"], shown["fault"]
+    cloud.cli("password", project, "server", "delete", "--wait", "lost")
+
+
 def test_nova_boot_with_curl(cloud: Cloud, project: str) -> None:
     """``nova boot test2 --flavor 1 --image <image>``, as raw requests: 202 and a Location."""
     cloud.cli("password", project, "flavor", "create", "--id", "1", "--vcpus", "1",

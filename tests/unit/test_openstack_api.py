@@ -121,6 +121,39 @@ def test_unbound_and_deleting_servers() -> None:
     assert state.of(server({}, {"phase": "ACTIVE"}), verify_resize=True).status == "VERIFY_RESIZE"
 
 
+def test_a_server_no_host_can_take_is_error_with_the_reason_as_nova_shows_it() -> None:
+    """Where Nova gives up (NoValidHost) the controller keeps trying; the facade shows ERROR
+    with the reason as the fault while the controller says it is stuck (Stalled=True for this
+    generation), so that a client waiting for ACTIVE stops. Before the controller has looked
+    at this generation, or while it is only waiting (not Stalled), it is BUILD / scheduling."""
+    when = "2026-12-03T15:00:00Z"
+    why = "No valid host was found among 1 hosts: AvailabilityZoneFilter rejected 1"
+    conds = [
+        {"type": "Scheduled", "status": "False", "reason": "Unschedulable", "message": why,
+         "lastTransitionTime": when, "observedGeneration": 2},
+        {"type": "Stalled", "status": "True", "reason": "Unschedulable", "message": why,
+         "lastTransitionTime": when, "observedGeneration": 2},
+    ]  # fmt: skip
+    stuck = server({}, {"nodeName": None, "conditions": conds}, generation=2)
+    nova = state.of(stuck)
+    assert (nova.status, nova.vm_state, nova.task_state) == ("ERROR", "error", None)
+    got = state.fault(stuck)
+    assert got is not None and got[0] == f"Unschedulable: {why}" and got[1] == why, got
+    assert got[2] is not None and got[2].startswith("2026-12-03T15:00:00")
+    # A spec changed since (generation 3): the controller has not looked yet.
+    assert state.of(
+        server({}, {"nodeName": None, "conditions": conds}, generation=3)
+    ).task_state == ("scheduling")
+    # Waiting, not stuck (e.g. a Network that is not Ready yet).
+    waiting = [dict(conds[0], reason="NetworkNotReady"), dict(conds[1], status="False")]
+    shown = state.of(server({}, {"nodeName": None, "conditions": waiting}, generation=2))
+    assert (shown.status, shown.task_state) == ("BUILD", "scheduling")
+    assert state.fault(server({}, {"nodeName": None, "conditions": waiting}, generation=2)) is None
+    # Bound after all: the binding is what counts.
+    bound = server({}, {"nodeName": "host-a", "phase": "BUILD", "conditions": conds}, generation=2)
+    assert state.of(bound).status == "BUILD"
+
+
 def test_addresses_are_shown_per_network_as_nova_does() -> None:
     status = ServerStatus.model_validate({"addresses": [
         {"network": "blue", "kind": "Network", "ip": "10.0.0.5", "mac": "fa:16:3e:00:00:05"},

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from aiohttp import web
 from kubenova_api import constants
 from kubenova_api.resources import PowerState, RebootType, Server
 from kubenova_openstack import lookup, names
-from kubenova_openstack.compute import state
+from kubenova_openstack.compute import bodies, state
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import JSON_PATCH
 from kubenova_openstack.web import Req, reply
@@ -193,23 +194,6 @@ async def unrescue(req: Req, server: Server, _: dict[str, Any]) -> web.Response:
 
 # ----------------------------------------------------------------------------- rebuild
 
-#: What a ``rebuild`` may carry (Nova's request schema), and from which microversion.
-REBUILD_KEYS = {
-    "imageRef": "2.1",
-    "name": "2.1",
-    "metadata": "2.1",
-    "adminPass": "2.1",
-    "accessIPv4": "2.1",
-    "accessIPv6": "2.1",
-    "OS-DCF:diskConfig": "2.1",
-    "preserve_ephemeral": "2.1",
-    "personality": "2.1",
-    "description": "2.19",
-    "key_name": "2.54",
-    "user_data": "2.57",
-    "trusted_image_certificates": "2.63",
-}
-
 
 async def rebuild(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
     """Nova's ``rebuild``: a new ``rebuildRequestedAt`` with the new ``imageRef`` (the agent
@@ -221,19 +205,10 @@ async def rebuild(req: Req, server: Server, args: dict[str, Any]) -> web.Respons
     ephemeral disk to preserve."""
     from kubenova_openstack.compute import servers  # noqa: PLC0415
 
-    unknown = [k for k, since in REBUILD_KEYS.items() if k in args and not req.at_least(since)]
-    unknown += [k for k in args if k not in REBUILD_KEYS]
-    if "personality" in args and req.at_least("2.57"):
-        unknown.append("personality")
-    if unknown:
-        raise Fault(
-            400, f"Additional properties are not allowed ({', '.join(sorted(unknown))} unexpected)"
-        )
-    image_ref = args.get("imageRef")
-    if not image_ref or not isinstance(image_ref, str):
-        raise Fault(400, "Invalid input for field/attribute imageRef.")
+    asked = bodies.rebuild(args, req.version)
+    given = asked.model_fields_set
     _require("rebuild", server, ("active", "stopped", "error"))
-    image_id = image_ref.rstrip("/").rsplit("/", 1)[-1]
+    image_id = asked.imageRef.rstrip("/").rsplit("/", 1)[-1]
     try:
         image = await lookup.image(req, image_id)
     except Fault as exc:
@@ -242,33 +217,27 @@ async def rebuild(req: Req, server: Server, args: dict[str, Any]) -> web.Respons
         raise
     spec: dict[str, Any] = {"imageRef": image["metadata"]["name"], "rebuildRequestedAt": _now()}
     ann: dict[str, str | None] = {}
-    if "name" in args:
-        name = args["name"]
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+    if "name" in given:
+        if asked.name is None or not asked.name.strip():
             raise Fault(400, "Invalid input for field/attribute name.")
-        ann[names.DISPLAY_NAME] = name
-    if "metadata" in args:
-        meta = args["metadata"]
-        if not isinstance(meta, dict) or any(
-            not isinstance(v, str) or not k or len(k) > 255 or len(v) > 255 for k, v in meta.items()
-        ):
-            raise Fault(400, "Invalid input for field/attribute metadata.")
-        ann[names.METADATA] = json.dumps(meta)
-    if "description" in args:
-        ann[names.DESCRIPTION] = args["description"]
-    if "key_name" in args:
-        if args["key_name"] is None:
+        ann[names.DISPLAY_NAME] = asked.name
+    if "metadata" in given:
+        ann[names.METADATA] = json.dumps(asked.metadata or {})
+    if "description" in given:
+        ann[names.DESCRIPTION] = asked.description
+    if "key_name" in given:
+        if asked.key_name is None:
             spec["sshKeys"], ann[names.KEY_NAME] = [], None
         else:
-            pair = await servers.keypair(req, str(args["key_name"]))
-            spec["sshKeys"], ann[names.KEY_NAME] = [pair["public_key"]], str(args["key_name"])
-    if "user_data" in args:
-        data = args["user_data"]
+            pair = await servers.keypair(req, asked.key_name)
+            spec["sshKeys"], ann[names.KEY_NAME] = [pair["public_key"]], asked.key_name
+    if "user_data" in given:
+        data = asked.user_data
         spec["userData"] = servers.b64_text(data, "user_data") if data else None
-    if "personality" in args:
+    if "personality" in given:
         spec["files"] = [
-            {"path": str(f["path"]), "content": servers.b64_text(f.get("contents", ""), "path")}
-            for f in args["personality"] or []
+            {"path": f.path, "content": servers.b64_text(f.contents, "personality")}
+            for f in asked.personality or []
         ]
     body: dict[str, Any] = {"spec": spec}
     if ann:
@@ -353,12 +322,20 @@ async def _migration(req: Req, server: Server, target: str | None, prefix: str) 
     return await req.kube.create(req.context.caller, constants.SERVERMIGRATIONS, body, req.project)
 
 
-async def _check_host(req: Req, host: str | None) -> None:
-    if host is None:
-        return
+#: Nova's ``hostname`` parameter type.
+HOST_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")
+
+
+async def _host(req: Req, host: Any) -> str | None:
+    """A ``host`` asked for: null or empty (the scheduler chooses), or a host that is there."""
+    if host is None or host == "":
+        return None
+    if not isinstance(host, str) or not HOST_NAME.match(host):
+        raise Fault(400, f"Invalid input for field/attribute host. Value: {host!r}.")
     found = await req.kube.get_or_none(req.context.caller, constants.HYPERVISORS, host)
     if found is None:
         raise Fault(400, f"Compute host {host} could not be found.")
+    return host
 
 
 async def live_migrate(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
@@ -377,18 +354,16 @@ async def live_migrate(req: Req, server: Server, args: dict[str, Any]) -> web.Re
     ):
         raise Fault(400, "Invalid input for field/attribute block_migration.")
     _require("os-migrateLive", server, ("active", "paused"))
-    host = args.get("host") or None
-    await _check_host(req, host)
+    host = await _host(req, args.get("host"))
     await _migration(req, server, host, "live")
     return _accepted()
 
 
 async def migrate(req: Req, server: Server, args: dict[str, Any]) -> web.Response:
-    host = args.get("host") if req.at_least("2.56") else None
     if "host" in args and not req.at_least("2.56"):
         raise Fault(400, "Invalid input for field/attribute migrate: 'host' needs 2.56")
     nova = _require("migrate", server, ("active", "stopped"))
-    await _check_host(req, host)
+    host = await _host(req, args.get("host"))
     made = await _migration(req, server, host, "migrate")
     verify = {
         "kind": "migrate",

@@ -18,9 +18,8 @@ from aiohttp import web
 
 from kubenova_api import constants
 from kubenova_api.resources import Server
-from kubenova_openstack.compute import views
+from kubenova_openstack.compute import quotas, views
 from kubenova_openstack.faults import Fault
-from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
 
 
@@ -155,9 +154,11 @@ async def _listing(req: Req, detail: bool) -> web.Response:
             raise Fault(400, f"marker [{marker}] not found")
         hvs = hvs[ids.index(marker) + 1 :]
     body: dict[str, Any] = {}
-    limit = req.query("limit")
-    if limit is not None and req.at_least("2.33") and len(hvs) > int(limit):
-        hvs = hvs[: int(limit)]
+    limit = req.limit() if req.at_least("2.33") else None
+    more = limit is not None and len(hvs) > limit
+    if limit is not None:
+        hvs = hvs[:limit]
+    if more and hvs:
         path = "os-hypervisors/detail" if detail else "os-hypervisors"
         body["hypervisors_links"] = [
             {
@@ -276,36 +277,31 @@ async def zones_detail(req: Req) -> web.Response:
 # ----------------------------------------------------------------------------- limits
 
 
-#: ResourceQuota ``hard`` keys read as Nova's absolute limits.
+#: Nova's absolute limits that are quotas (:mod:`kubenova_openstack.compute.quotas`).
 QUOTA_LIMITS = {
-    f"count/{constants.SERVERS}.{constants.GROUP}": "maxTotalInstances",
-    f"count/{constants.SERVERGROUPS}.{constants.GROUP}": "maxServerGroups",
+    "instances": "maxTotalInstances",
+    "cores": "maxTotalCores",
+    "ram": "maxTotalRAMSize",
+    "server_groups": "maxServerGroups",
 }
 
 
 async def _quota_limits(req: Req) -> dict[str, int]:
-    """Nova limits from the project's ResourceQuotas (object counts: servers, server groups),
-    the smallest where several say; none readable (no quota, or no right to read them) says
+    """The project's quotas as absolute limits; none readable (no right to read them) says
     nothing."""
     try:
-        quotas = await req.kube.list(req.context.caller, "resourcequotas", req.project, core=True)
-    except KubeError as exc:
+        found = await quotas.limits_of(req, req.project)
+    except Fault as exc:
         if exc.status != 403:
             raise
         return {}
-    out: dict[str, int] = {}
-    for quota in quotas:
-        for key, value in ((quota.get("spec") or {}).get("hard") or {}).items():
-            limit = QUOTA_LIMITS.get(key)
-            if limit is not None and str(value).isdigit():
-                out[limit] = min(int(value), out.get(limit, int(value)))
-    return out
+    return {name: found[key] for key, name in QUOTA_LIMITS.items()}
 
 
 async def limits(req: Req) -> web.Response:
-    """Nova's absolute limits: from the project's ResourceQuotas where they count servers or
-    server groups, -1 (unlimited) otherwise (kubenova has no vCPU or RAM quotas of its own);
-    the used figures are what the project's Servers take."""
+    """Nova's absolute limits: the project's quotas (its ComputeQuotas, and ResourceQuotas
+    where they count servers or server groups), -1 (unlimited) otherwise; the used figures are
+    what the project's Servers take."""
     servers = await req.kube.objects(req.context.caller, Server, req.project)
     groups = await req.kube.list(req.context.caller, constants.SERVERGROUPS, req.project)
     quota = await _quota_limits(req)

@@ -10,6 +10,8 @@ from kubenova_openstack.compute import (
     hosts,
     images,
     keypairs,
+    networks,
+    quotas,
     servers,
 )
 from kubenova_openstack.web import Router
@@ -59,7 +61,31 @@ def register(r: Router) -> None:
     r.add("GET", "/os-availability-zone/detail", hosts.zones_detail)
     r.add("GET", "/limits", hosts.limits)
     r.add("GET", "/os-aggregates", hosts.aggregates)
+    r.add("GET", "/os-networks", networks.index)
+    r.add("GET", "/os-networks/{id}", networks.show)
+    r.add("GET", "/os-quota-sets/{tenant_id}", quotas.show)
+    r.add("PUT", "/os-quota-sets/{tenant_id}", quotas.update)
+    r.add("DELETE", "/os-quota-sets/{tenant_id}", quotas.delete)
+    r.add("GET", "/os-quota-sets/{tenant_id}/detail", quotas.detail)
+    r.add("GET", "/os-quota-sets/{tenant_id}/defaults", quotas.defaults)
     r.add("GET", "/os-server-groups", groups.index)
     r.add("POST", "/os-server-groups", groups.create)
     r.add("GET", "/os-server-groups/{id}", groups.show)
     r.add("DELETE", "/os-server-groups/{id}", groups.delete)
+
+
+#: Collections of Nova's Compute API kubenova does not serve (networking and volume proxies,
+#: nova-network, cells v1, …): a path that starts with one is answered 404, never read as a
+#: project id (``/v2.1/<project>`` answers the version document).
+NOT_SERVED = frozenset(
+    {
+        "os-agents", "os-assisted-volume-snapshots", "os-baremetal-nodes", "os-cells",
+        "os-certificates", "os-cloudpipe", "os-console-auth-tokens", "os-fixed-ips",
+        "os-floating-ip-dns", "os-floating-ip-pools", "os-floating-ips", "os-floating-ips-bulk",
+        "os-fping", "os-hosts", "os-instance_usage_audit_log", "os-quota-class-sets",
+        "os-security-group-default-rules", "os-security-group-rules", "os-security-groups",
+        "os-server-external-events", "os-simple-tenant-usage", "os-snapshots",
+        "os-tenant-networks", "os-virtual-interfaces", "os-volumes", "os-volumes_boot",
+        "extensions",
+    }
+)  # fmt: skip

@@ -23,7 +23,7 @@ from aiohttp import web
 from kubenova_api import constants
 from kubenova_api.resources import MigrationPhase, PowerState, Server, ServerMigration
 from kubenova_openstack import lookup, names
-from kubenova_openstack.compute import actions, views
+from kubenova_openstack.compute import actions, bodies, networks, quotas, views
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
@@ -103,21 +103,13 @@ async def lookups(req: Req, *, servers: list[Server] | None = None) -> views.Loo
             raise
         return {i["metadata"]["name"]: i for i in items}
 
-    async def optional(plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        try:
-            return await kube.list(caller, plural, namespace)
-        except KubeError as exc:
-            if exc.status == 403:
-                return []
-            raise
-
     flavors, images, hvs, admin, groups, moves = await asyncio.gather(
-        optional(constants.FLAVORS, None),
-        optional(constants.IMAGES, None),
+        kube.list_readable(caller, constants.FLAVORS),
+        kube.list_readable(caller, constants.IMAGES),
         hosts(),
         kube.can(caller, "update", constants.HYPERVISORS),
-        optional(constants.SERVERGROUPS, ns),
-        optional(constants.SERVERMIGRATIONS, ns),
+        kube.list_readable(caller, constants.SERVERGROUPS, ns),
+        kube.list_readable(caller, constants.SERVERMIGRATIONS, ns),
     )
     migrations = [ServerMigration.parse(m) for m in moves]
     look = views.Lookups(
@@ -147,22 +139,36 @@ def b64_text(value: Any, what: str) -> str:
 
 
 async def create(req: Req) -> web.Response:
-    body = await req.body()
-    server = (body or {}).get("server") if isinstance(body, dict) else None
-    if not isinstance(server, dict):
-        raise Fault(400, "Invalid input for field/attribute server.")
-    name = server.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+    body = bodies.create_server(await req.body(), req.version)
+    server = body.server
+    name = server.name
+    if not name.strip():
         raise Fault(400, "Invalid input for field/attribute name.")
-    image_ref, flavor_ref = server.get("imageRef"), server.get("flavorRef")
-    if not flavor_ref:
-        raise Fault(400, "Missing flavorRef attribute")
+    image_ref, flavor_ref = server.imageRef, str(server.flavorRef)
+    volumes = [
+        d
+        for d in (server.block_device_mapping or []) + (server.block_device_mapping_v2 or [])
+        if d.source_type != "image" or d.destination_type not in (None, "local")
+    ]
+    if volumes or (server.block_device_mapping and not image_ref):
+        raise Fault(400, "kubenova boots from images only (no volumes)")
     if not image_ref:
-        if server.get("block_device_mapping_v2"):
+        if server.block_device_mapping_v2:
             raise Fault(400, "kubenova boots from images only (no volumes)")
         raise Fault(400, "Missing imageRef attribute")
-    image_id = str(image_ref).rstrip("/").rsplit("/", 1)[-1]
-    flavor_id = str(flavor_ref).rstrip("/").rsplit("/", 1)[-1]
+    for group in server.security_groups or []:
+        if group.name != "default":
+            # kubenova has no security groups; every server is in the implied 'default'.
+            raise Fault(400, f"Unable to find security_group with name or id '{group.name}'")
+    if server.tags:
+        raise Fault(400, "kubenova keeps no server tags: leave 'tags' out")
+    if server.trusted_image_certificates:
+        raise Fault(
+            400, "kubenova verifies images by their sha256, not by certificates: leave "
+            "'trusted_image_certificates' out"
+        )  # fmt: skip
+    image_id = image_ref.rstrip("/").rsplit("/", 1)[-1]
+    flavor_id = flavor_ref.rstrip("/").rsplit("/", 1)[-1]
     try:
         image = await lookup.image(req, image_id)
     except Fault as exc:
@@ -175,55 +181,57 @@ async def create(req: Req) -> web.Response:
         if exc.status == 404:
             raise Fault(400, f"Flavor {flavor_id} could not be found.") from exc
         raise
-    min_count = int(server.get("min_count", 1))
-    max_count = int(server.get("max_count", min_count))
+    min_count = int(server.min_count or 1)
+    max_count = int(server.max_count or min_count)
     if min_count < 1 or max_count < min_count:
         raise Fault(400, "min_count must be <= max_count and both at least 1")
+    max_count = await quotas.room_for(req, flavor, min_count, max_count)
     spec: dict[str, Any] = {
         "flavorRef": flavor["metadata"]["name"],
         "imageRef": image["metadata"]["name"],
     }
+    nics = await networks.attachments(req, server.networks)
+    if nics is not None:
+        spec["networks"] = nics
     annotations: dict[str, str] = {names.USER_ID: req.context.user_id}
-    if server.get("user_data"):
-        spec["userData"] = b64_text(server["user_data"], "user_data")
-    if "personality" in server:
-        if req.at_least("2.57"):
-            raise Fault(400, "Additional properties are not allowed ('personality' was unexpected)")
+    if server.user_data:
+        spec["userData"] = b64_text(server.user_data, "user_data")
+    if server.personality is not None:
         spec["files"] = [
-            {"path": str(f["path"]), "content": b64_text(f.get("contents", ""), "personality")}
-            for f in server["personality"] or []
+            {"path": f.path, "content": b64_text(f.contents, "personality")}
+            for f in server.personality
         ]
-    if server.get("availability_zone"):
-        zone, _, host = str(server["availability_zone"]).partition(":")
+    if server.availability_zone:
+        zone, _, host = server.availability_zone.partition(":")
         if zone:
             spec["availabilityZone"] = zone
         if host:
             spec["hostName"] = host.partition(":")[0]
-    if req.at_least("2.74") and (server.get("host") or server.get("hypervisor_hostname")):
-        spec["hostName"] = str(server.get("host") or server.get("hypervisor_hostname"))
-    if server.get("key_name"):
-        pair = await keypair(req, str(server["key_name"]))
+    if server.host or server.hypervisor_hostname:
+        spec["hostName"] = server.host or server.hypervisor_hostname
+    if server.key_name:
+        pair = await keypair(req, server.key_name)
         spec["sshKeys"] = [pair["public_key"]]
-        annotations[names.KEY_NAME] = str(server["key_name"])
-    metadata = server.get("metadata") or {}
-    if not isinstance(metadata, dict) or any(
-        not isinstance(v, str) or len(k) > 255 or len(v) > 255 for k, v in metadata.items()
-    ):
-        raise Fault(400, "Invalid input for field/attribute metadata.")
-    if metadata:
-        annotations[names.METADATA] = json.dumps(metadata)
-    if req.at_least("2.19") and server.get("description") is not None:
-        annotations[names.DESCRIPTION] = str(server["description"])
-    hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
-    if hints.get("group"):
-        spec["serverGroupRef"] = await _group_name(req, str(hints["group"]))
+        annotations[names.KEY_NAME] = server.key_name
+    if server.metadata:
+        annotations[names.METADATA] = json.dumps(server.metadata)
+    if server.description is not None:
+        annotations[names.DESCRIPTION] = server.description
+    hints = body.hints or body.legacy_hints or {}
+    group_hint = hints.get("group")
+    if isinstance(group_hint, list) and len(group_hint) == 1:
+        group_hint = group_hint[0]  # Nova takes the group as a one-item list too
+    if group_hint is not None and not isinstance(group_hint, str):
+        raise Fault(400, "Invalid input for field/attribute group. The group is a server group id")
+    if group_hint:
+        spec["serverGroupRef"] = await _group_name(req, group_hint)
     reservation = f"r-{secrets.token_hex(4)}"
     annotations[names.RESERVATION] = reservation
     made = []
     for index in range(max_count):
         display = name if max_count == 1 else f"{name}-{index + 1}"
         made.append(await _create_one(req, display, index, spec, annotations))
-    if server.get("return_reservation_id"):
+    if server.return_reservation_id:
         return reply({"reservation_id": reservation}, status=202)
     uid = made[0].uid
     out = {
@@ -231,7 +239,7 @@ async def create(req: Req) -> web.Response:
             "id": uid,
             "links": views.links(req, "servers", uid),
             "OS-DCF:diskConfig": "MANUAL",
-            "security_groups": server.get("security_groups") or [{"name": "default"}],
+            "security_groups": [{"name": "default"}],
         }
     }
     return reply(out, status=202, headers={"Location": f"{req.base}/servers/{uid}"})
@@ -390,15 +398,9 @@ def _page(req: Req, servers: list[Server]) -> tuple[list[Server], str | None]:
         if marker not in ids:
             raise Fault(400, f"marker [{marker}] not found")
         servers = servers[ids.index(marker) + 1 :]
-    limit = req.query("limit")
-    if limit is None:
+    count = req.limit()
+    if count is None:
         return servers, None
-    try:
-        count = int(limit)
-    except ValueError as exc:
-        raise Fault(400, "limit param must be an integer") from exc
-    if count < 0:
-        raise Fault(400, "limit param must be positive")
     if len(servers) <= count:
         return servers, None
     page = servers[:count]

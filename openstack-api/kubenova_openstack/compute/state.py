@@ -12,7 +12,8 @@ What the agent will not do is no task: an action it refused (``Converged`` False
 ``ActionNotAllowed``, for this generation) and a guest that stopped by itself and stays off
 by its restart policy (``Converged`` True for this generation, ``Ready`` False with the
 guest's own reason) show the phase there is, with no task, as Nova shows an instance its
-power sync found off.
+power sync found off. A Server no host can take is ERROR, as after Nova's NoValidHost
+(:func:`unschedulable`).
 """
 
 from __future__ import annotations
@@ -72,9 +73,8 @@ def of(server: Server, verify_resize: bool = False) -> NovaState:
     if phase is Phase.ERROR:
         return NovaState("ERROR", "error", None, power)
     if not status.nodeName:
-        # Not bound yet. Where Nova gives up (NoValidHost → ERROR), kubenova keeps trying
-        # (room may appear, a missing Flavor may be made): BUILD / scheduling, the reason in
-        # the Server's Scheduled condition.
+        if unschedulable(server) is not None:
+            return NovaState("ERROR", "error", None, NOSTATE)
         return NovaState("BUILD", "building", "scheduling", NOSTATE)
     if phase is Phase.BUILD:
         return NovaState("BUILD", "building", "spawning", power)
@@ -173,16 +173,50 @@ def stays_off(server: Server) -> bool:
     )
 
 
+def unschedulable(server: Server) -> Condition | None:
+    """The ``Scheduled`` condition of a Server that cannot be bound as it is (no host passes
+    the filters, its Flavor, Image, group or network is not there, the quota is spent: the
+    controller's ``Stalled=True`` for this generation), else None.
+
+    Nova gives up there (NoValidHost: ERROR, with the reason as the fault); the controller
+    keeps trying (room may appear, a missing Flavor may be made). The facade shows what Nova
+    would, so that a client waiting for ACTIVE (``server create --wait``, Terraform, Ansible)
+    stops with the reason instead of waiting in BUILD for ever; if the Server is bound later
+    after all, it goes on to BUILD and ACTIVE."""
+    conds = server.status.conditions
+    stalled, scheduled = get_condition(conds, "Stalled"), get_condition(conds, "Scheduled")
+    if (
+        server.status.nodeName
+        or stalled is None
+        or stalled.status != "True"
+        or not _for_this_generation(stalled, server)
+        or scheduled is None
+        or scheduled.status != "False"
+    ):
+        return None
+    return scheduled
+
+
 def fault(server: Server) -> tuple[str, str, str | None] | None:
     """(message, details, when) of a Server in ERROR: the condition that says why."""
+    cond = unschedulable(server) or _error_condition(server)
+    if cond is None:
+        return None
+    when = cond.lastTransitionTime
+    return (
+        f"{cond.reason}: {cond.message}",
+        str(cond.message or ""),
+        when.isoformat() if when is not None else None,
+    )
+
+
+def _error_condition(server: Server) -> Condition | None:
+    """The first of ``Ready`` and ``Scheduled`` that is False, of a Server in phase ERROR."""
     status = server.status
+    if status.phase is not Phase.ERROR:
+        return None
     for type_ in ("Ready", "Scheduled"):
         cond = get_condition(status.conditions, type_)
-        if cond is not None and cond.status == "False" and status.phase is Phase.ERROR:
-            when = cond.lastTransitionTime
-            return (
-                f"{cond.reason}: {cond.message}",
-                str(cond.message or ""),
-                when.isoformat() if when is not None else None,
-            )
+        if cond is not None and cond.status == "False":
+            return cond
     return None
