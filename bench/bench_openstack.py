@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import ssl
 import statistics
@@ -54,14 +53,6 @@ def facade(bed: stack.Stack) -> str:
     return url
 
 
-def cli_env(url: str, project: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    for line in openstackapi.openrc(url, USER, project).splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
-    return env
-
-
 def http(method: str, url: str, headers: dict[str, str], body: Any = None,
          ctx: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], Any]:  # fmt: skip
     data = json.dumps(body).encode() if body is not None else None
@@ -74,11 +65,7 @@ def http(method: str, url: str, headers: dict[str, str], body: Any = None,
 
 
 def login(url: str, project: str) -> str:
-    _, headers, _ = http("POST", f"{url}/identity/v3/auth/tokens", {}, {"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": USER.name, "password": USER.password, "domain": {"name": "Default"}}}},
-        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}})  # fmt: skip
-    return headers["X-Subject-Token"]
+    return openstackapi.login(url, USER, project)
 
 
 def server_doc(name: str, flavor: str, image: str, namespace: str) -> dict[str, Any]:
@@ -106,7 +93,7 @@ def bench_create(runs: int) -> dict[str, Any]:
         benchkit.wait_hosts_ready(bed, api, list(bed.hosts))
         host = bed.hosts[next(iter(bed.hosts))]
         url = facade(bed)
-        env = cli_env(url, NS)
+        env = openstackapi.cli_env(url, USER, NS, bed.workdir)
         token = login(url, NS)
         image = bed.get("image", "kubenova-guest")
         assert image is not None

@@ -5,7 +5,10 @@ CLI at it. Used by ``kubenova up``, the tests and the benchmarks."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -130,6 +133,41 @@ def start(
 
     netutil.wait_until(answers, 30, f"{name} at {url}")
     return proc, url
+
+
+def password_login(user: OpenStackUser, project: str) -> dict[str, Any]:
+    """The body of a Keystone v3 password login of ``user``, scoped to ``project``."""
+    return {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user.name, "domain": {"name": "Default"}, "password": user.password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }}  # fmt: skip
+
+
+def login(
+    url: str, user: OpenStackUser, project: str, *, context: ssl.SSLContext | None = None
+) -> str:
+    """A token of the facade at ``url`` for ``user`` in ``project`` (``X-Subject-Token``)."""
+    req = urllib.request.Request(  # noqa: S310 - the facade's own http(s) URL
+        f"{url}/identity/v3/auth/tokens",
+        data=json.dumps(password_login(user, project)).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60, context=context) as resp:  # noqa: S310
+        return str(resp.headers["X-Subject-Token"])
+
+
+def cli_env(url: str, user: OpenStackUser, project: str, home: pathlib.Path) -> dict[str, str]:
+    """The environment of an ``openstack`` command logged in as ``openrc`` says: this
+    process's, without its ``OS_*`` variables, and ``home`` for a ``HOME`` with no
+    ``~/.config/openstack`` of the machine's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["HOME"] = str(home)
+    for line in openrc(url, user, project).splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    return env
 
 
 def openrc(url: str, user: OpenStackUser, project: str) -> str:

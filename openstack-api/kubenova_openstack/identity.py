@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -50,6 +51,7 @@ def register(router: Router) -> None:
     router.add("DELETE", "/auth/tokens", revoke)
     router.add("GET", "/auth/projects", projects)
     router.add("GET", "/auth/catalog", catalog_of)
+    router.add("GET", "/projects", project_list)
     router.add("GET", "/projects/{id}", project)
     router.add("GET", "/users/{id}/projects", projects)
 
@@ -219,6 +221,40 @@ def _token_caller(req: Req) -> tuple[auth.Token, Caller]:
 
 async def projects(req: Req) -> web.Response:
     """The namespaces the caller may use (may list Servers in)."""
+    out = await _usable_projects(req)
+    return reply({"projects": out, "links": {"self": f"{req.base}/v3/auth/projects"}})
+
+
+#: ``GET /v3/projects`` filters, and how each reads a project.
+PROJECT_FILTERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "name": lambda p: p["name"],
+    "domain_id": lambda p: p["domain_id"],
+    "parent_id": lambda p: p["parent_id"],
+    "enabled": lambda p: str(p["enabled"]).lower(),
+    "is_domain": lambda p: str(p["is_domain"]).lower(),
+}
+
+
+async def project_list(req: Req) -> web.Response:
+    """Keystone's project list, as ``openstack project list`` and ``quota list`` read it: the
+    projects the caller may use (Keystone lets only an administrator list every project; here
+    an administrator may use every namespace, so sees them all), filtered by ``name``,
+    ``domain_id``, ``parent_id``, ``enabled`` and ``is_domain``."""
+    out = await _usable_projects(req)
+    for key, read in PROJECT_FILTERS.items():
+        wanted = req.query(key)
+        if wanted is not None:
+            wanted = wanted.lower() if key in ("enabled", "is_domain") else wanted
+            out = [p for p in out if read(p) == wanted]
+    return reply(
+        {
+            "projects": out,
+            "links": {"self": f"{req.base}/v3/projects", "next": None, "previous": None},
+        }
+    )
+
+
+async def _usable_projects(req: Req) -> list[dict[str, Any]]:
     _, caller = _token_caller(req)
     try:
         items = await req.kube.list(caller, "namespaces", core=True)
@@ -228,8 +264,7 @@ async def projects(req: Req) -> web.Response:
         items = await req.kube.list(None, "namespaces", core=True)
     names = [i["metadata"]["name"] for i in items]
     usable = await asyncio.gather(*(_namespace_usable(req, caller, n) for n in names))
-    out = [_project_body(req, n) for n, ok in zip(names, usable, strict=True) if ok]
-    return reply({"projects": out, "links": {"self": f"{req.base}/v3/auth/projects"}})
+    return [_project_body(req, n) for n, ok in zip(names, usable, strict=True) if ok]
 
 
 def _project_body(req: Req, name: str) -> dict[str, Any]:

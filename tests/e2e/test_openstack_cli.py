@@ -46,21 +46,18 @@ class Cloud:
     def env(
         self, mode: str, project: str, user: openstackapi.OpenStackUser = ADMIN
     ) -> dict[str, str]:
+        if mode != "noauth":
+            return openstackapi.cli_env(self.url, user, project, self.bed.workdir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env["HOME"] = str(self.bed.workdir)  # no ~/.config/openstack of the machine
-        if mode == "noauth":
-            env.update(
-                {
-                    "OS_AUTH_TYPE": "none",
-                    "OS_COMPUTE_ENDPOINT_OVERRIDE": f"{self.url}/v2.1/{project}",
-                    "OS_IMAGE_ENDPOINT_OVERRIDE": f"{self.url}/image",
-                    "OS_IDENTITY_ENDPOINT_OVERRIDE": f"{self.url}/identity",
-                }
-            )
-        else:
-            for line in openstackapi.openrc(self.url, user, project).splitlines():
-                key, _, value = line.removeprefix("export ").partition("=")
-                env[key] = value
+        env.update(
+            {
+                "OS_AUTH_TYPE": "none",
+                "OS_COMPUTE_ENDPOINT_OVERRIDE": f"{self.url}/v2.1/{project}",
+                "OS_IMAGE_ENDPOINT_OVERRIDE": f"{self.url}/image",
+                "OS_IDENTITY_ENDPOINT_OVERRIDE": f"{self.url}/identity",
+            }
+        )
         return env
 
     def cli(
@@ -133,21 +130,7 @@ def http(
 
 
 def token(cloud: Cloud, user: openstackapi.OpenStackUser, project: str) -> tuple[int, str, Any]:
-    body = {
-        "auth": {
-            "identity": {
-                "methods": ["password"],
-                "password": {
-                    "user": {
-                        "name": user.name,
-                        "domain": {"name": "Default"},
-                        "password": user.password,
-                    }
-                },
-            },
-            "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
-        }
-    }
+    body = openstackapi.password_login(user, project)
     status, headers, answer = http(f"{cloud.url}/identity/v3/auth/tokens", "POST", body)
     return status, headers.get("X-Subject-Token", ""), answer
 

@@ -14,7 +14,10 @@ import base64
 import contextlib
 import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -434,19 +437,7 @@ def test_every_request_acts_as_its_caller(cloud: Cloud, admin: Clients) -> None:
 
 def _login(cloud: Cloud, user: openstackapi.OpenStackUser, project: str) -> str:
     """A Keystone v3 password token of the facade's, scoped to ``project``."""
-    body = {"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": user.name, "domain": {"name": "Default"}, "password": user.password}}},
-        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
-    }}  # fmt: skip
-    req = urllib.request.Request(
-        f"{cloud.url}/identity/v3/auth/tokens",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return str(resp.headers["X-Subject-Token"])
+    return openstackapi.login(cloud.url, user, project)
 
 
 def _server_names(cloud: Cloud) -> set[str]:
@@ -833,3 +824,48 @@ def test_quotas_as_nova_shows_and_sets_them(cloud: Cloud, admin: Clients) -> Non
             c.servers.delete_server(server["id"])
     finally:
         bed.kubectl("delete", "namespace", project, "--wait=false", check=False)
+
+
+def _cli(
+    cloud: Cloud, user: openstackapi.OpenStackUser, project: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The real ``openstack`` CLI with a Keystone v3 password login."""
+    env = openstackapi.cli_env(cloud.url, user, project, cloud.bed.workdir)
+    openstack = pathlib.Path(sys.executable).parent / "openstack"
+    return subprocess.run(
+        [str(openstack), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_cli_lists_projects_and_their_quotas(cloud: Cloud) -> None:
+    """``openstack project list`` and ``openstack quota list --compute`` read Keystone's
+    ``GET /v3/projects``: the projects (namespaces) the user may use, an administrator all of
+    them, a member only its own; ``quota list`` shows a project whose quotas were set and
+    leaves out those at the defaults; its filters (``name``, ``enabled``) hold."""
+    project = "os-quotas-cli"
+    cloud.bed.kubectl("create", "namespace", project, check=False)
+    try:
+        out = _cli(cloud, ADMIN, project, "project", "list", "-f", "json")
+        assert out.returncode == 0, out.stderr
+        names = {p["Name"] for p in json.loads(out.stdout)}
+        assert {project, PROJECT, OTHER} <= names, names
+        out = _cli(cloud, MEMBER, PROJECT, "project", "list", "-f", "json")
+        assert out.returncode == 0, out.stderr
+        assert [p["Name"] for p in json.loads(out.stdout)] == [PROJECT], out.stdout
+        out = _cli(cloud, ADMIN, project, "quota", "set", "--instances", "2", "--cores", "6",
+                   project)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        out = _cli(cloud, ADMIN, project, "quota", "list", "--compute", "-f", "json")
+        assert out.returncode == 0, out.stderr
+        rows = {r["Project ID"]: r for r in json.loads(out.stdout)}
+        assert project in rows, rows
+        assert (rows[project]["Instances"], rows[project]["Cores"]) == (2, 6), rows[project]
+        assert PROJECT not in rows, rows  # its quotas are the defaults
+        token = _login(cloud, ADMIN, project)
+        for query, expect in ((f"name={project}", [project]), ("name=nothing-here", []),
+                              (f"name={project}&enabled=false", [])):  # fmt: skip
+            status, body = _send(f"{cloud.url}/identity/v3/projects?{query}", token)
+            assert status == 200, body
+            assert [p["name"] for p in body["projects"]] == expect, (query, body)
+    finally:
+        cloud.bed.kubectl("delete", "namespace", project, "--wait=false", check=False)
