@@ -142,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--once", action="store_true", help="stop after the guest has booted")
     u.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     u.add_argument(
+        "--no-network",
+        dest="network",
+        action="store_false",
+        help="no guest network: the host stays in the machine's network namespace and the "
+        "example server gets no NIC",
+    )
+    u.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for the server to be Ready"
     )
     u.set_defaults(func=cmd_up)

@@ -2,7 +2,10 @@
 
 It starts a local control plane, one libvirtd host, the controller and an agent, applies the
 examples and waits for the Server — saying what happens meanwhile (host registered, bound,
-image fetched, phase and conditions) — then shows the guest's serial console.
+image fetched, phase and conditions) — then shows the guest's serial console. The host has a
+network namespace of its own with a tunnel address (:mod:`kubenova_devenv.netbed`), so the
+example's default tenant Network gives the guest a NIC and a DHCP address there, and nothing
+a guest sends can leave the machine; ``--no-network`` leaves the host, and the guest, without.
 
 Everything it starts is watched: if etcd, kube-apiserver, libvirtd, the controller or the agent
 exits, it names it, prints the end of its log, stops everything else and exits non-zero within
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import re
 import shutil
 import signal
 import sys
@@ -59,7 +63,7 @@ def _noted(signum: int, _frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="kubenova-up-"))
-    s = stack.Stack(workdir, host_count=1, virt_type=args.virt_type)
+    s = stack.Stack(workdir, host_count=1, virt_type=args.virt_type, networking=args.network)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stop)  # overrides SIG_IGN too: background jobs get SIGINT
     status = 1
@@ -99,6 +103,9 @@ def _run(s: stack.Stack, args: argparse.Namespace, say: _Say) -> int:
     s.kubectl("apply", "-f", str(REPO / "examples" / "flavor.yaml"))
     s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(s.image_manifest()))
     say("applied examples/flavor.yaml and the example Image")
+    if args.network:
+        s.kubectl("apply", "-f", str(REPO / "examples" / "network.yaml"))
+        say("applied examples/network.yaml (the default Network of namespace default)")
     view = _View(s, _Progress(say, time.monotonic()))
     view.wait(view.hosts_ready, args.timeout, "the host's agent to be ready")
     t0 = time.monotonic()
@@ -107,10 +114,10 @@ def _run(s: stack.Stack, args: argparse.Namespace, say: _Say) -> int:
     view.progress.t0 = t0
     server = view.wait(view.server_ready, args.timeout, f"server {SERVER} to be Ready")
     say(f"server {SERVER} is Ready after {time.monotonic() - t0:.1f}s\n")
-    print(s.kubectl("get", "flavors,images,servers,hypervisors", "-o", "wide").stdout)
+    print(s.kubectl("get", "flavors,images,networks,servers,hypervisors", "-o", "wide").stdout)
     uid = server["metadata"]["uid"]
     host = server["status"]["nodeName"]
-    view.wait(lambda: "kubenova-uptime 3" in s.console(host, uid), 120, "the guest's console")
+    view.wait(lambda: _booted(s.console(host, uid), args.network), 120, "the guest's console")
     console = s.console(host, uid)
     print(f"--- serial console of {SERVER} (domain {server['status']['domainName']} on {host})")
     print(console.rstrip())
@@ -143,6 +150,16 @@ def _openstack(s: stack.Stack, say: _Say) -> None:
     say(f"OpenStack APIs at {url} (compute /v2.1, image /image, identity /identity/v3)")
     say(f"  . {rc}            # then: openstack server list")
     say(f"  OS_CLIENT_CONFIG_FILE={clouds} openstack --os-cloud kubenova server list")
+
+
+#: The guest's uptime line, once a second from when its start script is done.
+UPTIME = re.compile(r"^kubenova-uptime (\d+)\.", re.MULTILINE)
+
+
+def _booted(console: str, network: bool) -> bool:
+    """The guest has been up for 3 s and, on a network, has said which address it took."""
+    up = max((int(m) for m in UPTIME.findall(console)), default=0)
+    return up >= 3 and (not network or "kubenova-net " in console)
 
 
 def _check(s: stack.Stack) -> None:

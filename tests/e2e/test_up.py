@@ -3,8 +3,10 @@ by a signal, or losing a component. Whatever happens, nothing it started stays r
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -123,24 +125,41 @@ def test_sigint_in_the_background_stops_everything_guests_included(up_dir: pathl
     assert took < 45, f"stopping took {took:.1f}s"
 
 
+def network_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, timeout=30)
+    return {n["name"] for n in json.loads(out.stdout or "[]")}
+
+
 def test_sigterm_stops_everything(up_dir: pathlib.Path) -> None:
+    """Also: the example server is on the example's default Network, with the address its
+    DHCP gave on the guest's console, in its status and in ``openstack server list``; the
+    host's network namespace goes with the rest."""
+    before = network_namespaces()
     up = Up(up_dir, background=False)
     up.wait_for("Ctrl-C stops everything")
+    text = up.text()
+    got = re.search(r"kubenova-net eth0 (10\.0\.0\.\d+)/24 mac=", text)
+    assert got is not None, text
+    assert re.search(rf"web-1 .*{re.escape(got.group(1))}", text), "the Address column"
     # The printed openrc works as it is: the openstack CLI sees the example server.
     rc = up_dir / "openrc"
-    assert f". {rc}" in up.text()
+    assert f". {rc}" in text
     listing = subprocess.run(
-        ["bash", "-c", f". {rc} && {OPENSTACK} server list -f value -c Name -c Status"],
+        ["bash", "-c",
+         f". {rc} && {OPENSTACK} server list -f value -c Name -c Status -c Networks"],
         capture_output=True,
         text=True,
         timeout=120,
         env={k: v for k, v in os.environ.items() if not k.startswith("OS_")},
-    )
-    assert listing.stdout.split() == ["web-1", "ACTIVE"], listing.stderr
+    )  # fmt: skip
+    assert listing.stdout.split(maxsplit=2)[:2] == ["web-1", "ACTIVE"], listing.stderr
+    assert "private" in listing.stdout and got.group(1) in listing.stdout, listing.stdout
+    assert network_namespaces() > before, "the host has a network namespace of its own"
     started = up.started()
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(timeout=60) == 128 + signal.SIGTERM, up.text()
     assert_all_stopped(started)
+    assert network_namespaces() <= before, network_namespaces() - before
 
 
 def test_a_component_that_exits_is_named_with_its_log_and_everything_stops(
