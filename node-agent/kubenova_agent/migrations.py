@@ -26,10 +26,11 @@ from kubenova_agent import (
     reconcile,
     workqueue,
 )
-from kubenova_api import constants, kube
+from kubenova_api import common, constants, kube
 from kubenova_api.resources import (
     MigrationPhase,
     MigrationSourceReport,
+    Server,
     ServerMigration,
     SourceStep,
 )
@@ -76,26 +77,27 @@ class MigrationAgent:
         self.queue.add((SOURCE, smig.namespace or "", smig.name), delay)
 
     # ------------------------------------------------------------------ queries
-    def holds(self, server_uid: str) -> str | None:
-        """Why the Server reconciler must leave this guest alone (it is moving away), or None."""
-        hold = self._hold(server_uid)
+    def holds(self, server_uid: str, server: Server | None = None) -> str | None:
+        """Why the Server reconciler must leave this guest alone (it is moving away), or None.
+        ``server``, the copy being reconciled, tells whether it came back here since."""
+        hold = self._hold(server_uid, server)
         return hold[0] if hold is not None else None
 
-    def moved_away(self, server_uid: str) -> bool:
+    def moved_away(self, server_uid: str, server: Server | None = None) -> bool:
         """Whether the guest left this host by a migration the controller has not yet turned
         into a rebinding: its disks may be the target's now (shared), so deleting the Server
         is the target's job once it is bound there."""
-        hold = self._hold(server_uid)
+        hold = self._hold(server_uid, server)
         return hold is not None and hold[1]
 
-    def _hold(self, server_uid: str) -> tuple[str, bool] | None:
+    def _hold(self, server_uid: str, server: Server | None) -> tuple[str, bool] | None:
         """(why, whether the guest has left already) while a migration from here owns it."""
         job = self.source.job_of(server_uid)
         if job is not None:
             return f"live-migrating to {job.target}", False
         for smig in self.as_source.items():
             status = smig.status
-            if status.serverUID != server_uid:
+            if status.serverUID != server_uid or self._came_back(smig, server):
                 continue
             step = (status.source or MigrationSourceReport()).step
             if smig.phase is MigrationPhase.Running and step not in (
@@ -110,6 +112,35 @@ class MigrationAgent:
                 if guest is None or not guest.alive:
                     return f"migrated to {status.targetNode}", True
         return None
+
+    def _came_back(self, smig: ServerMigration, server: Server | None) -> bool:
+        """Whether the Server left by ``smig`` (Succeeded: the controller has rebound it to the
+        target) has been bound to this host again since, so that ``smig`` holds it no more.
+
+        A Succeeded migration holds the Server because the copy being reconciled may still be
+        the one from before the rebinding (bound here, the guest gone): acting on it would
+        start a second guest on disks that may be shared. A copy bound here again after the
+        move is not that: the Server came back by a later migration to this host (a cold move
+        back, a resize that picked this host), or by an evacuation that bound it here after
+        the target died (its ``Scheduled`` condition turned True after ``smig`` ended). Held
+        for good instead, such a Server was never built here and could not be deleted."""
+        ended = smig.status.completedAt
+        if smig.phase is not MigrationPhase.Succeeded or ended is None:
+            return False
+        uid = smig.status.serverUID
+        for back in self.as_target.items():
+            started = back.status.startedAt
+            if back.status.serverUID == uid and started is not None and started >= ended:
+                return True
+        if server is None:
+            return False
+        scheduled = common.get_condition(server.status.conditions, "Scheduled")
+        return (
+            scheduled is not None
+            and scheduled.status == "True"
+            and scheduled.lastTransitionTime is not None
+            and scheduled.lastTransitionTime > ended
+        )
 
     def incoming(self, server_uid: str) -> bool:
         """Whether a guest with this UUID is (or just was) migrating to this host."""

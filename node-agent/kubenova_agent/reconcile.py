@@ -96,9 +96,10 @@ class Deps:
     """The status last written per Server UID: the informer's copy may lag behind it, and a
     write that changes nothing is a wasted API request."""
     console_served: dict[str, str] = dataclasses.field(default_factory=dict)
-    hold: Callable[[str], str | None] | None = None
-    """Why a guest must be left alone (it is migrating away), by Server UID."""
-    moved_away: Callable[[str], bool] | None = None
+    hold: Callable[[str, Server | None], str | None] | None = None
+    """Why a guest must be left alone (it is migrating away), by Server UID (and the copy of
+    the Server being reconciled)."""
+    moved_away: Callable[[str, Server | None], bool] | None = None
     """Whether a guest has just migrated away (the target deletes it when asked)."""
     guest_cpu: Callable[[Server], str | None] | None = None
     """The ``<cpu>`` XML a new guest of this Server gets (None: the hypervisor's default)."""
@@ -228,14 +229,14 @@ def reconcile_server(deps: Deps, server: Server) -> float | None:
     raised again after the report, so that the work queue retries it with back-off."""
     meta = server.metadata
     if meta.deleting:
-        if deps.moved_away is not None and deps.moved_away(meta.uid):
+        if deps.moved_away is not None and deps.moved_away(meta.uid, server):
             return None  # rebound to the target in a moment; its agent tears it down there
         delete_server(deps, server)
         return None
     status = server.status
     if status.nodeName != deps.settings.host_name:
         return None  # rebound elsewhere meanwhile
-    held = deps.hold(meta.uid) if deps.hold is not None else None
+    held = deps.hold(meta.uid, server) if deps.hold is not None else None
     if held is not None:
         moving = deps.guests.get(meta.uid)
         if moving is not None and moving.alive:

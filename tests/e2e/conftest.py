@@ -41,9 +41,13 @@ def unique_namespace(
     name = f"{prefix}-{slug[:40].strip('-')}-{digest}"
     bed.kubectl("create", "namespace", name)
     yield name
-    bed.kubectl(
+    gone = bed.kubectl(
         "delete", "servers", "--all", "-n", name, "--timeout=120s", check=False, timeout=150
     )
+    if gone.returncode != 0:
+        # A Server that cannot be deleted in two minutes is a stuck finalizer: a bug to see.
+        left = bed.kubectl("get", "servers", "-n", name, "-o", "wide", check=False)
+        raise AssertionError(f"Servers of {name} not deleted: {gone.stderr}\n{left.stdout}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -591,6 +591,15 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     assert body is not None and body["status"]["nodeName"] in ("host-a", "host-b")
     assert body["status"]["flavor"]["memoryMiB"] == 160
     assert any(r == "Resizing" for r, _ in events(mbed, ns, "Server", "vm"))
+    # The host it came back to takes it up (the move away from host-a holds it no more),
+    # and deleting it is done there: no domain left anywhere, no finalizer stuck.
+    back = body["status"]["nodeName"]
+    netutil.wait_until(
+        lambda: mbed.hosts[back].has_domain(uid), 60, f"the domain defined on {back} again"
+    )
+    mbed.kubectl("delete", "server", "vm", "-n", ns, "--timeout=60s", timeout=90)
+    assert mbed.get("server", "vm", ns) is None
+    assert [h for h, host in mbed.hosts.items() if host.has_domain(uid)] == []
 
 
 def wait_server_phase(bed: stack.Stack, ns: str, name: str, phase: str) -> None:

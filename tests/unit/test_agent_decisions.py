@@ -21,6 +21,7 @@ from kubenova_agent import (
     migration_source,
     migration_status,
     migration_target,
+    migrations,
     reconcile,
     restartbackoff,
 )
@@ -695,6 +696,107 @@ def test_the_target_refuses_a_cpu_it_cannot_run(bed: Bed) -> None:
     report = _target_report(bed)
     assert report["reason"] == "CPUIncompatible" and report["compatible"] is False
     assert not report.get("prepared")
+
+
+class ListedWatches:
+    """The agent's ServerMigration caches, holding what a test lists: those that name this
+    host as their source, and those that name it as their target."""
+
+    def __init__(self, source: list[ServerMigration], target: list[ServerMigration]) -> None:
+        self.lists = {constants.SOURCE_FIELD: source, constants.TARGET_FIELD: target}
+
+    def hosted(self, kind: Any, host_name: str, on_change: Any, field: str) -> Any:
+        listed = self.lists[field]
+
+        class Cache:
+            synced = None
+
+            def items(self) -> list[ServerMigration]:
+                return listed
+
+        return Cache()
+
+    def every(self, kind: Any, on_change: Any) -> Any:
+        raise AssertionError("not used")
+
+
+T_MOVED = dt.datetime(2026, 12, 3, 18, 25, 5, tzinfo=dt.UTC)
+
+
+def _moved(name: str, source: str, target: str, started: dt.datetime) -> ServerMigration:
+    """A cold move of the Server that Succeeded (the controller has rebound it)."""
+    smig = _smig("Succeeded", live=False, sourceNode=source, targetNode=target,
+                 startedAt=started.isoformat(), completedAt=started.isoformat())  # fmt: skip
+    smig.metadata.name = name
+    return smig
+
+
+def _bound_here(bed: Bed, scheduled_at: dt.datetime) -> Server:
+    """The Server bound to this host, its Scheduled condition True since ``scheduled_at``, and
+    no guest here (it left)."""
+    body = bed.server().model_dump(mode="json")
+    body["status"]["conditions"] = [
+        {"type": "Scheduled", "status": "True", "reason": "Bound", "message": "",
+         "lastTransitionTime": scheduled_at.isoformat()}
+    ]  # fmt: skip
+    server = Server.parse(body)
+    bed.kube.put(server)
+    return server
+
+
+def _agent_with(bed: Bed, source: list[ServerMigration], target: list[ServerMigration]) -> None:
+    agent = migrations.MigrationAgent(
+        bed.deps,
+        bed.kube,  # type: ignore[arg-type]
+        FakeMigrations(),
+        lambda uid: None,
+        ListedWatches(source, target),  # type: ignore[arg-type]
+    )
+    bed.deps.hold, bed.deps.moved_away = agent.holds, agent.moved_away
+
+
+def _deleted(server: Server) -> Server:
+    meta = server.metadata.model_copy(update={"deletionTimestamp": common.now()})
+    return server.model_copy(update={"metadata": meta})
+
+
+def test_a_server_moved_away_and_back_cold_is_built_here_and_can_be_deleted(bed: Bed) -> None:
+    """Moved to host-c and back (a cold move, a resize that picked this host): the old move
+    away holds it no more. Held, it was never built here and its deletion hung."""
+    away = _moved("away", "host-a", "host-c", T_MOVED)
+    back = _moved("back", "host-c", "host-a", T_MOVED + dt.timedelta(seconds=10))
+    _agent_with(bed, [away], [back])
+    server = _bound_here(bed, T_MOVED - dt.timedelta(minutes=1))
+    reconcile.reconcile_server(bed.deps, server)
+    assert UID in bed.guests.domains, "the Server that came back is built here"
+    built = bed.kube.get(Server, "web", "ns")
+    assert built is not None and constants.FINALIZER_DOMAIN in built.metadata.finalizers
+    reconcile.reconcile_server(bed.deps, _deleted(built))
+    assert UID not in bed.guests.domains
+    stored = bed.kube.get(Server, "web", "ns")
+    assert stored is not None and constants.FINALIZER_DOMAIN not in stored.metadata.finalizers
+
+
+def test_a_server_evacuated_back_here_after_moving_away_is_built(bed: Bed) -> None:
+    """Moved to host-c, which then died: bound here again by the evacuation (Scheduled turned
+    True after the move ended), so the move away holds it no more."""
+    _agent_with(bed, [_moved("away", "host-a", "host-c", T_MOVED)], [])
+    server = _bound_here(bed, T_MOVED + dt.timedelta(seconds=40))
+    reconcile.reconcile_server(bed.deps, server)
+    assert UID in bed.guests.domains
+
+
+def test_a_copy_from_before_the_move_away_is_still_held(bed: Bed) -> None:
+    """The copy of the Server from before the controller rebound it (bound here, the guest
+    gone) is still left alone: acting on it would start a second guest on disks that may be
+    shared, and deleting it is the target's job."""
+    _agent_with(bed, [_moved("away", "host-a", "host-c", T_MOVED)], [])
+    server = _bound_here(bed, T_MOVED - dt.timedelta(minutes=1))
+    reconcile.reconcile_server(bed.deps, server)
+    assert UID not in bed.guests.domains and not bed.kube.writes
+    reconcile.reconcile_server(bed.deps, _deleted(server))
+    stored = bed.kube.get(Server, "web", "ns")
+    assert stored is not None and stored.metadata.deletionTimestamp is None, "left as it was"
 
 
 def test_a_console_request_is_answered_in_this_hosts_own_configmap(tmp_path: pathlib.Path) -> None:
