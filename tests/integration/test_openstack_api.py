@@ -459,6 +459,8 @@ def _server_names(cloud: Cloud) -> set[str]:
         ("2.1", {"security_groups": [{"name": "web"}]}, None, "'web'"),
         ("2.1", {"key_name": ["x"]}, None, "key_name"),
         ("2.1", {"metadata": {"k": 5}}, None, "metadata.k"),
+        ("2.1", {"accessIPv4": "300.1.1.1"}, None, "accessIPv4"),
+        ("2.1", {"accessIPv6": "192.0.2.1"}, None, "accessIPv6"),
         ("2.1", {"flavorRef": {"x": 1}}, None, "flavorRef"),
         ("2.1", {"name": "   "}, None, "name"),
         ("2.1", {"user_data": "not base64!"}, None, "user_data"),
@@ -869,3 +871,61 @@ def test_the_cli_lists_projects_and_their_quotas(cloud: Cloud) -> None:
             assert [p["name"] for p in body["projects"]] == expect, (query, body)
     finally:
         cloud.bed.kubectl("delete", "namespace", project, "--wait=false", check=False)
+
+
+def test_hypervisor_statistics_search_and_servers(cloud: Cloud, admin: Clients) -> None:
+    """``os-hypervisors/statistics`` (``openstack hypervisor stats show``) sums every host's
+    detail, and the pre-2.53 ``{pattern}/search`` and ``{pattern}/servers`` find hosts by a
+    part of their name, with the servers on them; each answer checked by tempest against
+    Nova's schema, and each gone (404) from the microversion that removed it."""
+    uid = boot(cloud, admin, "on-a-host")
+    try:
+        host = str(admin.servers.show_server(uid)["server"].get("OS-EXT-SRV-ATTR:host"))
+        assert host in HOSTS, host
+        with microversion("2.52"):
+            stats = admin.hypervisors.show_hypervisor_statistics()["hypervisor_statistics"]
+            details = admin.hypervisors.list_hypervisors(detail=True)["hypervisors"]
+            found = admin.hypervisors.search_hypervisor("os-sim-")["hypervisors"]
+            on = admin.hypervisors.list_servers_on_hypervisor(host)["hypervisors"]
+            with pytest.raises(tempest_exc.NotFound):
+                admin.hypervisors.search_hypervisor("no-such-host")
+        assert stats["count"] == len(details) == len(HOSTS), (stats, details)
+        for key in ("vcpus", "vcpus_used", "memory_mb", "memory_mb_used", "local_gb",
+                    "running_vms", "free_ram_mb"):  # fmt: skip
+            assert stats[key] == sum(d[key] for d in details), (key, stats, details)
+        assert stats["vcpus"] == 16, stats  # two simulated hosts of 8
+        assert sorted(h["hypervisor_hostname"] for h in found) == sorted(HOSTS), found
+        assert [h["hypervisor_hostname"] for h in on] == [host], on
+        assert uid in [s["uuid"] for s in on[0]["servers"]], on
+        token = _login(cloud, ADMIN, PROJECT)
+        for path, removed in (("statistics", "2.88"), ("os-sim-a/search", "2.53"),
+                              ("os-sim-a/servers", "2.53")):  # fmt: skip
+            status, _ = _send(f"{cloud.url}/v2.1/os-hypervisors/{path}", token, version=removed)
+            assert status == 404, (path, removed, status)
+    finally:
+        admin.servers.delete_server(uid)
+
+
+def test_access_addresses_are_kept_and_shown(cloud: Cloud, admin: Clients) -> None:
+    """``accessIPv4`` / ``accessIPv6`` given at create, update or rebuild are kept and shown
+    as Nova shows them (not dropped); one of the wrong family or no address is a 400."""
+    uid = boot(cloud, admin, "reachable", accessIPv4="192.0.2.10")
+    try:
+        shown = admin.servers.show_server(uid)["server"]
+        assert (shown["accessIPv4"], shown["accessIPv6"]) == ("192.0.2.10", ""), shown
+        admin.servers.update_server(uid, accessIPv6="2001:db8::0:1")
+        shown = admin.servers.show_server(uid)["server"]
+        assert (shown["accessIPv4"], shown["accessIPv6"]) == ("192.0.2.10", "2001:db8::1")
+        token = _login(cloud, ADMIN, PROJECT)
+        for change, field in (({"accessIPv4": "2001:db8::1"}, "accessIPv4"),
+                              ({"accessIPv6": "not-an-address"}, "accessIPv6"),
+                              ({"accessIPv4": 5}, "accessIPv4"),
+                              ({"hostname": "h"}, "'hostname' was unexpected")):  # fmt: skip
+            status, body = _send(f"{cloud.url}/v2.1/servers/{uid}", token, "PUT",
+                                 {"server": change})  # fmt: skip
+            assert status == 400 and field in body["badRequest"]["message"], (change, body)
+        admin.servers.rebuild_server(uid, image_id(cloud), accessIPv4="198.51.100.7")
+        wait_server(admin, uid, "ACTIVE")
+        assert admin.servers.show_server(uid)["server"]["accessIPv4"] == "198.51.100.7"
+    finally:
+        admin.servers.delete_server(uid)

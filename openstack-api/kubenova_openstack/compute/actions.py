@@ -216,7 +216,7 @@ async def rebuild(req: Req, server: Server, args: dict[str, Any]) -> web.Respons
             raise Fault(400, f"Image {image_id} could not be found.") from exc
         raise
     spec: dict[str, Any] = {"imageRef": image["metadata"]["name"], "rebuildRequestedAt": _now()}
-    ann: dict[str, str | None] = {}
+    ann: dict[str, str | None] = servers.access_ips(asked)
     if "name" in given:
         if asked.name is None or not asked.name.strip():
             raise Fault(400, "Invalid input for field/attribute name.")

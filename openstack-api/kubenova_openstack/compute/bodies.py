@@ -9,10 +9,18 @@ and never a key dropped in silence. The models are pydantic, strict: ``"1"`` is 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from kubenova_openstack import microversion
 from kubenova_openstack.faults import Fault
@@ -22,6 +30,25 @@ Short = Annotated[str, StringConstraints(max_length=255)]
 Digits = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
 #: Nova's ``positive_integer``: an integer, or a string of digits, at least 1.
 Count = Annotated[int, Field(ge=1)] | Digits
+
+
+def _address(version: int) -> AfterValidator:
+    """Nova's ``accessIPv4`` / ``accessIPv6``: an address of that family, written as such."""
+
+    def check(text: str) -> str:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError as exc:
+            raise ValueError(f"'{text}' is not a 'ipv{version}'") from exc
+        if address.version != version:
+            raise ValueError(f"'{text}' is not a 'ipv{version}'")
+        return str(address)
+
+    return AfterValidator(check)
+
+
+AccessIPv4 = Annotated[str, _address(4)]
+AccessIPv6 = Annotated[str, _address(6)]
 
 
 class Body(BaseModel):
@@ -66,8 +93,8 @@ class ServerCreate(Body):
     metadata: dict[Name, Short] | None = None
     networks: list[NetworkRequest] | Literal["auto", "none"] | None = None
     disk_config: Literal["AUTO", "MANUAL"] | None = Field(default=None, alias="OS-DCF:diskConfig")
-    accessIPv4: str | None = None
-    accessIPv6: str | None = None
+    accessIPv4: AccessIPv4 | None = None
+    accessIPv6: AccessIPv6 | None = None
     personality: list[File] | None = None
     user_data: Annotated[str, StringConstraints(max_length=65535)] | None = None
     availability_zone: Name | None = None
@@ -92,6 +119,20 @@ class CreateServer(Body):
     legacy_hints: dict[str, Any] | None = Field(default=None, alias="OS-SCH-HNT:scheduler_hints")
 
 
+class ServerUpdate(Body):
+    """``server`` of ``PUT /servers/{id}``."""
+
+    name: Name | None = None
+    accessIPv4: AccessIPv4 | None = None
+    accessIPv6: AccessIPv6 | None = None
+    disk_config: Literal["AUTO", "MANUAL"] | None = Field(default=None, alias="OS-DCF:diskConfig")
+    description: Short | None = None
+
+
+class UpdateServer(Body):
+    server: ServerUpdate
+
+
 class Rebuild(Body):
     """``rebuild`` of ``POST /servers/{id}/action``."""
 
@@ -99,8 +140,8 @@ class Rebuild(Body):
     name: Name | None = None
     metadata: dict[Name, Short] | None = None
     adminPass: str | None = None
-    accessIPv4: str | None = None
-    accessIPv6: str | None = None
+    accessIPv4: AccessIPv4 | None = None
+    accessIPv6: AccessIPv6 | None = None
     disk_config: Literal["AUTO", "MANUAL"] | None = Field(default=None, alias="OS-DCF:diskConfig")
     preserve_ephemeral: bool | None = None
     personality: list[File] | None = None
@@ -120,6 +161,7 @@ SINCE = {
     "hypervisor_hostname": "2.74",
 }
 UNTIL = {"personality": "2.56"}
+UPDATE_SINCE = {"description": "2.19"}
 REBUILD_SINCE = {
     "description": "2.19",
     "key_name": "2.54",
@@ -162,6 +204,15 @@ def create_server(data: Any, version: microversion.Version) -> CreateServer:
     body = parse(CreateServer, data)
     _in_version(body.server, version, SINCE, UNTIL)
     return body
+
+
+def update_server(data: Any, version: microversion.Version) -> ServerUpdate:
+    """The body of ``PUT /servers/{id}`` at ``version``."""
+    if not isinstance(data, dict) or not isinstance(data.get("server"), dict):
+        raise Fault(400, "Invalid input for field/attribute server.")
+    body = parse(UpdateServer, data)
+    _in_version(body.server, version, UPDATE_SINCE, {})
+    return body.server
 
 
 def rebuild(data: Any, version: microversion.Version) -> Rebuild:

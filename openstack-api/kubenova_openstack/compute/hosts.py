@@ -202,6 +202,62 @@ async def hypervisor(req: Req) -> web.Response:
     raise Fault(404, f"Hypervisor with ID {wanted} could not be found.")
 
 
+#: What ``os-hypervisors/statistics`` sums over every host (of each host's detail).
+STATISTICS = (
+    "current_workload", "disk_available_least", "free_disk_gb", "free_ram_mb", "local_gb",
+    "local_gb_used", "memory_mb", "memory_mb_used", "running_vms", "vcpus", "vcpus_used",
+)  # fmt: skip
+
+
+def _before(req: Req, version: str, what: str) -> None:
+    """Nova's answer to a request for what a microversion removed: 404."""
+    if req.at_least(version):
+        raise Fault(404, f"{what} was removed in microversion {version}.")
+
+
+async def statistics(req: Req) -> web.Response:
+    """``openstack hypervisor stats show``: every host's capacity and use, summed (up to
+    2.87, as Nova)."""
+    _before(req, "2.88", "os-hypervisors/statistics")
+    hvs = await _hypervisors(req)
+    details = [_detail(req, h) for h in hvs]
+    out = {key: sum(int(d[key]) for d in details) for key in STATISTICS}
+    return reply({"hypervisor_statistics": {"count": len(hvs), **out}})
+
+
+async def _matching(req: Req, pattern: str) -> list[dict[str, Any]]:
+    """Hosts whose name contains ``pattern`` (Nova's search is a substring match); none is
+    a 404."""
+    found = [h for h in await _hypervisors(req) if pattern in h["metadata"]["name"]]
+    if not found:
+        raise Fault(404, f"No hypervisor matching '{pattern}' could be found.")
+    return found
+
+
+async def search(req: Req) -> web.Response:
+    """The hosts whose name contains a pattern (up to 2.52; then ``?hypervisor_hostname_pattern``
+    of the list)."""
+    _before(req, "2.53", "os-hypervisors/{pattern}/search")
+    found = await _matching(req, req.params["pattern"])
+    return reply({"hypervisors": [_basic(req, h) for h in found]})
+
+
+async def servers_on(req: Req) -> web.Response:
+    """The hosts whose name contains a pattern, each with its servers (up to 2.52; then
+    ``?with_servers``)."""
+    _before(req, "2.53", "os-hypervisors/{pattern}/servers")
+    found = await _matching(req, req.params["pattern"])
+    servers = await _servers_by_host(req)
+    out = []
+    for hv in found:
+        shown = _basic(req, hv)
+        on = servers.get(hv["metadata"]["name"])
+        if on:
+            shown["servers"] = on
+        out.append(shown)
+    return reply({"hypervisors": out})
+
+
 # ----------------------------------------------------------------------------- services
 
 

@@ -215,6 +215,7 @@ async def create(req: Req) -> web.Response:
         annotations[names.KEY_NAME] = server.key_name
     if server.metadata:
         annotations[names.METADATA] = json.dumps(server.metadata)
+    annotations.update({k: v for k, v in access_ips(server).items() if v})
     if server.description is not None:
         annotations[names.DESCRIPTION] = server.description
     hints = body.hints or body.legacy_hints or {}
@@ -449,27 +450,16 @@ async def show(req: Req) -> web.Response:
 
 
 async def update(req: Req) -> web.Response:
-    body = await req.body()
-    changes = (body or {}).get("server") if isinstance(body, dict) else None
-    if not isinstance(changes, dict):
-        raise Fault(400, "Invalid input for field/attribute server.")
-    allowed = {"name", "accessIPv4", "accessIPv6", "OS-DCF:diskConfig"}
-    if req.at_least("2.19"):
-        allowed.add("description")
-    unknown = set(changes) - allowed
-    if unknown:
-        raise Fault(
-            400, f"Additional properties are not allowed ({', '.join(sorted(unknown))} unexpected)"
-        )
+    changes = bodies.update_server(await req.body(), req.version)
+    given = changes.model_fields_set
     server = await lookup.server(req, req.params["id"])
-    ann: dict[str, str | None] = {}
-    if "name" in changes:
-        name = changes["name"]
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+    ann: dict[str, str | None] = access_ips(changes)
+    if "name" in given:
+        if changes.name is None or not changes.name.strip():
             raise Fault(400, "Invalid input for field/attribute name.")
-        ann[names.DISPLAY_NAME] = name
-    if "description" in changes:
-        ann[names.DESCRIPTION] = changes["description"]
+        ann[names.DISPLAY_NAME] = changes.name
+    if "description" in given:
+        ann[names.DESCRIPTION] = changes.description
     if ann:
         server = Server.parse(
             await req.kube.patch(
@@ -482,6 +472,20 @@ async def update(req: Req) -> web.Response:
         )
     look = await lookups(req, servers=[server])
     return reply({"server": changed_view(req, server, look)})
+
+
+def access_ips(
+    asked: bodies.ServerCreate | bodies.ServerUpdate | bodies.Rebuild,
+) -> dict[str, str | None]:
+    """The annotations that keep the ``accessIPv4`` / ``accessIPv6`` a body gives (Nova keeps
+    them as the server's preferred addresses for the user to read, and uses them for
+    nothing)."""
+    out: dict[str, str | None] = {}
+    if "accessIPv4" in asked.model_fields_set:
+        out[names.ACCESS_IPV4] = asked.accessIPv4
+    if "accessIPv6" in asked.model_fields_set:
+        out[names.ACCESS_IPV6] = asked.accessIPv6
+    return out
 
 
 def changed_view(req: Req, server: Server, look: views.Lookups) -> dict[str, Any]:

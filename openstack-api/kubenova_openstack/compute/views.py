@@ -228,8 +228,8 @@ def server_detail(
     image_id = image["metadata"]["uid"] if image else spec.imageRef
     nova = nova_state(server, look)
     out: dict[str, Any] = {
-        "accessIPv4": "",
-        "accessIPv6": "",
+        "accessIPv4": ann.get(names.ACCESS_IPV4) or "",
+        "accessIPv6": ann.get(names.ACCESS_IPV6) or "",
         "addresses": addresses(status),
         "created": nova_time(created(server)),
         "flavor": _embedded_flavor(req, server, look),
