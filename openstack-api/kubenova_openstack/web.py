@@ -61,6 +61,12 @@ class Req:
     def at_most(self, version: str) -> bool:
         return self.version.at_most(version)
 
+    def only_until(self, last: str) -> None:
+        """Nova's answer to an API a later microversion removed (one served up to ``last``
+        only): a 404, as its version routing gives."""
+        if not self.at_most(last):
+            raise Fault(404, "The resource could not be found.")
+
     async def body(self, *, required: bool = True) -> Any:
         text = await self.http.text()
         if not text.strip():

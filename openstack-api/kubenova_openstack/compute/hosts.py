@@ -209,16 +209,10 @@ STATISTICS = (
 )  # fmt: skip
 
 
-def _before(req: Req, version: str, what: str) -> None:
-    """Nova's answer to a request for what a microversion removed: 404."""
-    if req.at_least(version):
-        raise Fault(404, f"{what} was removed in microversion {version}.")
-
-
 async def statistics(req: Req) -> web.Response:
     """``openstack hypervisor stats show``: every host's capacity and use, summed (up to
     2.87, as Nova)."""
-    _before(req, "2.88", "os-hypervisors/statistics")
+    req.only_until("2.87")
     hvs = await _hypervisors(req)
     details = [_detail(req, h) for h in hvs]
     out = {key: sum(int(d[key]) for d in details) for key in STATISTICS}
@@ -237,7 +231,7 @@ async def _matching(req: Req, pattern: str) -> list[dict[str, Any]]:
 async def search(req: Req) -> web.Response:
     """The hosts whose name contains a pattern (up to 2.52; then ``?hypervisor_hostname_pattern``
     of the list)."""
-    _before(req, "2.53", "os-hypervisors/{pattern}/search")
+    req.only_until("2.52")
     found = await _matching(req, req.params["pattern"])
     return reply({"hypervisors": [_basic(req, h) for h in found]})
 
@@ -245,7 +239,7 @@ async def search(req: Req) -> web.Response:
 async def servers_on(req: Req) -> web.Response:
     """The hosts whose name contains a pattern, each with its servers (up to 2.52; then
     ``?with_servers``)."""
-    _before(req, "2.53", "os-hypervisors/{pattern}/servers")
+    req.only_until("2.52")
     found = await _matching(req, req.params["pattern"])
     servers = await _servers_by_host(req)
     out = []

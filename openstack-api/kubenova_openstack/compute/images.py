@@ -11,13 +11,11 @@ from kubenova_api import constants
 from kubenova_openstack import image as glance
 from kubenova_openstack import lookup
 from kubenova_openstack.compute import views
-from kubenova_openstack.faults import Fault
 from kubenova_openstack.web import Req, reply
 
 
 def _check(req: Req) -> None:
-    if req.at_least("2.36"):
-        raise Fault(404, "The resource could not be found.")
+    req.only_until("2.35")  # the image proxy, as Nova's MAX_PROXY_API_SUPPORT_VERSION
 
 
 def _view(req: Req, image: dict[str, Any]) -> dict[str, Any]:

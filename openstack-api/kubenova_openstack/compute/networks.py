@@ -124,19 +124,14 @@ def _when(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") if value else None
 
 
-def _proxy(req: Req) -> None:
-    if not req.at_most(LAST_PROXY):
-        raise Fault(404, "The resource could not be found.")
-
-
 async def index(req: Req) -> web.Response:
-    _proxy(req)
+    req.only_until(LAST_PROXY)
     found, admin = await asyncio.gather(visible(req), _admin(req))
     return reply({"networks": [_view(f, admin) for f in found]})
 
 
 async def show(req: Req) -> web.Response:
-    _proxy(req)
+    req.only_until(LAST_PROXY)
     wanted = req.params["id"]
     found, admin = await asyncio.gather(visible(req), _admin(req))
     for f in found:
