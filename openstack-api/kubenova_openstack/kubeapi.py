@@ -363,6 +363,11 @@ class Kube:
         )
         return bool((out.get("status") or {}).get("allowed"))
 
+    async def is_admin(self, caller: Caller) -> bool:
+        """Whether ``caller`` is an OpenStack administrator: one who may change Hypervisors
+        (Keystone's ``admin`` role, what Nova's admin-only policies ask for)."""
+        return await self.can(caller, "update", constants.HYPERVISORS)
+
     async def whoami(self, caller: Caller) -> dict[str, Any]:
         """The user the API server sees for ``caller`` (SelfSubjectReview)."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}

@@ -122,7 +122,7 @@ async def actions_index(req: Req) -> web.Response:
 
 async def action_show(req: Req) -> web.Response:
     server = await lookup.server(req, req.params["id"])
-    admin = await req.kube.can(req.context.caller, "update", constants.HYPERVISORS)
+    admin = await req.kube.is_admin(req.context.caller)
     for act in await _actions(req, server):
         if act["request_id"] != req.params["request_id"]:
             continue

@@ -126,22 +126,18 @@ def _when(value: dt.datetime | None) -> str | None:
 
 async def index(req: Req) -> web.Response:
     req.only_until(LAST_PROXY)
-    found, admin = await asyncio.gather(visible(req), _admin(req))
+    found, admin = await asyncio.gather(visible(req), req.kube.is_admin(req.context.caller))
     return reply({"networks": [_view(f, admin) for f in found]})
 
 
 async def show(req: Req) -> web.Response:
     req.only_until(LAST_PROXY)
     wanted = req.params["id"]
-    found, admin = await asyncio.gather(visible(req), _admin(req))
+    found, admin = await asyncio.gather(visible(req), req.kube.is_admin(req.context.caller))
     for f in found:
         if f.uid == wanted:
             return reply({"network": _view(f, admin)})
     raise Fault(404, f"Network {wanted} could not be found.")
-
-
-async def _admin(req: Req) -> bool:
-    return await req.kube.can(req.context.caller, "update", constants.HYPERVISORS)
 
 
 async def attachments(

@@ -107,7 +107,7 @@ async def lookups(req: Req, *, servers: list[Server] | None = None) -> views.Loo
         kube.list_readable(caller, constants.FLAVORS),
         kube.list_readable(caller, constants.IMAGES),
         hosts(),
-        kube.can(caller, "update", constants.HYPERVISORS),
+        kube.is_admin(caller),
         kube.list_readable(caller, constants.SERVERGROUPS, ns),
         kube.list_readable(caller, constants.SERVERMIGRATIONS, ns),
     )
