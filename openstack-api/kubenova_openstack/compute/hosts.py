@@ -144,9 +144,7 @@ async def _listing(req: Req, detail: bool) -> web.Response:
     hvs = await _hypervisors(req)
     pattern = req.query("hypervisor_hostname_pattern")
     if pattern and req.at_least("2.53"):
-        hvs = [h for h in hvs if pattern in h["metadata"]["name"]]
-        if not hvs:
-            raise Fault(404, f"No hypervisor matching '{pattern}' could be found.")
+        hvs = _matching(hvs, pattern)
     marker = req.query("marker")
     if marker and req.at_least("2.33"):
         ids = [str(_ids(req, h)[0]) for h in hvs]
@@ -219,10 +217,10 @@ async def statistics(req: Req) -> web.Response:
     return reply({"hypervisor_statistics": {"count": len(hvs), **out}})
 
 
-async def _matching(req: Req, pattern: str) -> list[dict[str, Any]]:
-    """Hosts whose name contains ``pattern`` (Nova's search is a substring match); none is
-    a 404."""
-    found = [h for h in await _hypervisors(req) if pattern in h["metadata"]["name"]]
+def _matching(hvs: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
+    """The hosts whose name contains ``pattern`` (Nova's search is a substring match, in
+    ``?hypervisor_hostname_pattern`` as in the older ``{pattern}/search``); none is a 404."""
+    found = [h for h in hvs if pattern in h["metadata"]["name"]]
     if not found:
         raise Fault(404, f"No hypervisor matching '{pattern}' could be found.")
     return found
@@ -232,7 +230,7 @@ async def search(req: Req) -> web.Response:
     """The hosts whose name contains a pattern (up to 2.52; then ``?hypervisor_hostname_pattern``
     of the list)."""
     req.only_until("2.52")
-    found = await _matching(req, req.params["pattern"])
+    found = _matching(await _hypervisors(req), req.params["pattern"])
     return reply({"hypervisors": [_basic(req, h) for h in found]})
 
 
@@ -240,7 +238,7 @@ async def servers_on(req: Req) -> web.Response:
     """The hosts whose name contains a pattern, each with its servers (up to 2.52; then
     ``?with_servers``)."""
     req.only_until("2.52")
-    found = await _matching(req, req.params["pattern"])
+    found = _matching(await _hypervisors(req), req.params["pattern"])
     servers = await _servers_by_host(req)
     out = []
     for hv in found:
