@@ -206,8 +206,9 @@ async def update(req: Req) -> web.Response:
     asked = {k: v for k, v in asked.items() if k != "force"}
     current = await limits_of(req, project)
     spec: dict[str, int | None] = {}
+    shown = _shown(req)
     for key, value in asked.items():
-        if key not in _shown(req):
+        if key not in shown:
             raise Fault(400, f"Additional properties are not allowed ('{key}' was unexpected)")
         if isinstance(value, bool) or not isinstance(value, int | str) or not _number(value):
             raise Fault(400, f"Invalid input for field/attribute {key}. Value: {value!r}.")
