@@ -12,6 +12,12 @@ from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req
 
 
+def ref_id(ref: str) -> str:
+    """The id in an ``imageRef`` or ``flavorRef``: the id itself, or the last part of its
+    URL (``http://…/v2.1/flavors/1`` -> ``1``)."""
+    return ref.rstrip("/").rsplit("/", 1)[-1]
+
+
 async def server(req: Req, server_id: str) -> Server:
     """The Server whose UID is ``server_id`` in the request's project; 404 otherwise."""
     kube, caller, ns = req.kube, req.context.caller, req.project

@@ -173,7 +173,7 @@ async def rescue(req: Req, server: Server, args: dict[str, Any]) -> web.Response
     image_ref = args.get("rescue_image_ref")
     rescue_spec: dict[str, Any] = {}
     if image_ref:
-        image = await lookup.image(req, str(image_ref).rstrip("/").rsplit("/", 1)[-1])
+        image = await lookup.image(req, lookup.ref_id(str(image_ref)))
         rescue_spec["imageRef"] = image["metadata"]["name"]
     await _spec(req, server, {"rescue": rescue_spec, "powerState": PowerState.Running.value})
     return reply({})
@@ -208,7 +208,7 @@ async def rebuild(req: Req, server: Server, args: dict[str, Any]) -> web.Respons
     asked = bodies.rebuild(args, req.version)
     given = asked.model_fields_set
     _require("rebuild", server, ("active", "stopped", "error"))
-    image_id = asked.imageRef.rstrip("/").rsplit("/", 1)[-1]
+    image_id = lookup.ref_id(asked.imageRef)
     try:
         image = await lookup.image(req, image_id)
     except Fault as exc:
@@ -380,7 +380,7 @@ async def resize(req: Req, server: Server, args: dict[str, Any]) -> web.Response
     if not ref:
         raise Fault(400, "Resize requests require 'flavorRef' attribute.")
     nova = _require("resize", server, ("active", "stopped"))
-    flavor = await lookup.flavor(req, str(ref).rstrip("/").rsplit("/", 1)[-1])
+    flavor = await lookup.flavor(req, lookup.ref_id(str(ref)))
     new = flavor["metadata"]["name"]
     old = server.spec.flavorRef
     if new == old:

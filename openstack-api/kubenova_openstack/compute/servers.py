@@ -167,8 +167,7 @@ async def create(req: Req) -> web.Response:
             400, "kubenova verifies images by their sha256, not by certificates: leave "
             "'trusted_image_certificates' out"
         )  # fmt: skip
-    image_id = image_ref.rstrip("/").rsplit("/", 1)[-1]
-    flavor_id = flavor_ref.rstrip("/").rsplit("/", 1)[-1]
+    image_id, flavor_id = lookup.ref_id(image_ref), lookup.ref_id(flavor_ref)
     try:
         image = await lookup.image(req, image_id)
     except Fault as exc:
