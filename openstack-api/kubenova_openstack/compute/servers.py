@@ -145,16 +145,13 @@ async def create(req: Req) -> web.Response:
     if not name.strip():
         raise Fault(400, "Invalid input for field/attribute name.")
     image_ref, flavor_ref = server.imageRef, str(server.flavorRef)
+    mappings = (server.block_device_mapping or []) + (server.block_device_mapping_v2 or [])
     volumes = [
-        d
-        for d in (server.block_device_mapping or []) + (server.block_device_mapping_v2 or [])
-        if d.source_type != "image" or d.destination_type not in (None, "local")
+        d for d in mappings if d.source_type != "image" or d.destination_type not in (None, "local")
     ]
-    if volumes or (server.block_device_mapping and not image_ref):
+    if volumes or (mappings and not image_ref):
         raise Fault(400, "kubenova boots from images only (no volumes)")
     if not image_ref:
-        if server.block_device_mapping_v2:
-            raise Fault(400, "kubenova boots from images only (no volumes)")
         raise Fault(400, "Missing imageRef attribute")
     for group in server.security_groups or []:
         if group.name != "default":
