@@ -909,9 +909,10 @@ class ServerMigrationSpec(ApiModel):
         default=None,
         max_length=253,
         pattern=DNS_SUBDOMAIN,
-        description="Resize: the Flavor the server boots with on the target. Only for a "
-        "stopped server (a cold migration); changing a stopped Server's flavorRef creates such "
-        "a ServerMigration by itself.",
+        description="Resize: the Flavor the server boots with on the target, which must be "
+        "the Server's spec.flavorRef (a resize is declared on the Server; changing a stopped "
+        "Server's flavorRef creates such a ServerMigration by itself). Only for a stopped "
+        "server (a cold migration).",
     )
     completionAction: CompletionAction = Field(
         default=CompletionAction.Abort,

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 LIVE_PHASES = (Phase.ACTIVE, Phase.PAUSED)
 MIGRATED = "Migrated"
+NOT_DECLARED = "FlavorNotDeclared"
+"""A ServerMigration's flavorRef is not its Server's: a resize is declared on the Server."""
 
 
 # ----------------------------------------------------------------------------- transitions
@@ -289,8 +291,17 @@ def precheck(ctx: Context) -> Accepted | End:
                 "MigrationInProgress",
                 f"ServerMigration {other.name} is moving this Server already",
             )
+    if spec.flavorRef and spec.flavorRef != server.flavor_ref:
+        # The Server's spec declares its flavor; a migration that changed it behind the spec's
+        # back would be moved back by the resize that the difference then asks for.
+        return failed(
+            NOT_DECLARED,
+            f"flavorRef {spec.flavorRef!r} is not the Server's flavorRef "
+            f"({server.flavor_ref!r}): resize by setting the Server's spec.flavorRef, which "
+            "moves it by itself once stopped",
+        )
     live = server.phase in LIVE_PHASES
-    resize = spec.flavorRef
+    resize = spec.flavorRef if spec.flavorRef != server.flavor_name else None
     if resize and live:
         return failed("ResizeNeedsStop", "stop the Server to resize it (cold migration)")
     if not live and server.phase is not Phase.SHUTOFF:

@@ -11,17 +11,20 @@ from kubenova_api.common import ObjectMeta
 from kubenova_api.kube import ObjectRef
 from kubenova_api.resources import Phase, Server, ServerMigration, ServerMigrationSpec
 from kubenova_operator.cluster import Cluster, ServerSummary
-from kubenova_operator.migrations import moves
+from kubenova_operator.migrations import NOT_DECLARED, moves
 
 log = logging.getLogger(__name__)
 
 
 def wanted(server: ServerSummary, migrations: list[ServerMigration]) -> bool:
     """Whether a resize migration should be made for ``server`` now: none was tried for this
-    flavor, and none is moving it."""
+    flavor, and none is moving it. A migration refused for naming a flavor the Server did not
+    declare then was no attempt."""
     return server.wants_resize and not any(
         moves(m, server.namespace, server.name)
-        and (m.spec.flavorRef == server.flavor_ref or m.active)
+        and (
+            m.active or (m.spec.flavorRef == server.flavor_ref and m.status.reason != NOT_DECLARED)
+        )
         for m in migrations
     )
 

@@ -531,9 +531,10 @@ def test_draining_a_host_moves_every_guest_away(mbed: stack.Stack, ns: str) -> N
 
 
 def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> None:
-    """A stopped Server moves by its disk (copied: host-a and host-c share nothing) and boots
-    on the target with the new flavor; changing a stopped Server's flavorRef does the same by
-    itself, and a running one is told to stop first."""
+    """A stopped Server moves by its disk (copied: host-a and host-c share nothing); changing
+    a stopped Server's flavorRef resizes it by such a move, and it boots on the target with the
+    new flavor and stays there; a running one is told to stop first. A ServerMigration that
+    names a flavor the Server does not declare is refused (it would be resized back)."""
     apply(mbed, flavor("m1.bigger", vcpus=2, memory=192, disk=2))
     apply(mbed, flavor("m1.biggest", vcpus=2, memory=160, disk=3))
     uid = boot_on(mbed, ns, "vm", "host-a")
@@ -549,7 +550,13 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
         check=True,
         capture_output=True,
     )
-    migrate(mbed, ns, "cold", "vm", targetNode="host-c", flavorRef="m1.bigger")
+    migrate(mbed, ns, "undeclared", "vm", flavorRef="m1.bigger")
+    refused = wait_phase(mbed, ns, "undeclared", "Succeeded", "Failed", timeout=30)["status"]
+    assert refused["phase"] == "Failed", refused
+    assert refused["reason"] == "FlavorNotDeclared", refused
+    assert "spec.flavorRef" in refused["message"], refused
+
+    migrate(mbed, ns, "cold", "vm", targetNode="host-c")
     done = wait_phase(mbed, ns, "cold", "Succeeded", "Failed")
     status = done["status"]
     assert status["phase"] == "Succeeded", status
@@ -558,18 +565,33 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     body = mbed.get("server", "vm", ns)
     assert body is not None
     assert body["status"]["nodeName"] == "host-c"
-    assert body["status"]["flavor"]["name"] == "m1.bigger"
+    assert body["status"]["flavor"]["name"] == "m1.tiny"
     assert target_files(mbed, "host-a", uid) == [], "the source kept the disk"
     assert not mbed.hosts["host-a"].has_domain(uid)
 
+    # Resize a stopped Server by its flavor: a cold move by itself, once, and it stays.
+    helpers.patch(mbed, ns, "vm", {"flavorRef": "m1.bigger"})
+
+    def resized_to(name: str) -> bool:
+        st = (mbed.get("server", "vm", ns) or {}).get("status") or {}
+        return (st.get("flavor") or {}).get("name") == name and st.get("phase") == "SHUTOFF"
+
+    netutil.wait_until(lambda: resized_to("m1.bigger"), 120, "the resize to m1.bigger")
     helpers.patch(mbed, ns, "vm", {"powerState": "Running"})
     wait_server_phase(mbed, ns, "vm", "ACTIVE")
-    console = mbed.wait_console("host-c", uid, "kubenova-uptime")
+    body = mbed.get("server", "vm", ns)
+    assert body is not None and body["status"]["flavor"]["name"] == "m1.bigger"
+    at = body["status"]["nodeName"]
+    assert at in ("host-a", "host-b"), at
+    console = mbed.wait_console(at, uid, "kubenova-uptime")
     assert "disk /dev/vda: KUBENOVA-COLD-MOVED" in console, console
-    xml = mbed.hosts["host-c"].virsh("dumpxml", uid)
+    xml = mbed.hosts[at].virsh("dumpxml", uid)
     assert re.search(r"<vcpu[^>]*>2</vcpu>", xml) and "<memory unit='KiB'>196608<" in xml
-    info = mbed.hosts["host-c"].virsh("vol-info", f"{uid}-root.qcow2", "--pool", "kubenova")
+    info = mbed.hosts[at].virsh("vol-info", f"{uid}-root.qcow2", "--pool", "kubenova")
     assert "2.00 GiB" in info, info
+    moves = mbed.kubectl("get", "smig", "-n", ns, "-o", "json").stdout
+    resizes = [m for m in json.loads(moves)["items"] if m["metadata"]["name"] != "undeclared"]
+    assert [m["spec"].get("flavorRef") for m in resizes] == [None, "m1.bigger"], resizes
 
     # Resize by changing the flavor: waits for a stop, then moves by itself.
     helpers.patch(mbed, ns, "vm", {"flavorRef": "m1.biggest"})
@@ -580,15 +602,9 @@ def test_cold_migration_and_resize_move_the_disk(mbed: stack.Stack, ns: str) -> 
     )
     helpers.patch(mbed, ns, "vm", {"powerState": "Stopped"})
 
-    def resized() -> bool:
-        st = (mbed.get("server", "vm", ns) or {}).get("status") or {}
-        return (st.get("flavor") or {}).get("name") == "m1.biggest" and st.get("phase") == (
-            "SHUTOFF"
-        )
-
-    netutil.wait_until(resized, 120, "the resize to happen")
+    netutil.wait_until(lambda: resized_to("m1.biggest"), 120, "the resize to m1.biggest")
     body = mbed.get("server", "vm", ns)
-    assert body is not None and body["status"]["nodeName"] in ("host-a", "host-b")
+    assert body is not None and body["status"]["nodeName"] != at
     assert body["status"]["flavor"]["memoryMiB"] == 160
     assert any(r == "Resizing" for r, _ in events(mbed, ns, "Server", "vm"))
     # The host it came back to takes it up (the move away from host-a holds it no more),

@@ -20,7 +20,7 @@ from kubenova_api.resources import (
     ServerMigrationStatus,
     ServerStatus,
 )
-from kubenova_operator import binding, cluster, liveness, migrations
+from kubenova_operator import binding, cluster, liveness, migrations, resize
 from kubenova_operator.scheduling import claims, hosts
 from kubenova_operator.settings import ControllerSettings
 from tests.fakes import FakeKube
@@ -48,7 +48,9 @@ def _hv(name: str, evacuate: bool = False, disabled: bool = False, mem: int = 40
     )
 
 
-def _server(name: str = "web", node: str = "a", phase: str = "ACTIVE") -> cluster.ServerSummary:
+def _server(
+    name: str = "web", node: str = "a", phase: str = "ACTIVE", flavor_ref: str = "small"
+) -> cluster.ServerSummary:
     return cluster.ServerSummary(
         namespace="ns",
         name=name,
@@ -57,7 +59,7 @@ def _server(name: str = "web", node: str = "a", phase: str = "ACTIVE") -> cluste
         phase=Phase(phase),
         flavor=FLAVOR,
         flavor_name="small",
-        flavor_ref="small",
+        flavor_ref=flavor_ref,
         image_ref="img",
         group_ref=None,
         zone=None,
@@ -118,11 +120,24 @@ def test_refusals_say_why() -> None:
     same = _precheck(_smig(spec={"targetNode": "a"}), _server())
     assert same == migrations.failed("SameHost", "the Server is on a already")
     assert _reason(_precheck(_smig(), _server(phase="SUSPENDED"))) == "NotMovable"
-    assert _reason(_precheck(_smig(spec={"flavorRef": "big"}), _server())) == "ResizeNeedsStop"
-    nosuch = _precheck(_smig(spec={"flavorRef": "big"}), _server(phase="SHUTOFF"))
+    resize = _smig(spec={"flavorRef": "big"})
+    assert _reason(_precheck(resize, _server(flavor_ref="big"))) == "ResizeNeedsStop"
+    nosuch = _precheck(resize, _server(phase="SHUTOFF", flavor_ref="big"))
     assert _reason(nosuch) == "FlavorNotFound"
     assert _reason(_precheck(_smig(), None)) == "ServerNotFound"
     assert _reason(_precheck(_smig(spec={"targetNode": "zz"}), _server())) == "TargetNotFound"
+
+
+def test_a_migration_resizes_only_to_the_flavor_the_server_declares() -> None:
+    """A resize is declared on the Server: a ServerMigration naming another flavor would be
+    undone at once by the resize back to the Server's spec.flavorRef, so it is refused."""
+    undeclared = _precheck(_smig(spec={"flavorRef": "big"}), _server(phase="SHUTOFF"))
+    assert isinstance(undeclared, migrations.End)
+    assert undeclared.outcome.reason == "FlavorNotDeclared"
+    assert "'big' is not the Server's flavorRef ('small')" in undeclared.outcome.message
+    # Naming the flavor it runs with is no resize: it moves live.
+    same = _precheck(_smig(spec={"flavorRef": "small"}), _server())
+    assert not isinstance(same, migrations.End) and same[1]
 
 
 def test_a_draining_or_full_target_is_no_valid_host() -> None:
@@ -242,3 +257,16 @@ def test_a_host_down_is_stalled_and_an_edited_host_is_observed() -> None:
     # A Lease renewed now brings the host back, whatever the status's own time says.
     now = dt.datetime.now(dt.UTC)
     assert liveness.check_hosts({"a": down}, cfg, k, heartbeats={"a": now}) == [("a", True)]
+
+
+def test_a_refused_undeclared_flavor_is_no_resize_attempt() -> None:
+    """One resize attempt per flavor, but a ServerMigration refused for naming a flavor before
+    the Server declared it was no attempt: declaring that flavor then still resizes."""
+    stopped = _server(phase="SHUTOFF", flavor_ref="big")
+    refused = _smig("early", spec={"flavorRef": "big"}, phase="Failed", reason="FlavorNotDeclared")
+    assert resize.wanted(stopped, [refused])
+    tried = _smig("tried", spec={"flavorRef": "big"}, phase="Failed", reason="NoValidHost")
+    assert not resize.wanted(stopped, [refused, tried]), "one attempt per flavor"
+    moving = _smig("moving", phase="Running")
+    assert not resize.wanted(stopped, [moving]), "a move under way first"
+    assert not resize.wanted(_server(phase="SHUTOFF"), []), "it runs with what it declares"
