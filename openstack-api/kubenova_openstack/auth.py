@@ -180,29 +180,47 @@ class User:
     default_project: str | None
 
 
-async def password_user(kube: Kube, settings: Settings, name: str, password: str) -> User:
-    """The user whose name and password match, read from the users Secret on every login (so
-    a change to the Secret counts at once); 401 otherwise."""
+async def _user_entries(kube: Kube, settings: Settings) -> list[dict[str, Any]]:
+    """The users Secret's entries, read on every call (so a change to the Secret counts at
+    once)."""
     secret = await kube.get_or_none(
         None, "secrets", settings.users_secret, settings.namespace, core=True
     )
-    users: list[Any] = []
+    users: Any = []
     if secret is not None:
         raw = (secret.get("data") or {}).get("users.yaml")
         if raw:
             users = yaml.safe_load(base64.b64decode(raw)) or []
-    for entry in users:
-        if not isinstance(entry, dict) or str(entry.get("name")) != name:
+    return [u for u in users if isinstance(u, dict)] if isinstance(users, list) else []
+
+
+def _user(entry: dict[str, Any]) -> User:
+    name = str(entry.get("name"))
+    return User(
+        name=name,
+        password="",
+        kubernetes_user=str(entry.get("kubernetesUser") or name),
+        groups=tuple(str(g) for g in entry.get("groups") or ()),
+        default_project=entry.get("defaultProject"),
+    )
+
+
+async def password_user(kube: Kube, settings: Settings, name: str, password: str) -> User:
+    """The user whose name and password match; 401 otherwise."""
+    for entry in await _user_entries(kube, settings):
+        if str(entry.get("name")) != name:
             continue
         if hmac.compare_digest(str(entry.get("password", "")).encode(), password.encode()):
-            return User(
-                name=name,
-                password="",
-                kubernetes_user=str(entry.get("kubernetesUser") or name),
-                groups=tuple(str(g) for g in entry.get("groups") or ()),
-                default_project=entry.get("defaultProject"),
-            )
+            return _user(entry)
     raise Fault(401, "The request you have made requires authentication.")
+
+
+async def known_user(kube: Kube, settings: Settings, name: str) -> User | None:
+    """The password user called ``name`` (without its password), if there is one."""
+    for entry in await _user_entries(kube, settings):
+        if str(entry.get("name")) == name:
+            return _user(entry)
+    return None
 
 
 # ----------------------------------------------------------------------------- requests

@@ -53,7 +53,7 @@ def register(router: Router) -> None:
     router.add("GET", "/auth/catalog", catalog_of)
     router.add("GET", "/projects", project_list)
     router.add("GET", "/projects/{id}", project)
-    router.add("GET", "/users/{id}/projects", projects)
+    router.add("GET", "/users/{id}/projects", user_projects)
 
 
 async def _version_doc(req: Req) -> web.Response:
@@ -235,17 +235,22 @@ PROJECT_FILTERS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+def _filtered(req: Req, projects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The projects that match the request's filters."""
+    for key, read in PROJECT_FILTERS.items():
+        wanted = req.query(key)
+        if wanted is not None:
+            wanted = wanted.lower() if key in ("enabled", "is_domain") else wanted
+            projects = [p for p in projects if read(p) == wanted]
+    return projects
+
+
 async def project_list(req: Req) -> web.Response:
     """Keystone's project list, as ``openstack project list`` and ``quota list`` read it: the
     projects the caller may use (Keystone lets only an administrator list every project; here
     an administrator may use every namespace, so sees them all), filtered by ``name``,
     ``domain_id``, ``parent_id``, ``enabled`` and ``is_domain``."""
-    out = await _usable_projects(req)
-    for key, read in PROJECT_FILTERS.items():
-        wanted = req.query(key)
-        if wanted is not None:
-            wanted = wanted.lower() if key in ("enabled", "is_domain") else wanted
-            out = [p for p in out if read(p) == wanted]
+    out = _filtered(req, await _usable_projects(req))
     return reply(
         {
             "projects": out,
@@ -254,8 +259,32 @@ async def project_list(req: Req) -> web.Response:
     )
 
 
-async def _usable_projects(req: Req) -> list[dict[str, Any]]:
-    _, caller = _token_caller(req)
+async def user_projects(req: Req) -> web.Response:
+    """Keystone's ``GET /v3/users/{id}/projects``: the user's own projects; another user's
+    only for an administrator (Keystone's ``identity:list_user_projects``), that user read
+    from the users Secret and asked about as the Kubernetes user it is."""
+    token, caller = _token_caller(req)
+    user_id = req.params["id"]
+    if user_id != token.display_user:
+        if not await req.kube.is_admin(caller):
+            raise Fault(
+                403,
+                "You are not authorized to perform the requested action: "
+                "identity:list_user_projects.",
+            )
+        user = await auth.known_user(req.kube, req.settings, user_id)
+        if user is None:
+            raise Fault(404, f"Could not find user: {user_id}.")
+        caller = Caller(user=user.kubernetes_user, groups=user.groups)
+    out = _filtered(req, await _usable_projects(req, caller))
+    self_link = f"{req.base}/v3/users/{user_id}/projects"
+    return reply({"projects": out, "links": {"self": self_link, "next": None, "previous": None}})
+
+
+async def _usable_projects(req: Req, caller: Caller | None = None) -> list[dict[str, Any]]:
+    """The namespaces ``caller`` (the token's user unless given) may use."""
+    if caller is None:
+        _, caller = _token_caller(req)
     try:
         items = await req.kube.list(caller, "namespaces", core=True)
     except KubeError as exc:

@@ -873,6 +873,28 @@ def test_the_cli_lists_projects_and_their_quotas(cloud: Cloud) -> None:
         cloud.bed.kubectl("delete", "namespace", project, "--wait=false", check=False)
 
 
+def test_a_users_projects_are_its_own_or_an_administrators_to_see(cloud: Cloud) -> None:
+    """``GET /v3/users/{id}/projects``: a user sees its own projects; another user's only an
+    administrator sees (403 for a member, Keystone's ``identity:list_user_projects``), read as
+    that user's Kubernetes identity; an unknown user is a 404."""
+    users = f"{cloud.url}/identity/v3/users"
+    member, admin = _login(cloud, MEMBER, PROJECT), _login(cloud, ADMIN, PROJECT)
+    status, body = _send(f"{users}/{MEMBER.name}/projects", member)
+    assert status == 200, body
+    assert [p["name"] for p in body["projects"]] == [PROJECT], body
+    status, body = _send(f"{users}/{ADMIN.name}/projects", member)
+    assert status == 403, body
+    assert "identity:list_user_projects" in body["error"]["message"], body
+    status, body = _send(f"{users}/{MEMBER.name}/projects", admin)
+    assert status == 200, body
+    assert [p["name"] for p in body["projects"]] == [PROJECT], body  # bob's, not os-alice's
+    status, body = _send(f"{users}/{ADMIN.name}/projects?name={OTHER}", admin)
+    assert status == 200, body
+    assert [p["name"] for p in body["projects"]] == [OTHER], body
+    status, body = _send(f"{users}/nobody-here/projects", admin)
+    assert status == 404, body
+
+
 def test_hypervisor_statistics_search_and_servers(cloud: Cloud, admin: Clients) -> None:
     """``os-hypervisors/statistics`` (``openstack hypervisor stats show``) sums every host's
     detail, and the pre-2.53 ``{pattern}/search`` and ``{pattern}/servers`` find hosts by a
