@@ -780,7 +780,7 @@ def test_quotas_as_nova_shows_and_sets_them(cloud: Cloud, admin: Clients) -> Non
         assert [limits[k] for k in maxima] == [1, 4, 4096], limits
         token = _login(cloud, ADMIN, project)
         for asked, words in (({"key_pairs": 5}, "cannot limit key_pairs"),
-                             ({"cores": "many"}, "cores"), ({"cores": -2}, "-1 or greater"),
+                             ({"cores": "many"}, "cores"), ({"cores": -2}, "minimum of -1"),
                              ({"bogus": 1}, "'bogus' was unexpected")):  # fmt: skip
             status, body = _send(f"{cloud.url}/v2.1/os-quota-sets/{project}", token, "PUT",
                                  {"quota_set": asked})  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from kubenova_api.resources import Server, ServerStatus
 from kubenova_openstack import auth, microversion
 from kubenova_openstack import image as glance
-from kubenova_openstack.compute import state, views
+from kubenova_openstack.compute import bodies, state, views
 from kubenova_openstack.faults import Fault
 
 
@@ -256,3 +256,25 @@ def test_image_properties_are_top_level_keys_of_the_glance_image() -> None:
     assert shown["os_secure_boot"] == "required" and "hw_disk_bus" not in shown
     assert shown["id"] == "9b1c" and shown["disk_format"] == "qcow2"
     assert glance.properties({"source": {}}) == {}
+
+
+def test_a_quota_set_body_is_checked_as_novas_schema_checks_it() -> None:
+    """Numbers or strings of digits, -1 or more; only the quotas of the microversion;
+    ``force`` taken and left out; the 400 names the quota with Nova's wording."""
+    keys = ["cores", "instances", "ram", "key_pairs"]
+    asked = bodies.quota_set({"quota_set": {"cores": "5", "ram": -1, "force": "true"}}, keys)
+    assert asked == {"cores": 5, "ram": -1}
+    for body, words in (
+        ({"cores": "many"}, "field/attribute cores. Value: 'many'."),
+        ({"cores": -2}, "field/attribute cores. Value: -2. -2 is less than the minimum of -1"),
+        ({"cores": "-2"}, "-2 is less than the minimum of -1"),
+        ({"cores": True}, "field/attribute cores. Value: True."),
+        ({"cores": 2**31}, "less than or equal to 2147483647"),
+        ({"fixed_ips": 5}, "Additional properties are not allowed ('fixed_ips' was unexpected)"),
+        ({"force": "maybe"}, "field/attribute force."),
+    ):
+        with pytest.raises(Fault) as err:
+            bodies.quota_set({"quota_set": body}, keys)
+        assert err.value.status == 400 and words in err.value.message, (body, err.value.message)
+    with pytest.raises(Fault, match=r"quota_set\. 'quota_set' is required"):
+        bodies.quota_set({}, keys)

@@ -9,6 +9,7 @@ and never a key dropped in silence. The models are pydantic, strict: ``"1"`` is 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any, Literal, TypeVar
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    create_model,
 )
 
 from kubenova_openstack import microversion
@@ -169,6 +171,45 @@ REBUILD_SINCE = {
     "trusted_image_certificates": "2.63",
 }
 
+
+def _quota_limit(value: int | str) -> int:
+    number = int(value)
+    if number < -1:
+        raise ValueError(f"{number} is less than the minimum of -1")
+    return number
+
+
+#: Nova's quota value: an integer or a string of one, -1 (no limit) or more.
+QuotaLimit = Annotated[
+    Annotated[int, Field(le=2**31 - 1)]
+    | Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,10}$")],
+    AfterValidator(_quota_limit),
+]
+#: Nova's ``parameter_types.boolean``: a JSON boolean or one of its words for it.
+Boolean = bool | Literal["True", "true", "TRUE", "False", "false", "FALSE", "1", "0", "yes", "no"]
+
+
+@functools.cache
+def _quota_set_model(keys: tuple[str, ...]) -> type[Body]:
+    """``PUT /os-quota-sets/{id}``'s body for the quotas a microversion has."""
+    quota_set = create_model(  # type: ignore[call-overload]
+        "QuotaSet",
+        __base__=Body,
+        force=(Boolean | None, None),
+        **{key: (QuotaLimit | None, None) for key in keys},
+    )
+    model: type[Body] = create_model("UpdateQuotaSet", __base__=Body, quota_set=(quota_set, ...))
+    return model
+
+
+def quota_set(data: Any, keys: list[str]) -> dict[str, int]:
+    """The quotas asked for by the body of ``PUT /os-quota-sets/{id}`` (``keys``: those the
+    requested microversion has), each a number; ``force`` is left out."""
+    body = parse(_quota_set_model(tuple(keys)), data)
+    asked: BaseModel = body.quota_set  # type: ignore[attr-defined]
+    return {k: v for k, v in asked.model_dump(exclude_unset=True).items() if k != "force"}
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -187,14 +228,15 @@ _UNION_TAG = re.compile(r"^(constrained-\w+|\w+\[.*\]|int|str|bool|dict|list)$")
 def _message(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
     loc = [str(p) for p in error["loc"] if not _UNION_TAG.match(str(p))]
-    where = ".".join(loc[1:] if len(loc) > 1 and loc[0] == "server" else loc)
+    where = ".".join(loc[1:] if len(loc) > 1 and loc[0] in ("server", "quota_set") else loc)
     if error["type"] == "extra_forbidden":
         return f"Additional properties are not allowed ('{error['loc'][-1]}' was unexpected)"
     if error["type"] == "missing":
         return f"Invalid input for field/attribute {where}. '{error['loc'][-1]}' is required"
     value = error.get("input")
     shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-    return f"Invalid input for field/attribute {where}. Value: {shown}. {error['msg']}"
+    why = error["msg"].removeprefix("Value error, ")  # a check of ours says it all
+    return f"Invalid input for field/attribute {where}. Value: {shown}. {why}"
 
 
 def create_server(data: Any, version: microversion.Version) -> CreateServer:

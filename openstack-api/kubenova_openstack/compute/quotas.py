@@ -20,7 +20,7 @@ from aiohttp import web
 
 from kubenova_api import constants
 from kubenova_api.resources import ComputeQuota, Server
-from kubenova_openstack.compute import keypairs
+from kubenova_openstack.compute import bodies, keypairs
 from kubenova_openstack.faults import Fault
 from kubenova_openstack.kubeapi import KubeError
 from kubenova_openstack.web import Req, reply
@@ -199,22 +199,11 @@ async def update(req: Req) -> web.Response:
     (-1: no limit); any other quota kubenova cannot hold is a 400, unless it asks for what
     already is."""
     project = _project(req)
-    body = await req.body()
-    asked = body.get("quota_set") if isinstance(body, dict) else None
-    if not isinstance(asked, dict):
-        raise Fault(400, "Invalid input for field/attribute quota_set.")
-    asked = {k: v for k, v in asked.items() if k != "force"}
+    shown = _shown(req)
+    asked = bodies.quota_set(await req.body(), shown)
     current = await limits_of(req, project)
     spec: dict[str, int | None] = {}
-    shown = _shown(req)
-    for key, value in asked.items():
-        if key not in shown:
-            raise Fault(400, f"Additional properties are not allowed ('{key}' was unexpected)")
-        if isinstance(value, bool) or not isinstance(value, int | str) or not _number(value):
-            raise Fault(400, f"Invalid input for field/attribute {key}. Value: {value!r}.")
-        number = int(value)
-        if number < -1:
-            raise Fault(400, f"Quota limit {number} for {key} must be -1 or greater.")
+    for key, number in asked.items():
         if key in SETTABLE:
             spec[SETTABLE[key]] = None if number == -1 else number
         elif number != current[key]:
@@ -225,11 +214,7 @@ async def update(req: Req) -> web.Response:
     if spec:
         await _write(req, project, spec)
     limits = await limits_of(req, project)
-    return reply({"quota_set": {k: limits[k] for k in _shown(req)}})
-
-
-def _number(value: int | str) -> bool:
-    return isinstance(value, int) or value.lstrip("-").isdigit()
+    return reply({"quota_set": {k: limits[k] for k in shown}})
 
 
 async def _write(req: Req, project: str, spec: dict[str, int | None]) -> None:
