@@ -810,6 +810,9 @@ class HypervisorStatus(StatusModel):
         default=None, description="total - reserved - used, before allocation ratios."
     )
     runningVMs: int = Field(default=0, description="Domains running now.")
+    bootTime: dt.datetime | None = Field(
+        default=None, description="When the host booted (the kernel's btime): its uptime."
+    )
     network: HostNetworking | None = Field(
         default=None, description="Tunnel address and physical networks of this host."
     )

@@ -3,6 +3,7 @@ libvirt, what this host's Servers claim, the CPU, versions and a heartbeat."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -81,6 +82,18 @@ class Pacer:
         self._last = now
 
 
+def boot_time(stat: str = "/proc/stat") -> dt.datetime | None:
+    """When the host booted: the kernel's ``btime`` (the host's own, in a container too)."""
+    try:
+        with open(stat, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return dt.datetime.fromtimestamp(int(line.split()[1]), dt.UTC)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def used_by(servers: list[Server]) -> Resources:
     """Resources the Servers bound here claim, from the flavor each was scheduled with."""
     used = Resources()
@@ -120,6 +133,7 @@ class CapacityPublisher:
         """The CPU this host offers guests (does not change while the agent runs)."""
         self._facts: HostFacts | None = None
         self._facts_at = 0.0
+        self._boot_time = boot_time()
         self._ready: Condition | None = None
         self._last_good: HypervisorStatus | None = None
         self._failures = 0
@@ -208,6 +222,7 @@ class CapacityPublisher:
             diskGiB=max(0, total.diskGiB - reserved.diskGiB - status.used.diskGiB),
         )
         status.runningVMs = running
+        status.bootTime = self._boot_time
         status.conditions = [
             self._condition("True", "AgentReady", f"libvirt {facts.libvirt_version}")
         ]

@@ -3,6 +3,8 @@ host that is gone (``Ready=False`` makes the controller count the host down at o
 
 from __future__ import annotations
 
+import datetime as dt
+import pathlib
 from typing import cast
 
 from kubenova_agent import capacity
@@ -92,3 +94,14 @@ def test_a_host_never_read_is_reported_unreachable_at_once() -> None:
     host = FlakyHost()
     host.down = True
     assert ready(publisher(host).compute()) == ("False", "LibvirtUnreachable")
+
+
+def test_the_host_boot_time_is_the_kernels(tmp_path: pathlib.Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nintr 5\nbtime 1764795845\nprocesses 9\n")
+    assert capacity.boot_time(str(stat)) == dt.datetime(2025, 12, 3, 21, 4, 5, tzinfo=dt.UTC)
+    stat.write_text("cpu  1 2 3\n")
+    assert capacity.boot_time(str(stat)) is None
+    assert capacity.boot_time(str(tmp_path / "none")) is None
+    published = publisher(FlakyHost()).compute().bootTime
+    assert published is not None and published < dt.datetime.now(dt.UTC)

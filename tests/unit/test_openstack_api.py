@@ -13,7 +13,7 @@ import pytest
 from kubenova_api.resources import Server, ServerStatus
 from kubenova_openstack import auth, microversion
 from kubenova_openstack import image as glance
-from kubenova_openstack.compute import bodies, state, views
+from kubenova_openstack.compute import bodies, hosts, state, views
 from kubenova_openstack.faults import Fault
 
 
@@ -278,3 +278,18 @@ def test_a_quota_set_body_is_checked_as_novas_schema_checks_it() -> None:
         assert err.value.status == 400 and words in err.value.message, (body, err.value.message)
     with pytest.raises(Fault, match=r"quota_set\. 'quota_set' is required"):
         bodies.quota_set({}, keys)
+
+
+def test_a_hypervisors_uptime_reads_as_uptime_begins() -> None:
+    now = dt.datetime(2026, 12, 3, 21, 4, 5, tzinfo=dt.UTC)
+
+    def booted(**ago: float) -> dict[str, Any]:
+        return {"status": {"bootTime": (now - dt.timedelta(**ago)).isoformat()}}
+
+    assert hosts._uptime(booted(minutes=12, seconds=30), now) == "21:04:05 up 12 min"
+    assert hosts._uptime(booted(hours=4, minutes=2), now) == "21:04:05 up  4:02"
+    assert hosts._uptime(booted(days=1, minutes=5), now) == "21:04:05 up 1 day, 5 min"
+    assert hosts._uptime(booted(days=93, hours=18, minutes=25), now) == (
+        "21:04:05 up 93 days, 18:25"
+    )
+    assert hosts._uptime({"status": {}}, now) is None, "not reported: no uptime"

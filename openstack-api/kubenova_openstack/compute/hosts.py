@@ -9,6 +9,7 @@ service).
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import uuid
 import zlib
@@ -87,7 +88,7 @@ def _detail(req: Req, hv: dict[str, Any]) -> dict[str, Any]:
         "disabled_reason": spec.get("disabledReason") if spec.get("disabled") else None,
     }
     if req.at_least("2.88"):
-        out["uptime"] = None
+        out["uptime"] = _uptime(hv)
         return out
     total = status.get("total") or {}
     used = status.get("used") or {}
@@ -182,22 +183,55 @@ async def hypervisors_detail(req: Req) -> web.Response:
     return await _listing(req, detail=True)
 
 
-async def hypervisor(req: Req) -> web.Response:
+async def _by_id(req: Req) -> dict[str, Any]:
+    """The Hypervisor the URL's ``{id}`` names (an integer before 2.53, a UUID from it)."""
     wanted = req.params["id"]
     for hv in await _hypervisors(req):
         if str(_ids(req, hv)[0]) == wanted:
-            out = _detail(req, hv)
-            if req.query("with_servers") in ("true", "True", "1") and req.at_least("2.53"):
-                found = (await _servers_by_host(req)).get(hv["metadata"]["name"])
-                if found or req.at_least("2.75"):
-                    out["servers"] = found or []
-            return reply({"hypervisor": out})
+            return hv
     if req.at_least("2.53"):
         try:
             uuid.UUID(wanted)
         except ValueError as exc:
             raise Fault(400, f"Invalid uuid {wanted}") from exc
     raise Fault(404, f"Hypervisor with ID {wanted} could not be found.")
+
+
+async def hypervisor(req: Req) -> web.Response:
+    hv = await _by_id(req)
+    out = _detail(req, hv)
+    if req.query("with_servers") in ("true", "True", "1") and req.at_least("2.53"):
+        found = (await _servers_by_host(req)).get(hv["metadata"]["name"])
+        if found or req.at_least("2.75"):
+            out["servers"] = found or []
+    return reply({"hypervisor": out})
+
+
+def _uptime(hv: dict[str, Any], now: dt.datetime | None = None) -> str | None:
+    """The host's uptime as ``uptime`` begins it (``21:04:05 up 3 days,  4:12``), from the
+    boot time its agent reports; ``None`` before it reported one. kubenova does not gather
+    the host's users and load average, which Nova's libvirt driver appends."""
+    booted = (hv.get("status") or {}).get("bootTime")
+    if not booted:
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    minutes = max(0, int((now - dt.datetime.fromisoformat(booted)).total_seconds()) // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    clock = f"{minutes // 60:2d}:{minutes % 60:02d}" if minutes >= 60 else f"{minutes} min"
+    since = f"{days} day{'s' if days != 1 else ''}, {clock}" if days else clock
+    return f"{now:%H:%M:%S} up {since}"
+
+
+async def uptime(req: Req) -> web.Response:
+    """``os-hypervisors/{id}/uptime`` (until 2.87; 2.88 shows ``uptime`` in the hypervisor):
+    501 for a host whose agent has not reported its boot time, as Nova for a driver
+    without it."""
+    req.only_until("2.87")
+    hv = await _by_id(req)
+    up = _uptime(hv)
+    if up is None:
+        raise Fault(501, "Virt driver does not implement uptime function.")
+    return reply({"hypervisor": {**_basic(req, hv), "uptime": up}})
 
 
 #: What ``os-hypervisors/statistics`` sums over every host (of each host's detail).

@@ -58,6 +58,7 @@ def register(r: Router) -> None:
     r.add("GET", "/os-hypervisors/statistics", hosts.statistics)
     r.add("GET", "/os-hypervisors/{pattern}/search", hosts.search)
     r.add("GET", "/os-hypervisors/{pattern}/servers", hosts.servers_on)
+    r.add("GET", "/os-hypervisors/{id}/uptime", hosts.uptime)
     r.add("GET", "/os-hypervisors/{id}", hosts.hypervisor)
     r.add("GET", "/os-services", hosts.services)
     r.add("GET", "/os-availability-zone", hosts.zones)
