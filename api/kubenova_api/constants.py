@@ -31,6 +31,9 @@ SERVERS: Final = "servers"
 HYPERVISORS: Final = "hypervisors"
 SERVERGROUPS: Final = "servergroups"
 SERVERMIGRATIONS: Final = "servermigrations"
+#: A ServerMigration's reason when it named a flavor its Server does not declare (refused
+#: before anything moved: no resize attempt).
+FLAVOR_NOT_DECLARED: Final = "FlavorNotDeclared"
 NETWORKS: Final = "networks"
 PROVIDERNETWORKS: Final = "providernetworks"
 COMPUTEQUOTAS: Final = "computequotas"

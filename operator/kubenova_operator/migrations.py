@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 LIVE_PHASES = (Phase.ACTIVE, Phase.PAUSED)
 MIGRATED = "Migrated"
-NOT_DECLARED = "FlavorNotDeclared"
-"""A ServerMigration's flavorRef is not its Server's: a resize is declared on the Server."""
+NOT_DECLARED = constants.FLAVOR_NOT_DECLARED
+RESIZE_FAILED = "ResizeFailed"
+"""The Event on a Server whose resize (a migration to its declared flavor) failed."""
 
 
 # ----------------------------------------------------------------------------- transitions
@@ -520,9 +521,22 @@ class Driver:
             progress.downtimeMs if progress is not None and smig.status.live and ok else None,
         )
         self._event(smig, "Succeeded" if ok else outcome.reason, outcome.message, warning=not ok)
-        if server is not None and not ok and smig.status.sourceNode:
+        if server is not None and not ok:
             ref = ObjectRef.named(Server, server.name, server.namespace, server.uid)
-            self.kube.event(ref, "MigrationFailed", str(outcome), warning=True)
+            to = smig.spec.flavorRef
+            if to and to == server.flavor_ref and to != server.flavor_name:
+                # The Server asked for this resize: it says why it did not happen, and how
+                # to have it tried again (one attempt per flavor).
+                self.kube.event(
+                    ref,
+                    RESIZE_FAILED,
+                    f"resize to {to} failed ({outcome}); it keeps {server.flavor_name}. "
+                    f"Delete ServerMigration {smig.name} to try again, or set spec.flavorRef "
+                    f"back to {server.flavor_name}",
+                    warning=True,
+                )
+            elif smig.status.sourceNode:
+                self.kube.event(ref, "MigrationFailed", str(outcome), warning=True)
         log.log(
             logging.INFO if ok else logging.WARNING,
             "migration %s %s: %s",

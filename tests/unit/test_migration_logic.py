@@ -270,3 +270,32 @@ def test_a_refused_undeclared_flavor_is_no_resize_attempt() -> None:
     moving = _smig("moving", phase="Running")
     assert not resize.wanted(stopped, [moving]), "a move under way first"
     assert not resize.wanted(_server(phase="SHUTOFF"), []), "it runs with what it declares"
+
+
+def test_a_failed_resize_tells_the_server_why_and_how_to_try_again() -> None:
+    """The Server asked for the resize (its flavorRef), so the Server says it failed: an
+    Event with the reason, the flavor it keeps, and how to have it tried again."""
+    k = FakeKube()
+    server = _server(phase="SHUTOFF", flavor_ref="big")
+    smig = _smig("web-resize-x", spec={"flavorRef": "big"})
+    k.put(smig)
+    known = cluster.Cluster()
+    known.sync({server.uid: server})
+    view = binding.ClusterView(
+        flavors={}, images={"img": IMAGE}, hypervisors={"a": _hv("a"), "b": _hv("b")},
+        cluster=known,
+    )  # fmt: skip
+    cfg = ControllerSettings()
+    assumed = claims.Claims()
+    migrations.Driver(cfg, k).step(smig, view, binding.host_states(view, assumed, cfg), assumed)
+    on_server = [(r, m) for name, r, m in k.events if name == "web"]
+    assert [r for r, _ in on_server] == ["ResizeFailed"], k.events
+    message = on_server[0][1]
+    assert "resize to big failed (FlavorNotFound: Flavor 'big' does not exist)" in message
+    assert "it keeps small" in message and "Delete ServerMigration web-resize-x" in message
+    # A plain move that fails before it began is the ServerMigration's own business.
+    k.events.clear()
+    plain = _smig("move", spec={"targetNode": "zz"})
+    k.put(plain)
+    migrations.Driver(cfg, k).step(plain, view, binding.host_states(view, assumed, cfg), assumed)
+    assert [name for name, _, _ in k.events] == ["move"], k.events
