@@ -978,3 +978,45 @@ def test_access_addresses_are_kept_and_shown(cloud: Cloud, admin: Clients) -> No
         assert admin.servers.show_server(uid)["server"]["accessIPv4"] == "198.51.100.7"
     finally:
         admin.servers.delete_server(uid)
+
+
+def test_a_resize_no_host_can_take_is_undone_and_can_be_asked_again(
+    cloud: Cloud, admin: Clients
+) -> None:
+    """A resize to a flavor no host has room for fails in the controller (NoValidHost): the
+    Server is told (a ResizeFailed Event), and the facade undoes it as Nova does (the old
+    flavor, running again, no confirmation pending) instead of showing RESIZE for ever;
+    asked again, the controller tries again."""
+    flavor = admin.flavors.create_flavor(name="too big", ram=10**6, vcpus=1, disk=1, id="990")
+    uid = boot(cloud, admin, "stays-small")
+    try:
+        name = next(
+            s["metadata"]["name"]
+            for s in json.loads(cloud.bed.kubectl("get", "srv", "-n", PROJECT, "-o", "json")
+                                .stdout)["items"]
+            if s["metadata"]["uid"] == uid
+        )  # fmt: skip
+        before = (cloud.bed.get("server", name, PROJECT) or {})["spec"]["flavorRef"]
+        for attempt in (1, 2):
+            admin.servers.resize_server(uid, flavor["flavor"]["id"])
+            back = wait_server(admin, uid, "ACTIVE", timeout=90)
+            assert back["flavor"]["id"] == "1", back  # the one it was booted with
+            body = cloud.bed.get("server", name, PROJECT)
+            assert body is not None and body["spec"]["flavorRef"] == before, body["spec"]
+            assert body["spec"]["powerState"] == "Running", body["spec"]
+            failed = [
+                m for m in json.loads(cloud.bed.kubectl("get", "smig", "-n", PROJECT, "-o",
+                                                        "json").stdout)["items"]
+                if m["spec"]["serverRef"] == name and m["status"].get("phase") == "Failed"
+            ]  # fmt: skip
+            assert len(failed) == 1, (attempt, failed)  # the first attempt's went on retry
+            assert failed[0]["status"]["reason"] == "NoValidHost", failed[0]["status"]
+            events = cloud.bed.kubectl(
+                "get", "events", "-n", PROJECT, "--field-selector",
+                f"involvedObject.name={name},reason=ResizeFailed", "-o", "json",
+            ).stdout  # fmt: skip
+            said = [e["message"] for e in json.loads(events)["items"]]
+            assert said and "NoValidHost" in said[-1], said
+    finally:
+        admin.servers.delete_server(uid)
+        admin.flavors.delete_flavor("990")

@@ -293,3 +293,40 @@ def test_a_hypervisors_uptime_reads_as_uptime_begins() -> None:
         "21:04:05 up 93 days, 18:25"
     )
     assert hosts._uptime({"status": {}}, now) is None, "not reported: no uptime"
+
+
+def test_a_resize_the_controller_could_not_do_is_reverted_as_nova_does() -> None:
+    import json  # noqa: PLC0415
+
+    from kubenova_api.resources import ServerMigration  # noqa: PLC0415
+    from kubenova_openstack.compute import actions, servers  # noqa: PLC0415
+
+    verify = {"kind": "resize", "fromFlavor": "small", "fromHost": "a", "restart": True}
+    server = Server.parse(
+        {
+            "metadata": {
+                "name": "web", "uid": "u1", "generation": 2,
+                "annotations": {actions.VERIFY: json.dumps(verify)},
+            },
+            "spec": {"flavorRef": "big", "imageRef": "img", "powerState": "Stopped"},
+            "status": {"nodeName": "a", "phase": "SHUTOFF", "flavor": {
+                "name": "small", "vcpus": 1, "memoryMiB": 64, "diskGiB": 1}},
+        }
+    )  # fmt: skip
+
+    def smig(name: str, phase: str, reason: str | None = None) -> ServerMigration:
+        return ServerMigration.parse(
+            {
+                "metadata": {"name": name},
+                "spec": {"serverRef": "web", "flavorRef": "big"},
+                "status": {"phase": phase, "reason": reason, "serverUID": "u1"},
+            }
+        )
+
+    refused = smig("mine", "Failed", "FlavorNotDeclared")
+    assert servers.move_task(server, []) == "resize_migrating"
+    assert servers.move_task(server, [refused]) == "resize_migrating", "no attempt yet"
+    failed = smig("web-resize-1", "Failed", "NoValidHost")
+    assert servers.move_task(server, [refused, failed]) == "resize_reverting"
+    running = smig("web-resize-2", "Running")
+    assert servers.move_task(server, [failed, running]) == "migrating"

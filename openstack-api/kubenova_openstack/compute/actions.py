@@ -29,11 +29,11 @@ from typing import Any
 from aiohttp import web
 
 from kubenova_api import constants
-from kubenova_api.resources import PowerState, RebootType, Server
+from kubenova_api.resources import MigrationPhase, PowerState, RebootType, Server, ServerMigration
 from kubenova_openstack import lookup, names
 from kubenova_openstack.compute import bodies, state
 from kubenova_openstack.faults import Fault
-from kubenova_openstack.kubeapi import JSON_PATCH
+from kubenova_openstack.kubeapi import JSON_PATCH, KubeError
 from kubenova_openstack.web import Req, reply
 
 CONSOLE_REQUEST = f"{constants.PREFIX}/console-request"
@@ -388,6 +388,7 @@ async def resize(req: Req, server: Server, args: dict[str, Any]) -> web.Response
     current = server.status.flavor.diskGiB if server.status.flavor is not None else 0
     if int((flavor.get("spec") or {}).get("diskGiB", 0)) < current:
         raise Fault(400, "Resizing to a smaller disk flavor is not allowed.")
+    await _forget_failed_resizes(req, server, new)
     verify = {
         "kind": "resize",
         "fromFlavor": old,
@@ -400,6 +401,26 @@ async def resize(req: Req, server: Server, args: dict[str, Any]) -> web.Response
         changes["powerState"] = PowerState.Stopped.value  # kubenova resizes a stopped server
     await _spec(req, server, changes)
     return _accepted()
+
+
+async def _forget_failed_resizes(req: Req, server: Server, flavor: str) -> None:
+    """The controller tries a resize to a flavor once; asked again (as Nova lets one retry a
+    resize that failed), the failed attempts go, so that it tries again."""
+    moves = await req.kube.list(req.context.caller, constants.SERVERMIGRATIONS, req.project)
+    for m in (ServerMigration.parse(i) for i in moves):
+        if (
+            m.spec.serverRef == server.name
+            and m.spec.flavorRef == flavor
+            and m.status.serverUID in (None, server.uid)
+            and m.phase is MigrationPhase.Failed
+        ):
+            try:
+                await req.kube.delete(
+                    req.context.caller, constants.SERVERMIGRATIONS, m.name, req.project
+                )
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
 
 
 async def _annotate(req: Req, server: Server, ann: dict[str, str | None]) -> None:

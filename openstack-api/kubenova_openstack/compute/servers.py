@@ -55,6 +55,14 @@ def move_task(server: Server, migrations: list[ServerMigration]) -> str | None:
         return None
     resized = status.flavor is not None and status.flavor.name == server.spec.flavorRef
     if not resized:
+        tried = [
+            m
+            for m in mine
+            if m.spec.flavorRef == server.spec.flavorRef
+            and m.status.reason != constants.FLAVOR_NOT_DECLARED
+        ]
+        if tried and all(m.phase is MigrationPhase.Failed for m in tried):
+            return "resize_reverting"  # the controller's attempt failed: back, as Nova
         return "resize_migrating"
     if verify.get("restart") and status.phase != "ACTIVE":
         return "resize_finish"
@@ -63,31 +71,39 @@ def move_task(server: Server, migrations: list[ServerMigration]) -> str | None:
 
 async def finish_resizes(req: Req, servers: list[Server], look: views.Lookups) -> None:
     """A running server resized through the facade was stopped for it: start it again once
-    the resize is done (Nova's finish_resize powers it on). Done by whichever request sees it
+    the resize is done (Nova's finish_resize powers it on). A resize the controller could not
+    do (its migration failed) is undone as Nova undoes one that failed: the old flavor again,
+    started again if it ran, no confirmation pending. Done by whichever request sees it
     first; repeating it changes nothing."""
     for server in servers:
         verify = actions.pending_verify(server)
-        if (
-            verify is None
-            or verify.get("kind") != "resize"
-            or not verify.get("restart")
-            or look.migrating.get(server.uid) != "resize_finish"
-            or server.spec.powerState is PowerState.Running
-        ):
+        if verify is None or verify.get("kind") != "resize":
             continue
-        log.info("resize of %s done: starting it again", server.uid)
+        task = look.migrating.get(server.uid)
+        patch: dict[str, Any] = {}
+        if task == "resize_reverting" and verify.get("fromFlavor"):
+            log.info("resize of %s failed: back to %s", server.uid, verify["fromFlavor"])
+            patch["metadata"] = {"annotations": {actions.VERIFY: None}}
+            patch["spec"] = {"flavorRef": verify["fromFlavor"]}
+            if verify.get("restart"):
+                patch["spec"]["powerState"] = PowerState.Running.value
+        elif (
+            task == "resize_finish"
+            and verify.get("restart")
+            and server.spec.powerState is not PowerState.Running
+        ):
+            log.info("resize of %s done: starting it again", server.uid)
+            patch["spec"] = {"powerState": PowerState.Running.value}
+        if not patch:
+            continue
         try:
             await req.kube.patch(
-                req.context.caller,
-                constants.SERVERS,
-                server.name,
-                {"spec": {"powerState": PowerState.Running.value}},
-                server.namespace,
+                req.context.caller, constants.SERVERS, server.name, patch, server.namespace
             )
         except KubeError as exc:
             if exc.status not in (403, 404, 409):
                 raise
-            log.warning("could not start %s again: %s", server.uid, exc)
+            log.warning("could not finish the resize of %s: %s", server.uid, exc)
 
 
 async def lookups(req: Req, *, servers: list[Server] | None = None) -> views.Lookups:
