@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from kubenova_devenv import openstackapi, stack
+from kubenova_openstack import names
 from tests.conftest import eventually
 
 tempest_auth = pytest.importorskip("tempest.lib.auth")  # a dev dependency: always there
@@ -1017,6 +1018,19 @@ def test_a_resize_no_host_can_take_is_undone_and_can_be_asked_again(
             ).stdout  # fmt: skip
             said = [e["message"] for e in json.loads(events)["items"]]
             assert said and "NoValidHost" in said[-1], said
+        # The same flavor asked for with kubectl: SHUTOFF once it failed, not RESIZE for ever.
+        big_name = next(
+            f["metadata"]["name"]
+            for f in json.loads(cloud.bed.kubectl("get", "flavors", "-o", "json").stdout)["items"]
+            if (f["metadata"].get("annotations") or {}).get(names.FLAVOR_ID) == "990"
+        )
+        change = {"spec": {"flavorRef": big_name, "powerState": "Stopped"}}
+        cloud.bed.kubectl(
+            "patch", "server", name, "-n", PROJECT, "--type", "merge", "-p", json.dumps(change)
+        )
+        wait_server(admin, uid, "SHUTOFF", timeout=90)
+        shown = admin.servers.show_server(uid)["server"]
+        assert shown["flavor"]["id"] == "1", shown  # it keeps its flavor
     finally:
         admin.servers.delete_server(uid)
         admin.flavors.delete_flavor("990")

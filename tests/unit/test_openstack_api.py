@@ -330,3 +330,12 @@ def test_a_resize_the_controller_could_not_do_is_reverted_as_nova_does() -> None
     assert servers.move_task(server, [refused, failed]) == "resize_reverting"
     running = smig("web-resize-2", "Running")
     assert servers.move_task(server, [failed, running]) == "migrating"
+    # A flavorRef changed with kubectl: no RESIZE for ever once its attempt failed.
+    server.metadata.annotations.pop(actions.VERIFY)
+    assert servers.move_task(server, [refused]) is None
+    assert servers.move_task(server, [failed]) == "resize_failed"
+    look = views.Lookups(flavors={}, images={}, hypervisors=None, admin=False)
+    assert views.nova_state(server, look).status == "RESIZE"
+    look.resize_failed.add("u1")
+    failed_state = views.nova_state(server, look)
+    assert (failed_state.status, failed_state.task_state) == ("SHUTOFF", None)

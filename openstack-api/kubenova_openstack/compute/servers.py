@@ -35,7 +35,9 @@ def move_task(server: Server, migrations: list[ServerMigration]) -> str | None:
     """Where a move of ``server`` stands: Nova's task state while a ServerMigration moves it
     (``migrating`` live, ``resize_migrating`` cold), ``resize_finish`` while a resized server
     starts again, ``verify`` when a move or resize made through the facade waits for
-    confirmation (VERIFY_RESIZE), None otherwise."""
+    confirmation (VERIFY_RESIZE), ``resize_reverting`` when the controller failed a resize
+    made through the facade, ``resize_failed`` when it failed one made otherwise (a
+    ``flavorRef`` changed with kubectl), None otherwise."""
     status = server.status
     mine = [
         m
@@ -45,23 +47,29 @@ def move_task(server: Server, migrations: list[ServerMigration]) -> str | None:
     for m in mine:
         if m.active:
             return "migrating" if m.status.live in (True, None) else "resize_migrating"
+    resized = status.flavor is not None and status.flavor.name == server.spec.flavorRef
+    tried = [
+        m
+        for m in mine
+        if m.spec.flavorRef == server.spec.flavorRef
+        and m.status.reason != constants.FLAVOR_NOT_DECLARED
+    ]
+    failed = (
+        status.flavor is not None
+        and not resized
+        and bool(tried)
+        and all(m.phase is MigrationPhase.Failed for m in tried)
+    )
     verify = actions.pending_verify(server)
     if verify is None:
-        return None
+        return "resize_failed" if failed else None
     if verify.get("kind") == "migrate":
         named = [m for m in mine if m.name == verify.get("migration")]
         if named and named[0].phase is MigrationPhase.Succeeded:
             return "verify"
         return None
-    resized = status.flavor is not None and status.flavor.name == server.spec.flavorRef
     if not resized:
-        tried = [
-            m
-            for m in mine
-            if m.spec.flavorRef == server.spec.flavorRef
-            and m.status.reason != constants.FLAVOR_NOT_DECLARED
-        ]
-        if tried and all(m.phase is MigrationPhase.Failed for m in tried):
+        if failed:
             return "resize_reverting"  # the controller's attempt failed: back, as Nova
         return "resize_migrating"
     if verify.get("restart") and status.phase != "ACTIVE":
@@ -139,6 +147,8 @@ async def lookups(req: Req, *, servers: list[Server] | None = None) -> views.Loo
         task = move_task(server, migrations)
         if task == "verify":
             look.verify_resize.add(server.uid)
+        elif task == "resize_failed":
+            look.resize_failed.add(server.uid)
         elif task is not None:
             look.migrating[server.uid] = task
     return look

@@ -69,7 +69,7 @@ def of(server: Server, verify_resize: bool = False) -> NovaState:
     phase = status.phase or Phase.BUILD
     power = POWER.get(status.powerState or "", NOSTATE)
     if server.metadata.deleting:
-        return NovaState(_shown(phase), VM_STATES.get(phase, "active"), "deleting", power)
+        return NovaState(no_task_status(phase), VM_STATES.get(phase, "active"), "deleting", power)
     if phase is Phase.ERROR:
         return NovaState("ERROR", "error", None, power)
     if not status.nodeName:
@@ -83,7 +83,7 @@ def of(server: Server, verify_resize: bool = False) -> NovaState:
     if verify_resize:
         return NovaState("VERIFY_RESIZE", "resized", None, power)
     task = pending_task(server)
-    shown = _shown(phase)
+    shown = no_task_status(phase)
     if task == "rebuilding":
         shown = "REBUILD"
     elif task == "rebooting":
@@ -95,7 +95,8 @@ def of(server: Server, verify_resize: bool = False) -> NovaState:
     return NovaState(shown, VM_STATES.get(phase, "active"), task, power)
 
 
-def _shown(phase: Phase) -> str:
+def no_task_status(phase: Phase) -> str:
+    """The Nova status of a Server in ``phase`` with no task under way."""
     return "ACTIVE" if phase is Phase.DELETING else phase.value
 
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubenova_api.resources import Server, ServerStatus
+from kubenova_api.resources import Phase, Server, ServerStatus
 from kubenova_openstack import names
 from kubenova_openstack.compute import state
 from kubenova_openstack.web import Req
@@ -120,6 +120,8 @@ class Lookups:
     """UIDs of Servers whose resize or cold migration waits for confirmation."""
     migrating: dict[str, str] = dataclasses.field(default_factory=dict)
     """UIDs of Servers that a ServerMigration is moving now, with Nova's task state."""
+    resize_failed: set[str] = dataclasses.field(default_factory=set)
+    """UIDs of Servers whose flavorRef names a flavor the controller failed to resize to."""
 
 
 def host_id(project: str, host: str | None) -> str:
@@ -213,6 +215,10 @@ def nova_state(server: Server, look: Lookups) -> state.NovaState:
         task = look.migrating[uid]
         shown = "MIGRATING" if task == "migrating" else "RESIZE"
         nova = state.NovaState(shown, nova.vm_state, task, nova.power_state)
+    elif uid in look.resize_failed and nova.task_state == "resize_prep":
+        # Not under way: it failed (the Server's ResizeFailed Event says why).
+        shown = state.no_task_status(server.status.phase or Phase.BUILD)
+        nova = state.NovaState(shown, nova.vm_state, None, nova.power_state)
     return nova
 
 
