@@ -262,9 +262,12 @@ class Binder:
             self.kick_threadsafe()
 
 
-def _creation_order(server: Server) -> tuple[datetime.datetime, str, str]:
-    meta = server.metadata
-    return (meta.creationTimestamp or _NEVER, meta.namespace or "", meta.name)
+def _creation_order(server: Server) -> datetime.datetime:
+    """Sorted stably by this: Servers made within the same second (the timestamp's
+    resolution) keep the order the watch delivered them in, which is the order they were
+    made in (not their names': a Server named "a…" made after "b…" in the same second would
+    otherwise take the room, or the quota, that "b…" asked for first)."""
+    return server.metadata.creationTimestamp or _NEVER
 
 
 _NEVER = datetime.datetime.min.replace(tzinfo=datetime.UTC)

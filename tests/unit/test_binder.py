@@ -4,6 +4,7 @@ view shows it, also in a pass with nothing left to schedule."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 from kubenova_api.resources import Server
 from kubenova_operator import binder, binding, cluster
@@ -45,3 +46,19 @@ def test_the_last_bindings_claims_are_settled_when_nothing_is_pending_any_more()
     asyncio.run(b.one_pass(_snapshot([], [_server("waiting", None)])))
     assert {c.uid for c in b.claims.assumed_claims()} == {"waiting"}
     b.close()
+
+
+def test_servers_made_in_the_same_second_are_decided_in_the_order_they_came() -> None:
+    """creationTimestamp has a resolution of a second: within one, the order the watch
+    delivered them in (the order they were made in) decides, not their names."""
+
+    def made(name: str, second: int) -> Server:
+        server = _server(name, None)
+        server.metadata.creationTimestamp = datetime.datetime(
+            2026, 12, 3, 22, 0, second, tzinfo=datetime.UTC
+        )
+        return server
+
+    came = [made("later", 1), made("some-2", 5), made("by-kubectl", 5), made("earlier", 0)]
+    ordered = sorted(came, key=binder._creation_order)
+    assert [s.name for s in ordered] == ["earlier", "later", "some-2", "by-kubectl"]
